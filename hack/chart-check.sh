@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# hack/chart-check.sh - check the Helm chart charts/mira-operator.
+#
+# Usage:
+#   hack/chart-check.sh     exit 0 when every check passes, 1 otherwise
+#
+# Checks: `helm lint --strict` with the default values and with every option switched; `helm
+# template` renders each of those value sets; the values schema rejects unknown keys and a
+# replicated operator without leader election; the chart's CRD copies equal crds/*.yaml (when
+# crds/ has files; hack/sync-chart-crds.sh --check); and, when KUBECONFIG names a reachable API
+# server (hack/kube-up.sh), the rendered objects pass `kubectl apply --dry-run=server` (the
+# ServiceMonitor only when its CRD is there).
+# helm comes from hack/install-tools.sh (installed on first use).
+set -euo pipefail
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$HACK_DIR/lib.sh"
+cd "$HACK_DIR/.."
+
+"$HACK_DIR/install-tools.sh" helm
+eval "$("$HACK_DIR/install-tools.sh" env helm)"
+chart=charts/mira-operator
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/mira-chart-check.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+
+passed=0
+failed=0
+check() {   # check NAME CMD... : run CMD quietly; on failure show its output
+  local name="$1"
+  shift
+  if "$@" >"$tmp/out" 2>&1; then
+    printf 'ok: %s\n' "$name"
+    passed=$((passed + 1))
+  else
+    printf 'FAIL: %s\n' "$name"
+    sed 's/^/  /' "$tmp/out" | tail -n 20
+    failed=$((failed + 1))
+  fi
+}
+fails() { ! "$@"; }   # fails CMD... : true when CMD fails
+
+# every option away from its default
+all_options=(
+  --set replicaCount=2 --set leaderElection.leaseName=mira-test
+  --set scorerRunner.image.cuda=true --set scorerRunner.image.tag=dev --set image.tag=dev
+  --set image.pullPolicy=Always --set 'imagePullSecrets[0]=regcred'
+  --set storage.s3.endpoint=http://s3.example.test:8333 --set storage.s3.region=eu-west-1
+  --set storage.credentialsSecret=s3-keys --set rbac.readSecrets=true
+  --set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.labels.release=prom
+  --set crds.keep=false --set serviceAccount.name=mira --set logLevel=debug
+  --set 'extraEnv[0].name=FOO' --set 'extraEnv[0].value=bar' --set 'extraArgs[0]=--help'
+  --set 'tolerations[0].key=dedicated' --set 'tolerations[0].operator=Exists'
+  --set nodeSelector.pool=system --set podAnnotations.a=b --set podLabels.c=d
+  --set priorityClassName=system-cluster-critical
+)
+no_crds_no_le=(--set crds.enabled=false --set leaderElection.enabled=false
+  --set metrics.service.enabled=false --set serviceAccount.create=false --set rbac.create=false)
+
+check "helm lint --strict (defaults)" helm lint --strict "$chart"
+check "helm lint --strict (every option set)" helm lint --strict "$chart" "${all_options[@]}"
+check "helm template (defaults)" helm template mira "$chart" --namespace default
+check "helm template (every option set)" helm template mira "$chart" "${all_options[@]}"
+check "helm template (no CRDs, no leader election, no RBAC)" helm template mira "$chart" "${no_crds_no_le[@]}"
+check "schema rejects an unknown key" fails helm template mira "$chart" --set no.such.key=1
+check "schema rejects an unknown image key" fails helm template mira "$chart" --set image.tagg=1
+check "replicas > 1 need leader election" \
+  fails helm template mira "$chart" --set replicaCount=2 --set leaderElection.enabled=false
+check "defaults: hardened container securityContext" bash -c \
+  "helm template mira '$chart' | grep -q 'readOnlyRootFilesystem: true' && helm template mira '$chart' | grep -q 'allowPrivilegeEscalation: false'"
+check "defaults: Deployment strategy Recreate" bash -c "helm template mira '$chart' | grep -q 'type: Recreate'"
+check "defaults: no access to Secrets" bash -c \
+  "! helm template mira '$chart' -s templates/clusterrole.yaml | grep -q 'secrets'"
+
+shopt -s nullglob
+crds=(crds/*.yaml)
+if ((${#crds[@]})); then
+  check "chart CRDs equal crds/ (hack/sync-chart-crds.sh --check)" "$HACK_DIR/sync-chart-crds.sh" --check
+  check "CRDs render with the keep annotation" bash -c \
+    "[ \"\$(helm template mira '$chart' | grep -c 'helm.sh/resource-policy: keep')\" = ${#crds[@]} ]"
+  check "no keep annotation with crds.keep=false" bash -c \
+    "! helm template mira '$chart' --set crds.keep=false | grep -q 'helm.sh/resource-policy'"
+else
+  printf 'skipped: crds/ has no files yet (generate: mira crd --out-dir crds; then hack/sync-chart-crds.sh)\n'
+fi
+
+if [[ -n "${KUBECONFIG:-}" ]] && /usr/bin/kubectl get --raw /readyz >/dev/null 2>&1; then
+  check "server dry-run (defaults)" bash -c \
+    "helm template mira '$chart' --namespace default | /usr/bin/kubectl apply --dry-run=server -f -"
+  sm=()
+  /usr/bin/kubectl get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1 \
+    || sm=(--set metrics.serviceMonitor.enabled=false)
+  check "server dry-run (every option set)" bash -c \
+    "helm template mira '$chart' --namespace default \"\$@\" | /usr/bin/kubectl apply --dry-run=server -f -" \
+    _ "${all_options[@]}" "${sm[@]}"
+else
+  printf 'skipped: server dry-run (no reachable API server in KUBECONFIG)\n'
+fi
+
+printf '%d passed, %d failed\n' "$passed" "$failed"
+((failed == 0))
