@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# hack/bench-score.sh [MEGABYTES]  (default 1024)
+#
+# Benchmarks the `score` step with the hashed student against the floor, a plain
+# decompress-and-parse pass over the same JSONL.zst shards with the same parallelism.
+# The corpus is generated once and cached (keyed by size). Each phase is its own process,
+# so each reports its own peak RSS. Runs baseline and score twice, interleaved, and prints
+# every run: compare the ratio, not absolute times.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+size="${1:-1024}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+dir="$MIRA_CACHE/bench/score-${size}mb"
+cd "$(dirname "$0")/.."
+cargo build --release -p scorer-runner --bench score --quiet
+bench=$(ls -t "$CARGO_TARGET_DIR"/release/deps/score-* | grep -v '\.d$' | head -n 1)
+if [[ ! -f "$dir/raw-bytes" ]]; then
+  rm -rf "$dir" && mkdir -p "$dir"
+  "$bench" generate "$dir" "$size"
+fi
+[[ -f "$dir/distill/_result.json" ]] || "$bench" train "$dir"
+echo "corpus: $(du -sh "$dir/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$dir/raw-bytes") / 1000000 )) MB of JSON; $(nproc) cores"
+for round in 1 2; do
+  "$bench" baseline "$dir"
+  "$bench" score "$dir"
+done

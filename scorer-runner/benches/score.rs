@@ -1,0 +1,178 @@
+//! Throughput and peak memory of `score` with the hashed student, against the floor: a plain
+//! decompress-and-parse pass over the same shards with the same parallelism.
+//!
+//! Each phase runs in its own process so its peak RSS (VmHWM) is its own; `hack/bench-score.sh`
+//! drives the phases and prints the table. Phases:
+//!   generate <dir> <megabytes>   corpus of JSONL.zst shards + teacher labels
+//!   train <dir>                  distill a hashed student from the labels
+//!   baseline <dir>               decompress + serde_json parse of every record
+//!   score <dir>                  the score step over every shard
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use scorer_runner::formats::{for_each_batch, Format, ReadOptions};
+use scorer_runner::plan::*;
+use scorer_runner::records::TextSpec;
+use scorer_runner::steps::{self, Context};
+use scorer_runner::storage::StorageConfig;
+use scorer_runner::synth::{self, Kind, SynthSource};
+use scorer_runner::units::WorkerConfig;
+
+const RECORDS_PER_SHARD: usize = 20_000;
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn context(dir: &Path) -> Context {
+    let worker = WorkerConfig::from_env();
+    Context::new(StorageConfig::default(), worker, dir.join("scratch"))
+}
+
+fn shards(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("corpus/web")).unwrap().map(|e| e.unwrap().path()).collect();
+    out.sort();
+    out
+}
+
+fn corpus_bytes(dir: &Path) -> (u64, u64) {
+    let compressed: u64 = shards(dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let raw: u64 = std::fs::read_to_string(dir.join("raw-bytes")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    (compressed, raw)
+}
+
+fn generate(dir: &Path, megabytes: u64) {
+    // About 1 KiB of JSON per record.
+    let records = (megabytes * 1024) as usize;
+    let shards = records.div_ceil(RECORDS_PER_SHARD);
+    let source = SynthSource {
+        name: "web".into(),
+        kind: Kind::Prose,
+        format: Format::JsonlZst,
+        shards,
+        records_per_shard: RECORDS_PER_SHARD,
+        malformed_every: Some(1000),
+    };
+    let generated = synth::write_source(&dir.join("corpus"), &source, 11).unwrap();
+    synth::write_labels(&dir.join("labels.jsonl"), &generated, (generated.len() / 3000).max(1), 5).unwrap();
+    let raw: u64 = generated.iter().map(|g| g.text.len() as u64 + 60).sum();
+    std::fs::write(dir.join("raw-bytes"), raw.to_string()).unwrap();
+    println!("generated {} records in {shards} shards", generated.len());
+}
+
+fn source(dir: &Path) -> Source {
+    Source { name: "web".into(), uri: dir.join("corpus/web").to_string_lossy().into(), format: None, text: TextSpec::default() }
+}
+
+async fn train(dir: &Path) {
+    let ctx = context(dir);
+    let plan = DistillPlan {
+        storage: Default::default(),
+        output: dir.join("distill").to_string_lossy().into(),
+        groups: vec![DistillGroup {
+            name: "all".into(),
+            sources: vec!["web".into()],
+            dimensions: vec![DimensionRef { id: "signal".into(), name: String::new(), description: String::new(), guide: String::new() }],
+        }],
+        labels: dir.join("labels.jsonl").to_string_lossy().into(),
+        featurizer: Default::default(),
+        scale: Scale::default(),
+        validation_fraction: 0.2,
+        split_seed: 0,
+        lambdas: vec![],
+        max_train_records: 3000,
+        mask: MaskPolicy::default(),
+        export_sft: false,
+        judge: None,
+    };
+    let result = steps::distill::run(&ctx, &plan).await.unwrap();
+    println!("trained on {} labels", result.students[0].train_records);
+}
+
+/// Decompress and parse every record, nothing else: the floor any scorer pays.
+async fn baseline(dir: &Path) -> (u64, f64) {
+    let ctx = Arc::new(context(dir));
+    let started = Instant::now();
+    let parallelism = ctx.worker.parallelism;
+    let counts: Vec<u64> = futures::stream::iter(shards(dir))
+        .map(|path| {
+            let ctx = ctx.clone();
+            async move {
+                let uri = path.to_string_lossy().into_owned();
+                let (input, _guard) = ctx.open_shard(&uri, Format::JsonlZst).await.unwrap();
+                steps::blocking(move || {
+                    let mut n = 0u64;
+                    for_each_batch(&uri, input, Format::JsonlZst, ReadOptions::default(), |batch| {
+                        for record in &batch.records {
+                            if serde_json::from_slice::<serde_json::Value>(&record.bytes).is_ok() {
+                                n += 1;
+                            }
+                        }
+                        Ok(ControlFlow::Continue(()))
+                    })?;
+                    Ok(n)
+                })
+                .await
+                .unwrap()
+            }
+        })
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
+    (counts.iter().sum(), started.elapsed().as_secs_f64())
+}
+
+async fn score(dir: &Path) -> (u64, f64) {
+    let ctx = context(dir);
+    let output = dir.join(format!("score-{}", std::process::id()));
+    let plan = ScorePlan {
+        storage: Default::default(),
+        output: output.to_string_lossy().into(),
+        groups: vec![ScoreGroup {
+            name: "all".into(),
+            sources: vec![source(dir)],
+            student: dir.join("distill/students/all.student").to_string_lossy().into(),
+        }],
+        tokens: TokenCounter::Whitespace,
+        trim: 0.1,
+        histogram_bins: 10_000,
+        read: Default::default(),
+    };
+    let started = Instant::now();
+    let result = steps::score::run(&ctx, &plan).await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&output).ok();
+    (result.groups[0].records, elapsed)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let (phase, dir) = (args.first().map(String::as_str).unwrap_or("help"), PathBuf::from(args.get(1).cloned().unwrap_or_default()));
+    match phase {
+        "generate" => generate(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
+        "train" => train(&dir).await,
+        "baseline" | "score" => {
+            let (records, secs) = if phase == "baseline" { baseline(&dir).await } else { score(&dir).await };
+            let (compressed, raw) = corpus_bytes(&dir);
+            println!(
+                "{phase}: records={records} seconds={secs:.2} records_per_s={:.0} raw_mb_per_s={:.1} zst_mb_per_s={:.1} peak_rss_mib={:.1}",
+                records as f64 / secs,
+                raw as f64 / 1e6 / secs,
+                compressed as f64 / 1e6 / secs,
+                peak_rss_mib()
+            );
+        }
+        _ => eprintln!("usage: score (generate <dir> <MB> | train <dir> | baseline <dir> | score <dir>)"),
+    }
+}

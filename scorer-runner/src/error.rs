@@ -1,0 +1,80 @@
+//! One error type for the data plane, one variant per failing step, sources kept, so that a Job's
+//! last log line (which the operator copies into a condition) says exactly what failed and where.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid object URI {uri:?}: {reason}")]
+    InvalidUri { uri: String, reason: String },
+
+    #[error("storage: {op} {uri}: {message}")]
+    Storage { op: &'static str, uri: String, message: String },
+
+    #[error("object not found: {0}")]
+    NotFound(String),
+
+    #[error("local I/O on {path}: {source}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+
+    #[error("reading shard {uri}: {message}")]
+    Shard { uri: String, message: String },
+
+    #[error("invalid plan: {0}")]
+    Plan(String),
+
+    #[error("JSON in {what}: {source}")]
+    Json { what: String, #[source] source: serde_json::Error },
+
+    #[error("parquet in {uri}: {source}")]
+    Parquet { uri: String, #[source] source: parquet::errors::ParquetError },
+
+    #[error("arrow in {uri}: {source}")]
+    Arrow { uri: String, #[source] source: arrow::error::ArrowError },
+
+    #[error("student artefact {uri}: {message}")]
+    Student { uri: String, message: String },
+
+    #[error("tokenizer {uri}: {message}")]
+    Tokenizer { uri: String, message: String },
+
+    #[error("model: {0}")]
+    Model(String),
+
+    #[error("{failed} of {total} units failed; first: {first}")]
+    UnitsFailed { failed: usize, total: usize, first: String },
+
+    #[error("background task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub fn json(what: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json { what: what.into(), source }
+    }
+
+    pub fn plan(message: impl Into<String>) -> Self {
+        Error::Plan(message.into())
+    }
+
+    /// Short machine-readable category, used as the reason of conditions and Events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidUri { .. } => "InvalidUri",
+            Error::Storage { .. } | Error::NotFound(_) | Error::Io { .. } => "StorageError",
+            Error::Shard { .. } | Error::Parquet { .. } | Error::Arrow { .. } => "ShardError",
+            Error::Plan(_) | Error::Json { .. } => "InvalidPlan",
+            Error::Student { .. } => "StudentError",
+            Error::Tokenizer { .. } => "TokenizerError",
+            Error::Model(_) => "ModelError",
+            Error::UnitsFailed { .. } => "UnitsFailed",
+            Error::Join(_) => "InternalError",
+        }
+    }
+}

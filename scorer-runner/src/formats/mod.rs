@@ -1,0 +1,228 @@
+//! Shard formats: JSONL (plain, gzip, zstd) and Parquet, read in bounded batches and written back
+//! record-for-record.
+//!
+//! Every format is read as a sequence of [`Batch`]es of raw records. A JSONL record is its line's
+//! bytes as stored; a Parquet row is rendered to one JSON object so that text extraction is the
+//! same code for every format, while the batch also keeps the Arrow rows so kept rows are written
+//! back row-identical. Memory is bounded by the batch size and the longest accepted record, never
+//! by the shard's size.
+
+mod jsonl;
+mod parquet_io;
+
+use std::io::{Read, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub use jsonl::JsonlLines;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jsonl,
+    #[serde(rename = "jsonl.gz")]
+    JsonlGz,
+    #[serde(rename = "jsonl.zst")]
+    JsonlZst,
+    Parquet,
+}
+
+impl Format {
+    /// The format named by a shard's extension (`.jsonl`/`.json`/`.ndjson`, `.gz`, `.zst`,
+    /// `.parquet`), or `None` for files that are not shards.
+    pub fn from_uri(uri: &str) -> Option<Format> {
+        let name = crate::storage::file_name(uri).to_ascii_lowercase();
+        let plain = |stem: &str| stem.ends_with(".jsonl") || stem.ends_with(".ndjson") || stem.ends_with(".json");
+        if name.ends_with(".parquet") {
+            Some(Format::Parquet)
+        } else if let Some(stem) = name.strip_suffix(".gz") {
+            plain(stem).then_some(Format::JsonlGz)
+        } else if let Some(stem) = name.strip_suffix(".zst").or_else(|| name.strip_suffix(".zstd")) {
+            plain(stem).then_some(Format::JsonlZst)
+        } else {
+            plain(&name).then_some(Format::Jsonl)
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::JsonlGz => "jsonl.gz",
+            Format::JsonlZst => "jsonl.zst",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    /// Parquet's footer is at the end, so it is read from a local file; JSONL streams.
+    pub fn needs_local_file(self) -> bool {
+        self == Format::Parquet
+    }
+}
+
+/// Limits applied while reading.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadOptions {
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Longer records are skipped (and counted as `oversized`) without being held in memory.
+    pub max_record_bytes: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions { batch_size: 1024, max_record_bytes: 16 << 20 }
+    }
+}
+
+/// One raw record: where it is in its shard and its bytes (a JSON object, not yet parsed).
+#[derive(Debug)]
+pub struct RawRecord {
+    /// Zero-based line (JSONL) or row (Parquet) number in the shard; stable across reruns.
+    pub index: u64,
+    /// The record's bytes; empty when `oversized`.
+    pub bytes: Vec<u8>,
+    /// The record exceeded `max_record_bytes` and was not read.
+    pub oversized: bool,
+}
+
+/// A batch of records; Parquet batches keep their Arrow rows (one per record, same order).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<RawRecord>,
+    pub arrow: Option<RecordBatch>,
+}
+
+/// Where a shard's bytes come from once fetched: a stream (JSONL) or a local file (Parquet).
+pub enum ShardInput {
+    Stream(Box<dyn Read + Send>),
+    File(PathBuf),
+}
+
+/// Reads the batches of a shard, in order, calling `on_batch` for each until it breaks.
+pub fn for_each_batch(
+    uri: &str,
+    input: ShardInput,
+    format: Format,
+    options: ReadOptions,
+    mut on_batch: impl FnMut(Batch) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    if format == Format::Parquet {
+        return match input {
+            ShardInput::File(path) => parquet_io::for_each_batch(uri, &path, options, on_batch),
+            ShardInput::Stream(_) => {
+                Err(Error::Shard { uri: uri.into(), message: "parquet needs a seekable local file".into() })
+            }
+        };
+    }
+    let raw: Box<dyn Read + Send> = match input {
+        ShardInput::Stream(stream) => stream,
+        ShardInput::File(path) => Box::new(std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?),
+    };
+    let mut lines = JsonlLines::new(decoder(uri, format, raw)?, options);
+    while let Some(batch) = lines.next_batch(uri)? {
+        if on_batch(batch)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Wraps a compressed stream in its decoder.
+pub fn decoder(uri: &str, format: Format, raw: Box<dyn Read + Send>) -> Result<Box<dyn Read + Send>> {
+    Ok(match format {
+        Format::Jsonl => raw,
+        Format::JsonlGz => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        Format::JsonlZst => Box::new(
+            zstd::stream::read::Decoder::new(raw)
+                .map_err(|e| Error::Shard { uri: uri.into(), message: format!("zstd: {e}") })?,
+        ),
+        Format::Parquet => {
+            return Err(Error::Shard { uri: uri.into(), message: "parquet is not a byte stream".into() })
+        }
+    })
+}
+
+/// Writes records into a new shard of one format. JSONL records are written byte-identical, one
+/// per line; Parquet rows are written row-identical with the source's schema.
+pub enum ShardWriter {
+    Jsonl(Box<dyn FinishWrite>),
+    Parquet(parquet_io::ParquetSink),
+}
+
+/// A byte sink that must be finished (compressors write their trailer).
+pub trait FinishWrite: Write + Send {
+    fn finish_box(self: Box<Self>) -> std::io::Result<()>;
+}
+
+impl FinishWrite for std::io::BufWriter<std::fs::File> {
+    fn finish_box(self: Box<Self>) -> std::io::Result<()> {
+        let file = self.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
+impl<W: FinishWrite> FinishWrite for flate2::write::GzEncoder<W> {
+    fn finish_box(self: Box<Self>) -> std::io::Result<()> {
+        Box::new((*self).finish()?).finish_box()
+    }
+}
+
+impl<W: FinishWrite> FinishWrite for zstd::stream::write::Encoder<'static, W> {
+    fn finish_box(self: Box<Self>) -> std::io::Result<()> {
+        Box::new((*self).finish()?).finish_box()
+    }
+}
+
+impl ShardWriter {
+    /// A writer into the local file `path` (uploaded by the caller once finished).
+    pub fn create(path: &Path, format: Format) -> Result<Self> {
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+        Ok(match format {
+            Format::Jsonl => ShardWriter::Jsonl(Box::new(buffered)),
+            Format::JsonlGz => {
+                ShardWriter::Jsonl(Box::new(flate2::write::GzEncoder::new(buffered, flate2::Compression::default())))
+            }
+            Format::JsonlZst => ShardWriter::Jsonl(Box::new(
+                zstd::stream::write::Encoder::new(buffered, 3).map_err(|e| Error::io(path, e))?,
+            )),
+            Format::Parquet => ShardWriter::Parquet(parquet_io::ParquetSink::new(path)),
+        })
+    }
+
+    /// Appends the records of `batch` whose `keep` flag is set.
+    pub fn write_kept(&mut self, batch: &Batch, keep: &[bool]) -> Result<()> {
+        debug_assert_eq!(batch.records.len(), keep.len());
+        match self {
+            ShardWriter::Jsonl(out) => {
+                for (record, _) in batch.records.iter().zip(keep).filter(|(_, k)| **k) {
+                    out.write_all(&record.bytes).and_then(|_| out.write_all(b"\n")).map_err(|e| Error::io("shard", e))?;
+                }
+                Ok(())
+            }
+            ShardWriter::Parquet(sink) => sink.write_kept(batch, keep),
+        }
+    }
+
+    /// Appends one JSON line (JSONL writers only; used for score shards and labels).
+    pub fn write_line(&mut self, line: &[u8]) -> Result<()> {
+        match self {
+            ShardWriter::Jsonl(out) => {
+                out.write_all(line).and_then(|_| out.write_all(b"\n")).map_err(|e| Error::io("shard", e))
+            }
+            ShardWriter::Parquet(_) => Err(Error::Plan("JSON lines cannot be written to a parquet shard".into())),
+        }
+    }
+
+    pub fn finish(self) -> Result<()> {
+        match self {
+            ShardWriter::Jsonl(out) => out.finish_box().map_err(|e| Error::io("shard", e)),
+            ShardWriter::Parquet(sink) => sink.finish(),
+        }
+    }
+}

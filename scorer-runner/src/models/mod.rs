@@ -1,0 +1,164 @@
+//! Models behind one interface: chat judges that answer under a JSON schema (teachers, LLM
+//! students) and text embedders, run in-process through mistral.rs (feature `llm`) or reached at
+//! an OpenAI-compatible endpoint.
+
+pub mod endpoint;
+#[cfg(feature = "llm")]
+pub mod local;
+#[cfg(feature = "llm")]
+pub mod serve;
+pub mod truncate;
+
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::plan::ModelSpec;
+use crate::steps::Context;
+
+/// Replies that do not parse are asked again this many times in all, then the record is skipped.
+pub const ATTEMPTS: usize = 3;
+
+/// A chat model that answers with JSON.
+pub enum Chat {
+    Endpoint(endpoint::Client),
+    #[cfg(feature = "llm")]
+    Local(local::LocalChat),
+}
+
+impl Chat {
+    pub async fn load(ctx: &Context, spec: &ModelSpec) -> Result<Self> {
+        match spec {
+            ModelSpec::Endpoint { url, model, api_key_env, max_concurrency } => {
+                Ok(Chat::Endpoint(endpoint::Client::new(url, model, api_key_env.as_deref(), max_concurrency.unwrap_or(8))?))
+            }
+            #[cfg(feature = "llm")]
+            ModelSpec::Local { uri, gguf_files, max_num_seqs } => {
+                let dir = model_dir(ctx, uri).await?;
+                Ok(Chat::Local(local::LocalChat::load(&dir, gguf_files, max_num_seqs.unwrap_or(32)).await?))
+            }
+            #[cfg(not(feature = "llm"))]
+            ModelSpec::Local { .. } => {
+                let _ = ctx;
+                Err(Error::Model("this build has no in-process models (feature `llm`); use an endpoint".into()))
+            }
+        }
+    }
+
+    /// How many requests are worth having in flight at once.
+    pub fn concurrency(&self) -> usize {
+        match self {
+            Chat::Endpoint(c) => c.max_concurrency(),
+            #[cfg(feature = "llm")]
+            Chat::Local(l) => l.max_num_seqs(),
+        }
+    }
+
+    /// The model's tokenizer, where it is at hand, for cutting long records to its context.
+    pub fn tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
+        match self {
+            Chat::Endpoint(_) => None,
+            #[cfg(feature = "llm")]
+            Chat::Local(l) => l.tokenizer(),
+        }
+    }
+
+    /// The raw reply text of one constrained request.
+    async fn reply(&self, system: &str, user: &str, schema: &Value, max_tokens: usize) -> Result<String> {
+        match self {
+            Chat::Endpoint(c) => c.complete(system, user, schema, max_tokens).await,
+            #[cfg(feature = "llm")]
+            Chat::Local(l) => l.complete(system, user, schema, max_tokens).await,
+        }
+    }
+
+    /// One reply conforming to `schema`, parsed as `T` and checked by `valid`; a reply that fails
+    /// either is asked again, up to [`ATTEMPTS`] times, then reported as `Error::Model`.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        system: &str,
+        user: &str,
+        schema: &Value,
+        max_tokens: usize,
+        valid: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let reply = self.reply(system, user, schema, max_tokens).await?;
+            match serde_json::from_str::<T>(&reply) {
+                Ok(value) if valid(&value) => return Ok(value),
+                Ok(_) => last = format!("reply out of bounds: {}", clip(&reply, 200)),
+                Err(e) => last = format!("invalid reply ({e}): {}", clip(&reply, 200)),
+            }
+        }
+        Err(Error::Model(last))
+    }
+}
+
+fn clip(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A text embedder.
+pub enum Embedder {
+    #[cfg(feature = "llm")]
+    Local(local::LocalEmbedder),
+}
+
+impl Embedder {
+    pub async fn load(ctx: &Context, spec: &ModelSpec) -> Result<Self> {
+        match spec {
+            #[cfg(feature = "llm")]
+            ModelSpec::Local { uri, max_num_seqs, .. } => {
+                let dir = model_dir(ctx, uri).await?;
+                Ok(Embedder::Local(local::LocalEmbedder::load(&dir, max_num_seqs.unwrap_or(32)).await?))
+            }
+            _ => {
+                let _ = ctx;
+                Err(Error::Model("embedders run in-process: give a local model (feature `llm`)".into()))
+            }
+        }
+    }
+
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            #[cfg(feature = "llm")]
+            Embedder::Local(e) => e.embed(texts).await,
+            #[cfg(not(feature = "llm"))]
+            _ => {
+                let _ = texts;
+                unreachable!("no embedder can be built without the llm feature")
+            }
+        }
+    }
+}
+
+/// A model's local directory: the path itself, or an `s3://` prefix downloaded once into the
+/// scratch cache. A local path that does not exist is an error here, never a hub lookup.
+pub async fn model_dir(ctx: &Context, uri: &str) -> Result<PathBuf> {
+    match crate::storage::Location::parse(uri)? {
+        crate::storage::Location::Local(path) => {
+            if tokio::fs::metadata(&path).await.is_err() {
+                return Err(Error::Model(format!("model path {} does not exist", path.display())));
+            }
+            Ok(path)
+        }
+        crate::storage::Location::S3 { bucket, key } => {
+            let cache = ctx.scratch.join("models");
+            let prefix = format!("{}/", uri.trim_end_matches('/'));
+            let objects = ctx.storage.list(&prefix).await?;
+            if objects.is_empty() {
+                return Err(Error::Model(format!("no model files under {prefix}")));
+            }
+            for object in objects {
+                ctx.storage.local_copy(&object.uri, &cache).await?;
+            }
+            Ok(cache.join(bucket).join(key.trim_end_matches('/')))
+        }
+    }
+}

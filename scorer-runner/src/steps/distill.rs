@@ -1,0 +1,356 @@
+//! `distill`: trains one student per group from the teacher's labels, measures teacher-student
+//! agreement per (source, dimension) on a held-out split, and derives the reliability mask.
+//!
+//! Labels are JSONL (optionally .gz/.zst) records, one per labelled record:
+//!
+//! ```json
+//! {"id": "r1", "source": "web", "text": "...", "scores": {"clarity": 4, "depth": 2},
+//!  "rationales": {"clarity": "..."}}
+//! ```
+//!
+//! `group` may be given but the plan's source-to-group map decides. A label is skipped (and
+//! counted by reason) when its source is in no group of the plan, a dimension of its group has no
+//! score, or a score is not an integer on the plan's scale. A record is in the validation split
+//! when `hash(id)` falls below `validationFraction`, so every rerun and worker agrees.
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{blocking, Context};
+use crate::error::{Error, Result};
+use crate::featurize::{self, idf_weights};
+use crate::formats::{for_each_batch, Format, ShardWriter};
+use crate::plan::{Agreement, DistillGroup, DistillPlan, DistillResult, Source, StudentReport};
+use crate::prompts;
+use crate::records::{id_fraction, SkipCounts, TextSpec};
+use crate::ridge;
+use crate::stats;
+use crate::storage::join;
+use crate::models::Chat;
+use crate::student::{Scorer, Student, StudentHeader, StudentKind, FORMAT};
+use crate::units::unit_id;
+
+/// One teacher label.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Label {
+    pub id: String,
+    pub source: String,
+    pub text: String,
+    pub scores: BTreeMap<String, Value>,
+}
+
+/// A label checked against its group's rubric: scores in head order.
+#[derive(Clone, Debug)]
+struct Example {
+    id: String,
+    source: String,
+    text: String,
+    scores: Vec<f32>,
+}
+
+/// Keeps the `cap` examples with the smallest id hash: a deterministic, order-independent
+/// sample in bounded memory.
+struct BottomK {
+    cap: usize,
+    heap: BinaryHeap<(u64, usize)>,
+    items: HashMap<usize, Example>,
+    next: usize,
+}
+
+impl BottomK {
+    fn new(cap: usize) -> Self {
+        BottomK { cap: cap.max(1), heap: BinaryHeap::new(), items: HashMap::new(), next: 0 }
+    }
+
+    fn offer(&mut self, key: u64, example: Example) {
+        if self.heap.len() == self.cap {
+            if self.heap.peek().is_some_and(|&(top, _)| key >= top) {
+                return;
+            }
+            if let Some((_, slot)) = self.heap.pop() {
+                self.items.remove(&slot);
+            }
+        }
+        self.heap.push((key, self.next));
+        self.items.insert(self.next, example);
+        self.next += 1;
+    }
+
+    /// The kept examples, in id-hash order.
+    fn into_sorted(self) -> Vec<Example> {
+        let mut items = self.items;
+        self.heap.into_sorted_vec().into_iter().filter_map(|(_, slot)| items.remove(&slot)).collect()
+    }
+}
+
+pub async fn run(ctx: &Context, plan: &DistillPlan) -> Result<DistillResult> {
+    if plan.groups.is_empty() {
+        return Err(Error::plan("no groups"));
+    }
+    if !(0.0..1.0).contains(&plan.validation_fraction) {
+        return Err(Error::plan("validationFraction must be in [0, 1)"));
+    }
+    let label_files = super::list_shards(
+        &ctx.storage,
+        &Source { name: "labels".into(), uri: plan.labels.clone(), format: None, text: TextSpec::default() },
+    )
+    .await?;
+    let ids: Vec<String> = plan.groups.iter().map(|g| unit_id(&g.name, &g.name)).collect();
+    let commits = ctx
+        .units(&plan.output)
+        .run(&ids, |i| train_group(ctx, plan, &plan.groups[i], &label_files))
+        .await?;
+    let mut skipped_labels = SkipCounts::default();
+    let mut students = Vec::new();
+    for commit in commits {
+        let (report, skipped): (StudentReport, SkipCounts) = commit.output;
+        skipped_labels.merge(&skipped);
+        students.push(report);
+    }
+    let sft = plan.export_sft.then(|| join(&plan.output, "sft/"));
+    let result = DistillResult { students, sft, skipped_labels };
+    ctx.write_result(&plan.output, &result).await?;
+    Ok(result)
+}
+
+/// Checks a label against the group's rubric.
+fn to_example(label: Label, group: &DistillGroup, plan: &DistillPlan) -> std::result::Result<Example, &'static str> {
+    let mut scores = Vec::with_capacity(group.dimensions.len());
+    for d in &group.dimensions {
+        let score = label.scores.get(&d.id).and_then(Value::as_i64).ok_or("missing_score")?;
+        if score < plan.scale.min as i64 || score > plan.scale.max as i64 {
+            return Err("score_out_of_range");
+        }
+        scores.push(score as f32);
+    }
+    if label.text.trim().is_empty() {
+        return Err("empty_text");
+    }
+    Ok(Example { id: label.id, source: label.source, text: label.text, scores })
+}
+
+/// Reads every label of one group, split into (train, validation) samples.
+async fn read_labels(
+    ctx: &Context,
+    plan: &DistillPlan,
+    group: &DistillGroup,
+    files: &[super::Shard],
+) -> Result<(Vec<Example>, Vec<Example>, SkipCounts)> {
+    let mut train = BottomK::new(plan.max_train_records);
+    let mut validation = BottomK::new(plan.max_train_records);
+    let mut skipped = SkipCounts::default();
+    for file in files {
+        let (input, _guard) = ctx.open_shard(&file.uri, file.format).await?;
+        let (uri, format, read) = (file.uri.clone(), file.format, crate::formats::ReadOptions::default());
+        let (group_c, plan_c) = (group.clone(), plan.clone());
+        let (t, v, s) = blocking(move || {
+            let (group, plan) = (&group_c, &plan_c);
+            let (mut t, mut v, mut s) = (Vec::new(), Vec::new(), SkipCounts::default());
+            for_each_batch(&uri, input, format, read, |batch| {
+                for raw in batch.records {
+                    let label: Label = match serde_json::from_slice(&raw.bytes) {
+                        Ok(label) => label,
+                        Err(_) => {
+                            s.add_reason("invalid_label", &uri, raw.index);
+                            continue;
+                        }
+                    };
+                    if !group.sources.contains(&label.source) {
+                        continue;
+                    }
+                    match to_example(label, group, plan) {
+                        Ok(example) if id_fraction(&example.id, plan.split_seed) < plan.validation_fraction => v.push(example),
+                        Ok(example) => t.push(example),
+                        Err(reason) => s.add_reason(reason, &uri, raw.index),
+                    }
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            Ok((t, v, s))
+        })
+        .await?;
+        let key = |e: &Example| xxhash_rust::xxh3::xxh3_64_with_seed(e.id.as_bytes(), plan.split_seed ^ 0x5eed);
+        t.into_iter().for_each(|e| train.offer(key(&e), e));
+        v.into_iter().for_each(|e| validation.offer(key(&e), e));
+        skipped.merge(&s);
+    }
+    Ok((train.into_sorted(), validation.into_sorted(), skipped))
+}
+
+async fn train_group(
+    ctx: &Context,
+    plan: &DistillPlan,
+    group: &DistillGroup,
+    files: &[super::Shard],
+) -> Result<(StudentReport, SkipCounts)> {
+    if group.dimensions.is_empty() {
+        return Err(Error::plan(format!("group {:?} has no dimensions", group.name)));
+    }
+    let (train, validation, skipped) = read_labels(ctx, plan, group, files).await?;
+    if train.len() < 2 {
+        return Err(Error::plan(format!(
+            "group {:?}: {} usable training labels (need at least 2); skipped: {:?}",
+            group.name,
+            train.len(),
+            skipped.counts
+        )));
+    }
+    let student = Arc::new(build_student(ctx, plan, group, &train).await?);
+    let (plan_c, group_c, student_c) = (plan.clone(), group.clone(), student.clone());
+    let (agreement, (unscored, validated)) = blocking(move || agreement(&plan_c, &group_c, &student_c, &validation)).await?;
+    let mut masked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in agreement.iter().filter(|a| a.masked) {
+        masked.entry(a.source.clone()).or_default().push(a.dimension.clone());
+    }
+    let student = Arc::into_inner(student).expect("no other owner").with_mask(masked.clone());
+    let bytes = student.to_bytes()?;
+    let lambdas = match &student.scorer {
+        Scorer::Heads { heads, .. } => group.dimensions.iter().map(|d| d.id.clone()).zip(heads.lambdas.iter().copied()).collect(),
+        Scorer::Judge { .. } => BTreeMap::new(),
+    };
+    let report = StudentReport {
+        group: group.name.clone(),
+        student: String::new(),
+        train_records: train.len(),
+        validation_records: validated,
+        lambdas,
+        agreement,
+        masked,
+    };
+    let mut skipped = skipped;
+    skipped.merge(&unscored);
+    let student_uri = join(&plan.output, &format!("students/{}.student", group.name));
+    ctx.storage.put(&student_uri, bytes.into()).await?;
+    if plan.export_sft {
+        let tmp = ctx.scratch_file()?;
+        let (path, group_c, plan_c) = (tmp.to_path_buf(), group.clone(), plan.clone());
+        blocking(move || {
+            let mut writer = ShardWriter::create(&path, Format::Jsonl)?;
+            for example in &train {
+                writer.write_line(&sft_example(&plan_c, &group_c, example))?;
+            }
+            writer.finish()
+        })
+        .await?;
+        ctx.storage.put_file(&join(&plan.output, &format!("sft/{}.jsonl", group.name)), &tmp).await?;
+    }
+    Ok((StudentReport { student: student_uri, ..report }, skipped))
+}
+
+/// A training example as one chat-format SFT record (system, user, assistant JSON scores).
+fn sft_example(plan: &DistillPlan, group: &DistillGroup, example: &Example) -> Vec<u8> {
+    let answer: serde_json::Map<String, Value> =
+        group.dimensions.iter().zip(&example.scores).map(|(d, s)| (d.id.clone(), Value::from(*s as i64))).collect();
+    let record = serde_json::json!({
+        "messages": [
+            {"role": "system", "content": prompts::judge_system(plan.scale, false)},
+            {"role": "user", "content": prompts::judge_user(&group.dimensions, &example.text)},
+            {"role": "assistant", "content": Value::Object(answer).to_string()},
+        ],
+        "id": example.id,
+        "source": example.source,
+        "group": group.name,
+    });
+    serde_json::to_vec(&record).expect("JSON values serialize")
+}
+
+/// The group's student: the LLM judge the plan names, or ridge heads trained on the labels.
+async fn build_student(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, train: &[Example]) -> Result<Student> {
+    let kind_and_scorer = match &plan.judge {
+        Some(model) => (
+            StudentKind::Judge { model: model.clone() },
+            Scorer::Judge { chat: Arc::new(Chat::load(ctx, model).await?), runtime: tokio::runtime::Handle::current() },
+        ),
+        None => {
+            let texts: Arc<Vec<String>> = Arc::new(train.iter().map(|e| e.text.clone()).collect());
+            let idf = if featurize::uses_idf(&plan.featurizer) {
+                let plain = featurize::build(ctx, &plan.featurizer, None).await?;
+                let texts = texts.clone();
+                Some(blocking(move || Ok(idf_weights(plain.dim(), &plain.featurize(&refs(&texts))?))).await?)
+            } else {
+                None
+            };
+            let featurizer = featurize::build(ctx, &plan.featurizer, idf.clone()).await?;
+            let targets: Vec<Vec<f32>> =
+                (0..group.dimensions.len()).map(|h| train.iter().map(|e| e.scores[h]).collect()).collect();
+            let (f, lambdas) = (featurizer.clone(), plan.lambdas.clone());
+            let heads = blocking(move || Ok(ridge::fit(&f.featurize(&refs(&texts))?, f.dim(), &targets, &lambdas))).await?;
+            let kind = StudentKind::Heads {
+                featurizer: plan.featurizer.clone(),
+                dim: featurizer.dim(),
+                bias: heads.bias.clone(),
+                lambdas: heads.lambdas.clone(),
+                has_idf: idf.is_some(),
+            };
+            (kind, Scorer::Heads { heads, featurizer, idf })
+        }
+    };
+    let header = StudentHeader {
+        format: FORMAT.into(),
+        group: group.name.clone(),
+        dimensions: group.dimensions.clone(),
+        scale: plan.scale,
+        masked: BTreeMap::new(),
+        trained_on: train.len(),
+        kind: kind_and_scorer.0,
+    };
+    Ok(Student::new(header, kind_and_scorer.1))
+}
+
+fn refs(texts: &[String]) -> Vec<&str> {
+    texts.iter().map(String::as_str).collect()
+}
+
+/// Teacher-student agreement on the validation split per (source, dimension), and the mask.
+/// Also returns validation records the student could not score, and how many it scored.
+fn agreement(
+    plan: &DistillPlan,
+    group: &DistillGroup,
+    student: &Student,
+    validation: &[Example],
+) -> Result<(Vec<Agreement>, (SkipCounts, usize))> {
+    let heads = group.dimensions.len();
+    // (source, head) -> (teacher, student) pairs
+    let mut pairs: BTreeMap<(&str, usize), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut unscored = SkipCounts::default();
+    let mut scored = 0;
+    for chunk in validation.chunks(256) {
+        let texts: Vec<&str> = chunk.iter().map(|e| e.text.as_str()).collect();
+        for (example, predicted) in chunk.iter().zip(student.score_batch(&texts)?) {
+            let Some(predicted) = predicted else {
+                unscored.add_reason("student_no_reply", &example.source, 0);
+                continue;
+            };
+            scored += 1;
+            for h in 0..heads {
+                let entry = pairs.entry((example.source.as_str(), h)).or_default();
+                entry.0.push(example.scores[h] as f64);
+                entry.1.push(predicted[h] as f64);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for source in &group.sources {
+        for (h, dim) in group.dimensions.iter().enumerate() {
+            let (teacher, pred) = pairs.remove(&(source.as_str(), h)).unwrap_or_default();
+            let n = teacher.len();
+            let mae = stats::mae(&teacher, &pred);
+            let spearman = stats::spearman(&teacher, &pred);
+            let reason = if n < plan.mask.min_validation {
+                Some(format!("{n} validation records < {}", plan.mask.min_validation))
+            } else if spearman.is_none_or(|r| r < plan.mask.min_spearman) {
+                Some(format!("spearman {} < {}", spearman.map_or("undefined".into(), |r| format!("{r:.3}")), plan.mask.min_spearman))
+            } else if mae > plan.mask.max_mae {
+                Some(format!("MAE {mae:.3} > {}", plan.mask.max_mae))
+            } else {
+                None
+            };
+            out.push(Agreement { source: source.clone(), dimension: dim.id.clone(), n, mae, spearman, masked: reason.is_some(), reason });
+        }
+    }
+    Ok((out, (unscored, scored)))
+}

@@ -1,0 +1,135 @@
+//! `label`: the teacher scores a sample of each group's records on every anchored dimension of
+//! the group (an integer on the plan's scale and a one-sentence rationale per dimension). The
+//! labels are written in the format `distill` reads, one file per group; `distill` splits them
+//! into train and validation by id hash. One unit per group.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::sample::sample_group;
+use super::Context;
+use crate::error::{Error, Result};
+use crate::models::{truncate, Chat};
+use crate::plan::{DimensionRef, LabelGroup, LabelPlan, LabelResult, Scale};
+use crate::prompts;
+use crate::records::SkipCounts;
+use crate::storage::join;
+use crate::units::unit_id;
+
+/// Records are cut head-plus-tail to this many tokens before the teacher reads them.
+const MAX_RECORD_TOKENS: usize = 2048;
+
+#[derive(Debug, Deserialize)]
+pub struct Scored {
+    pub score: i64,
+    #[serde(default)]
+    pub rationale: String,
+}
+
+/// The reply schema: every dimension, each with a score (and, for teachers, a rationale).
+pub fn scores_schema(dimensions: &[DimensionRef], scale: Scale, with_rationale: bool) -> Value {
+    let score = json!({"type": "integer", "minimum": scale.min, "maximum": scale.max});
+    let per_dim = if with_rationale {
+        json!({
+            "type": "object",
+            "properties": {"score": score, "rationale": {"type": "string", "maxLength": 120}},
+            "required": ["score", "rationale"],
+            "additionalProperties": false
+        })
+    } else {
+        score
+    };
+    let properties: serde_json::Map<String, Value> = dimensions.iter().map(|d| (d.id.clone(), per_dim.clone())).collect();
+    json!({
+        "type": "object",
+        "properties": properties,
+        "required": dimensions.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        "additionalProperties": false,
+        "x-guidance": {"whitespace_flexible": false}
+    })
+}
+
+/// Whether a reply names every dimension with an in-scale score.
+pub fn complete<T>(reply: &BTreeMap<String, T>, dimensions: &[DimensionRef], scale: Scale, score: impl Fn(&T) -> i64) -> bool {
+    dimensions.iter().all(|d| reply.get(&d.id).is_some_and(|s| (scale.min as i64..=scale.max as i64).contains(&score(s))))
+}
+
+pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
+    if plan.groups.iter().any(|g| g.dimensions.is_empty()) || plan.groups.is_empty() {
+        return Err(Error::plan("label needs groups, each with dimensions"));
+    }
+    let teacher = Arc::new(Chat::load(ctx, &plan.teacher).await?);
+    let ids: Vec<String> = plan.groups.iter().map(|g| unit_id(&g.name, &g.name)).collect();
+    let commits = ctx.units(&plan.output).run(&ids, |i| label_group(ctx, plan, &plan.groups[i], teacher.clone())).await?;
+    let mut labelled = BTreeMap::new();
+    let mut skipped = SkipCounts::default();
+    for commit in commits {
+        let (group, n, s): (String, u64, SkipCounts) = commit.output;
+        labelled.insert(group, n);
+        skipped.merge(&s);
+    }
+    let result = LabelResult { labels: join(&plan.output, "labels/"), labelled, skipped };
+    ctx.write_result(&plan.output, &result).await?;
+    Ok(result)
+}
+
+async fn label_group(ctx: &Context, plan: &LabelPlan, group: &LabelGroup, teacher: Arc<Chat>) -> Result<(String, u64, SkipCounts)> {
+    let (records, mut skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.read).await?;
+    let schema = scores_schema(&group.dimensions, plan.scale, true);
+    let system = prompts::judge_system(plan.scale, true);
+    let max_tokens = 64 + 96 * group.dimensions.len();
+    let replies: Vec<(String, crate::records::TextRecord, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>)> =
+        futures::stream::iter(records)
+            .map(|(source, record)| {
+                let (teacher, schema, system) = (teacher.clone(), &schema, &system);
+                async move {
+                    let offsets = truncate::offsets(&record.text, teacher.tokenizer());
+                    let (text, cut) = truncate::head_tail(&record.text, &offsets, MAX_RECORD_TOKENS);
+                    let user = prompts::judge_user(&group.dimensions, &text);
+                    let reply = teacher
+                        .json::<BTreeMap<String, Scored>>(system, &user, schema, max_tokens, |r| {
+                            complete(r, &group.dimensions, plan.scale, |s| s.score)
+                        })
+                        .await;
+                    (source, record, cut, reply)
+                }
+            })
+            .buffer_unordered(teacher.concurrency())
+            .collect()
+            .await;
+    let mut lines = Vec::new();
+    for (source, record, truncated, reply) in replies {
+        match reply {
+            Ok(reply) => {
+                let scores: BTreeMap<&str, i64> = group.dimensions.iter().map(|d| (d.id.as_str(), reply[&d.id].score)).collect();
+                let rationales: BTreeMap<&str, &str> =
+                    group.dimensions.iter().map(|d| (d.id.as_str(), reply[&d.id].rationale.as_str())).collect();
+                lines.push((
+                    record.id.clone(),
+                    json!({
+                        "id": record.id, "source": source, "group": group.name, "text": record.text,
+                        "scores": scores, "rationales": rationales, "truncated": truncated,
+                    }),
+                ));
+            }
+            Err(Error::Model(message)) => {
+                tracing::warn!(record = %record.id, %message, "no usable label");
+                skipped.add_reason("invalid_reply", &source, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Same bytes whatever order the replies came in.
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut body = Vec::new();
+    for (_, line) in &lines {
+        body.extend(serde_json::to_vec(line).map_err(|e| Error::json("label", e))?);
+        body.push(b'\n');
+    }
+    ctx.storage.put(&join(&plan.output, &format!("labels/{}.jsonl", group.name)), body.into()).await?;
+    Ok((group.name.clone(), lines.len() as u64, skipped))
+}

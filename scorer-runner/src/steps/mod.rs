@@ -1,0 +1,121 @@
+//! The steps a MIRA Job runs. Each reads a plan, splits its work into units (see [`crate::units`]),
+//! writes its outputs under the plan's `output` root, and finishes by writing `_result.json` there
+//! for the operator to read back into status.
+
+pub mod cluster;
+pub mod discover;
+pub mod distill;
+pub mod label;
+pub mod sample;
+pub mod score;
+pub mod select;
+pub mod threshold;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::{Error, Result};
+use crate::formats::{Format, ShardInput};
+use crate::plan::Source;
+use crate::storage::{join, Storage, StorageConfig};
+use crate::units::{Units, WorkerConfig};
+
+/// The name of the result object under a step's output root.
+pub const RESULT: &str = "_result.json";
+
+/// What every step gets besides its plan.
+#[derive(Clone)]
+pub struct Context {
+    pub storage: Arc<Storage>,
+    pub worker: WorkerConfig,
+    /// Local scratch space: downloaded Parquet shards, tokenizers, models, unfinished outputs.
+    pub scratch: PathBuf,
+}
+
+impl Context {
+    pub fn new(storage: StorageConfig, worker: WorkerConfig, scratch: PathBuf) -> Self {
+        Context { storage: Arc::new(Storage::new(storage)), worker, scratch }
+    }
+
+    pub fn units(&self, output: &str) -> Units {
+        Units::new(self.storage.clone(), output, self.worker.clone())
+    }
+
+    /// A fresh scratch file path (removed when the guard drops).
+    pub fn scratch_file(&self) -> Result<tempfile::TempPath> {
+        std::fs::create_dir_all(&self.scratch).map_err(|e| Error::io(&self.scratch, e))?;
+        Ok(tempfile::NamedTempFile::new_in(&self.scratch).map_err(|e| Error::io(&self.scratch, e))?.into_temp_path())
+    }
+
+    /// Opens a shard for reading: streamed for JSONL, downloaded first for Parquet. The returned
+    /// guard keeps any downloaded copy alive.
+    pub async fn open_shard(&self, uri: &str, format: Format) -> Result<(ShardInput, Option<tempfile::TempPath>)> {
+        if format.needs_local_file() {
+            if let crate::storage::Location::Local(path) = crate::storage::Location::parse(uri)? {
+                return Ok((ShardInput::File(path), None));
+            }
+            let tmp = self.scratch_file()?;
+            let mut reader = self.storage.open_read(uri).await?;
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&*tmp, e))?;
+            tokio::io::copy(&mut reader, &mut file).await.map_err(|e| Error::Shard { uri: uri.into(), message: e.to_string() })?;
+            return Ok((ShardInput::File(tmp.to_path_buf()), Some(tmp)));
+        }
+        let stream = self.storage.open_read(uri).await?;
+        Ok((ShardInput::Stream(Box::new(tokio_util::io::SyncIoBridge::new(stream))), None))
+    }
+
+    /// Writes the step's result object.
+    pub async fn write_result<T: Serialize>(&self, output: &str, result: &T) -> Result<()> {
+        self.storage.put_json(&join(output, RESULT), result).await
+    }
+}
+
+/// A shard of a source, in listing order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shard {
+    pub uri: String,
+    pub format: Format,
+    pub size: u64,
+}
+
+/// Every shard of a source: files whose extension names a format (any file when the source
+/// names its format), excluding hidden and `_`-prefixed marker files. No shards is an error: a
+/// wrong URI must not pass as an empty source.
+pub async fn list_shards(storage: &Storage, source: &Source) -> Result<Vec<Shard>> {
+    let objects = storage.list(&source.uri).await?;
+    let shards: Vec<Shard> = objects
+        .into_iter()
+        .filter(|o| {
+            let name = crate::storage::file_name(&o.uri);
+            !name.starts_with('_') && !name.starts_with('.')
+        })
+        .filter_map(|o| {
+            let format = source.format.or_else(|| Format::from_uri(&o.uri))?;
+            Some(Shard { uri: o.uri, format, size: o.size })
+        })
+        .collect();
+    if shards.is_empty() {
+        return Err(Error::Shard {
+            uri: source.uri.clone(),
+            message: format!("source {:?} has no shards (.jsonl, .jsonl.gz, .jsonl.zst, .parquet) there", source.name),
+        });
+    }
+    Ok(shards)
+}
+
+/// Reads a plan from a local file or an object URI.
+pub async fn load_plan<T: DeserializeOwned>(location: &str) -> Result<T> {
+    let bytes = if location.trim_start().starts_with('{') {
+        location.as_bytes().to_vec().into()
+    } else {
+        Storage::new(StorageConfig::default()).get(location).await?
+    };
+    serde_json::from_slice(&bytes).map_err(|e| Error::json(format!("plan {location}"), e))
+}
+
+/// Runs CPU-bound work on the blocking pool.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}

@@ -1,0 +1,209 @@
+//! `score`: every record of every shard of every group through its group's student: per-dimension
+//! scores, the aggregate (trimmed mean over the dimensions unmasked for the record's source), and
+//! a token count, written as one score shard per input shard, with a token-weighted histogram of
+//! the aggregate per shard. One unit per input shard.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, list_shards, Context, Shard};
+use crate::error::{Error, Result};
+use crate::formats::{for_each_batch, Format, ShardWriter};
+use crate::histogram::Histogram;
+use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, Source, TokenCounter};
+use crate::records::{extract, SkipCounts};
+use crate::stats::trimmed_mean;
+use crate::storage::join;
+use crate::student::Student;
+use crate::units::unit_id;
+
+/// One line of a score shard.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScoreLine {
+    /// The record's line or row number in its shard.
+    pub i: u64,
+    pub id: String,
+    /// Tokens.
+    pub t: u64,
+    /// Aggregate score.
+    pub a: f32,
+    /// Per-dimension scores, in the student's dimension order.
+    pub s: Vec<f32>,
+}
+
+/// Counts tokens for budgets.
+pub enum Tokens {
+    Whitespace,
+    Tokenizer(Box<tokenizers::Tokenizer>),
+}
+
+impl Tokens {
+    pub async fn load(ctx: &Context, counter: &TokenCounter) -> Result<Self> {
+        match counter {
+            TokenCounter::Whitespace => Ok(Tokens::Whitespace),
+            TokenCounter::Tokenizer { uri } => {
+                let path = ctx.storage.local_copy(uri, &ctx.scratch.join("tokenizers")).await?;
+                let tokenizer = tokenizers::Tokenizer::from_file(&path)
+                    .map_err(|e| Error::Tokenizer { uri: uri.clone(), message: e.to_string() })?;
+                Ok(Tokens::Tokenizer(Box::new(tokenizer)))
+            }
+        }
+    }
+
+    pub fn count(&self, text: &str) -> Result<u64> {
+        match self {
+            Tokens::Whitespace => Ok(text.split_whitespace().count() as u64),
+            Tokens::Tokenizer(t) => t
+                .encode_fast(text, false)
+                .map(|e| e.len() as u64)
+                .map_err(|e| Error::Tokenizer { uri: "tokenizer".into(), message: e.to_string() }),
+        }
+    }
+}
+
+/// One unit of work: a shard of a source of a group.
+#[derive(Clone)]
+struct Unit {
+    group: usize,
+    source: Source,
+    shard: Shard,
+}
+
+pub fn unit_of(group: &str, source: &str, shard_uri: &str) -> String {
+    unit_id(&format!("{group}-{source}"), shard_uri)
+}
+
+pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
+    if plan.groups.is_empty() {
+        return Err(Error::plan("no groups"));
+    }
+    if !(0.0..0.5).contains(&plan.trim) {
+        return Err(Error::plan("trim must be in [0, 0.5)"));
+    }
+    if plan.histogram_bins == 0 {
+        return Err(Error::plan("histogramBins must be positive"));
+    }
+    let mut students = Vec::new();
+    for group in &plan.groups {
+        students.push(Arc::new(Student::load(ctx, &group.student).await?));
+    }
+    let tokens = Arc::new(Tokens::load(ctx, &plan.tokens).await?);
+    let mut units = Vec::new();
+    for (g, group) in plan.groups.iter().enumerate() {
+        for source in &group.sources {
+            for shard in list_shards(&ctx.storage, source).await? {
+                units.push(Unit { group: g, source: source.clone(), shard });
+            }
+        }
+    }
+    let ids: Vec<String> =
+        units.iter().map(|u| unit_of(&plan.groups[u.group].name, &u.source.name, &u.shard.uri)).collect();
+    let commits = ctx
+        .units(&plan.output)
+        .run(&ids, |i| score_shard(ctx, plan, units[i].clone(), &ids[i], students[units[i].group].clone(), tokens.clone()))
+        .await?;
+    let shards: Vec<ScoredShard> = commits.into_iter().map(|c| c.output).collect();
+    let mut masked = BTreeMap::new();
+    for (group, student) in plan.groups.iter().zip(&students) {
+        masked.insert(group.name.clone(), student.header.masked.clone());
+    }
+    let result = ScoreResult { groups: totals(&shards, false), sources: totals(&shards, true), masked };
+    ctx.write_result(&plan.output, &result).await?;
+    Ok(result)
+}
+
+/// Sums shards per group, or per (group, source).
+fn totals(shards: &[ScoredShard], by_source: bool) -> Vec<ScoreTotals> {
+    let mut out: BTreeMap<(String, Option<String>), ScoreTotals> = BTreeMap::new();
+    for shard in shards {
+        let source = by_source.then(|| shard.source.clone());
+        let entry = out.entry((shard.group.clone(), source.clone())).or_insert_with(|| ScoreTotals {
+            group: shard.group.clone(),
+            source,
+            shards: 0,
+            records: 0,
+            tokens: 0,
+            skipped: SkipCounts::default(),
+            histogram: Histogram::new(shard.histogram.min, shard.histogram.max, shard.histogram.tokens.len()),
+        });
+        entry.shards += 1;
+        entry.records += shard.records;
+        entry.tokens += shard.tokens;
+        entry.skipped.merge(&shard.skipped);
+        entry.histogram.merge(&shard.histogram);
+    }
+    out.into_values().collect()
+}
+
+async fn score_shard(
+    ctx: &Context,
+    plan: &ScorePlan,
+    unit: Unit,
+    id: &str,
+    student: Arc<Student>,
+    tokens: Arc<Tokens>,
+) -> Result<ScoredShard> {
+    let group = plan.groups[unit.group].name.clone();
+    let scores_uri = join(&plan.output, &format!("scores/{group}/{}/{id}.jsonl.zst", unit.source.name));
+    let (input, _guard) = ctx.open_shard(&unit.shard.uri, unit.shard.format).await?;
+    let tmp = ctx.scratch_file()?;
+    let (path, trim, bins, read) = (tmp.to_path_buf(), plan.trim, plan.histogram_bins, plan.read.into());
+    let (source, shard) = (unit.source.clone(), unit.shard.clone());
+    let (records, token_total, skipped, histogram) = blocking(move || {
+        let scale = student.header.scale;
+        let mut histogram = Histogram::new(scale.min as f64, scale.max as f64, bins);
+        let mut writer = ShardWriter::create(&path, Format::JsonlZst)?;
+        let mut skipped = SkipCounts::default();
+        let (mut records, mut token_total) = (0u64, 0u64);
+        let heads = student.header.dimensions.len();
+        let unmasked = student.unmasked(&source.name).filter(|m| m.iter().any(|&u| u));
+        let mut kept = Vec::with_capacity(heads);
+        for_each_batch(&shard.uri, input, shard.format, read, |batch| {
+            let mut good = Vec::with_capacity(batch.records.len());
+            for raw in &batch.records {
+                match extract(raw, &source.text) {
+                    Ok(record) => good.push((raw.index, record)),
+                    Err(reason) => skipped.add(reason, &shard.uri, raw.index),
+                }
+            }
+            let texts: Vec<&str> = good.iter().map(|(_, r)| r.text.as_str()).collect();
+            for ((index, record), predicted) in good.iter().zip(student.score_batch(&texts)?) {
+                let Some(scores) = predicted else {
+                    skipped.add_reason("student_no_reply", &shard.uri, *index);
+                    continue;
+                };
+                kept.clear();
+                match unmasked {
+                    Some(mask) => kept.extend(scores.iter().zip(mask).filter(|(_, &u)| u).map(|(s, _)| *s)),
+                    // No mask for the source, or every dimension masked: all dimensions count.
+                    None => kept.extend_from_slice(&scores),
+                }
+                let aggregate = trimmed_mean(&mut kept, trim).unwrap_or(f32::NAN);
+                let t = tokens.count(&record.text)?;
+                let line = ScoreLine { i: *index, id: record.id.clone(), t, a: aggregate, s: scores };
+                writer.write_line(&serde_json::to_vec(&line).map_err(|e| Error::json("score line", e))?)?;
+                histogram.add(aggregate as f64, t);
+                records += 1;
+                token_total += t;
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        writer.finish()?;
+        Ok((records, token_total, skipped, histogram))
+    })
+    .await?;
+    ctx.storage.put_file(&scores_uri, &tmp).await?;
+    Ok(ScoredShard {
+        group,
+        source: unit.source.name,
+        shard: unit.shard.uri,
+        scores: scores_uri,
+        records,
+        tokens: token_total,
+        skipped,
+        histogram,
+    })
+}

@@ -1,0 +1,132 @@
+//! `select`: writes the kept records, byte-identical (JSONL) or row-identical (Parquet), in each
+//! source's own format, and the manifest. One unit per input shard: it reads the shard and its
+//! score shard side by side (both in record order) and keeps a record when its aggregate falls in
+//! a bin at or above its scope's cut, exactly the records the threshold counted.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::ops::ControlFlow;
+
+use super::score::{unit_of, ScoreLine};
+use super::{blocking, list_shards, Context, Shard};
+use crate::error::{Error, Result};
+use crate::formats::{decoder, for_each_batch, Format, ShardWriter};
+use crate::plan::{Kept, Manifest, ScoreResult, ScoredShard, SelectPlan, SelectedShard, Source, ThresholdResult};
+use crate::storage::join;
+
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Clone)]
+struct Unit {
+    group: String,
+    source: Source,
+    shard: Shard,
+}
+
+pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
+    let thresholds: ThresholdResult = ctx.storage.get_json(&join(&plan.threshold, super::RESULT)).await?;
+    let scores: ScoreResult = ctx.storage.get_json(&join(&plan.score, super::RESULT)).await?;
+    let mut units = Vec::new();
+    for group in &plan.groups {
+        for source in &group.sources {
+            for shard in list_shards(&ctx.storage, source).await? {
+                units.push(Unit { group: group.name.clone(), source: source.clone(), shard });
+            }
+        }
+    }
+    let ids: Vec<String> = units.iter().map(|u| unit_of(&u.group, &u.source.name, &u.shard.uri)).collect();
+    let score_units = ctx.units(&plan.score);
+    let commits = ctx
+        .units(&plan.output)
+        .run(&ids, |i| {
+            let (unit, thresholds, score_units) = (units[i].clone(), &thresholds, &score_units);
+            let id = ids[i].clone();
+            async move {
+                let scored: ScoredShard = score_units
+                    .commit_of(&id)
+                    .await?
+                    .ok_or_else(|| Error::plan(format!("shard {} has no committed scores; run score first", unit.shard.uri)))?
+                    .output;
+                let cut = thresholds
+                    .cut_for(&unit.group, &unit.source.name)
+                    .ok_or_else(|| Error::plan(format!("no cut for group {:?} source {:?}", unit.group, unit.source.name)))?;
+                select_shard(ctx, plan, &unit, &scored, cut.cut.bin).await
+            }
+        })
+        .await?;
+    let mut manifest = Manifest {
+        total: Kept::default(),
+        groups: BTreeMap::new(),
+        sources: BTreeMap::new(),
+        thresholds,
+        masked: scores.masked,
+        shards: Vec::new(),
+    };
+    for commit in commits {
+        let shard = commit.output;
+        manifest.total.add(&shard.kept);
+        manifest.groups.entry(shard.group.clone()).or_default().add(&shard.kept);
+        manifest.sources.entry(format!("{}/{}", shard.group, shard.source)).or_default().add(&shard.kept);
+        manifest.shards.push(shard);
+    }
+    ctx.storage.put_json(&join(&plan.output, MANIFEST), &manifest).await?;
+    ctx.write_result(&plan.output, &manifest).await?;
+    Ok(manifest)
+}
+
+async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &Unit, scored: &ScoredShard, cut_bin: usize) -> Result<SelectedShard> {
+    let relative = unit.shard.uri.strip_prefix(unit.source.uri.trim_end_matches('/')).unwrap_or(&unit.shard.uri);
+    let relative = if relative.is_empty() { crate::storage::file_name(&unit.shard.uri) } else { relative };
+    let output = join(&plan.output, &format!("data/{}/{}/{}", unit.group, unit.source.name, relative.trim_start_matches('/')));
+    let (input, _guard) = ctx.open_shard(&unit.shard.uri, unit.shard.format).await?;
+    let scores_input = ctx.storage.open_read(&scored.scores).await?;
+    let scores_stream: Box<dyn std::io::Read + Send> = Box::new(tokio_util::io::SyncIoBridge::new(scores_input));
+    let tmp = ctx.scratch_file()?;
+    let (path, read, histogram) = (tmp.to_path_buf(), plan.read.into(), scored.histogram.clone());
+    let (shard, scores_uri) = (unit.shard.clone(), scored.scores.clone());
+    let kept = blocking(move || {
+        let mut lines = std::io::BufReader::new(decoder(&scores_uri, Format::JsonlZst, scores_stream)?).split(b'\n');
+        let mut next_line = || -> Result<Option<ScoreLine>> {
+            match lines.next() {
+                None => Ok(None),
+                Some(line) => {
+                    let line = line.map_err(|e| Error::Shard { uri: scores_uri.clone(), message: e.to_string() })?;
+                    serde_json::from_slice(&line).map(Some).map_err(|e| Error::json(&scores_uri, e))
+                }
+            }
+        };
+        let mut writer = ShardWriter::create(&path, shard.format)?;
+        let mut kept = Kept::default();
+        let mut pending = next_line()?;
+        for_each_batch(&shard.uri, input, shard.format, read, |batch| {
+            let mut keep = vec![false; batch.records.len()];
+            for (slot, raw) in keep.iter_mut().zip(&batch.records) {
+                while pending.as_ref().is_some_and(|l| l.i < raw.index) {
+                    pending = next_line()?;
+                }
+                // Records skipped while scoring have no score line and are not kept.
+                let Some(line) = pending.as_ref().filter(|l| l.i == raw.index) else { continue };
+                kept.total_records += 1;
+                kept.total_tokens += line.t;
+                if histogram.bin(line.a as f64) >= cut_bin {
+                    *slot = true;
+                    kept.kept_records += 1;
+                    kept.kept_tokens += line.t;
+                }
+            }
+            writer.write_kept(&batch, &keep)?;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        writer.finish()?;
+        Ok(kept)
+    })
+    .await?;
+    // A shard with nothing kept produces no file (an empty Parquet file would need a schema).
+    let output = if kept.kept_records > 0 {
+        ctx.storage.put_file(&output, &tmp).await?;
+        Some(output)
+    } else {
+        None
+    };
+    Ok(SelectedShard { group: unit.group.clone(), source: unit.source.name.clone(), shard: unit.shard.uri.clone(), output, kept })
+}

@@ -1,0 +1,202 @@
+//! The student artefact: what `score` runs for a group, and the reliability mask `distill`
+//! derived for it, in one self-describing, versioned file, so a `score` Job needs nothing else to
+//! reproduce the student that `distill` validated.
+//!
+//! Two kinds of student score alike: `heads` (ridge heads over a featurizer's vectors, trained by
+//! `distill`) and `judge` (an LLM judge, fine-tuned elsewhere from the exported SFT data, asked
+//! for the same per-dimension scores). Reliability masking treats them the same way.
+//!
+//! Layout (the whole file zstd-compressed): the magic `MIRASTU1`, a little-endian u32 header
+//! length, the JSON [`StudentHeader`], then for `heads` `dim * heads` little-endian f32 weights
+//! (feature-major) and, when the header says so, `dim` f32 IDF weights.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::featurize::{self, Featurizer, FeaturizerSpec};
+use crate::models::Chat;
+use crate::plan::{DimensionRef, ModelSpec, Scale};
+use crate::ridge::RidgeHeads;
+use crate::steps::label::{complete, scores_schema};
+use crate::steps::Context;
+
+const MAGIC: &[u8; 8] = b"MIRASTU1";
+pub const FORMAT: &str = "mira-student/v1";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StudentHeader {
+    pub format: String,
+    pub group: String,
+    pub dimensions: Vec<DimensionRef>,
+    pub scale: Scale,
+    /// Dimensions masked out of the aggregate, per source.
+    pub masked: BTreeMap<String, Vec<String>>,
+    pub trained_on: usize,
+    #[serde(flatten)]
+    pub kind: StudentKind,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum StudentKind {
+    #[serde(rename_all = "camelCase")]
+    Heads { featurizer: FeaturizerSpec, dim: usize, bias: Vec<f32>, lambdas: Vec<f64>, has_idf: bool },
+    #[serde(rename_all = "camelCase")]
+    Judge { model: ModelSpec },
+}
+
+/// How a student turns texts into per-dimension scores.
+pub enum Scorer {
+    Heads { heads: RidgeHeads, featurizer: Arc<dyn Featurizer>, idf: Option<Vec<f32>> },
+    Judge { chat: Arc<Chat>, runtime: tokio::runtime::Handle },
+}
+
+pub struct Student {
+    pub header: StudentHeader,
+    pub scorer: Scorer,
+    /// Per source: which dimensions count towards the aggregate.
+    unmasked: HashMap<String, Vec<bool>>,
+}
+
+impl Student {
+    pub fn new(header: StudentHeader, scorer: Scorer) -> Self {
+        let unmasked = header
+            .masked
+            .iter()
+            .map(|(source, dims)| (source.clone(), header.dimensions.iter().map(|d| !dims.contains(&d.id)).collect()))
+            .collect();
+        Student { header, scorer, unmasked }
+    }
+
+    /// Sets the mask (after validation) and recomputes the per-source view of it.
+    pub fn with_mask(self, masked: BTreeMap<String, Vec<String>>) -> Self {
+        let Student { mut header, scorer, .. } = self;
+        header.masked = masked;
+        Student::new(header, scorer)
+    }
+
+    /// Which dimensions count for a record of `source` (all, for a source the mask does not name).
+    pub fn unmasked(&self, source: &str) -> Option<&[bool]> {
+        self.unmasked.get(source).map(Vec::as_slice)
+    }
+
+    /// Per-dimension scores for each text, clipped to the scale; `None` where a judge gave no
+    /// usable reply. Runs on the blocking pool (judges wait on their async API).
+    pub fn score_batch(&self, texts: &[&str]) -> Result<Vec<Option<Vec<f32>>>> {
+        let (lo, hi) = (self.header.scale.min as f32, self.header.scale.max as f32);
+        match &self.scorer {
+            Scorer::Heads { heads, featurizer, .. } => {
+                let xs = featurizer.featurize(texts)?;
+                Ok(xs
+                    .iter()
+                    .map(|x| {
+                        let mut out = vec![0f32; heads.heads];
+                        heads.predict(x, &mut out);
+                        out.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+                        Some(out)
+                    })
+                    .collect())
+            }
+            Scorer::Judge { chat, runtime } => {
+                let dims = &self.header.dimensions;
+                let scale = self.header.scale;
+                let schema = scores_schema(dims, scale, false);
+                let system = crate::prompts::judge_system(scale, false);
+                runtime.block_on(async {
+                    let replies: Vec<(usize, Result<BTreeMap<String, i64>>)> = futures::stream::iter(texts.iter().enumerate())
+                        .map(|(i, text)| {
+                            let user = crate::prompts::judge_user(dims, text);
+                            let (schema, system) = (&schema, &system);
+                            async move {
+                                let reply = chat
+                                    .json::<BTreeMap<String, i64>>(system, &user, schema, 16 + 8 * dims.len(), |r| complete(r, dims, scale, |s| *s))
+                                    .await;
+                                (i, reply)
+                            }
+                        })
+                        .buffer_unordered(chat.concurrency())
+                        .collect()
+                        .await;
+                    let mut out = vec![None; texts.len()];
+                    for (i, reply) in replies {
+                        match reply {
+                            Ok(scores) => out[i] = Some(dims.iter().map(|d| scores[&d.id] as f32).collect()),
+                            Err(Error::Model(message)) => tracing::warn!(%message, "judge gave no usable reply"),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(out)
+                })
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let header = serde_json::to_vec(&self.header).map_err(|e| Error::json("student header", e))?;
+        let mut raw = Vec::with_capacity(12 + header.len());
+        raw.extend_from_slice(MAGIC);
+        raw.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        raw.extend_from_slice(&header);
+        if let Scorer::Heads { heads, idf, .. } = &self.scorer {
+            for w in heads.weights.iter().chain(idf.iter().flatten()) {
+                raw.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        zstd::bulk::compress(&raw, 3).map_err(|e| Error::Student { uri: String::new(), message: e.to_string() })
+    }
+
+    /// Reads an artefact and builds its scorer (loading the featurizer's or judge's model).
+    pub async fn load(ctx: &Context, uri: &str) -> Result<Self> {
+        let bytes = ctx.storage.get(uri).await?;
+        let bad = |message: String| Error::Student { uri: uri.into(), message };
+        let raw = zstd::stream::decode_all(&bytes[..]).map_err(|e| bad(format!("not zstd: {e}")))?;
+        if raw.len() < 12 || &raw[..8] != MAGIC {
+            return Err(bad("not a MIRA student artefact".into()));
+        }
+        let header_len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes")) as usize;
+        let body_start = 12 + header_len;
+        let header: StudentHeader =
+            serde_json::from_slice(raw.get(12..body_start).ok_or_else(|| bad("truncated header".into()))?)
+                .map_err(|e| bad(format!("header: {e}")))?;
+        if header.format != FORMAT {
+            return Err(bad(format!("format {:?}, this build reads {FORMAT:?}", header.format)));
+        }
+        let scorer = match &header.kind {
+            StudentKind::Judge { model } => {
+                Scorer::Judge { chat: Arc::new(Chat::load(ctx, model).await?), runtime: tokio::runtime::Handle::current() }
+            }
+            StudentKind::Heads { featurizer, dim, bias, lambdas, has_idf } => {
+                let n = header.dimensions.len();
+                let n_weights = dim * n;
+                let floats: Vec<f32> = raw[body_start..]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect();
+                let n_idf = if *has_idf { *dim } else { 0 };
+                if floats.len() != n_weights + n_idf || bias.len() != n {
+                    return Err(bad(format!("expected {} weights, found {}", n_weights + n_idf, floats.len())));
+                }
+                let idf = has_idf.then(|| floats[n_weights..].to_vec());
+                let heads = RidgeHeads {
+                    dim: *dim,
+                    heads: n,
+                    weights: floats[..n_weights].to_vec(),
+                    bias: bias.clone(),
+                    lambdas: lambdas.clone(),
+                    loo_mse: vec![f64::NAN; n],
+                };
+                let built = featurize::build(ctx, featurizer, idf.clone()).await?;
+                if built.dim() != *dim {
+                    return Err(bad(format!("featurizer has dimension {}, heads {dim}", built.dim())));
+                }
+                Scorer::Heads { heads, featurizer: built, idf }
+            }
+        };
+        Ok(Student::new(header, scorer))
+    }
+}

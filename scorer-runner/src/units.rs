@@ -1,0 +1,264 @@
+//! Work units: how N workers share a step's work with no coordinator, and why a killed worker
+//! loses nothing.
+//!
+//! Each unit (a shard, a group, ...) has a stable id. Under the step's output root:
+//! - `_units/<id>.claim.<n>`: a lease, created with put-if-absent; the holder renews it while it
+//!   works. A claim whose lease has run out is taken over by creating claim `n + 1`, which only one
+//!   contender can do. Claims only avoid duplicate work; they never decide correctness.
+//! - `_units/<id>.commit.json`: the unit's result, created with put-if-absent after its outputs
+//!   are written. Exactly one commit per unit exists, whoever ran it and however often.
+//! - `_units/<id>.failed.json`: the last error a worker met on the unit (informational).
+//!
+//! Unit outputs are deterministic functions of the plan, written atomically at fixed keys, so two
+//! workers that both ran a unit wrote the same bytes; readers trust only committed units.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::storage::{join, Storage};
+
+/// Worker identity and lease timing.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: String,
+    /// How long a claim holds without renewal; a killed worker's units are free again after it.
+    pub lease: Duration,
+    /// How many units this worker runs at once.
+    pub parallelism: usize,
+}
+
+impl WorkerConfig {
+    /// From the environment: `MIRA_WORKER_ID` (the pod name in a Job), `MIRA_LEASE_SECONDS`,
+    /// `MIRA_PARALLELISM`; defaults: host name + pid, 60 s, the number of CPUs.
+    pub fn from_env() -> Self {
+        let id = std::env::var("MIRA_WORKER_ID").unwrap_or_else(|_| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+        });
+        let lease = std::env::var("MIRA_LEASE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60.0);
+        let parallelism = std::env::var("MIRA_PARALLELISM")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        WorkerConfig { id, lease: Duration::from_secs_f64(lease), parallelism: parallelism.max(1) }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Claim {
+    worker: String,
+    /// Unix milliseconds.
+    expires_at: i64,
+}
+
+/// A unit's committed result.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Commit<T> {
+    pub unit: String,
+    pub worker: String,
+    pub output: T,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Failure {
+    unit: String,
+    worker: String,
+    error: String,
+}
+
+enum ClaimOutcome {
+    Claimed(String),
+    HeldByOther,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The unit protocol for one step's output root.
+#[derive(Clone)]
+pub struct Units {
+    storage: Arc<Storage>,
+    root: String,
+    worker: WorkerConfig,
+}
+
+impl Units {
+    pub fn new(storage: Arc<Storage>, root: &str, worker: WorkerConfig) -> Self {
+        Units { storage, root: root.to_string(), worker }
+    }
+
+    fn key(&self, unit: &str, suffix: &str) -> String {
+        join(&self.root, &format!("_units/{unit}.{suffix}"))
+    }
+
+    pub async fn commit_of<T: DeserializeOwned>(&self, unit: &str) -> Result<Option<Commit<T>>> {
+        let uri = self.key(unit, "commit.json");
+        match self.storage.get_opt(&uri).await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::json(uri, e)),
+        }
+    }
+
+    async fn try_claim(&self, unit: &str) -> Result<ClaimOutcome> {
+        let prefix = self.key(unit, "claim.");
+        let latest = self
+            .storage
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| o.uri.rsplit('.').next().and_then(|n| n.parse::<u64>().ok()).map(|n| (n, o.uri)))
+            .max();
+        let next = match latest {
+            None => 0,
+            Some((n, uri)) => match self.storage.get_opt(&uri).await? {
+                Some(bytes) => {
+                    let claim: Claim = serde_json::from_slice(&bytes).map_err(|e| Error::json(&uri, e))?;
+                    if claim.expires_at > now_ms() {
+                        return Ok(ClaimOutcome::HeldByOther);
+                    }
+                    n + 1
+                }
+                // Released (deleted) after a failure: free to claim anew.
+                None => n + 1,
+            },
+        };
+        let uri = self.key(unit, &format!("claim.{next}"));
+        if self.storage.put_if_absent(&uri, self.claim_body()?).await? {
+            Ok(ClaimOutcome::Claimed(uri))
+        } else {
+            Ok(ClaimOutcome::HeldByOther)
+        }
+    }
+
+    fn claim_body(&self) -> Result<bytes::Bytes> {
+        let claim = Claim { worker: self.worker.id.clone(), expires_at: now_ms() + self.worker.lease.as_millis() as i64 };
+        Ok(serde_json::to_vec(&claim).map_err(|e| Error::json("claim", e))?.into())
+    }
+
+    /// Renews the claim every third of the lease until dropped.
+    fn heartbeat(&self, claim_uri: String) -> tokio::task::JoinHandle<()> {
+        let units = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(units.worker.lease / 3).await;
+                if let Ok(body) = units.claim_body() {
+                    if let Err(e) = units.storage.put(&claim_uri, body).await {
+                        tracing::warn!(claim = %claim_uri, error = %e, "could not renew claim");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Runs every unit not yet committed, sharing them with any other workers of the same step,
+    /// and returns every unit's commit in the order given. Waits for units other live workers
+    /// hold; takes over those whose lease runs out. Each unit is tried at most once by this
+    /// worker; if any failed, returns [`Error::UnitsFailed`] after all others are done.
+    pub async fn run<T, F, Fut>(&self, unit_ids: &[String], process: F) -> Result<Vec<Commit<T>>>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut commits: Vec<Option<Commit<T>>> = (0..unit_ids.len()).map(|_| None).collect();
+        let mut failed: Vec<Option<String>> = vec![None; unit_ids.len()];
+        // Workers start at different offsets so they rarely contend for the same claim.
+        let offset = (xxhash_rust::xxh3::xxh3_64(self.worker.id.as_bytes()) as usize) % unit_ids.len().max(1);
+        loop {
+            let pending: Vec<usize> = (0..unit_ids.len())
+                .map(|i| (i + offset) % unit_ids.len())
+                .filter(|&i| commits[i].is_none() && failed[i].is_none())
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            let outcomes: Vec<(usize, Result<Option<Commit<T>>>)> = futures::stream::iter(pending)
+                .map(|i| {
+                    let fut = self.run_one(&unit_ids[i], &process, i);
+                    async move { (i, fut.await) }
+                })
+                .buffer_unordered(self.worker.parallelism)
+                .collect()
+                .await;
+            let mut waiting = false;
+            for (i, outcome) in outcomes {
+                match outcome {
+                    Ok(Some(commit)) => commits[i] = Some(commit),
+                    Ok(None) => waiting = true,
+                    Err(e) => {
+                        tracing::error!(unit = %unit_ids[i], error = %e, "unit failed");
+                        failed[i] = Some(e.to_string());
+                    }
+                }
+            }
+            if waiting {
+                // Units held by other workers: poll until they commit or their lease runs out.
+                tokio::time::sleep((self.worker.lease / 4).min(Duration::from_secs(5))).await;
+            }
+        }
+        let errors: Vec<String> =
+            failed.iter().zip(unit_ids).filter_map(|(f, id)| f.as_ref().map(|e| format!("{id}: {e}"))).collect();
+        if let Some(first) = errors.first() {
+            return Err(Error::UnitsFailed { failed: errors.len(), total: unit_ids.len(), first: first.clone() });
+        }
+        Ok(commits.into_iter().map(|c| c.expect("every unit committed")).collect())
+    }
+
+    /// One attempt at one unit: `Ok(None)` when another worker holds it.
+    async fn run_one<T, F, Fut>(&self, unit: &str, process: &F, index: usize) -> Result<Option<Commit<T>>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        if let Some(commit) = self.commit_of(unit).await? {
+            return Ok(Some(commit));
+        }
+        let ClaimOutcome::Claimed(claim_uri) = self.try_claim(unit).await? else {
+            return Ok(None);
+        };
+        // The unit may have been committed between the check and the claim.
+        if let Some(commit) = self.commit_of(unit).await? {
+            return Ok(Some(commit));
+        }
+        let heartbeat = self.heartbeat(claim_uri.clone());
+        let result = process(index).await;
+        heartbeat.abort();
+        match result {
+            Ok(output) => {
+                let commit = Commit { unit: unit.to_string(), worker: self.worker.id.clone(), output };
+                let uri = self.key(unit, "commit.json");
+                let body = serde_json::to_vec(&commit).map_err(|e| Error::json(&uri, e))?;
+                if !self.storage.put_if_absent(&uri, body.into()).await? {
+                    tracing::info!(unit, "unit was committed by another worker first");
+                }
+                self.storage.delete(&self.key(unit, "failed.json")).await?;
+                // The commit that exists is the one every reader sees.
+                Ok(self.commit_of(unit).await?)
+            }
+            Err(e) => {
+                let failure = Failure { unit: unit.to_string(), worker: self.worker.id.clone(), error: e.to_string() };
+                self.storage.put_json(&self.key(unit, "failed.json"), &failure).await?;
+                // Release the claim so another worker may try at once (the error may be transient).
+                self.storage.delete(&claim_uri).await?;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A unit id safe as an object-key segment, stable for the same input.
+pub fn unit_id(label: &str, input: &str) -> String {
+    let safe: String =
+        label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("{safe}-{:016x}", xxhash_rust::xxh3::xxh3_64(input.as_bytes()))
+}

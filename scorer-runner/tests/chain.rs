@@ -1,0 +1,304 @@
+//! The selection chain cluster -> distill -> score -> threshold -> select on a generated
+//! multi-source corpus, on local disk and on a real S3 server.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use common::{context, root, shard_lines, Backend};
+use scorer_runner::formats::Format;
+use scorer_runner::plan::*;
+use scorer_runner::records::TextSpec;
+use scorer_runner::steps::{self, Context};
+use scorer_runner::storage::join;
+use scorer_runner::synth::{self, Generated, Kind, SynthSource};
+
+fn corpus() -> Vec<SynthSource> {
+    let source = |name: &str, kind, format, malformed_every| SynthSource {
+        name: name.into(),
+        kind,
+        format,
+        shards: 3,
+        records_per_shard: 120,
+        malformed_every,
+    };
+    vec![
+        source("web", Kind::Prose, Format::Jsonl, Some(40)),
+        source("books", Kind::Prose, Format::Parquet, None),
+        source("code", Kind::Code, Format::JsonlZst, Some(97)),
+        source("math", Kind::Math, Format::JsonlGz, None),
+        source("agent", Kind::Agent, Format::JsonlZst, None),
+    ]
+}
+
+fn sources(corpus_root: &str, synth: &[SynthSource]) -> Vec<Source> {
+    synth
+        .iter()
+        .map(|s| Source {
+            name: s.name.clone(),
+            uri: join(corpus_root, &s.name),
+            format: None,
+            text: TextSpec {
+                messages_field: (s.kind == Kind::Agent).then(|| "messages".into()),
+                id_field: Some("id".into()),
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
+struct Chain {
+    cluster: ClusterResult,
+    distill: DistillResult,
+    score: ScoreResult,
+    manifest: Manifest,
+}
+
+async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, retention: f64) -> Chain {
+    let cluster = steps::cluster::run(
+        ctx,
+        &ClusterPlan {
+            storage: Default::default(),
+            output: join(out, "cluster"),
+            sources: sources.to_vec(),
+            featurizer: Default::default(),
+            sample_per_source: 200,
+            k: None,
+            max_k: 4,
+            groups: None,
+            seed: 1,
+            read: Default::default(),
+        },
+    )
+    .await
+    .expect("cluster");
+    let dims = vec![
+        DimensionRef { id: "signal".into(), name: "Care".into(), description: "careful, justified writing".into(), guide: String::new() },
+        DimensionRef { id: "noise".into(), name: "Noise".into(), description: "a dimension the teacher scores at random".into(), guide: String::new() },
+    ];
+    let distill = steps::distill::run(
+        ctx,
+        &DistillPlan {
+            storage: Default::default(),
+            output: join(out, "distill"),
+            groups: cluster
+                .groups
+                .iter()
+                .map(|g| DistillGroup { name: g.name.clone(), sources: g.sources.clone(), dimensions: dims.clone() })
+                .collect(),
+            labels: labels.into(),
+            featurizer: Default::default(),
+            scale: Scale::default(),
+            validation_fraction: 0.3,
+            split_seed: 0,
+            lambdas: vec![],
+            max_train_records: 3000,
+            mask: MaskPolicy::default(),
+            export_sft: true,
+            judge: None,
+        },
+    )
+    .await
+    .expect("distill");
+    let by_name: HashMap<&str, &Source> = sources.iter().map(|s| (s.name.as_str(), s)).collect();
+    let group_sources = |g: &GroupDef| g.sources.iter().map(|s| by_name[s.as_str()].clone()).collect::<Vec<_>>();
+    let score = steps::score::run(
+        ctx,
+        &ScorePlan {
+            storage: Default::default(),
+            output: join(out, "score"),
+            groups: cluster
+                .groups
+                .iter()
+                .zip(&distill.students)
+                .map(|(g, s)| ScoreGroup { name: g.name.clone(), sources: group_sources(g), student: s.student.clone() })
+                .collect(),
+            tokens: TokenCounter::Whitespace,
+            trim: 0.0,
+            histogram_bins: 2000,
+            read: Default::default(),
+        },
+    )
+    .await
+    .expect("score");
+    steps::threshold::run(
+        ctx,
+        &ThresholdPlan {
+            storage: Default::default(),
+            output: join(out, "threshold"),
+            scores: vec![join(out, "score")],
+            policy: CutPolicy::Group,
+            retention,
+            group_retention: BTreeMap::new(),
+        },
+    )
+    .await
+    .expect("threshold");
+    let manifest = steps::select::run(
+        ctx,
+        &SelectPlan {
+            storage: Default::default(),
+            output: join(out, "select"),
+            groups: cluster.groups.iter().map(|g| SelectGroup { name: g.name.clone(), sources: group_sources(g) }).collect(),
+            score: join(out, "score"),
+            threshold: join(out, "threshold"),
+            read: Default::default(),
+        },
+    )
+    .await
+    .expect("select");
+    Chain { cluster, distill, score, manifest }
+}
+
+/// Generates the corpus and labels locally and places them at `corpus_root`.
+async fn prepare(ctx: &Context, tmp: &Path, corpus_root: &str) -> (Vec<Generated>, String) {
+    let local = tmp.join("corpus");
+    let mut generated = Vec::new();
+    for s in corpus() {
+        generated.extend(synth::write_source(&local, &s, 42).unwrap());
+    }
+    let labels_local = tmp.join("labels.jsonl");
+    synth::write_labels(&labels_local, &generated, 2, 7).unwrap();
+    common::upload_dir(&ctx.storage, &local, corpus_root).await;
+    let labels = join(corpus_root, "_labels/labels.jsonl");
+    ctx.storage.put_file(&labels, &labels_local).await.unwrap();
+    (generated, labels)
+}
+
+async fn chain_selects_by_the_learnt_signal(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(backend, "chain", tmp.path()).await;
+    let ctx = context(&config, "w1", tmp.path());
+    let corpus_root = join(&base, "corpus");
+    let (generated, labels) = prepare(&ctx, tmp.path(), &corpus_root).await;
+    let srcs = sources(&corpus_root, &corpus());
+    let out = join(&base, "run");
+    let chain = run_chain(&ctx, &srcs, &labels, &out, 0.5).await;
+
+    // Cluster: every source in one group; similarity symmetric, self-similarity 1; the two prose
+    // sources are closer to each other than to code.
+    let grouped: Vec<&String> = chain.cluster.groups.iter().flat_map(|g| &g.sources).collect();
+    assert_eq!(grouped.len(), 5);
+    let idx = |n: &str| chain.cluster.sources.iter().position(|s| s.name == n).unwrap();
+    let sim = &chain.cluster.similarity;
+    assert!((sim[idx("web")][idx("web")] - 1.0).abs() < 1e-6);
+    assert_eq!(sim[idx("web")][idx("code")], sim[idx("code")][idx("web")]);
+    assert!(sim[idx("web")][idx("books")] > sim[idx("web")][idx("code")] + 0.1, "{sim:?}");
+    // Malformed lines in the sample are counted by reason.
+    assert!(chain.cluster.sources[idx("web")].skipped.total() > 0);
+
+    // Distill: the noise dimension is masked for every source, the signal for none.
+    for student in &chain.distill.students {
+        for a in &student.agreement {
+            match a.dimension.as_str() {
+                "noise" => assert!(a.masked, "noise not masked: {a:?}"),
+                _ => assert!(!a.masked && a.spearman.unwrap() > 0.5, "signal masked: {a:?}"),
+            }
+        }
+    }
+    let sft = chain.distill.sft.as_ref().expect("sft export");
+    assert!(!ctx.storage.list(sft).await.unwrap().is_empty());
+
+    // Score: every good record scored exactly once, malformed ones counted by reason.
+    let scored: u64 = chain.score.groups.iter().map(|g| g.records).sum();
+    assert_eq!(scored, generated.len() as u64);
+    let web = chain.score.sources.iter().find(|s| s.source.as_deref() == Some("web")).unwrap();
+    for reason in ["invalid_json", "missing_text", "invalid_utf8", "empty_text"] {
+        assert!(web.skipped.counts.get(reason).copied().unwrap_or(0) > 0, "no {reason} counted: {:?}", web.skipped);
+    }
+    assert_eq!(web.skipped.total(), 360 / 40);
+
+    // Threshold: per group, kept tokens within the stated bound of the target.
+    for cut in &chain.manifest.thresholds.cuts {
+        assert!(cut.cut.kept_tokens.abs_diff(cut.cut.target_tokens) <= cut.cut.error_bound_tokens, "{cut:?}");
+        assert_eq!(chain.manifest.groups[&cut.scope].kept_tokens, cut.cut.kept_tokens);
+        let kept_fraction = cut.cut.kept_tokens as f64 / cut.cut.total_tokens as f64;
+        assert!((kept_fraction - 0.5).abs() < 0.1, "{cut:?}");
+    }
+
+    // Select: kept JSONL records are byte-identical lines of their source shard; Parquet rows
+    // keep their values; kept records are of higher hidden quality than dropped ones.
+    let quality: HashMap<&str, u32> = generated.iter().map(|g| (g.id.as_str(), g.quality)).collect();
+    let mut kept_ids = HashSet::new();
+    let dl = tmp.path().join("download");
+    for shard in chain.manifest.shards.iter().filter(|s| s.output.is_some()) {
+        let output = common::fetch(&ctx.storage, shard.output.as_ref().unwrap(), &dl.join("out")).await;
+        let input = common::fetch(&ctx.storage, &shard.shard, &dl.join("in")).await;
+        if Format::from_uri(&shard.shard) == Some(Format::Parquet) {
+            let rows = parquet_rows(&output);
+            assert_eq!(rows.len() as u64, shard.kept.kept_records);
+            let source_rows: HashSet<String> = parquet_rows(&input).into_iter().map(|r| r.to_string()).collect();
+            for row in rows {
+                assert!(source_rows.contains(&row.to_string()));
+                kept_ids.insert(row["id"].as_str().unwrap().to_string());
+            }
+        } else {
+            let source_lines: HashSet<Vec<u8>> = shard_lines(&input).into_iter().collect();
+            let lines = shard_lines(&output);
+            assert_eq!(lines.len() as u64, shard.kept.kept_records);
+            for line in lines {
+                assert!(source_lines.contains(&line), "kept line not in source: {}", String::from_utf8_lossy(&line));
+                let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                kept_ids.insert(value["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(kept_ids.len() as u64, chain.manifest.total.kept_records);
+    let mean = |kept: bool| {
+        let q: Vec<u32> = generated.iter().filter(|g| kept_ids.contains(&g.id) == kept).map(|g| quality[g.id.as_str()]).collect();
+        q.iter().sum::<u32>() as f64 / q.len() as f64
+    };
+    assert!(mean(true) > mean(false) + 1.0, "kept {} dropped {}", mean(true), mean(false));
+}
+
+fn parquet_rows(path: &Path) -> Vec<serde_json::Value> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+        writer.write(&batch.unwrap()).unwrap();
+        writer.finish().unwrap();
+        rows.extend(serde_json::from_slice::<Vec<serde_json::Value>>(&writer.into_inner()).unwrap());
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_on_local_disk_selects_by_the_learnt_signal() {
+    chain_selects_by_the_learnt_signal(Backend::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_on_s3_selects_by_the_learnt_signal() {
+    chain_selects_by_the_learnt_signal(Backend::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_source_fails_its_unit_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::Local, "missing", tmp.path()).await;
+    let ctx = context(&config, "w1", tmp.path());
+    let corpus_root = join(&base, "corpus");
+    prepare(&ctx, tmp.path(), &corpus_root).await;
+    let mut srcs = sources(&corpus_root, &corpus());
+    srcs[1].uri = join(&corpus_root, "no-such-source");
+    let plan = ClusterPlan {
+        storage: Default::default(),
+        output: join(&base, "cluster"),
+        sources: srcs,
+        featurizer: Default::default(),
+        sample_per_source: 50,
+        k: Some(2),
+        max_k: 4,
+        groups: None,
+        seed: 0,
+        read: Default::default(),
+    };
+    let err = steps::cluster::run(&ctx, &plan).await.unwrap_err().to_string();
+    assert!(err.contains("1 of 5 units failed") && err.contains("no-such-source") && err.contains("has no shards"), "{err}");
+    // The other sources' units are committed: a rerun redoes only the failed one.
+    let commits = ctx.storage.list(&join(&base, "cluster/_units/")).await.unwrap();
+    assert_eq!(commits.iter().filter(|o| o.uri.ends_with(".commit.json")).count(), 4);
+}

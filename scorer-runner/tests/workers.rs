@@ -1,0 +1,165 @@
+//! Several workers on one step, and a worker killed mid-step: every unit committed exactly once,
+//! and the same output as one uninterrupted run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{context, root, Backend};
+use scorer_runner::formats::Format;
+use scorer_runner::plan::*;
+use scorer_runner::records::TextSpec;
+use scorer_runner::steps;
+use scorer_runner::storage::{join, Storage, StorageConfig};
+use scorer_runner::synth::{self, Kind, SynthSource};
+
+/// A corpus of `shards` shards, labels, and a trained student; returns the score plan.
+async fn scoring_setup(config: &StorageConfig, base: &str, tmp: &Path, shards: usize, records: usize) -> ScorePlan {
+    let ctx = context(config, "setup", tmp);
+    let local = tmp.join("corpus");
+    let source = SynthSource {
+        name: "web".into(),
+        kind: Kind::Prose,
+        format: Format::JsonlZst,
+        shards,
+        records_per_shard: records,
+        malformed_every: Some(50),
+    };
+    let generated = synth::write_source(&local, &source, 3).unwrap();
+    synth::write_labels(&local.join("labels.jsonl"), &generated, 3, 1).unwrap();
+    common::upload_dir(&ctx.storage, &local, &join(base, "corpus")).await;
+    let dims = vec![DimensionRef { id: "signal".into(), name: String::new(), description: String::new(), guide: String::new() }];
+    let distill = steps::distill::run(
+        &ctx,
+        &DistillPlan {
+            storage: Default::default(),
+            output: join(base, "distill"),
+            groups: vec![DistillGroup { name: "all".into(), sources: vec!["web".into()], dimensions: dims }],
+            labels: join(base, "corpus/labels.jsonl"),
+            featurizer: Default::default(),
+            scale: Scale::default(),
+            validation_fraction: 0.2,
+            split_seed: 0,
+            lambdas: vec![],
+            max_train_records: 500,
+            mask: MaskPolicy::default(),
+            export_sft: false,
+            judge: None,
+        },
+    )
+    .await
+    .unwrap();
+    ScorePlan {
+        storage: config.clone(),
+        output: join(base, "score"),
+        groups: vec![ScoreGroup {
+            name: "all".into(),
+            sources: vec![Source {
+                name: "web".into(),
+                uri: join(base, "corpus/web"),
+                format: None,
+                text: TextSpec::default(),
+            }],
+            student: distill.students[0].student.clone(),
+        }],
+        tokens: TokenCounter::Whitespace,
+        trim: 0.1,
+        histogram_bins: 1000,
+        read: Default::default(),
+    }
+}
+
+async fn commits(storage: &Storage, output: &str) -> Vec<String> {
+    storage
+        .list(&join(output, "_units/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.uri)
+        .filter(|u| u.ends_with(".commit.json"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_on_s3_commit_every_unit_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::S3, "workers", tmp.path()).await;
+    let plan = scoring_setup(&config, &base, tmp.path(), 12, 60).await;
+    let (a, b) = (context(&config, "worker-a", tmp.path()), context(&config, "worker-b", tmp.path()));
+    let (ra, rb) = tokio::join!(steps::score::run(&a, &plan), steps::score::run(&b, &plan));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra, rb, "both workers report the same result");
+    let found = commits(&a.storage, &plan.output).await;
+    assert_eq!(found.len(), 12);
+    let mut by_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for uri in &found {
+        let commit: serde_json::Value = a.storage.get_json(uri).await.unwrap();
+        *by_worker.entry(commit["worker"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert!(by_worker.keys().all(|w| w == "worker-a" || w == "worker-b"), "{by_worker:?}");
+    assert_eq!(ra.groups[0].records, 12 * 60 - 12 * 60 / 50);
+}
+
+fn scorer(plan: &Path, worker: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scorer-runner"));
+    cmd.args(["score", "--plan"]).arg(plan).env("MIRA_WORKER_ID", worker).env("MIRA_LEASE_SECONDS", "1").env("MIRA_PARALLELISM", "1");
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_step_is_redone_with_the_same_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::Local, "killed", tmp.path()).await;
+    let plan = scoring_setup(&config, &base, tmp.path(), 16, 1500).await;
+    let storage = Storage::new(config.clone());
+
+    // Reference: one uninterrupted run.
+    let reference = ScorePlan { output: join(&base, "reference"), ..plan.clone() };
+    let reference_file = tmp.path().join("reference.json");
+    std::fs::write(&reference_file, serde_json::to_vec(&reference).unwrap()).unwrap();
+    assert!(scorer(&reference_file, "ref").status().unwrap().success());
+
+    // Interrupted: kill -9 once some but not all units are committed, then run again.
+    let plan_file = tmp.path().join("plan.json");
+    std::fs::write(&plan_file, serde_json::to_vec(&plan).unwrap()).unwrap();
+    let mut child = scorer(&plan_file, "doomed").spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        let n = commits(&storage, &plan.output).await.len();
+        assert!(n < 16, "the worker finished before it could be killed; make units slower");
+        if n >= 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no unit committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = commits(&storage, &plan.output).await.len();
+    assert!(before < 16);
+    let rerun = scorer(&plan_file, "survivor").output().unwrap();
+    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+
+    // Every unit committed once; each committed score shard equals the reference's byte for byte.
+    assert_eq!(commits(&storage, &plan.output).await.len(), 16);
+    let result: ScoreResult = storage.get_json(&join(&plan.output, "_result.json")).await.unwrap();
+    let expected: ScoreResult = storage.get_json(&join(&reference.output, "_result.json")).await.unwrap();
+    assert_eq!(result.groups[0].records, expected.groups[0].records);
+    assert_eq!(result.groups[0].tokens, expected.groups[0].tokens);
+    assert_eq!(result.groups[0].histogram, expected.groups[0].histogram);
+    for object in storage.list(&join(&reference.output, "scores/")).await.unwrap() {
+        let relative = object.uri.strip_prefix(&reference.output).unwrap();
+        let ours = storage.get(&format!("{}{relative}", plan.output)).await.unwrap();
+        assert_eq!(ours, storage.get(&object.uri).await.unwrap(), "{relative}");
+    }
+    // The survivor redid what the killed worker left: at least one commit is the survivor's.
+    let mut survivor = 0;
+    for uri in commits(&storage, &plan.output).await {
+        let commit: serde_json::Value = storage.get_json(&uri).await.unwrap();
+        survivor += (commit["worker"] == "survivor") as usize;
+    }
+    assert_eq!(survivor, 16 - before);
+}
