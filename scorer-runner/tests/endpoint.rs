@@ -1,0 +1,131 @@
+//! The HTTP teacher: against a real OpenAI-compatible server (`scorer-runner serve` with the tiny
+//! model), and against a scripted misbehaving server for what a real one cannot be made to do on
+//! demand (429s, 5xx, invalid replies).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use scorer_runner::models::Chat;
+use scorer_runner::plan::ModelSpec;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}},
+        "required": ["score"],
+        "additionalProperties": false,
+        "x-guidance": {"whitespace_flexible": false}
+    })
+}
+
+#[derive(serde::Deserialize, Debug, PartialEq)]
+struct Reply {
+    score: i64,
+}
+
+async fn endpoint(url: &str) -> Chat {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = common::context(&Default::default(), "t", tmp.path());
+    // "default" is the name mistral.rs' server answers to for its one model.
+    let spec = ModelSpec::Endpoint { url: url.into(), model: "default".into(), api_key_env: None, max_concurrency: Some(2) };
+    Chat::load(&ctx, &spec).await.unwrap()
+}
+
+/// A server that answers each connection with the next scripted (status, body); the last one
+/// repeats. Counts requests.
+async fn scripted(replies: Vec<(u16, String)>) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = replies[n.min(replies.len() - 1)].clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = socket.read(&mut buf).await;
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nretry-after: 0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+fn completion(content: &str) -> String {
+    json!({"choices": [{"message": {"role": "assistant", "content": content}}]}).to_string()
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_then_the_reply_parses() {
+    let (url, count) =
+        scripted(vec![(429, "{}".into()), (503, "{}".into()), (200, completion("{\"score\": 4}"))]).await;
+    let chat = endpoint(&url).await;
+    let reply: Reply = chat.json("s", "u", &schema(), 16, |_| true).await.unwrap();
+    assert_eq!(reply, Reply { score: 4 });
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn invalid_replies_are_asked_again_a_bounded_number_of_times() {
+    let (url, count) = scripted(vec![(200, completion("not json")), (200, completion("{\"score\": 9}"))]).await;
+    let chat = endpoint(&url).await;
+    let err = chat.json::<Reply>("s", "u", &schema(), 16, |r| (1..=5).contains(&r.score)).await.unwrap_err();
+    assert!(err.to_string().contains("out of bounds"), "{err}");
+    assert_eq!(count.load(Ordering::SeqCst), scorer_runner::models::ATTEMPTS);
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let (url, count) = scripted(vec![(400, "{\"error\": \"bad schema\"}".into())]).await;
+    let chat = endpoint(&url).await;
+    let err = chat.json::<Reply>("s", "u", &schema(), 16, |_| true).await.unwrap_err();
+    assert!(err.to_string().contains("400") && err.to_string().contains("bad schema"), "{err}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[cfg(feature = "llm")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_openai_compatible_server_answers_under_the_schema() {
+    let models = std::env::var("MIRA_TINY_MODELS").expect("MIRA_TINY_MODELS is not set: run hack/tiny-models.sh");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let hf_home = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_scorer-runner"))
+        .args(["serve", "--model", &format!("{models}/qwen3-tiny"), "--listen", &format!("127.0.0.1:{port}")])
+        .env("HF_HOME", hf_home.path())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let ready = async {
+        for _ in 0..240 {
+            if reqwest::get(format!("{url}/models")).await.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        false
+    };
+    let up = ready.await;
+    let reply = if up {
+        let chat = endpoint(&url).await;
+        Some(chat.json::<Reply>("Score the text.", "hello world", &schema(), 16, |r| (1..=5).contains(&r.score)).await)
+    } else {
+        None
+    };
+    server.kill().unwrap();
+    let reply = reply.expect("the server did not come up within 60 s").expect("a valid reply");
+    assert!((1..=5).contains(&reply.score));
+}

@@ -1,0 +1,194 @@
+//! The whole chain with real mistral.rs inference on the tiny random-weight models (CPU):
+//! cluster -> discover -> label -> distill (embedding and judge students) -> score -> threshold
+//! -> select. Random weights: these tests assert validity (schemas, counts, splits, masks,
+//! determinism), never what the models say.
+#![cfg(feature = "llm")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use common::{context, root, Backend};
+use scorer_runner::featurize::FeaturizerSpec;
+use scorer_runner::formats::Format;
+use scorer_runner::plan::*;
+use scorer_runner::records::TextSpec;
+use scorer_runner::steps::{self, Context};
+use scorer_runner::storage::join;
+use scorer_runner::synth::{self, Kind, SynthSource};
+
+fn tiny(name: &str) -> String {
+    let dir = PathBuf::from(std::env::var("MIRA_TINY_MODELS").expect(
+        "MIRA_TINY_MODELS is not set: run `hack/tiny-models.sh <dir>` and point it there (the README's test command does)",
+    ));
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+fn local(name: &str) -> ModelSpec {
+    ModelSpec::Local { uri: tiny(name), gguf_files: vec![], max_num_seqs: Some(8) }
+}
+
+async fn corpus(ctx: &Context, tmp: &std::path::Path, base: &str) -> Vec<Source> {
+    let local_dir = tmp.join("corpus");
+    let mut sources = Vec::new();
+    for (name, kind) in [("prose", Kind::Prose), ("code", Kind::Code)] {
+        let s = SynthSource { name: name.into(), kind, format: Format::Jsonl, shards: 2, records_per_shard: 12, malformed_every: Some(11) };
+        synth::write_source(&local_dir, &s, 9).unwrap();
+        sources.push(Source { name: name.into(), uri: join(base, &format!("corpus/{name}")), format: None, text: TextSpec::default() });
+    }
+    common::upload_dir(&ctx.storage, &local_dir, &join(base, "corpus")).await;
+    sources
+}
+
+async fn discover(ctx: &Context, out: &str, groups: &[GroupSources]) -> DiscoverResult {
+    steps::discover::run(
+        ctx,
+        &DiscoverPlan {
+            storage: Default::default(),
+            output: join(out, "discover"),
+            groups: groups.to_vec(),
+            teacher: local("qwen3-tiny"),
+            embedder: Some(local("qwen3-embedding-tiny")),
+            records_per_group: 6,
+            dimensions_per_group: 3,
+            min_support: 1,
+            scale: Scale::default(),
+            seed: 3,
+            read: Default::default(),
+        },
+    )
+    .await
+    .expect("discover")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
+    std::env::set_var("HF_HOME", tempfile::tempdir().unwrap().keep());
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::Local, "llm", tmp.path()).await;
+    let ctx = context(&config, "w1", tmp.path());
+    let sources = corpus(&ctx, tmp.path(), &base).await;
+    let out = join(&base, "run");
+    let groups = vec![GroupSources { name: "all".into(), sources: sources.clone() }];
+
+    // Discover: anchored dimensions with unique ids, support, guides; proposals written; and the
+    // same plan gives the same rubric (deterministic sampler, fixed seed).
+    let rubric = discover(&ctx, &out, &groups).await;
+    let dims = &rubric.groups[0].dimensions;
+    assert!(!dims.is_empty() && dims.len() <= 3, "{dims:?}");
+    let ids: std::collections::BTreeSet<_> = dims.iter().map(|d| d.dimension.id.clone()).collect();
+    assert_eq!(ids.len(), dims.len());
+    assert!(dims.iter().all(|d| d.support >= 1 && !d.dimension.guide.is_empty()));
+    assert!(!ctx.storage.get(&rubric.groups[0].proposals).await.unwrap().is_empty());
+    let again = discover(&context(&config, "w2", tmp.path()), &join(&base, "again"), &groups).await;
+    let strip = |r: &DiscoverResult| r.groups[0].dimensions.clone();
+    assert_eq!(strip(&again), strip(&rubric));
+
+    // Label: every sampled record scored on every dimension, in range, in distill's format.
+    let dimensions: Vec<DimensionRef> = dims.iter().map(|d| d.dimension.clone()).collect();
+    let labels = steps::label::run(
+        &ctx,
+        &LabelPlan {
+            storage: Default::default(),
+            output: join(&out, "label"),
+            groups: vec![LabelGroup { name: "all".into(), sources: sources.clone(), dimensions: dimensions.clone() }],
+            teacher: local("qwen3-tiny"),
+            records_per_group: 16,
+            scale: Scale::default(),
+            seed: 0,
+            read: Default::default(),
+        },
+    )
+    .await
+    .expect("label");
+    let labelled = labels.labelled["all"];
+    assert!(labelled + labels.skipped.total() == 16 && labelled >= 8, "{labels:?}");
+    let body = ctx.storage.get(&join(&labels.labels, "all.jsonl")).await.unwrap();
+    for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let label: serde_json::Value = serde_json::from_slice(line).unwrap();
+        for d in &dimensions {
+            let s = label["scores"][&d.id].as_i64().unwrap();
+            assert!((1..=5).contains(&s));
+            assert!(label["rationales"][&d.id].is_string());
+        }
+    }
+
+    // Distill with the embedding student and with the judge student; both report agreement for
+    // every (source, dimension) and write an artefact score can run.
+    for (name, featurizer, judge) in [
+        ("embedding", FeaturizerSpec::Embedding { model: local("qwen3-embedding-tiny") }, None),
+        ("judge", FeaturizerSpec::default(), Some(local("qwen3-tiny"))),
+    ] {
+        let run = join(&out, name);
+        let distill = steps::distill::run(
+            &ctx,
+            &DistillPlan {
+                storage: Default::default(),
+                output: join(&run, "distill"),
+                groups: vec![DistillGroup { name: "all".into(), sources: vec!["prose".into(), "code".into()], dimensions: dimensions.clone() }],
+                labels: labels.labels.clone(),
+                featurizer,
+                scale: Scale::default(),
+                validation_fraction: 0.3,
+                split_seed: 0,
+                lambdas: vec![],
+                max_train_records: 100,
+                mask: MaskPolicy { min_validation: 1, ..Default::default() },
+                export_sft: true,
+                judge,
+            },
+        )
+        .await
+        .expect("distill");
+        let report = &distill.students[0];
+        assert_eq!(report.agreement.len(), 2 * dimensions.len());
+        assert!(report.train_records + report.validation_records <= labelled as usize);
+        let score = steps::score::run(
+            &ctx,
+            &ScorePlan {
+                storage: Default::default(),
+                output: join(&run, "score"),
+                groups: vec![ScoreGroup { name: "all".into(), sources: sources.clone(), student: report.student.clone() }],
+                tokens: TokenCounter::Tokenizer { uri: join(&tiny("qwen3-tiny"), "tokenizer.json") },
+                trim: 0.0,
+                histogram_bins: 100,
+                read: Default::default(),
+            },
+        )
+        .await
+        .expect("score");
+        let totals = &score.groups[0];
+        // 48 lines, 4 malformed: every good record scored (or counted if the judge failed it).
+        assert_eq!(totals.records + totals.skipped.counts.get("student_no_reply").copied().unwrap_or(0), 44, "{totals:?}");
+        steps::threshold::run(
+            &ctx,
+            &ThresholdPlan {
+                storage: Default::default(),
+                output: join(&run, "threshold"),
+                scores: vec![join(&run, "score")],
+                policy: CutPolicy::Global,
+                retention: 0.5,
+                group_retention: BTreeMap::new(),
+            },
+        )
+        .await
+        .expect("threshold");
+        let manifest = steps::select::run(
+            &ctx,
+            &SelectPlan {
+                storage: Default::default(),
+                output: join(&run, "select"),
+                groups: vec![SelectGroup { name: "all".into(), sources: sources.clone() }],
+                score: join(&run, "score"),
+                threshold: join(&run, "threshold"),
+                read: Default::default(),
+            },
+        )
+        .await
+        .expect("select");
+        let cut = &manifest.thresholds.cuts[0].cut;
+        assert_eq!(manifest.total.kept_tokens, cut.kept_tokens);
+        assert!(cut.kept_tokens.abs_diff(cut.target_tokens) <= cut.error_bound_tokens);
+    }
+}

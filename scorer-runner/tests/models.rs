@@ -1,0 +1,267 @@
+//! Real inference on CPU through mistral.rs with the tiny random-weight models of
+//! `examples/tiny_models.rs` (included here as a module, so no nested cargo run is needed): a
+//! chat judge that answers under a JSON schema, an embedder, and the fast error for a missing
+//! model path. The weights are random, so the tests check validity (schema, shapes, determinism),
+//! never content.
+//!
+//! The models come from `$MIRA_TINY_MODELS` when it holds them (`hack/tiny-models.sh` writes
+//! them there for the whole suite), else each test generates its own into a temporary directory
+//! (well under a second).
+#![cfg(feature = "llm")]
+
+#[path = "../examples/tiny_models.rs"]
+mod tiny_models;
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use scorer_runner::models::{Chat, Embedder};
+use scorer_runner::plan::ModelSpec;
+use scorer_runner::steps::Context;
+use scorer_runner::storage::StorageConfig;
+use scorer_runner::units::WorkerConfig;
+
+/// Once per process, before any model loads: mistral.rs 0.8.1 creates `$HF_HOME/hub` even for
+/// local loads, so HF_HOME points inside the target dir; `RUST_LOG=info` shows mistral.rs's log.
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+        let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models-hf-home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::env::set_var("HF_HOME", home);
+    });
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+    chat: PathBuf,
+    embedding: PathBuf,
+    ctx: Context,
+}
+
+impl Env {
+    fn new() -> Self {
+        setup();
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = std::env::var_os("MIRA_TINY_MODELS").map(PathBuf::from).filter(|dir| {
+            dir.join(tiny_models::CHAT_DIR).join("model.safetensors").is_file()
+                && dir.join(tiny_models::EMBEDDING_DIR).join("model.safetensors").is_file()
+        });
+        let models = match shared {
+            Some(dir) => dir,
+            None => {
+                let dir = tmp.path().join("models");
+                let start = Instant::now();
+                tiny_models::generate(&dir).unwrap();
+                eprintln!("generated tiny models in {:?}", start.elapsed());
+                dir
+            }
+        };
+        let worker = WorkerConfig { id: "models-test".into(), lease: Duration::from_secs(60), parallelism: 1 };
+        let ctx = Context::new(StorageConfig::default(), worker, tmp.path().join("scratch"));
+        Env { chat: models.join(tiny_models::CHAT_DIR), embedding: models.join(tiny_models::EMBEDDING_DIR), tmp, ctx }
+    }
+}
+
+fn local(dir: &Path) -> ModelSpec {
+    ModelSpec::Local { uri: dir.to_string_lossy().into_owned(), gguf_files: vec![], max_num_seqs: Some(4) }
+}
+
+fn hidden_size(dir: &Path) -> usize {
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["hidden_size"].as_u64().unwrap() as usize
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Verdict {
+    score: i64,
+    reason: String,
+}
+
+const MAX_REASON: usize = 24;
+
+fn verdict_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "score": {"type": "integer", "minimum": 1, "maximum": 5},
+            "reason": {"type": "string", "maxLength": MAX_REASON}
+        },
+        "required": ["score", "reason"],
+        "additionalProperties": false,
+        // A random model would otherwise spend its whole budget on whitespace.
+        "x-guidance": {"whitespace_flexible": false}
+    })
+}
+
+fn conforms(v: &Verdict) -> bool {
+    (1..=5).contains(&v.score) && v.reason.chars().count() <= MAX_REASON
+}
+
+const SYSTEM: &str = "You are a careful judge of text quality. Answer with JSON only.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_answers_under_a_schema_deterministically() {
+    let env = Env::new();
+    let start = Instant::now();
+    let chat = match Chat::load(&env.ctx, &local(&env.chat)).await {
+        Ok(chat) => chat,
+        Err(e) => panic!("loading the tiny chat model: {e}"),
+    };
+    eprintln!("chat model loaded in {:?}", start.elapsed());
+    assert_eq!(chat.concurrency(), 4);
+    assert!(chat.tokenizer().is_some(), "the local model's tokenizer is at hand");
+
+    let schema = verdict_schema();
+    let user =
+        "Rate this text from 1 to 5 for educational value:\n\nThe water cycle moves water from the sea to the clouds.";
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        let start = Instant::now();
+        let verdict: Verdict = match chat.json(SYSTEM, user, &schema, 256, conforms).await {
+            Ok(v) => v,
+            Err(e) => panic!("constrained request: {e}"),
+        };
+        eprintln!("constrained reply in {:?}: {verdict:?}", start.elapsed());
+        assert!(conforms(&verdict), "{verdict:?}");
+        replies.push(verdict);
+    }
+    assert_eq!(replies[0], replies[1], "the deterministic sampler gives the same reply twice");
+
+    // Requests in flight together are batched (max_num_seqs 4); each reply still conforms.
+    let start = Instant::now();
+    let batch = futures::future::join_all((0..6).map(|i| {
+        let user = format!("Rate text number {i} from 1 to 5: {}", "the quick brown fox ".repeat(i + 1));
+        let schema = &schema;
+        let chat = &chat;
+        async move { chat.json::<Verdict>(SYSTEM, &user, schema, 256, conforms).await }
+    }))
+    .await;
+    eprintln!("6 concurrent constrained replies in {:?}", start.elapsed());
+    for reply in batch {
+        match reply {
+            Ok(v) => assert!(conforms(&v), "{v:?}"),
+            Err(e) => panic!("concurrent constrained request: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedder_gives_deterministic_vectors_of_the_hidden_size() {
+    let env = Env::new();
+    let start = Instant::now();
+    let embedder = match Embedder::load(&env.ctx, &local(&env.embedding)).await {
+        Ok(e) => e,
+        Err(e) => panic!("loading the tiny embedding model: {e}"),
+    };
+    eprintln!("embedding model loaded in {:?}", start.elapsed());
+    let dim = hidden_size(&env.embedding);
+
+    let texts: Vec<String> = [
+        "The quick brown fox jumps over the lazy dog.",
+        "fn main() { println!(\"hi\"); }",
+        "The quick brown fox jumps over the lazy dog.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let start = Instant::now();
+    let vectors = embedder.embed(&texts).await.unwrap();
+    eprintln!("3 embeddings in {:?}", start.elapsed());
+    assert_eq!(vectors.len(), texts.len());
+    for v in &vectors {
+        assert_eq!(v.len(), dim);
+        assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
+        // The layout ends with a Normalize module.
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+    }
+    assert_eq!(vectors[0], vectors[2], "identical texts in one call embed identically");
+    assert_ne!(vectors[0], vectors[1], "different texts embed differently");
+
+    let alone = embedder.embed(&texts[..1]).await.unwrap();
+    assert_eq!(alone[0], vectors[0], "a text embeds the same alone as in a batch");
+    assert!(embedder.embed(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_model_path_fails_fast_without_a_hub_lookup() {
+    let env = Env::new();
+    let missing = env.tmp.path().join("no-such-model");
+    let spec = local(&missing);
+
+    let start = Instant::now();
+    match Chat::load(&env.ctx, &spec).await {
+        Ok(_) => panic!("a missing chat model path loaded"),
+        Err(e) => assert!(e.to_string().contains("does not exist"), "{e}"),
+    }
+    match Embedder::load(&env.ctx, &spec).await {
+        Ok(_) => panic!("a missing embedding model path loaded"),
+        Err(e) => assert!(e.to_string().contains("does not exist"), "{e}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+}
+
+/// Same bytes on every run, and the shapes the tests above rely on.
+#[test]
+fn the_generator_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    tiny_models::generate(&a).unwrap();
+    tiny_models::generate(&b).unwrap();
+    let files = files_under(&a);
+    assert_eq!(files, files_under(&b));
+    assert!(files.len() >= 10, "{files:?}");
+    for file in &files {
+        assert!(
+            std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(),
+            "{} differs",
+            file.display()
+        );
+    }
+
+    let chat = a.join(tiny_models::CHAT_DIR);
+    let tokenizer = tokenizers::Tokenizer::from_file(chat.join("tokenizer.json")).unwrap();
+    let vocab = tokenizer.get_vocab_size(true);
+    assert!((1000..=2000).contains(&vocab), "vocab {vocab}");
+    for special in [tiny_models::END_OF_TEXT, tiny_models::IM_START, tiny_models::IM_END] {
+        assert!(tokenizer.token_to_id(special).is_some(), "{special}");
+    }
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(chat.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], json!(vocab));
+    // Byte-level: any text round-trips.
+    let text = "Grüße, naïve café — 42 ≥ 7 🦀\n\tfn x() {}";
+    let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+    assert_eq!(tokenizer.decode(&ids, false).unwrap(), text);
+    let generation: Value =
+        serde_json::from_str(&std::fs::read_to_string(chat.join("generation_config.json")).unwrap()).unwrap();
+    let eos = [tiny_models::IM_END, tiny_models::END_OF_TEXT].map(|t| json!(tokenizer.token_to_id(t).unwrap()));
+    assert_eq!(generation["eos_token_id"], json!(eos));
+}
+
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
