@@ -1,0 +1,230 @@
+//! `DistillationJob`: teacher labels per group, a cheap student per group trained on them, and
+//! the reliability mask from their agreement on held-out records.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{JobTemplate, ModelSpec, PipelineStatus};
+
+/// Distils a RubricSet's teacher into one student per group. Labels are made by the teacher, or
+/// imported when a team labelled records elsewhere (for example with a batch API).
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mira.dev",
+    version = "v1alpha1",
+    kind = "DistillationJob",
+    namespaced,
+    status = "DistillationJobStatus",
+    shortname = "dj",
+    category = "mira",
+    derive = "PartialEq",
+    doc = "Teacher labels and one student per group, with the reliability mask.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(super::NAME_LENGTH_RULE).message(super::NAME_LENGTH_MESSAGE)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DistillationJobSpec {
+    /// The RubricSet (same namespace) whose dimensions are distilled. Immutable.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("rubricSetRef is immutable"))]
+    pub rubric_set_ref: String,
+    /// Where the teacher labels come from.
+    #[serde(default)]
+    pub labels: LabelsSpec,
+    /// The students.
+    #[serde(default)]
+    pub student: StudentSpec,
+    /// Fraction of labelled records (chosen by id hash) held out to measure agreement. Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self < 1.0").message("validationFraction must be in (0, 1)"))]
+    pub validation_fraction: Option<f64>,
+    /// When a (source, dimension) is unreliable and left out of record scores.
+    #[serde(default)]
+    pub mask: MaskSpec,
+    /// Seed of label sampling and the validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The label and distill Jobs.
+    #[serde(default)]
+    pub job: JobTemplate,
+}
+
+/// Teacher labels: made by a teacher (the RubricSet's, unless `teacher` is set), or imported.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("!has(self.importUri) || (!has(self.recordsPerGroup) && !has(self.teacher))")
+    .message("importUri excludes recordsPerGroup and teacher"))]
+#[serde(rename_all = "camelCase")]
+pub struct LabelsSpec {
+    /// Records the teacher labels per group. Default 2000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub records_per_group: Option<u32>,
+    /// A teacher other than the RubricSet's (for example a cheaper one for bulk labelling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<ModelSpec>,
+    /// Label file or prefix (JSONL, optionally compressed) made elsewhere: no label Job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub import_uri: Option<String>,
+}
+
+/// How students are built.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StudentSpec {
+    /// Text features the regression heads read.
+    #[serde(default)]
+    pub featurizer: FeaturizerSpec,
+    /// Ridge strengths to choose from by leave-one-out error; defaults when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub lambdas: Vec<f64>,
+    /// Training records per group, sampled above this (the solve is cubic). Default 3000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_train_records: Option<u32>,
+    /// Also write the labels as chat-format SFT data for training an LLM judge. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_sft: Option<bool>,
+}
+
+/// A text featurizer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeaturizerSpec {
+    /// Signed hashing of word (and optionally character) n-grams: no model, no vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed: Option<HashedFeaturizer>,
+}
+
+/// Hashed n-gram features.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HashedFeaturizer {
+    /// log2 of the dimension. Default 18.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4, max = 24))]
+    pub dim_log2: Option<u32>,
+    /// Word n-grams from 1 to this. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 5))]
+    pub word_ngrams: Option<u32>,
+    /// Character n-gram lengths `[min, max]`; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 2))]
+    pub char_ngrams: Option<Vec<u32>>,
+    /// Weight terms by `1 + ln(tf)`. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sublinear_tf: Option<bool>,
+    /// Weight by inverse document frequency learnt from the training records. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idf: Option<bool>,
+    /// Hash seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// The reliability mask.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaskSpec {
+    /// Masked when Spearman correlation with the teacher is below this. Default 0.3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_spearman: Option<f64>,
+    /// Masked when the mean absolute error is above this. Default 1.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mae: Option<f64>,
+    /// Masked when fewer validation records back the estimate. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_validation: Option<u32>,
+}
+
+/// Labels, students and agreement.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DistillationJobStatus {
+    #[serde(flatten)]
+    pub pipeline: PipelineStatus,
+    /// The labels the students learnt from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// Records the teacher labelled, per group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_GROUPS))]
+    pub labelled: Vec<GroupCount>,
+    /// One student per group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_GROUPS))]
+    pub students: Vec<StudentStatus>,
+    /// Chat-format SFT data exported from the labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<String>,
+}
+
+/// A count per group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCount {
+    /// The group.
+    pub group: String,
+    /// The count.
+    pub records: u64,
+}
+
+/// One group's student.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StudentStatus {
+    /// The group.
+    pub group: String,
+    /// The student artefact `score` loads.
+    pub student: String,
+    /// Records it was trained on.
+    pub train_records: u64,
+    /// Held-out records its agreement was measured on.
+    pub validation_records: u64,
+    /// Masked dimensions per source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_SOURCES))]
+    pub masked: Vec<MaskedSource>,
+    /// Teacher-student agreement per (source, dimension) on the held-out records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4096))]
+    pub agreement: Vec<Agreement>,
+}
+
+/// The dimensions masked for one source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaskedSource {
+    /// The source.
+    pub source: String,
+    /// Its masked dimension ids.
+    #[schemars(length(max = super::MAX_DIMENSIONS))]
+    pub dimensions: Vec<String>,
+}
+
+/// Agreement of teacher and student on one (source, dimension).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Agreement {
+    /// The source.
+    pub source: String,
+    /// The dimension id.
+    pub dimension: String,
+    /// Held-out records behind the numbers.
+    pub n: u64,
+    /// Mean absolute error.
+    pub mae: f64,
+    /// Spearman rank correlation; absent when undefined (constant scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spearman: Option<f64>,
+    /// Whether the mask leaves this (source, dimension) out of record scores.
+    pub masked: bool,
+    /// Why it is masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

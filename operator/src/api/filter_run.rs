@@ -1,0 +1,165 @@
+//! `FilterRun`: score every record with its group's student, cut to a token retention target,
+//! and write the kept records.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{JobTemplate, PipelineStatus};
+
+/// Filters the corpus with a DistillationJob's students. Each group is scored by its own Job;
+/// with the `group` and `source` policies a group is cut and selected as soon as it is scored,
+/// with `global` the single cut waits for every group.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mira.dev",
+    version = "v1alpha1",
+    kind = "FilterRun",
+    namespaced,
+    status = "FilterRunStatus",
+    shortname = "fr",
+    category = "mira",
+    derive = "PartialEq",
+    doc = "Scores, thresholds and selects a corpus with a DistillationJob's students.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(super::NAME_LENGTH_RULE).message(super::NAME_LENGTH_MESSAGE)
+)]
+#[x_kube(validation = Rule::new("self.policy == 'group' || !has(self.groupRetention) || size(self.groupRetention) == 0")
+    .message("groupRetention needs policy group"))]
+#[serde(rename_all = "camelCase")]
+pub struct FilterRunSpec {
+    /// The DistillationJob (same namespace) whose students score the records. Immutable.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("distillationJobRef is immutable"))]
+    pub distillation_job_ref: String,
+    /// Fraction of tokens kept, in (0, 1].
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("retention must be in (0, 1]"))]
+    pub retention: f64,
+    /// Where cuts are made: per `group` (the default; keeps every capability), one `global`
+    /// cut, or per `source`.
+    #[serde(default)]
+    pub policy: CutPolicy,
+    /// Retention per group, overriding `retention` (policy `group` only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = super::MAX_GROUPS))]
+    #[x_kube(validation = Rule::new("self.all(g, self[g] > 0.0 && self[g] <= 1.0)").message("every groupRetention must be in (0, 1]"))]
+    pub group_retention: BTreeMap<String, f64>,
+    /// How tokens are counted for budgets.
+    #[serde(default)]
+    pub tokens: TokensSpec,
+    /// Fraction trimmed from each end of a record's unmasked dimension scores before averaging.
+    /// Default 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self < 0.5").message("trim must be in [0, 0.5)"))]
+    pub trim: Option<f64>,
+    /// URI under which the kept records are written, per group, in their source format.
+    #[schemars(length(min = 1, max = 1024))]
+    pub output: String,
+    /// The score, threshold and select Jobs.
+    #[serde(default)]
+    pub job: JobTemplate,
+}
+
+/// Where retention cuts are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CutPolicy {
+    /// One cut per group at its own retention.
+    #[default]
+    Group,
+    /// One cut over all tokens.
+    Global,
+    /// One cut per source.
+    Source,
+}
+
+/// How tokens are counted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokensSpec {
+    /// A `tokenizer.json` (Hugging Face tokenizers), `s3://` or a path; whitespace-separated words
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+}
+
+/// Scores, cuts and kept tokens per group.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterRunStatus {
+    #[serde(flatten)]
+    pub pipeline: PipelineStatus,
+    /// Per group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_GROUPS))]
+    pub groups: Vec<FilterGroupStatus>,
+    /// Kept and total over all groups, once every group is selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<Kept>,
+}
+
+/// One group's filtering.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterGroupStatus {
+    /// The group.
+    pub name: String,
+    /// Shards scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_shards: Option<u64>,
+    /// Records scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// Tokens scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// Records skipped as malformed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_records: Option<u64>,
+    /// The cuts that apply to the group (one; one per source with policy `source`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_SOURCES))]
+    pub cuts: Vec<CutStatus>,
+    /// What was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Kept>,
+    /// Where the group's kept records and `manifest.json` are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// A retention cut.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CutStatus {
+    /// `global`, the group, or `group/source`.
+    pub scope: String,
+    /// Target fraction of tokens.
+    pub retention: f64,
+    /// Lowest aggregate score kept.
+    pub threshold: f64,
+    /// Tokens the retention asks for.
+    pub target_tokens: u64,
+    /// Tokens kept; within `errorBoundTokens` of the target.
+    pub kept_tokens: u64,
+    /// Largest possible distance from the target (the tokens of the bin the cut falls in).
+    pub error_bound_tokens: u64,
+}
+
+/// Kept and total records and tokens.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Kept {
+    /// Records kept.
+    pub kept_records: u64,
+    /// Records read.
+    pub total_records: u64,
+    /// Tokens kept.
+    pub kept_tokens: u64,
+    /// Tokens read.
+    pub total_tokens: u64,
+}

@@ -1,0 +1,62 @@
+//! The MIRA API, group `mira.dev`, version `v1alpha1`: four resources forming one chain,
+//! SourceGroup <- RubricSet <- DistillationJob <- FilterRun, and the types they share.
+//!
+//! Doc comments on spec and status fields become `kubectl explain` text, so they say what a field
+//! means to a user. CEL rules (`x-kubernetes-validations`) reject bad specs at admission; they are
+//! checked offline in this module's tests.
+
+mod distillation_job;
+mod filter_run;
+mod job;
+mod model;
+mod rubric_set;
+mod source_group;
+mod status;
+
+pub use distillation_job::*;
+pub use filter_run::*;
+pub use job::*;
+pub use model::*;
+pub use rubric_set::*;
+pub use source_group::*;
+pub use status::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The API group of every MIRA resource.
+pub const GROUP: &str = "mira.dev";
+
+/// Most sources a SourceGroup may list (status keeps a similarity row per source).
+pub const MAX_SOURCES: u32 = 128;
+/// Most capability groups, and so most per-group entries in any status list.
+pub const MAX_GROUPS: u32 = 64;
+/// Most rubric dimensions per group.
+pub const MAX_DIMENSIONS: u32 = 64;
+
+/// CEL rule for names that end up in Job names, labels and object paths.
+const DNS_LABEL_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+const DNS_LABEL_MESSAGE: &str =
+    "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit";
+/// CEL rule on the object: its name is the value of the `mira.dev/resource` label on its Jobs,
+/// and label values are at most 63 characters.
+const NAME_LENGTH_RULE: &str = "self.metadata.name.size() <= 63";
+const NAME_LENGTH_MESSAGE: &str = "metadata.name must be at most 63 characters (it labels the resource's Jobs)";
+
+/// Every CRD, in chain order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![SourceGroup::crd(), RubricSet::crd(), DistillationJob::crd(), FilterRun::crd()]
+}
+
+/// One CRD as YAML, as committed under `crds/`.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
+    serde_yaml::to_string(crd).expect("a CRD serializes to YAML")
+}
+
+/// The file name a CRD is committed under: `<plural>.<group>.yaml`.
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests;

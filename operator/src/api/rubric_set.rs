@@ -1,0 +1,164 @@
+//! `RubricSet`: the rubric dimensions of each group of a SourceGroup, discovered by a teacher or
+//! pinned in the spec.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{JobTemplate, ModelSpec, PipelineStatus};
+
+/// Rubrics for a SourceGroup's groups. A teacher judges sampled records of each group in free
+/// form; the proposals are clustered and the proposal nearest each cluster centre becomes an
+/// anchored dimension. Groups listed in `pinned` skip discovery.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mira.dev",
+    version = "v1alpha1",
+    kind = "RubricSet",
+    namespaced,
+    status = "RubricSetStatus",
+    shortname = "rs",
+    category = "mira",
+    derive = "PartialEq",
+    doc = "Rubric dimensions per capability group, discovered by a teacher or pinned.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(super::NAME_LENGTH_RULE).message(super::NAME_LENGTH_MESSAGE)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RubricSetSpec {
+    /// The SourceGroup (same namespace) whose groups get rubrics. Immutable: create another
+    /// RubricSet for another corpus.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("sourceGroupRef is immutable"))]
+    pub source_group_ref: String,
+    /// The model that judges records.
+    pub teacher: ModelSpec,
+    /// The integer scale dimensions are scored on.
+    #[serde(default)]
+    pub scale: ScaleSpec,
+    /// Discovery sizes.
+    #[serde(default)]
+    pub discovery: DiscoverySpec,
+    /// Fixed dimensions per group; these groups skip discovery (reproducible, GitOps-friendly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_GROUPS))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["group".into()]))]
+    pub pinned: Vec<PinnedGroup>,
+    /// The discover Job.
+    #[serde(default)]
+    pub job: JobTemplate,
+}
+
+/// An integer score scale.
+#[derive(KubeSchema, Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("self.min < self.max").message("min must be below max"))]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleSpec {
+    /// Lowest score.
+    pub min: i32,
+    /// Highest score.
+    pub max: i32,
+}
+
+impl Default for ScaleSpec {
+    fn default() -> Self {
+        ScaleSpec { min: 1, max: 5 }
+    }
+}
+
+/// How much the teacher reads and proposes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoverySpec {
+    /// Records the teacher judges per group. Default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub records_per_group: Option<u32>,
+    /// Anchored dimensions kept per group. Default 15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = super::MAX_DIMENSIONS))]
+    pub dimensions_per_group: Option<u32>,
+    /// Proposal clusters backed by fewer records are dropped. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_support: Option<u32>,
+    /// Embeds proposals for clustering; a hashed bag of words when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedder: Option<ModelSpec>,
+    /// Seed of record sampling and proposal clustering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// A group's fixed dimensions.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedGroup {
+    /// The group, as named in the SourceGroup's status.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(super::DNS_LABEL_RULE).message(super::DNS_LABEL_MESSAGE))]
+    pub group: String,
+    /// Its dimensions.
+    #[schemars(length(min = 1, max = super::MAX_DIMENSIONS))]
+    pub dimensions: Vec<Dimension>,
+}
+
+/// A rubric dimension.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Dimension {
+    /// Stable identifier, used in scores and masks.
+    #[schemars(length(min = 1, max = 63))]
+    pub id: String,
+    /// Short name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// What the dimension measures.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// How to score it: what each end of the scale means.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub guide: String,
+}
+
+/// The rubrics.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RubricSetStatus {
+    #[serde(flatten)]
+    pub pipeline: PipelineStatus,
+    /// Each group's anchored dimensions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_GROUPS))]
+    pub groups: Vec<GroupRubric>,
+}
+
+/// One group's rubric.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupRubric {
+    /// The group.
+    pub name: String,
+    /// Whether the dimensions were pinned in the spec rather than discovered.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Its dimensions.
+    #[schemars(length(max = super::MAX_DIMENSIONS))]
+    pub dimensions: Vec<AnchoredDimension>,
+    /// The teacher's proposals behind the anchors (JSONL), when discovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposals: Option<String>,
+}
+
+/// A dimension and the records behind it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnchoredDimension {
+    #[serde(flatten)]
+    pub dimension: Dimension,
+    /// Records whose proposals fell in this dimension's cluster (discovered dimensions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub support: Option<u64>,
+}

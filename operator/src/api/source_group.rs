@@ -1,0 +1,205 @@
+//! `SourceGroup`: the corpus' sources and how they form capability groups (the chain's root).
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{JobTemplate, PipelineStatus};
+
+/// The corpus' sources, and how to group them: `k` groups by content clustering, or explicit
+/// groups. Every later stage of the chain writes under `root`.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "mira.dev",
+    version = "v1alpha1",
+    kind = "SourceGroup",
+    namespaced,
+    status = "SourceGroupStatus",
+    shortname = "sg",
+    category = "mira",
+    derive = "PartialEq",
+    doc = "A corpus' sources and their capability groups: the root of a MIRA chain.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(super::NAME_LENGTH_RULE).message(super::NAME_LENGTH_MESSAGE)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceGroupSpec {
+    /// How workers and the operator reach the object store. Local paths need none of it.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// URI under which every stage of the chain writes: `s3://bucket/prefix` or a local path.
+    #[schemars(length(min = 1, max = 1024))]
+    pub root: String,
+    /// The corpus' sources.
+    #[schemars(length(min = 1, max = super::MAX_SOURCES))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub sources: Vec<SourceSpec>,
+    /// How sources form groups.
+    #[serde(default)]
+    pub grouping: GroupingSpec,
+    /// The cluster Job.
+    #[serde(default)]
+    pub job: JobTemplate,
+}
+
+/// An S3-compatible object store. Credentials come from `credentialsSecret` when set, else from
+/// the standard AWS chain (environment, web identity, instance metadata).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Endpoint of a non-AWS store (SeaweedFS, MinIO, Ceph), for example `http://s3.storage:8333`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region; `us-east-1` when neither this nor the AWS chain says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); the default with a custom endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, given to every worker (and
+    /// read by the operator to fetch step results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// One corpus source.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// Source name, unique in the SourceGroup; it names output paths and status entries.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(super::DNS_LABEL_RULE).message(super::DNS_LABEL_MESSAGE))]
+    pub name: String,
+    /// A shard file, or a prefix (directory) holding shards: `s3://bucket/prefix/` or a path.
+    #[schemars(length(min = 1, max = 1024))]
+    pub uri: String,
+    /// Shard format; by default each shard's extension decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ShardFormat>,
+    /// How records carry their text and id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSpec>,
+}
+
+/// A shard format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ShardFormat {
+    #[serde(rename = "jsonl")]
+    Jsonl,
+    #[serde(rename = "jsonl.gz")]
+    JsonlGz,
+    #[serde(rename = "jsonl.zst")]
+    JsonlZst,
+    #[serde(rename = "parquet")]
+    Parquet,
+}
+
+/// Where a record's text and id are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TextSpec {
+    /// Field holding the text; a dotted path reaches into nested objects. Default `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Field holding a chat or agent-trace `messages` array, rendered to text whole (never
+    /// truncated). Takes precedence over `field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_field: Option<String>,
+    /// Field holding the record id (string or number); default: a hash of the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_field: Option<String>,
+}
+
+/// How sources form groups: `k` clusters, the best `k` up to `maxK`, or explicit `groups`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("!(has(self.k) && has(self.groups))").message("set k or groups, not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct GroupingSpec {
+    /// Number of groups. When absent, the best by silhouette in 2..=maxK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = super::MAX_GROUPS))]
+    pub k: Option<u32>,
+    /// Largest number of groups tried when `k` is absent. Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = super::MAX_GROUPS))]
+    pub max_k: Option<u32>,
+    /// Records sampled per source for its content vector. Default 2000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub sample_per_source: Option<u32>,
+    /// Explicit groups: no clustering (similarities are still reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = super::MAX_GROUPS))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub groups: Option<Vec<GroupSpec>>,
+    /// Seed of sampling and clustering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// An explicit group.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSpec {
+    /// Group name; it names Jobs, output paths and status entries.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(super::DNS_LABEL_RULE).message(super::DNS_LABEL_MESSAGE))]
+    pub name: String,
+    /// Names of the group's sources.
+    #[schemars(length(min = 1, max = super::MAX_SOURCES))]
+    pub sources: Vec<String>,
+}
+
+/// What clustering found.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceGroupStatus {
+    #[serde(flatten)]
+    pub pipeline: PipelineStatus,
+    /// The capability groups and their sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_GROUPS))]
+    pub groups: Vec<GroupStatus>,
+    /// Per source: its group, size, sample, and content similarity to every source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_SOURCES))]
+    pub sources: Vec<SourceStatus>,
+    /// Silhouette of the grouping (-1..1; higher is better separated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silhouette: Option<f64>,
+}
+
+/// A capability group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupStatus {
+    /// Group name.
+    pub name: String,
+    /// Its sources.
+    #[schemars(length(max = super::MAX_SOURCES))]
+    pub sources: Vec<String>,
+}
+
+/// One source as clustering saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// Source name.
+    pub name: String,
+    /// The group it belongs to.
+    pub group: String,
+    /// Shards found.
+    pub shards: u64,
+    /// Bytes in its shards.
+    pub bytes: u64,
+    /// Records sampled for its content vector.
+    pub sampled_records: u64,
+    /// Sampled records skipped as malformed.
+    pub skipped_records: u64,
+    /// Cosine similarity of its content vector to each source, in `status.sources` order
+    /// (rounded to 3 decimals).
+    #[schemars(length(max = super::MAX_SOURCES))]
+    pub similarity: Vec<f64>,
+}

@@ -1,0 +1,247 @@
+//! The CRDs as a whole: committed files match the generator, schemas are documented, bounded and
+//! structured as Kubernetes expects, and the CEL rules accept and reject what they should.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kube::core::cel::{validate_cel, validate_cel_update};
+use serde_json::Value;
+
+use super::*;
+
+fn schema(crd: &CustomResourceDefinition) -> Value {
+    serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap()
+}
+
+#[test]
+fn committed_crds_match_the_generator() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let hint = "regenerate with `cargo run -p mira-operator -- crd --out-dir crds`";
+    let mut expected: Vec<String> = Vec::new();
+    for crd in crds() {
+        let name = crd_file_name(&crd);
+        let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| panic!("crds/{name}: {e}; {hint}"));
+        assert!(committed == crd_yaml(&crd), "crds/{name} differs from the generator; {hint}");
+        expected.push(name);
+    }
+    let mut present: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    present.sort();
+    expected.sort();
+    assert_eq!(present, expected, "crds/ holds files the generator does not make; {hint}");
+}
+
+#[test]
+fn every_kind_has_a_short_name_printer_columns_and_a_status_subresource() {
+    let short: Vec<String> = crds().iter().flat_map(|c| c.spec.names.short_names.clone().unwrap_or_default()).collect();
+    assert_eq!(short, ["sg", "rs", "dj", "fr"]);
+    for crd in crds() {
+        let version = &crd.spec.versions[0];
+        let columns: Vec<&str> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(columns, ["Ready", "Stage", "Age"], "{}", crd.spec.names.kind);
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(version.name, "v1alpha1");
+    }
+}
+
+#[test]
+fn conditions_are_a_list_map_keyed_by_type() {
+    for crd in crds() {
+        let conditions = &schema(&crd)["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{}", crd.spec.names.kind);
+        assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+        assert_eq!(conditions["items"]["properties"]["lastTransitionTime"]["format"], "date-time");
+        assert!(schema(&crd)["properties"]["status"]["properties"]["observedGeneration"].is_object());
+    }
+}
+
+/// Every property below `path`, with its path.
+fn properties<'a>(path: String, schema: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, prop) in props {
+            let path = format!("{path}.{name}");
+            out.push((path.clone(), prop));
+            properties(path, prop, out);
+        }
+    }
+    for nested in ["items", "additionalProperties"] {
+        if let Some(inner) = schema.get(nested).filter(|v| v.is_object()) {
+            properties(format!("{path}[]"), inner, out);
+        }
+    }
+}
+
+#[test]
+fn every_list_is_bounded() {
+    for crd in crds() {
+        let schema = schema(&crd);
+        let mut all = Vec::new();
+        properties(crd.spec.names.kind.clone(), &schema, &mut all);
+        for (path, prop) in all {
+            if prop["type"] == "array" {
+                assert!(prop.get("maxItems").is_some(), "{path} has no maxItems");
+            }
+            if prop["type"] == "object"
+                && prop.get("additionalProperties").is_some_and(|a| a.get("type").is_some_and(|t| t == "number"))
+            {
+                assert!(prop.get("maxProperties").is_some(), "{path} has no maxProperties");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_spec_and_status_field_is_documented() {
+    for crd in crds() {
+        let schema = schema(&crd);
+        let mut all = Vec::new();
+        properties(crd.spec.names.kind.clone(), &schema, &mut all);
+        let undocumented: Vec<&String> =
+            all.iter().filter(|(_, p)| p.get("description").is_none()).map(|(path, _)| path).collect();
+        assert!(undocumented.is_empty(), "no description (kubectl explain text): {undocumented:?}");
+    }
+}
+
+fn filter_run() -> FilterRun {
+    let mut fr = FilterRun::new(
+        "filter",
+        FilterRunSpec {
+            distillation_job_ref: "students".into(),
+            retention: 0.5,
+            policy: CutPolicy::Group,
+            group_retention: BTreeMap::new(),
+            tokens: TokensSpec::default(),
+            trim: None,
+            output: "s3://bucket/kept".into(),
+            job: JobTemplate::default(),
+        },
+    );
+    fr.metadata.namespace = Some("ns".into());
+    fr
+}
+
+fn source_group() -> SourceGroup {
+    SourceGroup::new(
+        "corpus",
+        SourceGroupSpec {
+            storage: StorageSpec::default(),
+            root: "s3://bucket/mira".into(),
+            sources: vec![SourceSpec { name: "web".into(), uri: "s3://corpus/web/".into(), format: None, text: None }],
+            grouping: GroupingSpec::default(),
+            job: JobTemplate::default(),
+        },
+    )
+}
+
+#[test]
+fn a_valid_filter_run_passes_its_rules() {
+    validate_cel(&filter_run()).unwrap();
+}
+
+#[test]
+fn retention_must_be_in_zero_to_one() {
+    for (retention, ok) in [(1.0, true), (0.01, true), (0.0, false), (-0.5, false), (1.5, false)] {
+        let mut fr = filter_run();
+        fr.spec.retention = retention;
+        assert_eq!(validate_cel(&fr).is_ok(), ok, "retention {retention}");
+    }
+    let mut fr = filter_run();
+    fr.spec.group_retention.insert("code".into(), 1.2);
+    assert!(validate_cel(&fr).is_err(), "group retention above 1");
+}
+
+#[test]
+fn group_retention_needs_the_group_policy() {
+    let mut fr = filter_run();
+    fr.spec.group_retention.insert("code".into(), 0.8);
+    validate_cel(&fr).unwrap();
+    fr.spec.policy = CutPolicy::Global;
+    assert!(validate_cel(&fr).is_err());
+}
+
+#[test]
+fn references_are_immutable() {
+    let old = filter_run();
+    let mut new = filter_run();
+    new.spec.retention = 0.3;
+    validate_cel_update(&new, &old).unwrap();
+    new.spec.distillation_job_ref = "other".into();
+    let errors = validate_cel_update(&new, &old).unwrap_err();
+    assert!(format!("{errors:?}").contains("distillationJobRef is immutable"), "{errors:?}");
+}
+
+#[test]
+fn source_names_must_be_dns_labels() {
+    let mut sg = source_group();
+    validate_cel(&sg).unwrap();
+    sg.spec.sources[0].name = "Web_Crawl".into();
+    assert!(validate_cel(&sg).is_err());
+}
+
+#[test]
+fn resource_names_longer_than_a_label_value_are_rejected() {
+    let mut sg = source_group();
+    sg.metadata.name = Some("a".repeat(64));
+    assert!(validate_cel(&sg).is_err());
+}
+
+#[test]
+fn explicit_groups_exclude_k() {
+    let mut sg = source_group();
+    sg.spec.grouping.k = Some(3);
+    validate_cel(&sg).unwrap();
+    sg.spec.grouping.groups = Some(vec![GroupSpec { name: "all".into(), sources: vec!["web".into()] }]);
+    assert!(validate_cel(&sg).is_err());
+}
+
+#[test]
+fn a_teacher_is_exactly_one_model() {
+    let mut rs = RubricSet::new(
+        "rubrics",
+        RubricSetSpec {
+            source_group_ref: "corpus".into(),
+            teacher: ModelSpec {
+                local: Some(LocalModel { uri: "s3://models/judge/".into(), gguf_files: vec![], max_num_seqs: None }),
+                endpoint: None,
+            },
+            scale: ScaleSpec::default(),
+            discovery: DiscoverySpec::default(),
+            pinned: Vec::new(),
+            job: JobTemplate::default(),
+        },
+    );
+    validate_cel(&rs).unwrap();
+    rs.spec.teacher.local = None;
+    assert!(validate_cel(&rs).is_err(), "no model");
+    rs.spec.scale = ScaleSpec { min: 5, max: 1 };
+    rs.spec.teacher.endpoint = Some(EndpointModel {
+        url: "http://t/v1".into(),
+        model: "m".into(),
+        api_key_secret: None,
+        max_concurrency: None,
+    });
+    assert!(validate_cel(&rs).is_err(), "inverted scale");
+}
+
+#[test]
+fn imported_labels_exclude_a_labelling_teacher() {
+    let mut dj = DistillationJob::new(
+        "students",
+        DistillationJobSpec {
+            rubric_set_ref: "rubrics".into(),
+            labels: LabelsSpec { records_per_group: None, teacher: None, import_uri: Some("s3://labels/".into()) },
+            student: StudentSpec::default(),
+            validation_fraction: Some(0.2),
+            mask: MaskSpec::default(),
+            seed: None,
+            job: JobTemplate::default(),
+        },
+    );
+    validate_cel(&dj).unwrap();
+    dj.spec.labels.records_per_group = Some(100);
+    assert!(validate_cel(&dj).is_err());
+    dj.spec.labels.records_per_group = None;
+    dj.spec.validation_fraction = Some(1.0);
+    assert!(validate_cel(&dj).is_err());
+}

@@ -1,0 +1,408 @@
+//! `mira operator`: the stage engine as one kube-runtime controller per kind. Each reconcile
+//! dereferences the upstream chain, observes the resource's Jobs and step results, runs the pure
+//! engine, then applies its actions (ConfigMaps by server-side apply, Jobs created once, Events)
+//! and the full status with the one field manager `mira-operator`.
+
+mod children;
+mod leader;
+mod metrics;
+mod serve;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use scorer_runner::storage::StorageConfig;
+use serde::de::DeserializeOwned;
+
+use crate::api::{DistillationJob, FilterRun, RubricSet, SourceGroup, StagePhase, StorageSpec};
+use crate::reconcile::{self, Action, Input, JobState, KindStatus, Lineage, Pipeline, Upstream, UpstreamRef};
+use crate::results::Results;
+use crate::{Error, Result};
+use children::{LABEL_JOB_NAME, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
+use leader::LeaderElection;
+use serve::Health;
+
+/// Reconcile again this often while stages run, as a safety net under the Job watches.
+const REQUEUE_ACTIVE: Duration = Duration::from_secs(60);
+/// ...and this often otherwise (an upstream may have changed while a watch was down).
+const REQUEUE_IDLE: Duration = Duration::from_secs(600);
+/// Retry after an error that may pass (API or storage unavailable).
+const REQUEUE_ERROR: Duration = Duration::from_secs(30);
+/// Longest Event note.
+const MAX_NOTE: usize = 1024;
+
+pub struct Options {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub listen: SocketAddr,
+    /// Image of the stage Jobs when a resource's `spec.job.image` is unset.
+    pub runner_image: Option<String>,
+    /// Leader election; `None` runs without (one replica only).
+    pub lease: Option<LeaseOptions>,
+}
+
+pub struct LeaseOptions {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's identity, usually its Pod name.
+    pub identity: String,
+}
+
+/// Runs the controllers until a termination signal (or the loss of the leader Lease).
+pub async fn run(options: Options) -> Result<()> {
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| Error::Serve { addr: options.listen, source })?;
+    tokio::spawn(serve::serve(listener, health.clone()));
+    let client = Client::try_default().await.map_err(|e| Error::kube("connecting to the API server", e))?;
+    // A standby is ready too: it serves and waits for the Lease.
+    health.ready.store(true, Ordering::Relaxed);
+    let election = options.lease.map(|l| LeaderElection::new(client.clone(), &l.namespace, &l.name, &l.identity));
+    if let Some(election) = &election {
+        election.acquire().await?;
+    }
+    health.metrics.set_leader(true);
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        health: health.clone(),
+        results: Results::default(),
+        runner_image: options.runner_image,
+    });
+    let controllers = run_controllers(ctx);
+    let outcome = match election {
+        Some(election) => tokio::select! {
+            () = controllers => Ok(()),
+            lost = election.hold() => Err(lost),
+        },
+        None => {
+            controllers.await;
+            Ok(())
+        }
+    };
+    health.metrics.set_leader(false);
+    outcome
+}
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+    health: Arc<Health>,
+    results: Results,
+    runner_image: Option<String>,
+}
+
+async fn run_controllers(ctx: Arc<Context>) {
+    let client = &ctx.client;
+    let source_groups = controller::<SourceGroup>(client);
+    let rubric_sets = watching::<RubricSet, SourceGroup>(controller(client), client, |rs| &rs.spec.source_group_ref);
+    let distillation_jobs =
+        watching::<DistillationJob, RubricSet>(controller(client), client, |dj| &dj.spec.rubric_set_ref);
+    let filter_runs =
+        watching::<FilterRun, DistillationJob>(controller(client), client, |fr| &fr.spec.distillation_job_ref);
+    futures::join!(
+        drive(source_groups, ctx.clone()),
+        drive(rubric_sets, ctx.clone()),
+        drive(distillation_jobs, ctx.clone()),
+        drive(filter_runs, ctx.clone()),
+    );
+}
+
+/// A controller of kind `K` that also watches the Jobs and ConfigMaps it owns. Objects are
+/// wrapped in [`DeserializeGuard`], so one malformed object never stalls the watcher.
+fn controller<K: Pipeline>(client: &Client) -> Controller<DeserializeGuard<K>> {
+    let children = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    Controller::new(Api::<DeserializeGuard<K>>::all(client.clone()), watcher::Config::default().any_semantic())
+        .owns(Api::<Job>::all(client.clone()), children.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), children)
+        .shutdown_on_signal()
+}
+
+/// Also reconciles a resource when its upstream (kind `U`, named by `reference`) changes.
+fn watching<K, U>(
+    controller: Controller<DeserializeGuard<K>>,
+    client: &Client,
+    reference: fn(&K) -> &String,
+) -> Controller<DeserializeGuard<K>>
+where
+    K: Pipeline,
+    U: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let store = controller.store();
+    controller.watches(Api::<DeserializeGuard<U>>::all(client.clone()), watcher::Config::default(), move |upstream| {
+        let (name, namespace) = (upstream.name_any(), upstream.namespace());
+        store
+            .state()
+            .into_iter()
+            .filter(|guard| matches!(&guard.0, Ok(o) if *reference(o) == name && o.namespace() == namespace))
+            .map(|guard| ObjectRef::from_obj(&*guard))
+            .collect::<Vec<_>>()
+    })
+}
+
+async fn drive<K: Pipeline>(controller: Controller<DeserializeGuard<K>>, ctx: Arc<Context>) {
+    controller
+        .run(reconcile_guarded::<K>, error_policy::<K>, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(kind = %K::kind(&()), error = %e, "reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+async fn reconcile_guarded<K: Pipeline>(
+    guard: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+) -> Result<controller::Action> {
+    let object = guard.0.as_ref().map_err(|invalid| Error::InvalidObject(Box::new(invalid.clone())))?;
+    let started = Instant::now();
+    let result = Reconciler { ctx: &ctx, object }.run().await;
+    ctx.health.metrics.reconciled(&K::kind(&()), started.elapsed());
+    result
+}
+
+/// Errors become Events whose reason is the error's category; a malformed object waits for a
+/// change instead of being retried.
+fn error_policy<K: Pipeline>(guard: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> controller::Action {
+    ctx.health.metrics.failed(&K::kind(&()), error);
+    tracing::warn!(kind = %K::kind(&()), name = %guard.name_any(), error = %error.chain(), "reconcile failed");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: error.category().into(),
+        note: Some(reconcile::truncate(&error.chain(), MAX_NOTE)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let (recorder, reference) = (ctx.recorder.clone(), guard.object_ref(&()));
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "publishing an Event failed");
+        }
+    });
+    match error {
+        Error::InvalidObject(_) => controller::Action::await_change(),
+        _ => controller::Action::requeue(REQUEUE_ERROR),
+    }
+}
+
+/// One reconcile of one object: fetch, decide (pure), apply.
+struct Reconciler<'a, K> {
+    ctx: &'a Context,
+    object: &'a K,
+}
+
+impl<K: Pipeline> Reconciler<'_, K> {
+    async fn run(&self) -> Result<controller::Action> {
+        let namespace =
+            self.object.namespace().ok_or_else(|| Error::InvalidSpec("MIRA resources are namespaced".into()))?;
+        let lineage = self.lineage(&namespace).await?;
+        let jobs = self.jobs(&namespace).await?;
+        let results = match self.object.storage(&lineage) {
+            Some(spec) => {
+                self.ctx.results.gather(self.object, &lineage, &jobs, &self.storage(&namespace, spec).await?).await?
+            }
+            None => BTreeMap::new(),
+        };
+        let input = Input { resource: self.object, lineage: &lineage, jobs: &jobs, results: &results };
+        let output = reconcile::reconcile(&input, &Time(Timestamp::now()));
+        for action in &output.actions {
+            self.apply(&namespace, action).await?;
+        }
+        let active = output
+            .status
+            .pipeline()
+            .stages
+            .iter()
+            .any(|r| matches!(r.phase, StagePhase::Pending | StagePhase::Running));
+        if self.object.status() != Some(&output.status) {
+            self.write_status(&namespace, &output.status).await?;
+        }
+        Ok(controller::Action::requeue(if active { REQUEUE_ACTIVE } else { REQUEUE_IDLE }))
+    }
+
+    /// The upstream chain, fetched up to the first missing object.
+    async fn lineage(&self, namespace: &str) -> Result<Lineage> {
+        let mut lineage = Lineage::default();
+        let mut next = self.object.upstream_ref();
+        while let Some(reference) = next.take() {
+            let found = match &reference {
+                UpstreamRef::SourceGroup(name) => {
+                    self.get::<SourceGroup>(namespace, name).await?.map(Upstream::SourceGroup)
+                }
+                UpstreamRef::RubricSet(name) => self.get::<RubricSet>(namespace, name).await?.map(Upstream::RubricSet),
+                UpstreamRef::DistillationJob(name) => {
+                    self.get::<DistillationJob>(namespace, name).await?.map(Upstream::DistillationJob)
+                }
+            };
+            if let Some(found) = found {
+                next = lineage.insert(found);
+            }
+        }
+        Ok(lineage)
+    }
+
+    async fn get<
+        T: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    >(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<T>> {
+        Api::<T>::namespaced(self.ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("reading {} {namespace}/{name}", T::kind(&())), e))
+    }
+
+    /// The resource's Jobs, by name. A failed Job's log is its last failed worker's termination
+    /// message, looked up once: while its stage is not yet recorded as failed.
+    async fn jobs(&self, namespace: &str) -> Result<BTreeMap<String, JobState>> {
+        let api = Api::<Job>::namespaced(self.ctx.client.clone(), namespace);
+        let selector = format!("{LABEL_RESOURCE}={}", self.object.name_any());
+        let jobs =
+            api.list(&ListParams::default().labels(&selector)).await.map_err(|e| Error::kube("listing Jobs", e))?;
+        let uid = self.object.uid();
+        let recorded_failed = |job: &str| {
+            self.object.status().is_some_and(|s| {
+                s.pipeline().stages.iter().any(|r| r.job.as_deref() == Some(job) && r.phase == StagePhase::Failed)
+            })
+        };
+        let mut states = BTreeMap::new();
+        for job in jobs.items.into_iter().filter(|j| j.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+        {
+            let name = job.name_any();
+            let mut state = children::job_state(&job);
+            if let JobState::Failed { log, .. } = &mut state {
+                if !recorded_failed(&name) {
+                    let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), namespace)
+                        .list(&ListParams::default().labels(&format!("{LABEL_JOB_NAME}={name}")))
+                        .await
+                        .map_err(|e| Error::kube(format!("listing the Pods of Job {name}"), e))?;
+                    if let Some(tail) = children::failure_log(&pods.items) {
+                        *log = tail;
+                    }
+                }
+            }
+            states.insert(name, state);
+        }
+        Ok(states)
+    }
+
+    /// Storage settings, with the credentials Secret's keys when one is named and the operator
+    /// may read it; otherwise the operator's own credentials (its environment) read the results.
+    async fn storage(&self, namespace: &str, spec: &StorageSpec) -> Result<StorageConfig> {
+        let mut config = spec.config();
+        let Some(name) = &spec.credentials_secret else { return Ok(config) };
+        let secret = match Api::<Secret>::namespaced(self.ctx.client.clone(), namespace).get(name).await {
+            Ok(secret) => secret,
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                tracing::debug!(secret = %name, "not allowed to read the credentials Secret; using the operator's own");
+                return Ok(config);
+            }
+            Err(e) => return Err(Error::kube(format!("reading Secret {namespace}/{name}"), e)),
+        };
+        let key = |k: &str| secret.data.as_ref()?.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        config.access_key_id = key("AWS_ACCESS_KEY_ID");
+        config.secret_access_key = key("AWS_SECRET_ACCESS_KEY");
+        Ok(config)
+    }
+
+    async fn apply(&self, namespace: &str, action: &Action) -> Result<()> {
+        let client = self.ctx.client.clone();
+        let resource = self.object.name_any();
+        let owner = self
+            .object
+            .controller_owner_ref(&())
+            .ok_or_else(|| Error::InvalidSpec("the object has no uid yet".into()))?;
+        match action {
+            Action::CreatePlanConfigMap { name, step, group, plan } => {
+                let config_map = children::plan_config_map(
+                    &owner,
+                    namespace,
+                    name,
+                    children::labels(&resource, *step, group.as_deref()),
+                    plan,
+                );
+                Api::<ConfigMap>::namespaced(client, namespace)
+                    .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&config_map))
+                    .await
+                    .map_err(|e| Error::kube(format!("applying ConfigMap {name}"), e))?;
+            }
+            Action::CreateJob(request) => {
+                let job = children::job(&owner, namespace, &resource, request, self.ctx.runner_image.as_deref())?;
+                let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+                // Created once, never re-applied: Kueue owns `suspend`, and a Job is immutable in
+                // the parts that matter. An existing Job of this name is this stage's.
+                match Api::<Job>::namespaced(client, namespace).create(&params, &job).await {
+                    Ok(_) => self.ctx.health.metrics.job_created(&K::kind(&()), request.step.as_str()),
+                    Err(kube::Error::Api(status)) if status.code == 409 => {}
+                    Err(e) => return Err(Error::kube(format!("creating Job {}", request.name), e)),
+                }
+            }
+            Action::DeleteJob { name } => {
+                let gone = |r: std::result::Result<_, kube::Error>, what: &str| match r {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(e) => Err(Error::kube(format!("deleting {what} {name}"), e)),
+                };
+                gone(
+                    Api::<Job>::namespaced(client.clone(), namespace)
+                        .delete(name, &DeleteParams::background())
+                        .await
+                        .map(|_| ()),
+                    "Job",
+                )?;
+                gone(
+                    Api::<ConfigMap>::namespaced(client, namespace)
+                        .delete(name, &DeleteParams::default())
+                        .await
+                        .map(|_| ()),
+                    "ConfigMap",
+                )?;
+            }
+            Action::Event(event) => {
+                let event = Event {
+                    type_: if event.warning { EventType::Warning } else { EventType::Normal },
+                    reason: event.reason.clone(),
+                    note: Some(reconcile::truncate(&event.note, MAX_NOTE)),
+                    action: event.action.into(),
+                    secondary: None,
+                };
+                if let Err(e) = self.ctx.recorder.publish(&event, &self.object.object_ref(&())).await {
+                    tracing::warn!(error = %e, "publishing an Event failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the whole status (every field and condition this manager owns).
+    async fn write_status(&self, namespace: &str, status: &K::Status) -> Result<()> {
+        let patch = serde_json::json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
+        Api::<K>::namespaced(self.ctx.client.clone(), namespace)
+            .patch_status(&self.object.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(|e| Error::kube("applying status", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! What `mira run` keeps on disk, so that a rerun continues where the last one stopped: per
+//! resource the spec it last ran, its generation and status; per Job its outcome, plan and log.
+//!
+//! Layout under the state directory: `resources/<namespace>/<plural>/<name>.json`,
+//! `jobs/<job>.json` (outcomes of finished Jobs), `plans/<job>.json`, `logs/<job>.log`, and
+//! `scratch/` for the workers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::StagePhase;
+use crate::reconcile::{JobState, KindStatus, Pipeline};
+use crate::{Error, Result};
+
+/// One resource as last saved.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    spec: Value,
+    generation: i64,
+    #[serde(default)]
+    status: Value,
+}
+
+/// A finished Job's outcome. Jobs that were still running when a run stopped have none: the
+/// next run starts them again under the same name, and they skip the units already committed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase")]
+pub enum Outcome {
+    Succeeded,
+    Failed { reason: String, log: String },
+}
+
+impl From<Outcome> for JobState {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Succeeded => JobState::Succeeded,
+            Outcome::Failed { reason, log } => JobState::Failed { reason, log },
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct State {
+    dir: PathBuf,
+}
+
+impl State {
+    pub fn open(dir: &Path) -> Result<Self> {
+        for sub in ["resources", "jobs", "plans", "logs", "scratch"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|e| Error::state(&path, e))?;
+        }
+        let dir = std::path::absolute(dir).map_err(|e| Error::state(dir, e))?;
+        Ok(State { dir })
+    }
+
+    pub fn plan_path(&self, job: &str) -> PathBuf {
+        self.dir.join("plans").join(format!("{job}.json"))
+    }
+
+    pub fn log_path(&self, job: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{job}.log"))
+    }
+
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.join("scratch")
+    }
+
+    fn resource_path<K: Pipeline>(&self, object: &K) -> PathBuf {
+        self.dir
+            .join("resources")
+            .join(object.namespace().unwrap_or_default())
+            .join(K::plural(&()).as_ref())
+            .join(format!("{}.json", object.name_any()))
+    }
+
+    /// Gives a manifest's object its saved generation and status. A spec that differs from the
+    /// saved one is a new generation, as the API server would count it; so is a rerun after a
+    /// failure, so that failed stages are retried (a failure is final for its generation).
+    pub fn adopt<K: Pipeline>(&self, object: &mut K) -> Result<()> {
+        let path = self.resource_path(object);
+        let meta = object.meta_mut();
+        // What the API server would assign: an identity, and generation 1 for a new object.
+        meta.uid = Some(format!(
+            "local:{}/{}/{}",
+            K::plural(&()),
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        ));
+        meta.generation = Some(1);
+        let saved: Saved = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::state(&path, e.into()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::state(&path, e)),
+        };
+        let status: Option<K::Status> = serde_json::from_value(saved.status).ok();
+        let failed = status.as_ref().is_some_and(|s| s.pipeline().stages.iter().any(|r| r.phase == StagePhase::Failed));
+        let changed = spec(object, &path)? != saved.spec;
+        object.meta_mut().generation = Some(saved.generation + i64::from(changed || failed));
+        *object.status_mut() = status;
+        Ok(())
+    }
+
+    pub fn save<K: Pipeline>(&self, object: &K) -> Result<()> {
+        let path = self.resource_path(object);
+        let saved = Saved {
+            spec: spec(object, &path)?,
+            generation: object.meta().generation.unwrap_or(1),
+            status: serde_json::to_value(object.status()).map_err(|e| Error::state(&path, e.into()))?,
+        };
+        write_json(&path, &saved)
+    }
+
+    /// Outcomes of the Jobs finished in earlier runs and this one.
+    pub fn outcomes(&self) -> Result<BTreeMap<String, Outcome>> {
+        let dir = self.dir.join("jobs");
+        let mut outcomes = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::state(&dir, e))? {
+            let path = entry.map_err(|e| Error::state(&dir, e))?.path();
+            let Some(job) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let bytes = std::fs::read(&path).map_err(|e| Error::state(&path, e))?;
+            outcomes
+                .insert(job.to_string(), serde_json::from_slice(&bytes).map_err(|e| Error::state(&path, e.into()))?);
+        }
+        Ok(outcomes)
+    }
+
+    pub fn save_outcome(&self, job: &str, outcome: &Outcome) -> Result<()> {
+        write_json(&self.dir.join("jobs").join(format!("{job}.json")), outcome)
+    }
+
+    pub fn write_plan(&self, job: &str, plan: &str) -> Result<PathBuf> {
+        let path = self.plan_path(job);
+        std::fs::write(&path, plan).map_err(|e| Error::state(&path, e))?;
+        Ok(path)
+    }
+
+    /// Forgets a deleted Job: its outcome and plan.
+    pub fn forget(&self, job: &str) -> Result<()> {
+        for path in [self.dir.join("jobs").join(format!("{job}.json")), self.plan_path(job)] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::state(&path, e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn spec<K: Pipeline>(object: &K, path: &Path) -> Result<Value> {
+    let value = serde_json::to_value(object).map_err(|e| Error::state(path, e.into()))?;
+    Ok(value.get("spec").cloned().unwrap_or_default())
+}
+
+/// Writes atomically (temporary file, then rename), so an interrupted run never leaves half a file.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::state(parent, e))?;
+    }
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::state(path, e.into()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::state(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::state(path, e))
+}

@@ -1,0 +1,97 @@
+//! `mira`: the MIRA operator (`mira operator`), the same pipeline on one machine (`mira run`),
+//! and the CRDs (`mira crd`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mira_operator::{api, kube, local};
+
+#[derive(Parser)]
+#[command(name = "mira", version, about = "MIRA: mid-training data selection on Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crd {
+        /// Write `<plural>.mira.dev.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Run MIRA resources from manifests on this machine, without a cluster. Resumable: a rerun
+    /// continues where the last one stopped.
+    Run {
+        /// A manifest file, or a directory of `.yaml` files.
+        #[arg(short = 'f', long = "filename")]
+        manifests: PathBuf,
+        /// Where state, plans, logs and scratch space go (default: `.mira/` next to the manifests).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Stage Jobs run at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+    },
+    /// Run the controllers in a cluster.
+    Operator {
+        /// Address of `/metrics`, `/healthz` and `/readyz`.
+        #[arg(long, env = "MIRA_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Image of stage Jobs whose resource sets no `spec.job.image`.
+        #[arg(long, env = "MIRA_RUNNER_IMAGE")]
+        runner_image: Option<String>,
+        /// Run without leader election (only ever one replica).
+        #[arg(long)]
+        no_leader_election: bool,
+        /// Namespace of the leader Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "mira-operator")]
+        lease_name: String,
+        /// This replica's identity in the Lease (its Pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Crd { out_dir: None } => {
+            for crd in api::crds() {
+                print!("---\n{}", api::crd_yaml(&crd));
+            }
+        }
+        Command::Crd { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for crd in api::crds() {
+                let path = dir.join(api::crd_file_name(&crd));
+                std::fs::write(&path, api::crd_yaml(&crd)).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Command::Run { manifests, state, parallel } => {
+            let ready = local::run(local::Options { manifests, state, parallel }).await?;
+            return Ok(if ready { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Command::Operator { listen, runner_image, no_leader_election, lease_namespace, lease_name, identity } => {
+            let identity = identity.unwrap_or_else(|| format!("mira-operator-{}", std::process::id()));
+            let lease = (!no_leader_election).then_some(kube::LeaseOptions {
+                namespace: lease_namespace,
+                name: lease_name,
+                identity,
+            });
+            kube::run(kube::Options { listen, runner_image, lease }).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

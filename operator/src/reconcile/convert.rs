@@ -1,0 +1,120 @@
+//! From spec types to the data plane's plan types, shared by the kinds' planners.
+
+use kube::ResourceExt;
+use scorer_runner::formats::Format;
+use scorer_runner::plan::{self, Source};
+use scorer_runner::records;
+use scorer_runner::storage::StorageConfig;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{names, Pipeline, SecretEnv};
+use crate::api::{ModelSpec, ShardFormat, SourceGroup, SourceSpec, StorageSpec};
+use crate::{Error, Result};
+
+/// Environment variables workers read S3 credentials from (the AWS standard chain).
+const AWS_KEYS: [&str; 2] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+
+/// A plan with the data plane's own defaults for every field `required` leaves out, so that
+/// defaults live in one place. `required` holds the fields a plan cannot do without.
+pub fn with_defaults<P: DeserializeOwned>(required: Value) -> Result<P> {
+    serde_json::from_value(required).map_err(|e| Error::InvalidSpec(format!("building a plan: {e}")))
+}
+
+impl StorageSpec {
+    /// The data plane's storage settings; credentials come from the environment.
+    pub fn config(&self) -> StorageConfig {
+        StorageConfig {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            ..Default::default()
+        }
+    }
+}
+
+/// The credentials Secret's keys, as the workers' environment.
+pub fn storage_secrets(spec: &StorageSpec) -> Vec<SecretEnv> {
+    spec.credentials_secret
+        .iter()
+        .flat_map(|secret| AWS_KEYS.map(|key| SecretEnv { env: key.into(), secret: secret.clone(), key: key.into() }))
+        .collect()
+}
+
+pub fn source(spec: &SourceSpec) -> Source {
+    let text = spec.text.clone().unwrap_or_default();
+    Source {
+        name: spec.name.clone(),
+        uri: spec.uri.clone(),
+        format: spec.format.map(|f| match f {
+            ShardFormat::Jsonl => Format::Jsonl,
+            ShardFormat::JsonlGz => Format::JsonlGz,
+            ShardFormat::JsonlZst => Format::JsonlZst,
+            ShardFormat::Parquet => Format::Parquet,
+        }),
+        text: records::TextSpec { field: text.field, messages_field: text.messages_field, id_field: text.id_field },
+    }
+}
+
+/// The sources of one of a SourceGroup's groups, as its status lists them.
+pub fn group_sources(sg: &SourceGroup, group: &str) -> Result<Vec<Source>> {
+    let status =
+        sg.status.as_ref().and_then(|s| s.groups.iter().find(|g| g.name == group)).ok_or_else(|| {
+            Error::UpstreamIncomplete(format!("SourceGroup {} has no group {group:?}", sg.name_any()))
+        })?;
+    status
+        .sources
+        .iter()
+        .map(|name| {
+            sg.spec.sources.iter().find(|s| &s.name == name).map(source).ok_or_else(|| {
+                Error::UpstreamIncomplete(format!("SourceGroup {} groups unknown source {name:?}", sg.name_any()))
+            })
+        })
+        .collect()
+}
+
+/// The names of a SourceGroup's groups, in status order.
+pub fn group_names(sg: &SourceGroup) -> Vec<String> {
+    sg.status.iter().flat_map(|s| s.groups.iter().map(|g| g.name.clone())).collect()
+}
+
+/// A model for a plan; an endpoint's API key reaches the worker as `key_env`.
+pub fn model(spec: &ModelSpec, key_env: &str) -> Result<(plan::ModelSpec, Vec<SecretEnv>)> {
+    match (&spec.local, &spec.endpoint) {
+        (Some(local), None) => Ok((
+            plan::ModelSpec::Local {
+                uri: local.uri.clone(),
+                gguf_files: local.gguf_files.clone(),
+                max_num_seqs: local.max_num_seqs.map(|n| n as usize),
+            },
+            Vec::new(),
+        )),
+        (None, Some(endpoint)) => {
+            let secret = endpoint.api_key_secret.as_ref().map(|s| SecretEnv {
+                env: key_env.into(),
+                secret: s.name.clone(),
+                key: s.key.clone(),
+            });
+            Ok((
+                plan::ModelSpec::Endpoint {
+                    url: endpoint.url.clone(),
+                    model: endpoint.model.clone(),
+                    api_key_env: secret.as_ref().map(|s| s.env.clone()),
+                    max_concurrency: endpoint.max_concurrency.map(|n| n as usize),
+                },
+                secret.into_iter().collect(),
+            ))
+        }
+        _ => Err(Error::InvalidSpec("a model sets exactly one of local or endpoint".into())),
+    }
+}
+
+/// Where a stage of `resource` writes, under the chain's root.
+pub fn stage_base<K: Pipeline>(root: &str, resource: &K, stage: &str) -> String {
+    names::stage_base(root, &resource.namespace().unwrap_or_default(), &K::plural(&()), &resource.name_any(), stage)
+}
+
+/// The upstream object a planner needs; the gate guarantees it once stages are planned.
+pub fn upstream<'a, T>(object: &'a Option<T>, kind: &str) -> Result<&'a T> {
+    object.as_ref().ok_or_else(|| Error::UpstreamIncomplete(format!("{kind} not found")))
+}

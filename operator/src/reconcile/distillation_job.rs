@@ -1,0 +1,203 @@
+//! DistillationJob: `label` (unless labels are imported), then `distill`.
+
+use kube::ResourceExt;
+use scorer_runner::featurize::{FeaturizerSpec, HashedSpec};
+use scorer_runner::plan::{DimensionRef, DistillGroup, DistillPlan, DistillResult, LabelGroup, LabelPlan, LabelResult};
+use serde_json::json;
+
+use super::convert::{self, upstream, with_defaults};
+use super::rubric_set::TEACHER_KEY_ENV;
+use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
+use crate::api::{
+    self, DistillationJob, DistillationJobStatus, GroupCount, GroupRubric, JobTemplate, MaskedSource, PipelineStatus,
+    RubricSet, Step, StudentStatus,
+};
+use crate::{Error, Result};
+
+impl KindStatus for DistillationJobStatus {
+    fn pipeline(&self) -> &PipelineStatus {
+        &self.pipeline
+    }
+    fn pipeline_mut(&mut self) -> &mut PipelineStatus {
+        &mut self.pipeline
+    }
+}
+
+/// The RubricSet's groups and their dimensions.
+fn rubrics(rs: &RubricSet) -> Result<&[GroupRubric]> {
+    match rs.status.as_ref().map(|s| s.groups.as_slice()) {
+        Some(groups) if !groups.is_empty() => Ok(groups),
+        _ => Err(Error::UpstreamIncomplete(format!("RubricSet {} has no rubrics", rs.name_any()))),
+    }
+}
+
+fn dimensions(group: &GroupRubric) -> Vec<DimensionRef> {
+    group
+        .dimensions
+        .iter()
+        .map(|d| DimensionRef {
+            id: d.dimension.id.clone(),
+            name: d.dimension.name.clone(),
+            description: d.dimension.description.clone(),
+            guide: d.dimension.guide.clone(),
+        })
+        .collect()
+}
+
+fn featurizer(spec: &api::FeaturizerSpec) -> FeaturizerSpec {
+    let Some(hashed) = &spec.hashed else { return FeaturizerSpec::default() };
+    let defaults = HashedSpec::default();
+    FeaturizerSpec::Hashed(HashedSpec {
+        dim_log2: hashed.dim_log2.unwrap_or(defaults.dim_log2),
+        word_ngrams: hashed.word_ngrams.unwrap_or(defaults.word_ngrams),
+        char_ngrams: match hashed.char_ngrams.as_deref() {
+            Some(&[min, max]) => Some([min, max]),
+            _ => defaults.char_ngrams,
+        },
+        sublinear_tf: hashed.sublinear_tf.unwrap_or(defaults.sublinear_tf),
+        idf: hashed.idf.unwrap_or(defaults.idf),
+        seed: hashed.seed.unwrap_or(defaults.seed),
+    })
+}
+
+impl Pipeline for DistillationJob {
+    const STEPS: &'static [Step] = &[Step::Label, Step::Distill];
+
+    fn upstream_ref(&self) -> Option<UpstreamRef> {
+        Some(UpstreamRef::RubricSet(self.spec.rubric_set_ref.clone()))
+    }
+
+    fn job_template(&self) -> &JobTemplate {
+        &self.spec.job
+    }
+
+    fn stages(&self, _: &Lineage) -> Result<Vec<StageDef>> {
+        Ok(match self.spec.labels.import_uri {
+            Some(_) => vec![StageDef::new(Step::Distill, None, Vec::new())],
+            None => vec![
+                StageDef::new(Step::Label, None, Vec::new()),
+                StageDef::new(Step::Distill, None, vec![Step::Label.as_str().into()]),
+            ],
+        })
+    }
+
+    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished) -> Result<Planned> {
+        let rs = upstream(&lineage.rubric_set, "RubricSet")?;
+        let sg = upstream(&lineage.source_group, "SourceGroup")?;
+        let mut secrets = convert::storage_secrets(&sg.spec.storage);
+        let storage = sg.spec.storage.config();
+        let base = convert::stage_base(&sg.spec.root, self, &stage.name);
+        let groups = rubrics(rs)?;
+        if stage.step == Step::Label {
+            let groups = groups
+                .iter()
+                .map(|g| {
+                    Ok(LabelGroup {
+                        name: g.name.clone(),
+                        sources: convert::group_sources(sg, &g.name)?,
+                        dimensions: dimensions(g),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (teacher, secret) =
+                convert::model(self.spec.labels.teacher.as_ref().unwrap_or(&rs.spec.teacher), TEACHER_KEY_ENV)?;
+            secrets.extend(secret);
+            let mut plan: LabelPlan = with_defaults(json!({ "output": "", "groups": groups, "teacher": teacher }))?;
+            plan.storage = storage;
+            plan.scale = rs.scale();
+            if let Some(n) = self.spec.labels.records_per_group {
+                plan.records_per_group = n as usize;
+            }
+            plan.seed = self.spec.seed.unwrap_or_default();
+            return Planned::new(&plan, base, secrets);
+        }
+        let labels =
+            self.labels(finished)?.ok_or_else(|| Error::InvalidSpec("distill planned before labels exist".into()))?;
+        let groups = groups
+            .iter()
+            .map(|g| {
+                Ok(DistillGroup {
+                    name: g.name.clone(),
+                    sources: convert::group_sources(sg, &g.name)?.into_iter().map(|s| s.name).collect(),
+                    dimensions: dimensions(g),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut plan: DistillPlan = with_defaults(json!({ "output": "", "groups": groups, "labels": labels }))?;
+        plan.storage = storage;
+        plan.scale = rs.scale();
+        let student = &self.spec.student;
+        plan.featurizer = featurizer(&student.featurizer);
+        plan.lambdas = student.lambdas.clone();
+        if let Some(n) = student.max_train_records {
+            plan.max_train_records = n as usize;
+        }
+        if let Some(export) = student.export_sft {
+            plan.export_sft = export;
+        }
+        if let Some(fraction) = self.spec.validation_fraction {
+            plan.validation_fraction = fraction;
+        }
+        plan.split_seed = self.spec.seed.unwrap_or_default();
+        let mask = &self.spec.mask;
+        if let Some(v) = mask.min_spearman {
+            plan.mask.min_spearman = v;
+        }
+        if let Some(v) = mask.max_mae {
+            plan.mask.max_mae = v;
+        }
+        if let Some(v) = mask.min_validation {
+            plan.mask.min_validation = v as usize;
+        }
+        Planned::new(&plan, base, secrets)
+    }
+
+    fn summarize(&self, _: &Lineage, finished: &Finished, status: &mut DistillationJobStatus) -> Result<()> {
+        status.labels = self.labels(finished)?;
+        if let Some(labelled) = finished.result::<LabelResult>(Step::Label.as_str())? {
+            status.labelled =
+                labelled.labelled.into_iter().map(|(group, records)| GroupCount { group, records }).collect();
+        }
+        let Some(distilled) = finished.result::<DistillResult>(Step::Distill.as_str())? else { return Ok(()) };
+        status.sft = distilled.sft;
+        status.students = distilled
+            .students
+            .into_iter()
+            .map(|s| StudentStatus {
+                group: s.group,
+                student: s.student,
+                train_records: s.train_records as u64,
+                validation_records: s.validation_records as u64,
+                masked: s.masked.into_iter().map(|(source, dimensions)| MaskedSource { source, dimensions }).collect(),
+                agreement: s
+                    .agreement
+                    .into_iter()
+                    .map(|a| api::Agreement {
+                        source: a.source,
+                        dimension: a.dimension,
+                        n: a.n as u64,
+                        mae: a.mae,
+                        spearman: a.spearman,
+                        masked: a.masked,
+                        reason: a.reason,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn skipped(&self, _: Step) -> String {
+        format!("labels imported from {}", self.spec.labels.import_uri.as_deref().unwrap_or_default())
+    }
+}
+
+impl DistillationJob {
+    /// The labels the students learn from: imported, or written by the label stage.
+    fn labels(&self, finished: &Finished) -> Result<Option<String>> {
+        if let Some(uri) = &self.spec.labels.import_uri {
+            return Ok(Some(uri.clone()));
+        }
+        Ok(finished.result::<LabelResult>(Step::Label.as_str())?.map(|r| r.labels))
+    }
+}

@@ -1,0 +1,235 @@
+//! FilterRun: per group `score`, then `threshold` and `select`. With the `group` and `source`
+//! policies each group is cut and selected as soon as it is scored; `global` cuts once, after
+//! every group is scored.
+
+use kube::ResourceExt;
+use scorer_runner::plan::{
+    self, Manifest, ScoreGroup, ScorePlan, ScoreResult, SelectGroup, SelectPlan, ThresholdPlan, ThresholdResult,
+    TokenCounter,
+};
+use scorer_runner::storage::join;
+use serde_json::json;
+
+use super::convert::{self, upstream, with_defaults};
+use super::{stage_name, Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
+use crate::api::{
+    CutPolicy, CutStatus, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept,
+    PipelineStatus, SourceGroup, Step,
+};
+use crate::{Error, Result};
+
+impl KindStatus for FilterRunStatus {
+    fn pipeline(&self) -> &PipelineStatus {
+        &self.pipeline
+    }
+    fn pipeline_mut(&mut self) -> &mut PipelineStatus {
+        &mut self.pipeline
+    }
+}
+
+impl FilterRun {
+    /// The groups to filter, in the SourceGroup's order; each needs a student.
+    fn groups(&self, sg: &SourceGroup, dj: &DistillationJob) -> Result<Vec<String>> {
+        let groups = convert::group_names(sg);
+        if let Some(unknown) = self.spec.group_retention.keys().find(|g| !groups.contains(g)) {
+            return Err(Error::InvalidSpec(format!(
+                "groupRetention names {unknown:?}, not a group of SourceGroup {}",
+                sg.name_any()
+            )));
+        }
+        for group in &groups {
+            student(dj, group)?;
+        }
+        Ok(groups)
+    }
+
+    /// The threshold stage a group's selection uses.
+    fn threshold_of(&self, group: &str) -> String {
+        match self.spec.policy {
+            CutPolicy::Global => stage_name(Step::Threshold, None),
+            CutPolicy::Group | CutPolicy::Source => stage_name(Step::Threshold, Some(group)),
+        }
+    }
+}
+
+fn student<'a>(dj: &'a DistillationJob, group: &str) -> Result<&'a str> {
+    dj.status.iter().flat_map(|s| &s.students).find(|s| s.group == group).map(|s| s.student.as_str()).ok_or_else(|| {
+        Error::UpstreamIncomplete(format!("DistillationJob {} has no student for group {group:?}", dj.name_any()))
+    })
+}
+
+/// A finished stage's output root, which a later stage reads.
+fn output<'a>(finished: &'a Finished, stage: &str) -> Result<&'a str> {
+    finished.output(stage).ok_or_else(|| Error::InvalidSpec(format!("stage {stage} planned before it finished")))
+}
+
+impl Pipeline for FilterRun {
+    const STEPS: &'static [Step] = &[Step::Score, Step::Threshold, Step::Select];
+
+    fn upstream_ref(&self) -> Option<UpstreamRef> {
+        Some(UpstreamRef::DistillationJob(self.spec.distillation_job_ref.clone()))
+    }
+
+    fn job_template(&self) -> &JobTemplate {
+        &self.spec.job
+    }
+
+    fn stages(&self, lineage: &Lineage) -> Result<Vec<StageDef>> {
+        let sg = upstream(&lineage.source_group, "SourceGroup")?;
+        let dj = upstream(&lineage.distillation_job, "DistillationJob")?;
+        let groups = self.groups(sg, dj)?;
+        let score = |g: &str| stage_name(Step::Score, Some(g));
+        let mut stages: Vec<StageDef> =
+            groups.iter().map(|g| StageDef::new(Step::Score, Some(g), Vec::new())).collect();
+        match self.spec.policy {
+            CutPolicy::Global => {
+                stages.push(StageDef::new(Step::Threshold, None, groups.iter().map(|g| score(g)).collect()))
+            }
+            CutPolicy::Group | CutPolicy::Source => {
+                stages.extend(groups.iter().map(|g| StageDef::new(Step::Threshold, Some(g), vec![score(g)])))
+            }
+        }
+        stages
+            .extend(groups.iter().map(|g| StageDef::new(Step::Select, Some(g), vec![score(g), self.threshold_of(g)])));
+        Ok(stages)
+    }
+
+    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished) -> Result<Planned> {
+        let sg = upstream(&lineage.source_group, "SourceGroup")?;
+        let dj = upstream(&lineage.distillation_job, "DistillationJob")?;
+        let secrets = convert::storage_secrets(&sg.spec.storage);
+        let storage = sg.spec.storage.config();
+        let base = convert::stage_base(&sg.spec.root, self, &stage.name);
+        match (stage.step, stage.group.as_deref()) {
+            (Step::Score, Some(group)) => {
+                let groups = vec![ScoreGroup {
+                    name: group.into(),
+                    sources: convert::group_sources(sg, group)?,
+                    student: student(dj, group)?.into(),
+                }];
+                let mut plan: ScorePlan = with_defaults(json!({ "output": "", "groups": groups }))?;
+                plan.storage = storage;
+                if let Some(uri) = &self.spec.tokens.tokenizer {
+                    plan.tokens = TokenCounter::Tokenizer { uri: uri.clone() };
+                }
+                if let Some(trim) = self.spec.trim {
+                    plan.trim = trim;
+                }
+                Planned::new(&plan, base, secrets)
+            }
+            (Step::Threshold, group) => {
+                let scores =
+                    stage.after.iter().map(|s| output(finished, s).map(str::to_string)).collect::<Result<Vec<_>>>()?;
+                let mut plan: ThresholdPlan =
+                    with_defaults(json!({ "output": "", "scores": scores, "retention": self.spec.retention }))?;
+                plan.storage = storage;
+                plan.policy = match self.spec.policy {
+                    CutPolicy::Group => plan::CutPolicy::Group,
+                    CutPolicy::Global => plan::CutPolicy::Global,
+                    CutPolicy::Source => plan::CutPolicy::Source,
+                };
+                plan.group_retention = self
+                    .spec
+                    .group_retention
+                    .iter()
+                    .filter(|(g, _)| group == Some(g.as_str()))
+                    .map(|(g, r)| (g.clone(), *r))
+                    .collect();
+                Planned::new(&plan, base, secrets)
+            }
+            (Step::Select, Some(group)) => {
+                let groups = vec![SelectGroup { name: group.into(), sources: convert::group_sources(sg, group)? }];
+                let score = output(finished, &stage_name(Step::Score, Some(group)))?;
+                let threshold = output(finished, &self.threshold_of(group))?;
+                let mut plan: SelectPlan =
+                    with_defaults(json!({ "output": "", "groups": groups, "score": score, "threshold": threshold }))?;
+                plan.storage = storage;
+                Planned::new(&plan, join(&self.spec.output, group), secrets)
+            }
+            _ => Err(Error::InvalidSpec(format!("FilterRun has no stage {}", stage.name))),
+        }
+    }
+
+    fn highlights(status: &FilterRunStatus) -> Vec<String> {
+        let kept = |k: &Kept| {
+            format!(
+                "kept {} of {} tokens ({} of {} records)",
+                k.kept_tokens, k.total_tokens, k.kept_records, k.total_records
+            )
+        };
+        let mut lines: Vec<String> = status
+            .groups
+            .iter()
+            .filter_map(|g| Some(format!("group {}: {} in {}", g.name, kept(g.kept.as_ref()?), g.output.as_deref()?)))
+            .collect();
+        lines.extend(status.total.as_ref().map(|t| format!("total: {}", kept(t))));
+        lines
+    }
+
+    fn summarize(&self, lineage: &Lineage, finished: &Finished, status: &mut FilterRunStatus) -> Result<()> {
+        let sg = upstream(&lineage.source_group, "SourceGroup")?;
+        let mut groups = Vec::new();
+        let mut total = Some(Kept::default());
+        for name in convert::group_names(sg) {
+            let mut group = FilterGroupStatus {
+                name: name.clone(),
+                scored_shards: None,
+                records: None,
+                tokens: None,
+                skipped_records: None,
+                cuts: Vec::new(),
+                kept: None,
+                output: None,
+            };
+            if let Some(score) = finished.result::<ScoreResult>(&stage_name(Step::Score, Some(&name)))? {
+                if let Some(totals) = score.groups.iter().find(|t| t.group == name) {
+                    group.scored_shards = Some(totals.shards as u64);
+                    group.records = Some(totals.records);
+                    group.tokens = Some(totals.tokens);
+                    group.skipped_records = Some(totals.skipped.counts.values().sum());
+                }
+            }
+            if let Some(threshold) = finished.result::<ThresholdResult>(&self.threshold_of(&name))? {
+                group.cuts = threshold
+                    .cuts
+                    .iter()
+                    .filter(|c| c.scope == "global" || c.scope == name || c.scope.starts_with(&format!("{name}/")))
+                    .map(|c| CutStatus {
+                        scope: c.scope.clone(),
+                        retention: c.retention,
+                        threshold: c.cut.threshold,
+                        target_tokens: c.cut.target_tokens,
+                        kept_tokens: c.cut.kept_tokens,
+                        error_bound_tokens: c.cut.error_bound_tokens,
+                    })
+                    .collect();
+            }
+            let select = stage_name(Step::Select, Some(&name));
+            let kept = finished.result::<Manifest>(&select)?.and_then(|m| m.groups.get(&name).map(kept));
+            if let (Some(total), Some(kept)) = (total.as_mut(), kept.as_ref()) {
+                total.kept_records += kept.kept_records;
+                total.total_records += kept.total_records;
+                total.kept_tokens += kept.kept_tokens;
+                total.total_tokens += kept.total_tokens;
+            }
+            if kept.is_none() {
+                total = None;
+            }
+            group.kept = kept;
+            group.output = finished.output(&select).map(str::to_string);
+            groups.push(group);
+        }
+        status.groups = groups;
+        status.total = total.filter(|_| !status.groups.is_empty());
+        Ok(())
+    }
+}
+
+fn kept(k: &plan::Kept) -> Kept {
+    Kept {
+        kept_records: k.kept_records,
+        total_records: k.total_records,
+        kept_tokens: k.kept_tokens,
+        total_tokens: k.total_tokens,
+    }
+}

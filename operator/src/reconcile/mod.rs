@@ -1,0 +1,177 @@
+//! The stage engine: one pure function per reconcile, shared by the four kinds and both adapters.
+//!
+//! Input: the resource (spec, status, generation), its upstream chain, the child Jobs an adapter
+//! observed, and the step results it read from storage. Output: the new status and the actions
+//! that bring the world closer to it (create a plan ConfigMap and a Job, delete a Job, emit an
+//! Event). Each kind configures the engine through [`Pipeline`]: its stages, how each stage's
+//! plan is built from the spec and upstream statuses, and how results become status.
+//!
+//! Stage outputs are addressed by a digest of their plan, so a result at a stage's output root
+//! means the stage is done: whatever ran it, and however long ago its Job was deleted.
+
+mod conditions;
+mod convert;
+mod distillation_job;
+mod engine;
+mod filter_run;
+mod lineage;
+pub mod names;
+mod rubric_set;
+mod source_group;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::core::object::HasStatus;
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use conditions::truncate;
+pub use engine::{reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output};
+pub use lineage::{Lineage, Link, Upstream, UpstreamRef};
+
+use crate::api::{JobTemplate, PipelineStatus, Step, StorageSpec};
+use crate::{Error, Result};
+
+/// A kind's status: its own fields around the engine's [`PipelineStatus`].
+pub trait KindStatus: Clone + Default + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static {
+    fn pipeline(&self) -> &PipelineStatus;
+    fn pipeline_mut(&mut self) -> &mut PipelineStatus;
+}
+
+/// What a kind tells the engine. Every MIRA kind is namespaced: its upstream is in its namespace.
+pub trait Pipeline:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + HasStatus<Status: KindStatus>
+    + Clone
+    + std::fmt::Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The steps this kind may run, in order; each reports through its own condition.
+    const STEPS: &'static [Step];
+
+    /// The nearest upstream resource, if any.
+    fn upstream_ref(&self) -> Option<UpstreamRef>;
+
+    /// The Jobs' template.
+    fn job_template(&self) -> &JobTemplate;
+
+    /// The stages, each after every stage it needs. Called once the upstream chain is Ready.
+    fn stages(&self, lineage: &Lineage) -> Result<Vec<StageDef>>;
+
+    /// The plan of one stage, called once every stage it needs has finished.
+    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished) -> Result<Planned>;
+
+    /// The kind's status fields, from the stages finished so far.
+    fn summarize(&self, lineage: &Lineage, finished: &Finished, status: &mut Self::Status) -> Result<()>;
+
+    /// The object store of the chain (the SourceGroup's), where step results are read.
+    fn storage<'a>(&'a self, lineage: &'a Lineage) -> Option<&'a StorageSpec> {
+        lineage.source_group.as_ref().map(|sg| &sg.spec.storage)
+    }
+
+    /// Lines that tell a user what the resource produced (printed by `mira run` at the end).
+    fn highlights(_status: &Self::Status) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Why a step has no stage under this spec (the message of its `True` condition).
+    fn skipped(&self, step: Step) -> String {
+        format!("no {} stage is needed", step.as_str())
+    }
+}
+
+/// One stage of a resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageDef {
+    /// `step` or `step/group`.
+    pub name: String,
+    pub step: Step,
+    pub group: Option<String>,
+    /// Stages that must finish first.
+    pub after: Vec<String>,
+}
+
+impl StageDef {
+    pub fn new(step: Step, group: Option<&str>, after: Vec<String>) -> Self {
+        StageDef { name: stage_name(step, group), step, group: group.map(str::to_string), after }
+    }
+}
+
+/// The name of a stage: `step` or `step/group`.
+pub fn stage_name(step: Step, group: Option<&str>) -> String {
+    match group {
+        Some(group) => format!("{}/{group}", step.as_str()),
+        None => step.as_str().to_string(),
+    }
+}
+
+/// A stage's plan, before the engine addresses its output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    /// The plan JSON; its `output` is set by the engine.
+    pub plan: Value,
+    /// Where outputs go; the engine appends the plan's digest.
+    pub base: String,
+    /// Environment variables the Job takes from Secrets.
+    pub secrets: Vec<SecretEnv>,
+}
+
+impl Planned {
+    pub fn new<P: Serialize>(plan: &P, base: String, secrets: Vec<SecretEnv>) -> Result<Self> {
+        let plan =
+            serde_json::to_value(plan).map_err(|e| Error::InvalidSpec(format!("plan does not serialize: {e}")))?;
+        Ok(Planned { plan, base, secrets })
+    }
+}
+
+/// An environment variable read from a Secret key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretEnv {
+    pub env: String,
+    pub secret: String,
+    pub key: String,
+}
+
+/// The stages finished so far, with their output roots and results.
+#[derive(Clone, Debug, Default)]
+pub struct Finished {
+    stages: BTreeMap<String, (String, Value)>,
+}
+
+impl Finished {
+    fn insert(&mut self, stage: &str, output: String, result: Value) {
+        self.stages.insert(stage.to_string(), (output, result));
+    }
+
+    pub fn contains(&self, stage: &str) -> bool {
+        self.stages.contains_key(stage)
+    }
+
+    /// A finished stage's output root.
+    pub fn output(&self, stage: &str) -> Option<&str> {
+        self.stages.get(stage).map(|(output, _)| output.as_str())
+    }
+
+    /// A finished stage's result, typed.
+    pub fn result<T: DeserializeOwned>(&self, stage: &str) -> Result<Option<T>> {
+        self.stages
+            .get(stage)
+            .map(|(output, value)| {
+                T::deserialize(value).map_err(|source| Error::InvalidResult {
+                    uri: scorer_runner::storage::join(output, scorer_runner::steps::RESULT),
+                    source,
+                })
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests;

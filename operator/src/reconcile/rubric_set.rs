@@ -1,0 +1,135 @@
+//! RubricSet: one `discover` stage over the groups without pinned dimensions (none when every
+//! group is pinned).
+
+use kube::ResourceExt;
+use scorer_runner::plan::{DiscoverPlan, DiscoverResult, GroupSources, Scale};
+use serde_json::json;
+
+use super::convert::{self, upstream, with_defaults};
+use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
+use crate::api::{
+    AnchoredDimension, Dimension, GroupRubric, JobTemplate, PipelineStatus, RubricSet, RubricSetStatus, SourceGroup,
+    Step,
+};
+use crate::{Error, Result};
+
+/// The environment variables endpoint API keys reach workers in.
+pub const TEACHER_KEY_ENV: &str = "MIRA_TEACHER_API_KEY";
+const EMBEDDER_KEY_ENV: &str = "MIRA_EMBEDDER_API_KEY";
+
+impl KindStatus for RubricSetStatus {
+    fn pipeline(&self) -> &PipelineStatus {
+        &self.pipeline
+    }
+    fn pipeline_mut(&mut self) -> &mut PipelineStatus {
+        &mut self.pipeline
+    }
+}
+
+impl RubricSet {
+    /// The SourceGroup's groups that need discovery; errors on pinned groups it lacks.
+    fn unpinned(&self, sg: &SourceGroup) -> Result<Vec<String>> {
+        let groups = convert::group_names(sg);
+        if let Some(unknown) = self.spec.pinned.iter().find(|p| !groups.contains(&p.group)) {
+            return Err(Error::InvalidSpec(format!(
+                "pinned group {:?} is not a group of SourceGroup {} ({})",
+                unknown.group,
+                sg.name_any(),
+                groups.join(", ")
+            )));
+        }
+        Ok(groups.into_iter().filter(|g| !self.spec.pinned.iter().any(|p| &p.group == g)).collect())
+    }
+
+    /// The rubric scale, for every step that scores.
+    pub fn scale(&self) -> Scale {
+        Scale { min: self.spec.scale.min, max: self.spec.scale.max }
+    }
+}
+
+impl Pipeline for RubricSet {
+    const STEPS: &'static [Step] = &[Step::Discover];
+
+    fn upstream_ref(&self) -> Option<UpstreamRef> {
+        Some(UpstreamRef::SourceGroup(self.spec.source_group_ref.clone()))
+    }
+
+    fn job_template(&self) -> &JobTemplate {
+        &self.spec.job
+    }
+
+    fn stages(&self, lineage: &Lineage) -> Result<Vec<StageDef>> {
+        let sg = upstream(&lineage.source_group, "SourceGroup")?;
+        let needed = !self.unpinned(sg)?.is_empty();
+        Ok(needed.then(|| StageDef::new(Step::Discover, None, Vec::new())).into_iter().collect())
+    }
+
+    fn plan(&self, lineage: &Lineage, stage: &StageDef, _: &Finished) -> Result<Planned> {
+        let sg = upstream(&lineage.source_group, "SourceGroup")?;
+        let groups = self
+            .unpinned(sg)?
+            .into_iter()
+            .map(|name| Ok(GroupSources { sources: convert::group_sources(sg, &name)?, name }))
+            .collect::<Result<Vec<_>>>()?;
+        let (teacher, mut secrets) = convert::model(&self.spec.teacher, TEACHER_KEY_ENV)?;
+        let mut plan: DiscoverPlan = with_defaults(json!({ "output": "", "groups": groups, "teacher": teacher }))?;
+        plan.storage = sg.spec.storage.config();
+        plan.scale = self.scale();
+        let discovery = &self.spec.discovery;
+        if let Some(embedder) = &discovery.embedder {
+            let (embedder, secret) = convert::model(embedder, EMBEDDER_KEY_ENV)?;
+            plan.embedder = Some(embedder);
+            secrets.extend(secret);
+        }
+        if let Some(n) = discovery.records_per_group {
+            plan.records_per_group = n as usize;
+        }
+        if let Some(n) = discovery.dimensions_per_group {
+            plan.dimensions_per_group = n as usize;
+        }
+        if let Some(n) = discovery.min_support {
+            plan.min_support = n as usize;
+        }
+        plan.seed = discovery.seed.unwrap_or_default();
+        secrets.extend(convert::storage_secrets(&sg.spec.storage));
+        Planned::new(&plan, convert::stage_base(&sg.spec.root, self, &stage.name), secrets)
+    }
+
+    fn summarize(&self, lineage: &Lineage, finished: &Finished, status: &mut RubricSetStatus) -> Result<()> {
+        let sg = upstream(&lineage.source_group, "SourceGroup")?;
+        let discovered = finished.result::<DiscoverResult>(Step::Discover.as_str())?;
+        status.groups = convert::group_names(sg)
+            .into_iter()
+            .filter_map(|name| {
+                if let Some(pinned) = self.spec.pinned.iter().find(|p| p.group == name) {
+                    let dimensions = pinned
+                        .dimensions
+                        .iter()
+                        .map(|d| AnchoredDimension { dimension: d.clone(), support: None })
+                        .collect();
+                    return Some(GroupRubric { name, pinned: true, dimensions, proposals: None });
+                }
+                let group = discovered.as_ref()?.groups.iter().find(|g| g.name == name)?;
+                let dimensions = group
+                    .dimensions
+                    .iter()
+                    .map(|d| AnchoredDimension {
+                        dimension: Dimension {
+                            id: d.dimension.id.clone(),
+                            name: d.dimension.name.clone(),
+                            description: d.dimension.description.clone(),
+                            guide: d.dimension.guide.clone(),
+                        },
+                        support: Some(d.support as u64),
+                    })
+                    .collect();
+                Some(GroupRubric { name, pinned: false, dimensions, proposals: Some(group.proposals.clone()) })
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn skipped(&self, _: Step) -> String {
+        "every group has pinned dimensions".into()
+    }
+}

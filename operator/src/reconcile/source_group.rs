@@ -1,0 +1,99 @@
+//! SourceGroup: one `cluster` stage.
+
+use scorer_runner::plan::{ClusterPlan, ClusterResult, GroupDef};
+use serde_json::json;
+
+use super::convert::{self, with_defaults};
+use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
+use crate::api::{
+    GroupStatus, JobTemplate, PipelineStatus, SourceGroup, SourceGroupStatus, SourceStatus, Step, StorageSpec,
+};
+use crate::Result;
+
+impl KindStatus for SourceGroupStatus {
+    fn pipeline(&self) -> &PipelineStatus {
+        &self.pipeline
+    }
+    fn pipeline_mut(&mut self) -> &mut PipelineStatus {
+        &mut self.pipeline
+    }
+}
+
+impl Pipeline for SourceGroup {
+    const STEPS: &'static [Step] = &[Step::Cluster];
+
+    fn upstream_ref(&self) -> Option<UpstreamRef> {
+        None
+    }
+
+    fn job_template(&self) -> &JobTemplate {
+        &self.spec.job
+    }
+
+    fn storage<'a>(&'a self, _: &'a Lineage) -> Option<&'a StorageSpec> {
+        Some(&self.spec.storage)
+    }
+
+    fn stages(&self, _: &Lineage) -> Result<Vec<StageDef>> {
+        Ok(vec![StageDef::new(Step::Cluster, None, Vec::new())])
+    }
+
+    fn plan(&self, _: &Lineage, stage: &StageDef, _: &Finished) -> Result<Planned> {
+        let spec = &self.spec;
+        let sources: Vec<_> = spec.sources.iter().map(convert::source).collect();
+        let mut plan: ClusterPlan = with_defaults(json!({ "output": "", "sources": sources }))?;
+        plan.storage = spec.storage.config();
+        let grouping = &spec.grouping;
+        plan.k = grouping.k.map(|k| k as usize);
+        if let Some(max_k) = grouping.max_k {
+            plan.max_k = max_k as usize;
+        }
+        if let Some(sample) = grouping.sample_per_source {
+            plan.sample_per_source = sample as usize;
+        }
+        plan.groups = grouping.groups.as_ref().map(|groups| {
+            groups.iter().map(|g| GroupDef { name: g.name.clone(), sources: g.sources.clone() }).collect()
+        });
+        plan.seed = grouping.seed.unwrap_or_default();
+        let base = convert::stage_base(&spec.root, self, &stage.name);
+        Planned::new(&plan, base, convert::storage_secrets(&spec.storage))
+    }
+
+    fn highlights(status: &SourceGroupStatus) -> Vec<String> {
+        status.groups.iter().map(|g| format!("group {}: {}", g.name, g.sources.join(", "))).collect()
+    }
+
+    fn summarize(&self, _: &Lineage, finished: &Finished, status: &mut SourceGroupStatus) -> Result<()> {
+        let Some(result) = finished.result::<ClusterResult>(Step::Cluster.as_str())? else { return Ok(()) };
+        let group_of = |source: &str| {
+            result
+                .groups
+                .iter()
+                .find(|g| g.sources.iter().any(|s| s == source))
+                .map(|g| g.name.clone())
+                .unwrap_or_default()
+        };
+        status.groups =
+            result.groups.iter().map(|g| GroupStatus { name: g.name.clone(), sources: g.sources.clone() }).collect();
+        status.sources = result
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SourceStatus {
+                name: s.name.clone(),
+                group: group_of(&s.name),
+                shards: s.shards as u64,
+                bytes: s.bytes,
+                sampled_records: s.sampled_records as u64,
+                skipped_records: s.skipped.counts.values().sum(),
+                similarity: result
+                    .similarity
+                    .get(i)
+                    .map(|row| row.iter().map(|x| (x * 1000.0).round() / 1000.0).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        status.silhouette = Some(result.silhouette);
+        Ok(())
+    }
+}

@@ -1,0 +1,817 @@
+//! The stage engine, driven as the adapters drive it: a fake world of Jobs and results, one pass
+//! at a time.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use scorer_runner::histogram::{Cut, Histogram};
+use scorer_runner::plan::{
+    self, ClusterResult, DistillResult, GroupDef, LabelResult, Manifest, ScopedCut, ScoreResult, ScoreTotals,
+    SourceSample, ThresholdResult,
+};
+use serde_json::Value;
+
+use super::*;
+use crate::api::*;
+
+// ---- fixtures ----
+
+fn now() -> Time {
+    Time(Timestamp::from_second(1_000_000).unwrap())
+}
+
+fn meta<K: kube::Resource>(object: &mut K, name: &str, generation: i64) {
+    let meta = object.meta_mut();
+    meta.name = Some(name.into());
+    meta.namespace = Some("ns".into());
+    meta.uid = Some(format!("uid-{name}"));
+    meta.generation = Some(generation);
+}
+
+fn source(name: &str) -> SourceSpec {
+    SourceSpec { name: name.into(), uri: format!("s3://corpus/{name}/"), format: None, text: None }
+}
+
+/// A Ready pipeline status at `generation`.
+fn ready(generation: i64, revision: &str, upstream: Option<&str>) -> PipelineStatus {
+    PipelineStatus {
+        observed_generation: Some(generation),
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Succeeded".into(),
+            message: String::new(),
+            observed_generation: Some(generation),
+            last_transition_time: now(),
+        }],
+        revision: Some(revision.into()),
+        upstream_revision: upstream.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+fn source_group() -> SourceGroup {
+    let mut sg = SourceGroup::new(
+        "corpus",
+        SourceGroupSpec {
+            storage: StorageSpec { credentials_secret: Some("s3-creds".into()), ..Default::default() },
+            root: "s3://bucket/mira".into(),
+            sources: vec![source("py"), source("js"), source("web")],
+            grouping: GroupingSpec::default(),
+            job: JobTemplate::default(),
+        },
+    );
+    meta(&mut sg, "corpus", 1);
+    sg
+}
+
+fn ready_source_group() -> SourceGroup {
+    let mut sg = source_group();
+    sg.status = Some(SourceGroupStatus {
+        pipeline: ready(1, "sg-rev", None),
+        groups: vec![
+            GroupStatus { name: "code".into(), sources: vec!["py".into(), "js".into()] },
+            GroupStatus { name: "prose".into(), sources: vec!["web".into()] },
+        ],
+        ..Default::default()
+    });
+    sg
+}
+
+fn teacher() -> ModelSpec {
+    ModelSpec {
+        local: None,
+        endpoint: Some(EndpointModel {
+            url: "http://teacher:8000/v1".into(),
+            model: "judge".into(),
+            api_key_secret: Some(SecretKeyRef { name: "teacher".into(), key: "token".into() }),
+            max_concurrency: None,
+        }),
+    }
+}
+
+fn rubric_set() -> RubricSet {
+    let mut rs = RubricSet::new(
+        "rubrics",
+        RubricSetSpec {
+            source_group_ref: "corpus".into(),
+            teacher: teacher(),
+            scale: ScaleSpec::default(),
+            discovery: DiscoverySpec::default(),
+            pinned: Vec::new(),
+            job: JobTemplate::default(),
+        },
+    );
+    meta(&mut rs, "rubrics", 1);
+    rs
+}
+
+fn dimension(id: &str) -> Dimension {
+    Dimension { id: id.into(), name: id.into(), description: format!("{id} quality"), guide: String::new() }
+}
+
+fn ready_rubric_set() -> RubricSet {
+    let mut rs = rubric_set();
+    let rubric = |name: &str| GroupRubric {
+        name: name.into(),
+        pinned: false,
+        dimensions: vec![AnchoredDimension { dimension: dimension("clarity"), support: Some(4) }],
+        proposals: None,
+    };
+    rs.status = Some(RubricSetStatus {
+        pipeline: ready(1, "rs-rev", Some("sg-rev")),
+        groups: vec![rubric("code"), rubric("prose")],
+    });
+    rs
+}
+
+fn distillation_job() -> DistillationJob {
+    let mut dj = DistillationJob::new(
+        "students",
+        DistillationJobSpec {
+            rubric_set_ref: "rubrics".into(),
+            labels: LabelsSpec::default(),
+            student: StudentSpec::default(),
+            validation_fraction: None,
+            mask: MaskSpec::default(),
+            seed: None,
+            job: JobTemplate::default(),
+        },
+    );
+    meta(&mut dj, "students", 1);
+    dj
+}
+
+fn ready_distillation_job() -> DistillationJob {
+    let mut dj = distillation_job();
+    let student = |group: &str| StudentStatus {
+        group: group.into(),
+        student: format!("s3://bucket/students/{group}.student"),
+        train_records: 100,
+        validation_records: 20,
+        masked: Vec::new(),
+        agreement: Vec::new(),
+    };
+    dj.status = Some(DistillationJobStatus {
+        pipeline: ready(1, "dj-rev", Some("rs-rev")),
+        students: vec![student("code"), student("prose")],
+        ..Default::default()
+    });
+    dj
+}
+
+fn filter_run(policy: CutPolicy) -> FilterRun {
+    let mut fr = FilterRun::new(
+        "filter",
+        FilterRunSpec {
+            distillation_job_ref: "students".into(),
+            retention: 0.5,
+            policy,
+            group_retention: BTreeMap::new(),
+            tokens: TokensSpec::default(),
+            trim: None,
+            output: "s3://bucket/kept".into(),
+            job: JobTemplate::default(),
+        },
+    );
+    meta(&mut fr, "filter", 1);
+    fr
+}
+
+fn full_lineage() -> Lineage {
+    Lineage {
+        source_group: Some(ready_source_group()),
+        rubric_set: Some(ready_rubric_set()),
+        distillation_job: Some(ready_distillation_job()),
+    }
+}
+
+// ---- a fake world the actions act on ----
+
+#[derive(Default)]
+struct World {
+    jobs: BTreeMap<String, JobState>,
+    results: BTreeMap<String, Value>,
+}
+
+impl World {
+    /// One reconcile pass; applies the actions to the world and the status to the resource.
+    fn pass<K: Pipeline>(&mut self, resource: &mut K, lineage: &Lineage) -> Vec<Action> {
+        let output =
+            reconcile(&Input { resource: &*resource, lineage, jobs: &self.jobs, results: &self.results }, &now());
+        for action in &output.actions {
+            match action {
+                Action::CreateJob(request) => {
+                    self.jobs.insert(request.name.clone(), JobState::Running);
+                }
+                Action::DeleteJob { name } => {
+                    self.jobs.remove(name);
+                }
+                Action::CreatePlanConfigMap { .. } | Action::Event(_) => {}
+            }
+        }
+        *resource.status_mut() = Some(output.status);
+        output.actions
+    }
+
+    /// The stage's Job succeeds and its result appears.
+    fn succeed<K: Pipeline>(&mut self, resource: &K, stage: &str) {
+        let record = record(resource, stage);
+        self.jobs.insert(record.job.clone().expect("stage has a job"), JobState::Succeeded);
+        self.results.insert(record.output.clone(), result_of(&record));
+    }
+
+    fn fail<K: Pipeline>(&mut self, resource: &K, stage: &str, log: &str) {
+        let job = record(resource, stage).job.expect("stage has a job");
+        self.jobs.insert(job, JobState::Failed { reason: "BackoffLimitExceeded".into(), log: log.into() });
+    }
+}
+
+fn record<K: Pipeline>(resource: &K, stage: &str) -> StageRecord {
+    stages(resource).into_iter().find(|r| r.name == stage).unwrap_or_else(|| panic!("no stage {stage}"))
+}
+
+fn stages<K: Pipeline>(resource: &K) -> Vec<StageRecord> {
+    resource.status().map(|s| s.pipeline().stages.clone()).unwrap_or_default()
+}
+
+fn condition<K: Pipeline>(resource: &K, type_: &str) -> Condition {
+    resource
+        .status()
+        .and_then(|s| s.pipeline().condition(type_).cloned())
+        .unwrap_or_else(|| panic!("no condition {type_}"))
+}
+
+fn created(actions: &[Action]) -> Vec<String> {
+    actions.iter().filter_map(|a| if let Action::CreateJob(r) = a { Some(r.stage.clone()) } else { None }).collect()
+}
+
+fn events(actions: &[Action]) -> Vec<(bool, String)> {
+    actions
+        .iter()
+        .filter_map(|a| if let Action::Event(e) = a { Some((e.warning, e.reason.clone())) } else { None })
+        .collect()
+}
+
+/// A plausible result for a finished stage.
+fn result_of(record: &StageRecord) -> Value {
+    let group = record.group.clone().unwrap_or_default();
+    let cut = || Cut {
+        bin: 5,
+        threshold: 3.0,
+        total_tokens: 1000,
+        target_tokens: 500,
+        kept_tokens: 510,
+        kept_records: 5,
+        total_records: 10,
+        error_bound_tokens: 20,
+    };
+    let kept = plan::Kept { kept_records: 5, total_records: 10, kept_tokens: 510, total_tokens: 1000 };
+    let value = match record.step {
+        Step::Cluster => serde_json::to_value(ClusterResult {
+            groups: vec![
+                GroupDef { name: "code".into(), sources: vec!["py".into(), "js".into()] },
+                GroupDef { name: "prose".into(), sources: vec!["web".into()] },
+            ],
+            sources: ["py", "js", "web"]
+                .iter()
+                .map(|s| SourceSample {
+                    name: (*s).into(),
+                    shards: 2,
+                    bytes: 100,
+                    sampled_records: 50,
+                    skipped: Default::default(),
+                })
+                .collect(),
+            similarity: vec![vec![1.0, 0.81234, 0.1], vec![0.81234, 1.0, 0.2], vec![0.1, 0.2, 1.0]],
+            silhouette: 0.4,
+        }),
+        Step::Label => serde_json::to_value(LabelResult {
+            labels: format!("{}/labels/", record.output),
+            labelled: BTreeMap::from([("code".to_string(), 40), ("prose".to_string(), 40)]),
+            skipped: Default::default(),
+        }),
+        Step::Distill => {
+            serde_json::to_value(DistillResult { students: Vec::new(), sft: None, skipped_labels: Default::default() })
+        }
+        Step::Score => serde_json::to_value(ScoreResult {
+            groups: vec![ScoreTotals {
+                group,
+                source: None,
+                shards: 2,
+                records: 10,
+                tokens: 1000,
+                skipped: Default::default(),
+                histogram: Histogram::new(1.0, 5.0, 10),
+            }],
+            sources: Vec::new(),
+            masked: BTreeMap::new(),
+        }),
+        Step::Threshold => serde_json::to_value(ThresholdResult {
+            policy: plan::CutPolicy::Group,
+            cuts: vec![ScopedCut {
+                scope: if group.is_empty() { "global".into() } else { group },
+                retention: 0.5,
+                cut: cut(),
+            }],
+        }),
+        Step::Select => serde_json::to_value(Manifest {
+            total: kept.clone(),
+            groups: BTreeMap::from([(group, kept)]),
+            sources: BTreeMap::new(),
+            thresholds: ThresholdResult { policy: plan::CutPolicy::Group, cuts: Vec::new() },
+            masked: BTreeMap::new(),
+            shards: Vec::new(),
+        }),
+        Step::Discover => serde_json::to_value(plan::DiscoverResult { groups: Vec::new() }),
+    };
+    value.expect("result serializes")
+}
+
+// ---- a stage's life ----
+
+#[test]
+fn a_new_source_group_starts_one_cluster_job() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert!(matches!(&actions[0], Action::CreatePlanConfigMap { name, .. } if name.starts_with("corpus-cluster-g1-")));
+    assert_eq!(created(&actions), ["cluster"]);
+    assert_eq!(events(&actions), [(false, "StageStarted".to_string())]);
+    let cluster = record(&sg, "cluster");
+    assert_eq!(cluster.phase, StagePhase::Pending);
+    assert!(cluster.output.starts_with("s3://bucket/mira/ns/sourcegroups/corpus/cluster/"), "{}", cluster.output);
+    assert_eq!(
+        (condition(&sg, "Ready").status.as_str(), condition(&sg, "Ready").reason.as_str()),
+        ("False", "Running")
+    );
+    assert_eq!(condition(&sg, "Clustered").reason, "Running");
+    assert_eq!(sg.status.as_ref().unwrap().pipeline.stage.as_deref(), Some("cluster"));
+}
+
+#[test]
+fn the_job_request_carries_the_template_and_secrets() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    sg.spec.job.workers = Some(4);
+    let actions = world.pass(&mut sg, &Lineage::default());
+    let Some(Action::CreateJob(request)) = actions.iter().find(|a| matches!(a, Action::CreateJob(_))) else {
+        panic!("no job")
+    };
+    assert_eq!(request.template.workers, Some(4));
+    assert_eq!(request.plan, request.name);
+    let envs: Vec<&str> = request.secrets.iter().map(|s| s.env.as_str()).collect();
+    assert_eq!(envs, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
+}
+
+#[test]
+fn the_plan_names_its_own_output_and_the_runner_defaults_fill_the_rest() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    sg.spec.grouping.max_k = Some(3);
+    let actions = world.pass(&mut sg, &Lineage::default());
+    let Some(Action::CreatePlanConfigMap { plan, .. }) = actions.first() else { panic!("no plan") };
+    let plan: plan::ClusterPlan = serde_json::from_str(plan).unwrap();
+    assert_eq!(plan.output, record(&sg, "cluster").output);
+    assert_eq!(plan.max_k, 3);
+    assert_eq!(plan.sources.len(), 3);
+    assert_eq!(
+        plan.sample_per_source,
+        serde_json::from_value::<plan::ClusterPlan>(serde_json::json!({"output": "", "sources": []}))
+            .unwrap()
+            .sample_per_source
+    );
+}
+
+#[test]
+fn a_running_job_is_neither_recreated_nor_announced_again() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    let before = sg.status.clone();
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(record(&sg, "cluster").phase, StagePhase::Running);
+    assert_eq!(before.unwrap().pipeline.conditions, sg.status.as_ref().unwrap().pipeline.conditions);
+}
+
+#[test]
+fn a_finished_stage_fills_status_and_makes_the_resource_ready() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.succeed(&sg, "cluster");
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert_eq!(events(&actions), [(false, "StageSucceeded".to_string())]);
+    let status = sg.status.clone().unwrap();
+    assert_eq!(status.groups.len(), 2);
+    assert_eq!(status.sources[0].group, "code");
+    assert_eq!(status.sources[0].similarity[1], 0.812);
+    assert!(status.pipeline.ready_at(Some(1)));
+    assert!(status.pipeline.revision.is_some());
+    assert_eq!(status.pipeline.stage.as_deref(), Some("Ready"));
+    assert_eq!(condition(&sg, "Clustered").status, "True");
+}
+
+#[test]
+fn a_ready_resource_reconciles_to_the_same_status_without_actions() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.succeed(&sg, "cluster");
+    world.pass(&mut sg, &Lineage::default());
+    let before = sg.status.clone();
+    assert!(world.pass(&mut sg, &Lineage::default()).is_empty());
+    assert_eq!(before, sg.status);
+}
+
+#[test]
+fn a_finished_stage_whose_job_was_deleted_by_its_ttl_is_not_recreated() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.succeed(&sg, "cluster");
+    world.pass(&mut sg, &Lineage::default());
+    world.jobs.clear();
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert!(created(&actions).is_empty(), "{actions:?}");
+    assert_eq!(record(&sg, "cluster").phase, StagePhase::Succeeded);
+}
+
+#[test]
+fn a_stage_whose_job_finished_and_vanished_unobserved_is_done_by_its_result() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.succeed(&sg, "cluster");
+    world.jobs.clear();
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert!(created(&actions).is_empty(), "{actions:?}");
+    assert_eq!(record(&sg, "cluster").phase, StagePhase::Succeeded);
+}
+
+#[test]
+fn a_job_missing_while_its_stage_runs_is_created_again_under_the_same_name() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    let job = record(&sg, "cluster").job;
+    world.jobs.clear();
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert_eq!(created(&actions), ["cluster"]);
+    assert!(events(&actions).is_empty(), "a re-create is not a new start");
+    assert_eq!(record(&sg, "cluster").job, job);
+}
+
+#[test]
+fn a_failed_job_sets_the_stage_condition_from_the_runners_error_line() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.fail(&sg, "cluster", "INFO listing\nerror: StorageError: storage: list s3://corpus/py/: timed out\n");
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert_eq!(events(&actions), [(true, "StorageError".to_string())]);
+    let clustered = condition(&sg, "Clustered");
+    assert_eq!((clustered.status.as_str(), clustered.reason.as_str()), ("False", "StorageError"));
+    assert_eq!(clustered.message, "cluster: storage: list s3://corpus/py/: timed out");
+    assert_eq!(condition(&sg, "Ready").reason, "StorageError");
+    assert_eq!(sg.status.as_ref().unwrap().pipeline.stage.as_deref(), Some("Failed"));
+    // Failure is final for this generation, even once the failed Job is gone.
+    world.jobs.clear();
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert!(actions.is_empty(), "{actions:?}");
+}
+
+#[test]
+fn a_job_that_succeeds_without_a_result_fails_its_stage() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.jobs.insert(record(&sg, "cluster").job.unwrap(), JobState::Succeeded);
+    world.pass(&mut sg, &Lineage::default());
+    assert_eq!(condition(&sg, "Clustered").reason, "ResultMissing");
+}
+
+#[test]
+fn failure_reasons_come_from_the_last_error_line_or_the_adapter() {
+    assert_eq!(
+        engine::failure("Exit1", "a\nerror: ShardError: bad shard x\n"),
+        ("ShardError".into(), "bad shard x".into())
+    );
+    assert_eq!(engine::failure("Exit1", "error: --plan is required"), ("Exit1".into(), "--plan is required".into()));
+    assert_eq!(
+        engine::failure("DeadlineExceeded", "Job was active longer than specified"),
+        ("DeadlineExceeded".into(), "Job was active longer than specified".into())
+    );
+    assert_eq!(engine::failure("OOMKilled", ""), ("OOMKilled".into(), String::new()));
+}
+
+// ---- generations ----
+
+#[test]
+fn a_generation_bump_retries_a_failed_stage() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.fail(&sg, "cluster", "error: ModelError: out of memory");
+    world.pass(&mut sg, &Lineage::default());
+    sg.spec.job.resources = Some(ComputeResources {
+        memory: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Gi".into())),
+        ..Default::default()
+    });
+    sg.metadata.generation = Some(2);
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert_eq!(created(&actions), ["cluster"]);
+    let cluster = record(&sg, "cluster");
+    assert!(cluster.job.unwrap().starts_with("corpus-cluster-g2-"));
+    assert_eq!(cluster.generation, 2);
+    assert_eq!(condition(&sg, "Ready").reason, "Running");
+}
+
+#[test]
+fn a_generation_bump_reruns_the_stages_whose_plans_changed_and_reuses_the_rest() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    run_to_completion(&mut world, &mut fr, &lineage);
+    let scored = record(&fr, "score/code");
+    fr.spec.retention = 0.3;
+    fr.metadata.generation = Some(2);
+    let actions = world.pass(&mut fr, &lineage);
+    assert_eq!(created(&actions), ["threshold/code", "threshold/prose"]);
+    assert_eq!(record(&fr, "score/code"), scored, "an unchanged stage keeps its record");
+    assert!(record(&fr, "threshold/code").job.unwrap().contains("-g2-"));
+    assert!(stages(&fr).iter().all(|r| r.step != Step::Select), "selections wait for the new cuts");
+    assert_eq!(condition(&fr, "Scored").status, "True");
+    assert_eq!(condition(&fr, "Selected").reason, "Waiting");
+}
+
+#[test]
+fn a_stage_replanned_while_running_has_its_old_job_deleted() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    world.pass(&mut fr, &lineage);
+    let old = record(&fr, "score/code").job.unwrap();
+    fr.spec.trim = Some(0.2);
+    fr.metadata.generation = Some(2);
+    let actions = world.pass(&mut fr, &lineage);
+    assert!(actions.contains(&Action::DeleteJob { name: old.clone() }), "{actions:?}");
+    assert_eq!(created(&actions), ["score/code", "score/prose"]);
+    assert_ne!(record(&fr, "score/code").job.unwrap(), old);
+}
+
+#[test]
+fn an_identical_earlier_result_is_reused_without_a_job() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.succeed(&sg, "cluster");
+    let mut twin = source_group();
+    let actions = world.pass(&mut twin, &Lineage::default());
+    assert!(created(&actions).is_empty());
+    assert_eq!(events(&actions), [(false, "StageReused".to_string())]);
+    assert_eq!(record(&twin, "cluster").job, None);
+    assert!(twin.status.unwrap().pipeline.ready_at(Some(1)));
+}
+
+#[test]
+fn an_operator_that_plans_a_finished_stage_differently_does_not_redo_it() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.succeed(&sg, "cluster");
+    world.pass(&mut sg, &Lineage::default());
+    // As if an older operator version had planned (and addressed) the stage differently.
+    let old_output = "s3://bucket/mira/ns/sourcegroups/corpus/cluster/0123456789abcdef".to_string();
+    let record = record(&sg, "cluster");
+    world.results.insert(old_output.clone(), world.results[&record.output].clone());
+    world.results.remove(&record.output);
+    sg.status.as_mut().unwrap().pipeline.stages[0].output = old_output.clone();
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(self::record(&sg, "cluster").output, old_output);
+    assert!(sg.status.unwrap().pipeline.ready_at(Some(1)));
+}
+
+// ---- gating ----
+
+#[test]
+fn a_rubric_set_waits_for_a_missing_source_group() {
+    let (mut world, mut rs) = (World::default(), rubric_set());
+    let actions = world.pass(&mut rs, &Lineage::default());
+    assert!(actions.is_empty());
+    let ready = condition(&rs, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Waiting"));
+    assert_eq!(ready.message, "waiting for SourceGroup corpus: not found");
+    assert_eq!(condition(&rs, "Discovered").reason, "Waiting");
+    assert_eq!(rs.status.unwrap().pipeline.stage.as_deref(), Some("Waiting"));
+}
+
+#[test]
+fn a_rubric_set_waits_until_its_source_group_is_ready_at_its_current_generation() {
+    let mut sg = ready_source_group();
+    sg.metadata.generation = Some(2);
+    let lineage = Lineage { source_group: Some(sg), ..Default::default() };
+    let (mut world, mut rs) = (World::default(), rubric_set());
+    assert!(world.pass(&mut rs, &lineage).is_empty());
+    let message = condition(&rs, "Ready").message;
+    assert!(message.starts_with("waiting for SourceGroup corpus to be Ready at generation 2"), "{message}");
+}
+
+#[test]
+fn a_rubric_set_starts_discovery_once_its_source_group_is_ready() {
+    let lineage = Lineage { source_group: Some(ready_source_group()), ..Default::default() };
+    let (mut world, mut rs) = (World::default(), rubric_set());
+    let actions = world.pass(&mut rs, &lineage);
+    assert_eq!(created(&actions), ["discover"]);
+    let Some(Action::CreateJob(request)) = actions.iter().find(|a| matches!(a, Action::CreateJob(_))) else {
+        unreachable!()
+    };
+    assert!(request
+        .secrets
+        .iter()
+        .any(|s| s.env == "MIRA_TEACHER_API_KEY" && s.secret == "teacher" && s.key == "token"));
+    assert_eq!(rs.status.unwrap().pipeline.upstream_revision.as_deref(), Some("sg-rev"));
+}
+
+#[test]
+fn a_dependent_waits_while_its_upstream_has_not_caught_up_with_its_own_upstream() {
+    let mut lineage = full_lineage();
+    lineage.source_group.as_mut().unwrap().status.as_mut().unwrap().pipeline.revision = Some("sg-rev-2".into());
+    let (mut world, mut dj) = (World::default(), distillation_job());
+    assert!(world.pass(&mut dj, &lineage).is_empty());
+    assert_eq!(condition(&dj, "Ready").message, "waiting for RubricSet rubrics to catch up with SourceGroup corpus");
+}
+
+#[test]
+fn a_pinned_rubric_set_is_ready_without_a_discover_job() {
+    let lineage = Lineage { source_group: Some(ready_source_group()), ..Default::default() };
+    let mut rs = rubric_set();
+    rs.spec.pinned = ["code", "prose"]
+        .iter()
+        .map(|g| PinnedGroup { group: (*g).into(), dimensions: vec![dimension("clarity")] })
+        .collect();
+    let mut world = World::default();
+    assert!(world.pass(&mut rs, &lineage).is_empty());
+    assert_eq!(condition(&rs, "Discovered").reason, "Skipped");
+    let status = rs.status.unwrap();
+    assert!(status.pipeline.ready_at(Some(1)));
+    assert!(status.groups.iter().all(|g| g.pinned));
+}
+
+#[test]
+fn a_pinned_group_the_source_group_lacks_is_an_invalid_spec() {
+    let lineage = Lineage { source_group: Some(ready_source_group()), ..Default::default() };
+    let mut rs = rubric_set();
+    rs.spec.pinned = vec![PinnedGroup { group: "math".into(), dimensions: vec![dimension("rigour")] }];
+    let mut world = World::default();
+    assert!(world.pass(&mut rs, &lineage).is_empty());
+    assert_eq!(condition(&rs, "Ready").reason, "InvalidSpec");
+}
+
+// ---- chain order ----
+
+#[test]
+fn distillation_labels_first_then_distils_from_the_written_labels() {
+    let lineage = full_lineage();
+    let (mut world, mut dj) = (World::default(), distillation_job());
+    assert_eq!(created(&world.pass(&mut dj, &lineage)), ["label"]);
+    assert_eq!(condition(&dj, "Distilled").message, "waiting for label");
+    world.succeed(&dj, "label");
+    let actions = world.pass(&mut dj, &lineage);
+    assert_eq!(created(&actions), ["distill"]);
+    let Some(Action::CreatePlanConfigMap { plan, .. }) =
+        actions.iter().rev().find(|a| matches!(a, Action::CreatePlanConfigMap { .. }))
+    else {
+        unreachable!()
+    };
+    let plan: plan::DistillPlan = serde_json::from_str(plan).unwrap();
+    assert_eq!(plan.labels, format!("{}/labels/", record(&dj, "label").output));
+    assert_eq!(dj.status.as_ref().unwrap().labelled.len(), 2);
+}
+
+#[test]
+fn imported_labels_skip_the_label_stage() {
+    let lineage = full_lineage();
+    let (mut world, mut dj) = (World::default(), distillation_job());
+    dj.spec.labels.import_uri = Some("s3://bucket/batch-labels/".into());
+    assert_eq!(created(&world.pass(&mut dj, &lineage)), ["distill"]);
+    assert_eq!(condition(&dj, "Labelled").reason, "Skipped");
+    assert_eq!(dj.status.unwrap().labels.as_deref(), Some("s3://bucket/batch-labels/"));
+}
+
+#[test]
+fn a_group_is_thresholded_and_selected_as_soon_as_it_is_scored() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    assert_eq!(created(&world.pass(&mut fr, &lineage)), ["score/code", "score/prose"]);
+    assert_eq!(fr.status.as_ref().unwrap().pipeline.stage.as_deref(), Some("score 0/2"));
+    world.succeed(&fr, "score/code");
+    assert_eq!(created(&world.pass(&mut fr, &lineage)), ["threshold/code"]);
+    world.succeed(&fr, "threshold/code");
+    assert_eq!(created(&world.pass(&mut fr, &lineage)), ["select/code"]);
+    assert_eq!(condition(&fr, "Scored").message, "1/2 groups");
+    let status = fr.status.clone().unwrap();
+    assert_eq!(status.groups[0].tokens, Some(1000));
+    assert_eq!(status.groups[0].cuts[0].threshold, 3.0);
+    assert_eq!(status.total, None, "no total before every group is selected");
+}
+
+#[test]
+fn the_global_policy_cuts_once_every_group_is_scored() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Global));
+    world.pass(&mut fr, &lineage);
+    world.succeed(&fr, "score/code");
+    assert!(created(&world.pass(&mut fr, &lineage)).is_empty());
+    world.succeed(&fr, "score/prose");
+    assert_eq!(created(&world.pass(&mut fr, &lineage)), ["threshold"]);
+    world.succeed(&fr, "threshold");
+    assert_eq!(created(&world.pass(&mut fr, &lineage)), ["select/code", "select/prose"]);
+}
+
+#[test]
+fn plans_chain_each_stage_to_the_outputs_it_reads() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    fr.spec.group_retention = BTreeMap::from([("code".to_string(), 0.8)]);
+    let plans = |actions: Vec<Action>| -> Vec<Value> {
+        actions
+            .into_iter()
+            .filter_map(|a| {
+                if let Action::CreatePlanConfigMap { plan, .. } = a {
+                    serde_json::from_str(&plan).ok()
+                } else {
+                    None
+                }
+            })
+            .collect()
+    };
+    let score = &plans(world.pass(&mut fr, &lineage))[0];
+    assert_eq!(score["groups"][0]["student"], "s3://bucket/students/code.student");
+    assert_eq!(score["groups"][0]["sources"].as_array().unwrap().len(), 2);
+    world.succeed(&fr, "score/code");
+    let threshold = &plans(world.pass(&mut fr, &lineage))[0];
+    assert_eq!(threshold["scores"][0], record(&fr, "score/code").output.as_str());
+    assert_eq!(threshold["groupRetention"]["code"], 0.8);
+    world.succeed(&fr, "threshold/code");
+    let select = &plans(world.pass(&mut fr, &lineage))[0];
+    assert_eq!(select["threshold"], record(&fr, "threshold/code").output.as_str());
+    assert!(select["output"].as_str().unwrap().starts_with("s3://bucket/kept/code/"));
+}
+
+#[test]
+fn a_failed_group_does_not_stop_the_other_groups() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    world.pass(&mut fr, &lineage);
+    world.fail(&fr, "score/code", "error: StudentError: student artefact s3://x: corrupt");
+    world.succeed(&fr, "score/prose");
+    let actions = world.pass(&mut fr, &lineage);
+    assert_eq!(created(&actions), ["threshold/prose"]);
+    assert_eq!(condition(&fr, "Scored").reason, "StudentError");
+    assert_eq!(condition(&fr, "Ready").message, "stage score/code failed: student artefact s3://x: corrupt");
+}
+
+#[test]
+fn a_finished_filter_run_reports_kept_tokens_per_group_and_in_total() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    run_to_completion(&mut world, &mut fr, &lineage);
+    let status = fr.status.unwrap();
+    assert!(status.pipeline.ready_at(Some(1)));
+    assert_eq!(status.total.as_ref().unwrap().kept_tokens, 1020);
+    assert_eq!(status.groups[1].kept.as_ref().unwrap().kept_records, 5);
+    assert!(status.groups[1].output.as_deref().unwrap().starts_with("s3://bucket/kept/prose/"));
+    assert_eq!(status.pipeline.stages.len(), 6);
+    let highlights = FilterRun::highlights(&status);
+    assert_eq!(highlights.last().map(String::as_str), Some("total: kept 1020 of 2000 tokens (10 of 20 records)"));
+    assert!(highlights[0].starts_with("group code: kept 510 of 1000 tokens (5 of 10 records) in s3://bucket/kept/code/"));
+}
+
+#[test]
+fn group_retention_for_an_unknown_group_is_an_invalid_spec() {
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    fr.spec.group_retention = BTreeMap::from([("math".to_string(), 0.8)]);
+    assert!(world.pass(&mut fr, &full_lineage()).is_empty());
+    let ready = condition(&fr, "Ready");
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(ready.message.contains("\"math\""), "{}", ready.message);
+}
+
+#[test]
+fn wanted_results_are_the_outputs_of_stages_that_can_be_planned() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    world.pass(&mut fr, &lineage);
+    let input = |world: &World, fr: &FilterRun| {
+        wanted_results(&Input { resource: fr, lineage: &lineage, jobs: &world.jobs, results: &world.results })
+    };
+    let scores: Vec<String> = ["score/code", "score/prose"].iter().map(|s| record(&fr, s).output).collect();
+    assert_eq!(input(&world, &fr), scores);
+    world.succeed(&fr, "score/code");
+    assert_eq!(input(&world, &fr).len(), 3, "a finished score makes its threshold plannable");
+}
+
+/// Runs every stage to success.
+fn run_to_completion<K: Pipeline>(world: &mut World, resource: &mut K, lineage: &Lineage) {
+    for _ in 0..10 {
+        world.pass(resource, lineage);
+        let running: Vec<String> =
+            stages(resource).into_iter().filter(|r| r.phase != StagePhase::Succeeded).map(|r| r.name).collect();
+        if running.is_empty() && resource.status().unwrap().pipeline().ready_at(resource.meta().generation) {
+            return;
+        }
+        for stage in running {
+            world.succeed(resource, &stage);
+        }
+    }
+    panic!("{} did not finish", resource.name_any());
+}

@@ -1,0 +1,97 @@
+//! Step results for a reconcile pass, read from storage: the adapters' one way to the data.
+//!
+//! The engine names the output roots it can use ([`wanted_results`]); results found there may
+//! make later stages plannable, so reading repeats until nothing new is wanted. Outputs are
+//! content-addressed, so a result once read never changes and is cached.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use scorer_runner::steps::RESULT;
+use scorer_runner::storage::{join, Storage, StorageConfig};
+use serde_json::Value;
+
+use crate::reconcile::{wanted_results, Input, JobState, Lineage, Pipeline};
+use crate::{Error, Result};
+
+/// Results kept in memory; older ones are read again when needed.
+const CACHE_ENTRIES: usize = 1024;
+/// Results read at once.
+const CONCURRENT_READS: usize = 16;
+
+/// Reads and caches step results, with one storage client per configuration.
+#[derive(Default)]
+pub struct Results {
+    stores: Mutex<HashMap<String, Arc<Storage>>>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    values: HashMap<String, Value>,
+    order: VecDeque<String>,
+}
+
+impl Results {
+    /// Every result the pass can use, keyed by output root.
+    pub async fn gather<K: Pipeline>(
+        &self,
+        resource: &K,
+        lineage: &Lineage,
+        jobs: &BTreeMap<String, JobState>,
+        config: &StorageConfig,
+    ) -> Result<BTreeMap<String, Value>> {
+        let storage = self.storage(config);
+        let mut found = BTreeMap::new();
+        let mut absent = BTreeSet::new();
+        loop {
+            let input = Input { resource, lineage, jobs, results: &found };
+            let wanted: Vec<String> =
+                wanted_results(&input).into_iter().filter(|o| !found.contains_key(o) && !absent.contains(o)).collect();
+            if wanted.is_empty() {
+                return Ok(found);
+            }
+            let read: Vec<(String, Option<Value>)> = futures::stream::iter(wanted)
+                .map(|output| {
+                    let storage = storage.clone();
+                    async move { self.read(&storage, &output).await.map(|value| (output, value)) }
+                })
+                .buffered(CONCURRENT_READS)
+                .try_collect()
+                .await?;
+            for (output, value) in read {
+                if let Some(value) = value {
+                    found.insert(output, value);
+                } else {
+                    absent.insert(output);
+                }
+            }
+        }
+    }
+
+    fn storage(&self, config: &StorageConfig) -> Arc<Storage> {
+        let key = serde_json::to_string(config).unwrap_or_default();
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        stores.entry(key).or_insert_with(|| Arc::new(Storage::new(config.clone()))).clone()
+    }
+
+    async fn read(&self, storage: &Storage, output: &str) -> Result<Option<Value>> {
+        if let Some(value) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).values.get(output) {
+            return Ok(Some(value.clone()));
+        }
+        let uri = join(output, RESULT);
+        let Some(bytes) = storage.get_opt(&uri).await.map_err(Error::Storage)? else { return Ok(None) };
+        let value: Value = serde_json::from_slice(&bytes).map_err(|source| Error::InvalidResult { uri, source })?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.values.insert(output.to_string(), value.clone()).is_none() {
+            cache.order.push_back(output.to_string());
+        }
+        while cache.order.len() > CACHE_ENTRIES {
+            if let Some(oldest) = cache.order.pop_front() {
+                cache.values.remove(&oldest);
+            }
+        }
+        Ok(Some(value))
+    }
+}

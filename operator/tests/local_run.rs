@@ -1,0 +1,173 @@
+//! `mira run` end to end: a generated corpus goes through the whole chain (cluster, pinned
+//! rubrics, distillation from imported labels, score, threshold, select) as local processes;
+//! a rerun redoes nothing, and a changed retention reruns only the cuts and selections.
+//!
+//! Needs the `scorer-runner` binary: `MIRA_SCORER_RUNNER`, or built next to `mira`
+//! (`cargo build -p scorer-runner`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use scorer_runner::formats::Format;
+use scorer_runner::synth::{self, Kind, SynthSource};
+
+fn scorer_runner() -> Option<PathBuf> {
+    std::env::var_os("MIRA_SCORER_RUNNER")
+        .map(PathBuf::from)
+        .or_else(|| Some(Path::new(env!("CARGO_BIN_EXE_mira")).with_file_name("scorer-runner")))
+        .filter(|p| p.is_file())
+}
+
+fn manifests(retention: f64) -> String {
+    format!(
+        r#"
+apiVersion: mira.dev/v1alpha1
+kind: SourceGroup
+metadata: {{name: corpus}}
+spec:
+  root: out
+  sources:
+    - {{name: web, uri: corpus/web, text: {{idField: id}}}}
+    - {{name: code, uri: corpus/code, text: {{idField: id}}}}
+    - {{name: math, uri: corpus/math, text: {{idField: id}}}}
+  grouping:
+    groups:
+      - {{name: prose, sources: [web]}}
+      - {{name: technical, sources: [code, math]}}
+---
+apiVersion: mira.dev/v1alpha1
+kind: RubricSet
+metadata: {{name: rubrics}}
+spec:
+  sourceGroupRef: corpus
+  teacher: {{endpoint: {{url: "http://unused/v1", model: unused}}}}
+  pinned:
+    - group: prose
+      dimensions: [{{id: signal, name: Care}}, {{id: noise, name: Noise}}]
+    - group: technical
+      dimensions: [{{id: signal, name: Care}}, {{id: noise, name: Noise}}]
+---
+apiVersion: mira.dev/v1alpha1
+kind: DistillationJob
+metadata: {{name: students}}
+spec:
+  rubricSetRef: rubrics
+  labels: {{importUri: labels.jsonl}}
+  mask: {{minValidation: 3}}
+---
+apiVersion: mira.dev/v1alpha1
+kind: FilterRun
+metadata: {{name: filter}}
+spec:
+  distillationJobRef: students
+  retention: {retention}
+  output: kept
+"#
+    )
+}
+
+fn mira_run(dir: &Path, runner: &Path) -> (bool, String) {
+    mira_run_file(&dir.join("mira.yaml"), runner)
+}
+
+fn mira_run_file(manifests: &Path, runner: &Path) -> (bool, String) {
+    let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_mira"))
+        .args(["run", "-f"])
+        .arg(manifests)
+        .env("MIRA_SCORER_RUNNER", runner)
+        .env("MIRA_PARALLELISM", "2")
+        .output()
+        .expect("mira runs");
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&stderr));
+    (status.success(), stdout)
+}
+
+fn started(stdout: &str) -> Vec<String> {
+    let mut stages: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(" stage ")?.1.split_once(" started Job ").map(|(s, _)| s.to_string()))
+        .collect();
+    stages.sort();
+    stages
+}
+
+#[test]
+fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
+    let Some(runner) = scorer_runner() else {
+        eprintln!("skipped: no scorer-runner binary (set MIRA_SCORER_RUNNER or `cargo build -p scorer-runner`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    let mut records = Vec::new();
+    for (name, kind, format) in [
+        ("web", Kind::Prose, Format::Jsonl),
+        ("code", Kind::Code, Format::JsonlZst),
+        ("math", Kind::Math, Format::JsonlGz),
+    ] {
+        let source =
+            SynthSource { name: name.into(), kind, format, shards: 2, records_per_shard: 60, malformed_every: None };
+        records.extend(synth::write_source(&corpus, &source, 7).unwrap());
+    }
+    synth::write_labels(&dir.path().join("labels.jsonl"), &records, 2, 7).unwrap();
+    std::fs::write(dir.path().join("mira.yaml"), manifests(0.5)).unwrap();
+
+    let (ok, stdout) = mira_run(dir.path(), &runner);
+    assert!(ok, "the first run succeeds");
+    assert_eq!(
+        started(&stdout),
+        [
+            "cluster",
+            "distill",
+            "score/prose",
+            "score/technical",
+            "select/prose",
+            "select/technical",
+            "threshold/prose",
+            "threshold/technical"
+        ]
+    );
+    assert!(stdout.contains("FilterRun default/filter: Ready"), "{stdout}");
+    assert!(dir.path().join("kept/prose").is_dir(), "kept records are written per group");
+
+    let (ok, stdout) = mira_run(dir.path(), &runner);
+    assert!(ok, "a rerun succeeds");
+    assert!(started(&stdout).is_empty(), "a rerun redoes nothing: {stdout}");
+
+    std::fs::write(dir.path().join("mira.yaml"), manifests(0.3)).unwrap();
+    let (ok, stdout) = mira_run(dir.path(), &runner);
+    assert!(ok, "a run with a new retention succeeds");
+    assert_eq!(started(&stdout), ["select/prose", "select/technical", "threshold/prose", "threshold/technical"]);
+}
+
+#[test]
+fn a_failed_stage_fails_the_run_with_the_runners_error_and_a_rerun_retries_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let runner = dir.path().join("failing-runner");
+    std::fs::write(
+        &runner,
+        "#!/bin/sh\necho 'listing shards' >&2\necho 'error: ShardError: no shards under corpus/web' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let manifest = dir.path().join("corpus.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: mira.dev/v1alpha1\nkind: SourceGroup\nmetadata: {name: corpus}\nspec: {root: out, sources: [{name: web, uri: corpus/web}]}\n",
+    )
+    .unwrap();
+
+    let (ok, stdout) = mira_run_file(&manifest, &runner);
+    assert!(!ok, "a failed stage fails the run");
+    assert!(stdout.contains("Clustered=False ShardError: cluster: no shards under corpus/web"), "{stdout}");
+    assert!(stdout.contains("! job corpus-cluster-g1-"), "the failed Job and its log are named: {stdout}");
+
+    let (ok, stdout) = mira_run_file(&manifest, &runner);
+    assert!(!ok);
+    assert!(
+        stdout.contains("stage cluster started Job corpus-cluster-g2-"),
+        "a rerun retries the failed stage: {stdout}"
+    );
+}
