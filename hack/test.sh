@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# hack/test.sh - the whole test suite, as CI runs it (.ci/run calls this; so does the README).
+#
+# Installs the test tools once (cached under $MIRA_CACHE, keyed by version), starts a real S3
+# server (SeaweedFS) and a real Kubernetes control plane (etcd, kube-apiserver,
+# kube-controller-manager) on loopback, generates the tiny models, builds everything, runs every
+# cargo test (unit, data-plane integration on S3 and local disk, operator end to end), runs the
+# README's first command, and lints the Helm chart. Stops what it started, whatever happens.
+set -euo pipefail
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$HACK_DIR/lib.sh"
+cd "$HACK_DIR/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+state="$(mktemp -d "${TMPDIR:-/tmp}/mira-test.XXXXXX")"
+cleanup() {
+  hack/s3-server.sh stop "$state" >/dev/null 2>&1 || true
+  hack/kube-up.sh stop "$state" >/dev/null 2>&1 || true
+  rm -rf "$state"
+}
+trap cleanup EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "test tools (cached after the first run)"
+hack/install-tools.sh all
+eval "$(hack/install-tools.sh env)"
+
+step "S3 server"
+hack/s3-server.sh start "$state"
+set -a; source "$state/s3.env"; set +a
+
+step "Kubernetes control plane"
+hack/kube-up.sh start "$state"
+set -a; source "$state/kube.env"; set +a
+
+step "tiny models"
+export MIRA_TINY_MODELS="$MIRA_CACHE/tiny-models"
+hack/tiny-models.sh "$MIRA_TINY_MODELS"
+export HF_HOME="$state/hf-home"
+
+step "process kubelet self-test"
+hack/process-kubelet-selftest.sh
+
+step "build"
+cargo build --workspace --all-targets
+
+step "tests"
+cargo test --workspace --no-fail-fast -- --test-threads=2
+
+step "README's first command"
+hack/demo.sh "$state/demo"
+
+step "Helm chart (lint, render, server-side dry run, CRDs in sync)"
+hack/chart-check.sh
