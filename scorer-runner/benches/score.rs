@@ -52,22 +52,26 @@ fn corpus_bytes(dir: &Path) -> (u64, u64) {
 }
 
 fn generate(dir: &Path, megabytes: u64) {
-    // About 1 KiB of JSON per record.
-    let records = (megabytes * 1024) as usize;
-    let shards = records.div_ceil(RECORDS_PER_SHARD);
+    // About 600 bytes of JSON per record.
+    let records = (megabytes * 1_000_000 / 600) as usize;
+    let shard_count = records.div_ceil(RECORDS_PER_SHARD);
     let source = SynthSource {
         name: "web".into(),
         kind: Kind::Prose,
         format: Format::JsonlZst,
-        shards,
+        shards: shard_count,
         records_per_shard: RECORDS_PER_SHARD,
         malformed_every: Some(1000),
     };
     let generated = synth::write_source(&dir.join("corpus"), &source, 11).unwrap();
     synth::write_labels(&dir.join("labels.jsonl"), &generated, (generated.len() / 3000).max(1), 5).unwrap();
-    let raw: u64 = generated.iter().map(|g| g.text.len() as u64 + 60).sum();
+    // The JSON bytes as stored, decompressed.
+    let raw: u64 = shards(dir)
+        .iter()
+        .map(|p| std::io::copy(&mut zstd::stream::read::Decoder::new(std::fs::File::open(p).unwrap()).unwrap(), &mut std::io::sink()).unwrap())
+        .sum();
     std::fs::write(dir.join("raw-bytes"), raw.to_string()).unwrap();
-    println!("generated {} records in {shards} shards", generated.len());
+    println!("generated {} records in {shard_count} shards", generated.len());
 }
 
 fn source(dir: &Path) -> Source {
