@@ -11,11 +11,14 @@ use std::process::{Command, Output};
 use scorer_runner::formats::Format;
 use scorer_runner::synth::{self, Kind, SynthSource};
 
-fn scorer_runner() -> Option<PathBuf> {
-    std::env::var_os("MIRA_SCORER_RUNNER")
+/// The real runner: `MIRA_SCORER_RUNNER`, or the one built next to `mira` (`cargo build
+/// --workspace` builds both). Missing is a failure, not a skip: this test is what proves the chain.
+fn scorer_runner() -> PathBuf {
+    let runner = std::env::var_os("MIRA_SCORER_RUNNER")
         .map(PathBuf::from)
-        .or_else(|| Some(Path::new(env!("CARGO_BIN_EXE_mira")).with_file_name("scorer-runner")))
-        .filter(|p| p.is_file())
+        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_mira")).with_file_name("scorer-runner"));
+    assert!(runner.is_file(), "no scorer-runner at {}: run `cargo build --workspace` or set MIRA_SCORER_RUNNER", runner.display());
+    runner
 }
 
 fn manifests(retention: f64) -> String {
@@ -94,10 +97,7 @@ fn started(stdout: &str) -> Vec<String> {
 
 #[test]
 fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
-    let Some(runner) = scorer_runner() else {
-        eprintln!("skipped: no scorer-runner binary (set MIRA_SCORER_RUNNER or `cargo build -p scorer-runner`)");
-        return;
-    };
+    let runner = scorer_runner();
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus");
     let mut records = Vec::new();
