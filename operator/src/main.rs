@@ -57,6 +57,9 @@ enum Command {
         /// This replica's identity in the Lease (its Pod name).
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "MIRA_WATCH_NAMESPACE")]
+        namespace: Option<String>,
     },
 }
 
@@ -83,14 +86,22 @@ async fn main() -> anyhow::Result<ExitCode> {
             let ready = local::run(local::Options { manifests, state, parallel }).await?;
             return Ok(if ready { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Command::Operator { listen, runner_image, no_leader_election, lease_namespace, lease_name, identity } => {
+        Command::Operator {
+            listen,
+            runner_image,
+            no_leader_election,
+            lease_namespace,
+            lease_name,
+            identity,
+            namespace,
+        } => {
             let identity = identity.unwrap_or_else(|| format!("mira-operator-{}", std::process::id()));
             let lease = (!no_leader_election).then_some(kube::LeaseOptions {
                 namespace: lease_namespace,
                 name: lease_name,
                 identity,
             });
-            kube::run(kube::Options { listen, runner_image, lease }).await?;
+            kube::run(kube::Options { listen, runner_image, lease, namespace }).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

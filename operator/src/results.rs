@@ -12,7 +12,8 @@ use scorer_runner::steps::RESULT;
 use scorer_runner::storage::{join, Storage, StorageConfig};
 use serde_json::Value;
 
-use crate::reconcile::{wanted_results, Input, JobState, Lineage, Pipeline};
+use crate::api::Step;
+use crate::reconcile::{slim_result, wanted_results, Input, JobState, Lineage, Pipeline, StepResults};
 use crate::{Error, Result};
 
 /// Results kept in memory; older ones are read again when needed.
@@ -29,7 +30,7 @@ pub struct Results {
 
 #[derive(Default)]
 struct Cache {
-    values: HashMap<String, Value>,
+    values: HashMap<String, Arc<Value>>,
     order: VecDeque<String>,
 }
 
@@ -41,21 +42,23 @@ impl Results {
         lineage: &Lineage,
         jobs: &BTreeMap<String, JobState>,
         config: &StorageConfig,
-    ) -> Result<BTreeMap<String, Value>> {
+    ) -> Result<StepResults> {
         let storage = self.storage(config);
         let mut found = BTreeMap::new();
         let mut absent = BTreeSet::new();
         loop {
             let input = Input { resource, lineage, jobs, results: &found };
-            let wanted: Vec<String> =
-                wanted_results(&input).into_iter().filter(|o| !found.contains_key(o) && !absent.contains(o)).collect();
+            let wanted: Vec<(String, Step)> = wanted_results(&input)
+                .into_iter()
+                .filter(|(o, _)| !found.contains_key(o) && !absent.contains(o))
+                .collect();
             if wanted.is_empty() {
                 return Ok(found);
             }
-            let read: Vec<(String, Option<Value>)> = futures::stream::iter(wanted)
-                .map(|output| {
+            let read: Vec<(String, Option<Arc<Value>>)> = futures::stream::iter(wanted)
+                .map(|(output, step)| {
                     let storage = storage.clone();
-                    async move { self.read(&storage, &output).await.map(|value| (output, value)) }
+                    async move { self.read(&storage, &output, step).await.map(|value| (output, value)) }
                 })
                 .buffered(CONCURRENT_READS)
                 .try_collect()
@@ -76,13 +79,16 @@ impl Results {
         stores.entry(key).or_insert_with(|| Arc::new(Storage::new(config.clone()))).clone()
     }
 
-    async fn read(&self, storage: &Storage, output: &str) -> Result<Option<Value>> {
+    /// A result, slimmed to what the engine reads, from the cache or storage.
+    async fn read(&self, storage: &Storage, output: &str, step: Step) -> Result<Option<Arc<Value>>> {
         if let Some(value) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).values.get(output) {
             return Ok(Some(value.clone()));
         }
         let uri = join(output, RESULT);
         let Some(bytes) = storage.get_opt(&uri).await.map_err(Error::Storage)? else { return Ok(None) };
-        let value: Value = serde_json::from_slice(&bytes).map_err(|source| Error::InvalidResult { uri, source })?;
+        let mut value: Value = serde_json::from_slice(&bytes).map_err(|source| Error::InvalidResult { uri, source })?;
+        slim_result(step, &mut value);
+        let value = Arc::new(value);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.values.insert(output.to_string(), value.clone()).is_none() {
             cache.order.push_back(output.to_string());

@@ -39,6 +39,7 @@ pub struct DistillationJobSpec {
     pub student: StudentSpec,
     /// Fraction of labelled records (chosen by id hash) held out to measure agreement. Default 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true, "exclusiveMaximum" = true))]
     #[x_kube(validation = Rule::new("self > 0.0 && self < 1.0").message("validationFraction must be in (0, 1)"))]
     pub validation_fraction: Option<f64>,
     /// When a (source, dimension) is unreliable and left out of record scores.
@@ -215,8 +216,9 @@ pub struct Agreement {
     pub source: String,
     /// The dimension id.
     pub dimension: String,
-    /// Held-out records behind the numbers.
-    pub n: u64,
+    /// Held-out records behind the numbers. (Not `n`: YAML 1.1 parsers, kubectl's and Helm's among
+    /// them, read a bare `n` as `false`.)
+    pub records: u64,
     /// Mean absolute error.
     pub mae: f64,
     /// Spearman rank correlation; absent when undefined (constant scores).

@@ -37,6 +37,7 @@ pub struct FilterRunSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("distillationJobRef is immutable"))]
     pub distillation_job_ref: String,
     /// Fraction of tokens kept, in (0, 1].
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("retention must be in (0, 1]"))]
     pub retention: f64,
     /// Where cuts are made: per `group` (the default; keeps every capability), one `global`
@@ -54,6 +55,7 @@ pub struct FilterRunSpec {
     /// Fraction trimmed from each end of a record's unmasked dimension scores before averaging.
     /// Default 0.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.5), extend("exclusiveMaximum" = true))]
     #[x_kube(validation = Rule::new("self >= 0.0 && self < 0.5").message("trim must be in [0, 0.5)"))]
     pub trim: Option<f64>,
     /// URI under which the kept records are written, per group, in their source format.

@@ -34,7 +34,9 @@ pub const MAX_GROUPS: u32 = 64;
 /// Most rubric dimensions per group.
 pub const MAX_DIMENSIONS: u32 = 64;
 
-/// CEL rule for names that end up in Job names, labels and object paths.
+/// Names that end up in Job names, labels and object paths are DNS labels. The schema's `pattern`
+/// holds on every server; the CEL rule adds a readable message where CEL runs (1.25 and later).
+const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 const DNS_LABEL_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
 const DNS_LABEL_MESSAGE: &str =
     "must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit";
@@ -46,6 +48,32 @@ const NAME_LENGTH_MESSAGE: &str = "metadata.name must be at most 63 characters (
 /// Every CRD, in chain order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![SourceGroup::crd(), RubricSet::crd(), DistillationJob::crd(), FilterRun::crd()]
+        .into_iter()
+        .map(portable)
+        .collect()
+}
+
+/// A CRD every supported server accepts: `null` is dropped from enums (the generator lists it for
+/// optional enums; `nullable` already allows it, and API servers before 1.22 reject the CRD
+/// otherwise).
+fn portable(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(schema: &mut serde_json::Value) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|v| !v.is_null());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes to JSON");
+    for version in value["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        walk(&mut version["schema"]["openAPIV3Schema"]);
+    }
+    serde_json::from_value(value).expect("a CRD stays a CRD without null enum values")
 }
 
 /// One CRD as YAML, as committed under `crds/`.

@@ -97,7 +97,7 @@ pub struct DiscoverySpec {
 #[serde(rename_all = "camelCase")]
 pub struct PinnedGroup {
     /// The group, as named in the SourceGroup's status.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), pattern(super::DNS_LABEL_PATTERN))]
     #[x_kube(validation = Rule::new(super::DNS_LABEL_RULE).message(super::DNS_LABEL_MESSAGE))]
     pub group: String,
     /// Its dimensions.

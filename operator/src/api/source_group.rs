@@ -69,7 +69,7 @@ pub struct StorageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
     /// Source name, unique in the SourceGroup; it names output paths and status entries.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), pattern(super::DNS_LABEL_PATTERN))]
     #[x_kube(validation = Rule::new(super::DNS_LABEL_RULE).message(super::DNS_LABEL_MESSAGE))]
     pub name: String,
     /// A shard file, or a prefix (directory) holding shards: `s3://bucket/prefix/` or a path.
@@ -144,7 +144,7 @@ pub struct GroupingSpec {
 #[serde(rename_all = "camelCase")]
 pub struct GroupSpec {
     /// Group name; it names Jobs, output paths and status entries.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), pattern(super::DNS_LABEL_PATTERN))]
     #[x_kube(validation = Rule::new(super::DNS_LABEL_RULE).message(super::DNS_LABEL_MESSAGE))]
     pub name: String,
     /// Names of the group's sources.
@@ -188,8 +188,9 @@ pub struct GroupStatus {
 pub struct SourceStatus {
     /// Source name.
     pub name: String,
-    /// The group it belongs to.
-    pub group: String,
+    /// The group it belongs to; absent when no explicit group lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Shards found.
     pub shards: u64,
     /// Bytes in its shards.

@@ -245,3 +245,58 @@ fn imported_labels_exclude_a_labelling_teacher() {
     dj.spec.validation_fraction = Some(1.0);
     assert!(validate_cel(&dj).is_err());
 }
+
+fn crd_of(kind: &str) -> CustomResourceDefinition {
+    crds().into_iter().find(|c| c.spec.names.kind == kind).unwrap()
+}
+
+#[test]
+fn bounds_and_name_patterns_hold_where_cel_does_not_run() {
+    // API servers before 1.25 ignore `x-kubernetes-validations`; these keywords hold everywhere.
+    let spec = &schema(&crd_of("FilterRun"))["properties"]["spec"]["properties"];
+    let retention = &spec["retention"];
+    assert_eq!((&retention["minimum"], &retention["exclusiveMinimum"]), (&serde_json::json!(0.0), &Value::Bool(true)));
+    assert_eq!(retention["maximum"], 1.0);
+    assert_eq!(
+        (&spec["trim"]["maximum"], &spec["trim"]["exclusiveMaximum"]),
+        (&serde_json::json!(0.5), &Value::Bool(true))
+    );
+    let source_name =
+        &schema(&crd_of("SourceGroup"))["properties"]["spec"]["properties"]["sources"]["items"]["properties"]["name"];
+    assert_eq!(source_name["pattern"], DNS_LABEL_PATTERN);
+    assert_eq!(format!("self.matches('{DNS_LABEL_PATTERN}')"), DNS_LABEL_RULE, "the pattern and the CEL rule agree");
+}
+
+/// Every value under `key` anywhere in a schema.
+fn all_of_key<'a>(schema: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
+    match schema {
+        Value::Object(map) => {
+            out.extend(map.get(key));
+            map.values().for_each(|v| all_of_key(v, key, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| all_of_key(v, key, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_crds_are_accepted_by_older_api_servers_and_yaml_1_1_parsers() {
+    for crd in crds() {
+        let schema = schema(&crd);
+        let mut enums = Vec::new();
+        all_of_key(&schema, "enum", &mut enums);
+        assert!(
+            enums.iter().all(|e| !e.as_array().unwrap().contains(&Value::Null)),
+            "API servers before 1.22 reject null in an enum"
+        );
+        // kubectl and Helm read YAML 1.1, where a bare `n`, `y`, `no`, `on`... is a boolean.
+        let mut props = Vec::new();
+        properties(crd.spec.names.kind.clone(), &schema, &mut props);
+        for (path, _) in props {
+            let name = path.rsplit('.').next().unwrap();
+            let yaml_1_1_bool =
+                ["y", "n", "yes", "no", "on", "off", "true", "false"].contains(&name.to_lowercase().as_str());
+            assert!(!yaml_1_1_bool, "{path}: a YAML 1.1 boolean as a field name");
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -53,6 +53,8 @@ pub struct Options {
     pub runner_image: Option<String>,
     /// Leader election; `None` runs without (one replica only).
     pub lease: Option<LeaseOptions>,
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
 }
 
 pub struct LeaseOptions {
@@ -84,6 +86,7 @@ pub async fn run(options: Options) -> Result<()> {
         health: health.clone(),
         results: Results::default(),
         runner_image: options.runner_image,
+        namespace: options.namespace,
     });
     let controllers = run_controllers(ctx);
     let outcome = match election {
@@ -106,16 +109,29 @@ struct Context {
     health: Arc<Health>,
     results: Results,
     runner_image: Option<String>,
+    namespace: Option<String>,
+}
+
+impl Context {
+    /// The objects of a kind the controllers watch: in the one namespace, or in all.
+    fn watched<T>(&self) -> Api<T>
+    where
+        T: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match &self.namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        }
+    }
 }
 
 async fn run_controllers(ctx: Arc<Context>) {
-    let client = &ctx.client;
-    let source_groups = controller::<SourceGroup>(client);
-    let rubric_sets = watching::<RubricSet, SourceGroup>(controller(client), client, |rs| &rs.spec.source_group_ref);
+    let source_groups = controller::<SourceGroup>(&ctx);
+    let rubric_sets = watching::<RubricSet, SourceGroup>(controller(&ctx), &ctx, |rs| &rs.spec.source_group_ref);
     let distillation_jobs =
-        watching::<DistillationJob, RubricSet>(controller(client), client, |dj| &dj.spec.rubric_set_ref);
+        watching::<DistillationJob, RubricSet>(controller(&ctx), &ctx, |dj| &dj.spec.rubric_set_ref);
     let filter_runs =
-        watching::<FilterRun, DistillationJob>(controller(client), client, |fr| &fr.spec.distillation_job_ref);
+        watching::<FilterRun, DistillationJob>(controller(&ctx), &ctx, |fr| &fr.spec.distillation_job_ref);
     futures::join!(
         drive(source_groups, ctx.clone()),
         drive(rubric_sets, ctx.clone()),
@@ -126,26 +142,32 @@ async fn run_controllers(ctx: Arc<Context>) {
 
 /// A controller of kind `K` that also watches the Jobs and ConfigMaps it owns. Objects are
 /// wrapped in [`DeserializeGuard`], so one malformed object never stalls the watcher.
-fn controller<K: Pipeline>(client: &Client) -> Controller<DeserializeGuard<K>> {
+fn controller<K: Pipeline>(ctx: &Context) -> Controller<DeserializeGuard<K>> {
     let children = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
-    Controller::new(Api::<DeserializeGuard<K>>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(Api::<Job>::all(client.clone()), children.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), children)
+    Controller::new(ctx.watched::<DeserializeGuard<K>>(), watcher::Config::default().any_semantic())
+        .owns(ctx.watched::<Job>(), children.clone())
+        .owns(ctx.watched::<ConfigMap>(), children)
         .shutdown_on_signal()
 }
 
 /// Also reconciles a resource when its upstream (kind `U`, named by `reference`) changes.
 fn watching<K, U>(
     controller: Controller<DeserializeGuard<K>>,
-    client: &Client,
+    ctx: &Context,
     reference: fn(&K) -> &String,
 ) -> Controller<DeserializeGuard<K>>
 where
     K: Pipeline,
-    U: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static,
+    U: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let store = controller.store();
-    controller.watches(Api::<DeserializeGuard<U>>::all(client.clone()), watcher::Config::default(), move |upstream| {
+    controller.watches(ctx.watched::<DeserializeGuard<U>>(), watcher::Config::default(), move |upstream| {
         let (name, namespace) = (upstream.name_any(), upstream.namespace());
         store
             .state()
@@ -386,7 +408,13 @@ impl<K: Pipeline> Reconciler<'_, K> {
                     reason: event.reason.clone(),
                     note: Some(reconcile::truncate(&event.note, MAX_NOTE)),
                     action: event.action.into(),
-                    secondary: None,
+                    secondary: event.job.as_ref().map(|job| ObjectReference {
+                        api_version: Some("batch/v1".into()),
+                        kind: Some("Job".into()),
+                        name: Some(job.clone()),
+                        namespace: Some(namespace.into()),
+                        ..Default::default()
+                    }),
                 };
                 if let Err(e) = self.ctx.recorder.publish(&event, &self.object.object_ref(&())).await {
                     tracing::warn!(error = %e, "publishing an Event failed");

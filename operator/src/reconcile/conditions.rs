@@ -23,7 +23,9 @@ impl Desired {
 }
 
 /// The conditions to write: `desired`, in order, each keeping its previous `lastTransitionTime`
-/// unless its status changed. Conditions of types no longer desired are dropped.
+/// unless its status changed. Conditions of types no longer desired are dropped. An empty message
+/// becomes the reason: API servers before 1.22 turn empty strings into `null` under server-side
+/// apply, then reject the `null` (`message` is a required string).
 pub fn merge(previous: &[Condition], desired: Vec<Desired>, generation: Option<i64>, now: &Time) -> Vec<Condition> {
     desired
         .into_iter()
@@ -33,11 +35,12 @@ pub fn merge(previous: &[Condition], desired: Vec<Desired>, generation: Option<i
                 .iter()
                 .find(|c| c.type_ == d.type_ && c.status == status)
                 .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+            let reason = reason(&d.reason);
             Condition {
                 type_: d.type_.to_string(),
                 status,
-                reason: reason(&d.reason),
-                message: truncate(&d.message, MAX_MESSAGE),
+                message: truncate(if d.message.is_empty() { &reason } else { &d.message }, MAX_MESSAGE),
+                reason,
                 observed_generation: generation,
                 last_transition_time,
             }
@@ -100,6 +103,12 @@ mod tests {
             || vec![Desired::new("Ready", true, "Succeeded", ""), Desired::new("Scored", true, "Succeeded", "3/3")];
         let first = merge(&[], desired(), Some(1), &at(10));
         assert_eq!(merge(&first, desired(), Some(1), &at(99)), first);
+    }
+
+    #[test]
+    fn an_empty_message_becomes_the_reason() {
+        let merged = merge(&[], vec![Desired::new("Ready", true, "Succeeded", "")], Some(1), &at(10));
+        assert_eq!(merged[0].message, "Succeeded");
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Pipeline for DistillationJob {
         })
     }
 
-    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished) -> Result<Planned> {
+    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished<'_>) -> Result<Planned> {
         let rs = upstream(&lineage.rubric_set, "RubricSet")?;
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let mut secrets = convert::storage_secrets(&sg.spec.storage);
@@ -152,7 +152,7 @@ impl Pipeline for DistillationJob {
         Planned::new(&plan, base, secrets)
     }
 
-    fn summarize(&self, _: &Lineage, finished: &Finished, status: &mut DistillationJobStatus) -> Result<()> {
+    fn summarize(&self, _: &Lineage, finished: &Finished<'_>, status: &mut DistillationJobStatus) -> Result<()> {
         status.labels = self.labels(finished)?;
         if let Some(labelled) = finished.result::<LabelResult>(Step::Label.as_str())? {
             status.labelled =
@@ -175,7 +175,7 @@ impl Pipeline for DistillationJob {
                     .map(|a| api::Agreement {
                         source: a.source,
                         dimension: a.dimension,
-                        n: a.n as u64,
+                        records: a.n as u64,
                         mae: a.mae,
                         spearman: a.spearman,
                         masked: a.masked,
@@ -194,7 +194,7 @@ impl Pipeline for DistillationJob {
 
 impl DistillationJob {
     /// The labels the students learn from: imported, or written by the label stage.
-    fn labels(&self, finished: &Finished) -> Result<Option<String>> {
+    fn labels(&self, finished: &Finished<'_>) -> Result<Option<String>> {
         if let Some(uri) = &self.spec.labels.import_uri {
             return Ok(Some(uri.clone()));
         }

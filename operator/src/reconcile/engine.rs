@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::conditions::{merge, Desired};
 use super::lineage::{gate, Lineage};
-use super::{names, Finished, KindStatus, Pipeline, Planned, SecretEnv, StageDef};
+use super::{names, Finished, KindStatus, Pipeline, Planned, SecretEnv, StageDef, StepResults};
 use crate::api::{JobTemplate, PipelineStatus, StagePhase, StageRecord, Step};
 use crate::Error;
 
@@ -22,7 +22,7 @@ pub struct Input<'a, K> {
     /// Child Jobs by name, as observed.
     pub jobs: &'a BTreeMap<String, JobState>,
     /// Step results (`_result.json`) by stage output root; absent when not written (yet).
-    pub results: &'a BTreeMap<String, Value>,
+    pub results: &'a StepResults,
 }
 
 /// A child Job as an adapter observed it.
@@ -84,6 +84,10 @@ pub struct Event {
     pub reason: String,
     pub note: String,
     pub action: &'static str,
+    /// The Job the Event is about. The Kubernetes adapter names it as the related object, which
+    /// also keeps the Events of different stages apart (kube's recorder folds Events with the
+    /// same reason, action and objects into one series, keeping the first note).
+    pub job: Option<String>,
 }
 
 /// A stage with its plan addressed: the plan's digest names its output root.
@@ -100,13 +104,13 @@ struct Evaluated {
     addressed: Option<Addressed>,
 }
 
-enum Evaluation {
+enum Evaluation<'a> {
     Waiting(String),
     Invalid(Error),
-    Open { upstream_revision: Option<String>, stages: Vec<Evaluated>, finished: Finished },
+    Open { upstream_revision: Option<String>, stages: Vec<Evaluated>, finished: Finished<'a> },
 }
 
-fn evaluate<K: Pipeline>(input: &Input<K>) -> Evaluation {
+fn evaluate<'a, K: Pipeline>(input: &Input<'a, K>) -> Evaluation<'a> {
     let chain = input.lineage.chain(input.resource.upstream_ref());
     let upstream_revision = match gate(&chain) {
         Ok(revision) => revision,
@@ -145,7 +149,7 @@ fn evaluate<K: Pipeline>(input: &Input<K>) -> Evaluation {
         };
         if let Some(a) = &addressed {
             if let Some(result) = input.results.get(&a.output) {
-                finished.insert(&def.name, a.output.clone(), result.clone());
+                finished.insert(&def.name, a.output.clone(), result);
             }
         }
         stages.push(Evaluated { def, addressed });
@@ -166,12 +170,39 @@ fn address(step: Step, planned: Planned) -> crate::Result<Addressed> {
     Ok(Addressed { plan, output, digest, secrets: planned.secrets })
 }
 
-/// The output roots whose results this pass can use. Adapters read them (and again after new
-/// results let later stages be planned) before calling [`reconcile`].
-pub fn wanted_results<K: Pipeline>(input: &Input<K>) -> Vec<String> {
+/// The output roots whose results this pass can use, with the step that writes each. Adapters
+/// read them, [`slim_result`] them, and read again after new results let later stages be
+/// planned, before calling [`reconcile`].
+pub fn wanted_results<K: Pipeline>(input: &Input<K>) -> Vec<(String, Step)> {
     match evaluate(input) {
-        Evaluation::Open { stages, .. } => stages.into_iter().filter_map(|s| s.addressed.map(|a| a.output)).collect(),
+        Evaluation::Open { stages, .. } => {
+            stages.into_iter().filter_map(|s| Some((s.addressed?.output, s.def.step))).collect()
+        }
         Evaluation::Waiting(_) | Evaluation::Invalid(_) => Vec::new(),
+    }
+}
+
+/// A step result as the engine keeps it: without the parts that grow with the corpus and that
+/// no plan or status reads: a score result's histograms (one per group and source, up to
+/// `histogramBins` bins each; the threshold step reads them from storage itself) and a select
+/// result's per-shard list. At 10,000 shards in 20 groups the full results take hundreds of MiB
+/// as JSON values.
+pub fn slim_result(step: Step, result: &mut Value) {
+    let Value::Object(fields) = result else { return };
+    match step {
+        Step::Score => {
+            for key in ["groups", "sources"] {
+                for totals in fields.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
+                    if let Value::Object(totals) = totals {
+                        totals.remove("histogram");
+                    }
+                }
+            }
+        }
+        Step::Select => {
+            fields.remove("shards");
+        }
+        Step::Cluster | Step::Discover | Step::Label | Step::Distill | Step::Threshold => {}
     }
 }
 
@@ -255,7 +286,7 @@ struct Tracker<'a> {
     generation: i64,
     previous: &'a PipelineStatus,
     jobs: &'a BTreeMap<String, JobState>,
-    results: &'a BTreeMap<String, Value>,
+    results: &'a StepResults,
     template: &'a JobTemplate,
     now: &'a Time,
     actions: Vec<Action>,
@@ -289,6 +320,12 @@ impl Tracker<'_> {
             started_at: Some(self.now.clone()),
             finished_at: None,
         });
+        let job_name = || names::job_name(&self.resource, def.step, def.group.as_deref(), self.generation, &a.digest);
+        if record.job.is_none() {
+            // The operator stopped between creating this stage's Job and recording it: the Job of
+            // the stage's deterministic name is its own.
+            record.job = Some(job_name()).filter(|job| self.jobs.contains_key(job));
+        }
         let result = join(&a.output, RESULT);
         if self.results.contains_key(&a.output) {
             if record.phase != StagePhase::Succeeded {
@@ -301,7 +338,7 @@ impl Tracker<'_> {
                     true => ("StageReused", format!("stage {} reused {result}", def.name)),
                     false => ("StageSucceeded", format!("stage {} succeeded", def.name)),
                 };
-                self.event(false, reason, note);
+                self.event(false, reason, note, record.job.clone());
             }
             return record;
         }
@@ -312,9 +349,7 @@ impl Tracker<'_> {
             }
             _ => {}
         }
-        let job = current.and_then(|r| r.job.clone()).unwrap_or_else(|| {
-            names::job_name(&self.resource, def.step, def.group.as_deref(), self.generation, &a.digest)
-        });
+        let job = record.job.clone().unwrap_or_else(job_name);
         record.job = Some(job.clone());
         match self.jobs.get(&job) {
             Some(JobState::Pending) => record.phase = StagePhase::Pending,
@@ -343,7 +378,12 @@ impl Tracker<'_> {
                     secrets: a.secrets.clone(),
                 })));
                 if current.is_none() {
-                    self.event(false, "StageStarted", format!("stage {} started Job {job}", def.name));
+                    self.event(
+                        false,
+                        "StageStarted",
+                        format!("stage {} started Job {job}", def.name),
+                        Some(job.clone()),
+                    );
                 }
             }
         }
@@ -352,7 +392,7 @@ impl Tracker<'_> {
 
     fn fail(&mut self, mut record: StageRecord, reason: String, message: String) -> StageRecord {
         if record.phase != StagePhase::Failed {
-            self.event(true, &reason, format!("stage {} failed: {message}", record.name));
+            self.event(true, &reason, format!("stage {} failed: {message}", record.name), record.job.clone());
             record.finished_at = Some(self.now.clone());
         }
         record.phase = StagePhase::Failed;
@@ -372,23 +412,24 @@ impl Tracker<'_> {
                     false,
                     "StageSuperseded",
                     format!("stage {} was replanned; deleting Job {job}", previous.name),
+                    Some(job.to_string()),
                 );
             }
         }
     }
 
-    fn event(&mut self, warning: bool, reason: &str, note: String) {
+    fn event(&mut self, warning: bool, reason: &str, note: String, job: Option<String>) {
         let action = if warning { "StageFailed" } else { "Reconcile" };
-        self.actions.push(Action::Event(Event { warning, reason: reason.to_string(), note, action }));
+        self.actions.push(Action::Event(Event { warning, reason: reason.to_string(), note, action, job }));
     }
 }
 
 /// The error category and message of a failed Job: from the last `error: <Category>: <message>`
 /// line of its log (what `scorer-runner` prints last), else the adapter's reason and the log's
-/// last line.
+/// last line (a fixed text when the log is empty: statuses never hold empty strings).
 pub fn failure(reason: &str, log: &str) -> (String, String) {
     let mut lines = log.lines().map(str::trim).filter(|l| !l.is_empty()).rev();
-    let last = lines.clone().next().unwrap_or_default();
+    let last = lines.clone().next().unwrap_or("the Job failed without any output");
     if let Some(error) = lines.find_map(|l| l.strip_prefix("error: ")) {
         if let Some((category, message)) = error.split_once(": ") {
             if !category.is_empty() && category.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -464,12 +505,15 @@ impl<'a> Progress<'a> {
             return Desired::new(type_, false, failed.reason.as_deref().unwrap_or("Failed"), message);
         }
         let done = of_step.iter().filter(|t| Self::phase(t) == Some(StagePhase::Succeeded)).count();
-        let count = if of_step.len() > 1 { format!("{done}/{} groups", of_step.len()) } else { String::new() };
+        let progress = |what: &str| match of_step.as_slice() {
+            [one] => format!("stage {} {what}", one.def.name),
+            _ => format!("{done}/{} groups finished", of_step.len()),
+        };
         if done == of_step.len() {
-            return Desired::new(type_, true, "Succeeded", count);
+            return Desired::new(type_, true, "Succeeded", progress("succeeded"));
         }
         if of_step.iter().any(|t| t.record.is_some()) {
-            return Desired::new(type_, false, "Running", count);
+            return Desired::new(type_, false, "Running", progress("is running"));
         }
         let waits_for: Vec<&str> = of_step.iter().flat_map(|t| t.def.after.iter().map(String::as_str)).collect();
         Desired::new(type_, false, "Waiting", format!("waiting for {}", list(&waits_for)))

@@ -2,11 +2,13 @@
 //! policies each group is cut and selected as soon as it is scored; `global` cuts once, after
 //! every group is scored.
 
+use std::collections::BTreeMap;
+
 use kube::ResourceExt;
 use scorer_runner::plan::{
-    self, Manifest, ScoreGroup, ScorePlan, ScoreResult, SelectGroup, SelectPlan, ThresholdPlan, ThresholdResult,
-    TokenCounter,
+    self, ScoreGroup, ScorePlan, SelectGroup, SelectPlan, ThresholdPlan, ThresholdResult, TokenCounter,
 };
+use scorer_runner::records::SkipCounts;
 use scorer_runner::storage::join;
 use serde_json::json;
 
@@ -52,6 +54,29 @@ impl FilterRun {
     }
 }
 
+/// The part of a score result that status reads. Its histograms (one per group and per source,
+/// each up to `histogramBins` bins) are skipped.
+#[derive(serde::Deserialize)]
+struct ScoreSummary {
+    groups: Vec<GroupTotals>,
+}
+
+#[derive(serde::Deserialize)]
+struct GroupTotals {
+    group: String,
+    shards: usize,
+    records: u64,
+    tokens: u64,
+    skipped: SkipCounts,
+}
+
+/// The part of a select result (the manifest) that status reads. Its per-shard list, as long as
+/// the group has shards, is skipped.
+#[derive(serde::Deserialize)]
+struct SelectSummary {
+    groups: BTreeMap<String, plan::Kept>,
+}
+
 fn student<'a>(dj: &'a DistillationJob, group: &str) -> Result<&'a str> {
     dj.status.iter().flat_map(|s| &s.students).find(|s| s.group == group).map(|s| s.student.as_str()).ok_or_else(|| {
         Error::UpstreamIncomplete(format!("DistillationJob {} has no student for group {group:?}", dj.name_any()))
@@ -59,7 +84,7 @@ fn student<'a>(dj: &'a DistillationJob, group: &str) -> Result<&'a str> {
 }
 
 /// A finished stage's output root, which a later stage reads.
-fn output<'a>(finished: &'a Finished, stage: &str) -> Result<&'a str> {
+fn output<'a>(finished: &'a Finished<'_>, stage: &str) -> Result<&'a str> {
     finished.output(stage).ok_or_else(|| Error::InvalidSpec(format!("stage {stage} planned before it finished")))
 }
 
@@ -94,7 +119,7 @@ impl Pipeline for FilterRun {
         Ok(stages)
     }
 
-    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished) -> Result<Planned> {
+    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished<'_>) -> Result<Planned> {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let dj = upstream(&lineage.distillation_job, "DistillationJob")?;
         let secrets = convert::storage_secrets(&sg.spec.storage);
@@ -166,7 +191,7 @@ impl Pipeline for FilterRun {
         lines
     }
 
-    fn summarize(&self, lineage: &Lineage, finished: &Finished, status: &mut FilterRunStatus) -> Result<()> {
+    fn summarize(&self, lineage: &Lineage, finished: &Finished<'_>, status: &mut FilterRunStatus) -> Result<()> {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let mut groups = Vec::new();
         let mut total = Some(Kept::default());
@@ -181,7 +206,7 @@ impl Pipeline for FilterRun {
                 kept: None,
                 output: None,
             };
-            if let Some(score) = finished.result::<ScoreResult>(&stage_name(Step::Score, Some(&name)))? {
+            if let Some(score) = finished.result::<ScoreSummary>(&stage_name(Step::Score, Some(&name)))? {
                 if let Some(totals) = score.groups.iter().find(|t| t.group == name) {
                     group.scored_shards = Some(totals.shards as u64);
                     group.records = Some(totals.records);
@@ -205,7 +230,7 @@ impl Pipeline for FilterRun {
                     .collect();
             }
             let select = stage_name(Step::Select, Some(&name));
-            let kept = finished.result::<Manifest>(&select)?.and_then(|m| m.groups.get(&name).map(kept));
+            let kept = finished.result::<SelectSummary>(&select)?.and_then(|m| m.groups.get(&name).map(kept));
             if let (Some(total), Some(kept)) = (total.as_mut(), kept.as_ref()) {
                 total.kept_records += kept.kept_records;
                 total.total_records += kept.total_records;

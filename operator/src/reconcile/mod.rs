@@ -20,6 +20,7 @@ mod rubric_set;
 mod source_group;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::object::HasStatus;
@@ -29,7 +30,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use conditions::truncate;
-pub use engine::{reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output};
+pub use engine::{reconcile, slim_result, wanted_results, Action, Event, Input, JobRequest, JobState, Output};
 pub use lineage::{Lineage, Link, Upstream, UpstreamRef};
 
 use crate::api::{JobTemplate, PipelineStatus, Step, StorageSpec};
@@ -66,10 +67,10 @@ pub trait Pipeline:
     fn stages(&self, lineage: &Lineage) -> Result<Vec<StageDef>>;
 
     /// The plan of one stage, called once every stage it needs has finished.
-    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished) -> Result<Planned>;
+    fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished<'_>) -> Result<Planned>;
 
     /// The kind's status fields, from the stages finished so far.
-    fn summarize(&self, lineage: &Lineage, finished: &Finished, status: &mut Self::Status) -> Result<()>;
+    fn summarize(&self, lineage: &Lineage, finished: &Finished<'_>, status: &mut Self::Status) -> Result<()>;
 
     /// The object store of the chain (the SourceGroup's), where step results are read.
     fn storage<'a>(&'a self, lineage: &'a Lineage) -> Option<&'a StorageSpec> {
@@ -139,14 +140,19 @@ pub struct SecretEnv {
     pub key: String,
 }
 
-/// The stages finished so far, with their output roots and results.
+/// Step results by output root. Shared, not copied: a result never changes (outputs are
+/// content-addressed), and some are large (a select result lists every shard).
+pub type StepResults = BTreeMap<String, Arc<Value>>;
+
+/// The stages finished so far, with their output roots and results (borrowed from the pass's
+/// [`StepResults`]).
 #[derive(Clone, Debug, Default)]
-pub struct Finished {
-    stages: BTreeMap<String, (String, Value)>,
+pub struct Finished<'a> {
+    stages: BTreeMap<String, (String, &'a Value)>,
 }
 
-impl Finished {
-    fn insert(&mut self, stage: &str, output: String, result: Value) {
+impl<'a> Finished<'a> {
+    fn insert(&mut self, stage: &str, output: String, result: &'a Value) {
         self.stages.insert(stage.to_string(), (output, result));
     }
 
@@ -164,7 +170,7 @@ impl Finished {
         self.stages
             .get(stage)
             .map(|(output, value)| {
-                T::deserialize(value).map_err(|source| Error::InvalidResult {
+                T::deserialize(*value).map_err(|source| Error::InvalidResult {
                     uri: scorer_runner::storage::join(output, scorer_runner::steps::RESULT),
                     source,
                 })

@@ -64,7 +64,7 @@ impl Pipeline for RubricSet {
         Ok(needed.then(|| StageDef::new(Step::Discover, None, Vec::new())).into_iter().collect())
     }
 
-    fn plan(&self, lineage: &Lineage, stage: &StageDef, _: &Finished) -> Result<Planned> {
+    fn plan(&self, lineage: &Lineage, stage: &StageDef, _: &Finished<'_>) -> Result<Planned> {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let groups = self
             .unpinned(sg)?
@@ -95,7 +95,7 @@ impl Pipeline for RubricSet {
         Planned::new(&plan, convert::stage_base(&sg.spec.root, self, &stage.name), secrets)
     }
 
-    fn summarize(&self, lineage: &Lineage, finished: &Finished, status: &mut RubricSetStatus) -> Result<()> {
+    fn summarize(&self, lineage: &Lineage, finished: &Finished<'_>, status: &mut RubricSetStatus) -> Result<()> {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let discovered = finished.result::<DiscoverResult>(Step::Discover.as_str())?;
         status.groups = convert::group_names(sg)

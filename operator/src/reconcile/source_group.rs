@@ -38,7 +38,7 @@ impl Pipeline for SourceGroup {
         Ok(vec![StageDef::new(Step::Cluster, None, Vec::new())])
     }
 
-    fn plan(&self, _: &Lineage, stage: &StageDef, _: &Finished) -> Result<Planned> {
+    fn plan(&self, _: &Lineage, stage: &StageDef, _: &Finished<'_>) -> Result<Planned> {
         let spec = &self.spec;
         let sources: Vec<_> = spec.sources.iter().map(convert::source).collect();
         let mut plan: ClusterPlan = with_defaults(json!({ "output": "", "sources": sources }))?;
@@ -63,16 +63,10 @@ impl Pipeline for SourceGroup {
         status.groups.iter().map(|g| format!("group {}: {}", g.name, g.sources.join(", "))).collect()
     }
 
-    fn summarize(&self, _: &Lineage, finished: &Finished, status: &mut SourceGroupStatus) -> Result<()> {
+    fn summarize(&self, _: &Lineage, finished: &Finished<'_>, status: &mut SourceGroupStatus) -> Result<()> {
         let Some(result) = finished.result::<ClusterResult>(Step::Cluster.as_str())? else { return Ok(()) };
-        let group_of = |source: &str| {
-            result
-                .groups
-                .iter()
-                .find(|g| g.sources.iter().any(|s| s == source))
-                .map(|g| g.name.clone())
-                .unwrap_or_default()
-        };
+        let group_of =
+            |source: &str| result.groups.iter().find(|g| g.sources.iter().any(|s| s == source)).map(|g| g.name.clone());
         status.groups =
             result.groups.iter().map(|g| GroupStatus { name: g.name.clone(), sources: g.sources.clone() }).collect();
         status.sources = result

@@ -2,6 +2,7 @@
 //! at a time.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -193,7 +194,7 @@ fn full_lineage() -> Lineage {
 #[derive(Default)]
 struct World {
     jobs: BTreeMap<String, JobState>,
-    results: BTreeMap<String, Value>,
+    results: StepResults,
 }
 
 impl World {
@@ -212,6 +213,8 @@ impl World {
                 Action::CreatePlanConfigMap { .. } | Action::Event(_) => {}
             }
         }
+        let status = serde_json::to_value(&output.status).unwrap();
+        assert_eq!(empty_strings("status", &status), Vec::<String>::new(), "statuses hold no empty strings");
         *resource.status_mut() = Some(output.status);
         output.actions
     }
@@ -220,12 +223,27 @@ impl World {
     fn succeed<K: Pipeline>(&mut self, resource: &K, stage: &str) {
         let record = record(resource, stage);
         self.jobs.insert(record.job.clone().expect("stage has a job"), JobState::Succeeded);
-        self.results.insert(record.output.clone(), result_of(&record));
+        let mut result = result_of(&record);
+        slim_result(record.step, &mut result);
+        self.results.insert(record.output.clone(), Arc::new(result));
     }
 
     fn fail<K: Pipeline>(&mut self, resource: &K, stage: &str, log: &str) {
         let job = record(resource, stage).job.expect("stage has a job");
         self.jobs.insert(job, JobState::Failed { reason: "BackoffLimitExceeded".into(), log: log.into() });
+    }
+}
+
+/// The paths of empty strings in a JSON value. API servers before 1.22 turn them into `null`
+/// under server-side apply and then reject the status, so the engine never writes one.
+fn empty_strings(path: &str, value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) if s.is_empty() => vec![path.to_string()],
+        Value::Array(items) => {
+            items.iter().enumerate().flat_map(|(i, v)| empty_strings(&format!("{path}[{i}]"), v)).collect()
+        }
+        Value::Object(map) => map.iter().flat_map(|(k, v)| empty_strings(&format!("{path}.{k}"), v)).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -402,7 +420,7 @@ fn a_finished_stage_fills_status_and_makes_the_resource_ready() {
     assert_eq!(events(&actions), [(false, "StageSucceeded".to_string())]);
     let status = sg.status.clone().unwrap();
     assert_eq!(status.groups.len(), 2);
-    assert_eq!(status.sources[0].group, "code");
+    assert_eq!(status.sources[0].group.as_deref(), Some("code"));
     assert_eq!(status.sources[0].similarity[1], 0.812);
     assert!(status.pipeline.ready_at(Some(1)));
     assert!(status.pipeline.revision.is_some());
@@ -442,6 +460,21 @@ fn a_stage_whose_job_finished_and_vanished_unobserved_is_done_by_its_result() {
     let actions = world.pass(&mut sg, &Lineage::default());
     assert!(created(&actions).is_empty(), "{actions:?}");
     assert_eq!(record(&sg, "cluster").phase, StagePhase::Succeeded);
+}
+
+#[test]
+fn a_job_created_but_never_recorded_is_adopted_by_its_stage() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    let job = record(&sg, "cluster").job.unwrap();
+    world.succeed(&sg, "cluster");
+    // The operator stopped before it wrote the status that names the Job.
+    sg.status = None;
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert!(created(&actions).is_empty(), "{actions:?}");
+    assert_eq!(events(&actions), [(false, "StageSucceeded".to_string())]);
+    let record = record(&sg, "cluster");
+    assert_eq!((record.job, record.phase, record.message), (Some(job), StagePhase::Succeeded, None));
 }
 
 #[test]
@@ -494,7 +527,7 @@ fn failure_reasons_come_from_the_last_error_line_or_the_adapter() {
         engine::failure("DeadlineExceeded", "Job was active longer than specified"),
         ("DeadlineExceeded".into(), "Job was active longer than specified".into())
     );
-    assert_eq!(engine::failure("OOMKilled", ""), ("OOMKilled".into(), String::new()));
+    assert_eq!(engine::failure("OOMKilled", ""), ("OOMKilled".into(), "the Job failed without any output".into()));
 }
 
 // ---- generations ----
@@ -554,6 +587,8 @@ fn an_identical_earlier_result_is_reused_without_a_job() {
     let (mut world, mut sg) = (World::default(), source_group());
     world.pass(&mut sg, &Lineage::default());
     world.succeed(&sg, "cluster");
+    // The adapters show a resource only the Jobs it owns.
+    world.jobs.clear();
     let mut twin = source_group();
     let actions = world.pass(&mut twin, &Lineage::default());
     assert!(created(&actions).is_empty());
@@ -697,7 +732,7 @@ fn a_group_is_thresholded_and_selected_as_soon_as_it_is_scored() {
     assert_eq!(created(&world.pass(&mut fr, &lineage)), ["threshold/code"]);
     world.succeed(&fr, "threshold/code");
     assert_eq!(created(&world.pass(&mut fr, &lineage)), ["select/code"]);
-    assert_eq!(condition(&fr, "Scored").message, "1/2 groups");
+    assert_eq!(condition(&fr, "Scored").message, "1/2 groups finished");
     let status = fr.status.clone().unwrap();
     assert_eq!(status.groups[0].tokens, Some(1000));
     assert_eq!(status.groups[0].cuts[0].threshold, 3.0);
@@ -773,7 +808,9 @@ fn a_finished_filter_run_reports_kept_tokens_per_group_and_in_total() {
     assert_eq!(status.pipeline.stages.len(), 6);
     let highlights = FilterRun::highlights(&status);
     assert_eq!(highlights.last().map(String::as_str), Some("total: kept 1020 of 2000 tokens (10 of 20 records)"));
-    assert!(highlights[0].starts_with("group code: kept 510 of 1000 tokens (5 of 10 records) in s3://bucket/kept/code/"));
+    assert!(
+        highlights[0].starts_with("group code: kept 510 of 1000 tokens (5 of 10 records) in s3://bucket/kept/code/")
+    );
 }
 
 #[test]
@@ -794,7 +831,8 @@ fn wanted_results_are_the_outputs_of_stages_that_can_be_planned() {
     let input = |world: &World, fr: &FilterRun| {
         wanted_results(&Input { resource: fr, lineage: &lineage, jobs: &world.jobs, results: &world.results })
     };
-    let scores: Vec<String> = ["score/code", "score/prose"].iter().map(|s| record(&fr, s).output).collect();
+    let scores: Vec<(String, Step)> =
+        ["score/code", "score/prose"].iter().map(|s| (record(&fr, s).output, Step::Score)).collect();
     assert_eq!(input(&world, &fr), scores);
     world.succeed(&fr, "score/code");
     assert_eq!(input(&world, &fr).len(), 3, "a finished score makes its threshold plannable");
@@ -814,4 +852,22 @@ fn run_to_completion<K: Pipeline>(world: &mut World, resource: &mut K, lineage: 
         }
     }
     panic!("{} did not finish", resource.name_any());
+}
+
+#[test]
+fn results_are_kept_without_the_parts_that_grow_with_the_corpus() {
+    let mut score = serde_json::json!({
+        "groups": [{"group": "code", "shards": 2, "records": 10, "tokens": 1000, "histogram": {"bins": 10000}}],
+        "sources": [{"group": "code", "source": "py", "shards": 1, "histogram": {"bins": 10000}}],
+        "masked": {},
+    });
+    slim_result(Step::Score, &mut score);
+    assert_eq!(score["groups"][0]["shards"], 2, "counts stay");
+    assert!(score["groups"][0].get("histogram").is_none() && score["sources"][0].get("histogram").is_none());
+    let mut manifest = serde_json::json!({"groups": {"code": {"keptRecords": 1}}, "shards": [{"shard": "a"}]});
+    slim_result(Step::Select, &mut manifest);
+    assert_eq!(manifest, serde_json::json!({"groups": {"code": {"keptRecords": 1}}}));
+    let mut cluster = serde_json::json!({"sources": [{"name": "py", "shards": 3}]});
+    slim_result(Step::Cluster, &mut cluster);
+    assert_eq!(cluster["sources"][0]["shards"], 3);
 }

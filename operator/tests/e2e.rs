@@ -1,0 +1,337 @@
+//! `mira operator` end to end, against a real API server and controller manager, a real S3
+//! server, and the process kubelet running each stage's Pod as a `scorer-runner` process.
+//!
+//! The operator runs as a ServiceAccount with the Helm chart's RBAC, watching one namespace per
+//! test. Needs the environment `hack/test.sh` sets up: `KUBECONFIG` (hack/kube-up.sh), the test
+//! S3 server (`MIRA_S3_ENDPOINT`, `AWS_*`; hack/s3-server.sh), helm (`MIRA_HELM`, from
+//! `hack/install-tools.sh env`), python3, /usr/bin/kubectl, and the workspace built
+//! (`scorer-runner` next to `mira`). No model is needed: rubrics are pinned and labels imported.
+//! `MIRA_E2E_KEEP=1` keeps each test's namespace and its logs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, OperatorOptions};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::Api;
+use kube::ResourceExt;
+use mira_operator::api::{DistillationJob, FilterRun, RubricSet, SourceGroup};
+use mira_operator::reconcile::{KindStatus, Pipeline};
+use scorer_runner::formats::Format;
+use scorer_runner::plan::Manifest;
+use scorer_runner::storage::join;
+use scorer_runner::synth::Kind;
+
+/// Longest wait for a whole chain on 2 busy cores.
+const CHAIN: Duration = Duration::from_secs(300);
+/// Longest wait for one stage or one controller reaction.
+const STEP: Duration = Duration::from_secs(120);
+
+const THREE_SOURCES: [(&str, Kind, Format); 3] = [
+    ("web", Kind::Prose, Format::Jsonl),
+    ("code", Kind::Code, Format::JsonlZst),
+    ("math", Kind::Math, Format::JsonlGz),
+];
+
+/// A SourceGroup of `sources` (names) in explicit groups, on the fixture's S3 bucket.
+fn source_group(fx: &Fixture, name: &str, sources: &[(&str, &str)], groups: &[(&str, &[&str])]) -> String {
+    let endpoint = fx.s3.endpoint.as_deref().unwrap_or_default();
+    let mut yaml = format!(
+        "apiVersion: mira.dev/v1alpha1\nkind: SourceGroup\nmetadata: {{name: {name}}}\nspec:\n  \
+         storage: {{endpoint: \"{endpoint}\", pathStyle: true}}\n  root: {root}\n  job: {{backoffLimit: 0}}\n  sources:\n",
+        root = fx.uri("mira"),
+    );
+    for (source, uri) in sources {
+        yaml.push_str(&format!("    - {{name: {source}, uri: \"{uri}\", text: {{idField: id}}}}\n"));
+    }
+    yaml.push_str("  grouping:\n    groups:\n");
+    for (group, members) in groups {
+        yaml.push_str(&format!("      - {{name: {group}, sources: [{}]}}\n", members.join(", ")));
+    }
+    yaml
+}
+
+/// RubricSet (every group pinned to `signal` and `noise`), DistillationJob (imported labels) and
+/// FilterRun, in chain order, for the groups of SourceGroup `corpus`.
+fn downstream(fx: &Fixture, groups: &[&str], retention: f64) -> [String; 3] {
+    let pinned: String = groups
+        .iter()
+        .map(|g| {
+            format!("    - group: {g}\n      dimensions: [{{id: signal, name: Care}}, {{id: noise, name: Noise}}]\n")
+        })
+        .collect();
+    let rubric_set = format!(
+        "apiVersion: mira.dev/v1alpha1\nkind: RubricSet\nmetadata: {{name: rubrics}}\nspec:\n  sourceGroupRef: corpus\n  \
+         teacher: {{endpoint: {{url: \"http://teacher.invalid/v1\", model: unused}}}}\n  pinned:\n{pinned}"
+    );
+    let distillation_job = format!(
+        "apiVersion: mira.dev/v1alpha1\nkind: DistillationJob\nmetadata: {{name: students}}\nspec:\n  rubricSetRef: rubrics\n  \
+         labels: {{importUri: \"{labels}\"}}\n  mask: {{minValidation: 3}}\n  student: {{featurizer: {{hashed: {{dimLog2: 12}}}}}}\n  \
+         job: {{backoffLimit: 0}}\n",
+        labels = fx.uri("labels.jsonl"),
+    );
+    let filter_run = format!(
+        "apiVersion: mira.dev/v1alpha1\nkind: FilterRun\nmetadata: {{name: filter}}\nspec:\n  distillationJobRef: students\n  \
+         retention: {retention}\n  output: \"{output}\"\n  job: {{backoffLimit: 0}}\n",
+        output = fx.uri("kept"),
+    );
+    [rubric_set, distillation_job, filter_run]
+}
+
+/// The three-source corpus in two groups: `prose` (web) and `technical` (code, math).
+fn three_source_chain(fx: &Fixture, retention: f64) -> Vec<String> {
+    let sources = THREE_SOURCES.map(|(name, ..)| (name, fx.uri(&format!("corpus/{name}/"))));
+    let sources: Vec<(&str, &str)> = sources.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let mut chain =
+        vec![source_group(fx, "corpus", &sources, &[("prose", &["web"]), ("technical", &["code", "math"])])];
+    chain.extend(downstream(fx, &["prose", "technical"], retention));
+    chain
+}
+
+/// A one-source corpus in one group `prose`.
+fn one_source_chain(fx: &Fixture) -> Vec<String> {
+    let web = fx.uri("corpus/web/");
+    let mut chain = vec![source_group(fx, "corpus", &[("web", &web)], &[("prose", &["web"])])];
+    chain.extend(downstream(fx, &["prose"], 0.5));
+    chain
+}
+
+/// The condition's status, or `-` when absent.
+fn status_of<K: Pipeline>(object: &K, type_: &str) -> String {
+    object
+        .status()
+        .and_then(|s| s.pipeline().condition(type_))
+        .map_or_else(|| "-".into(), |c| format!("{} ({}: {})", c.status, c.reason, c.message))
+}
+
+fn assert_conditions_true<K: Pipeline>(object: &K, types: &[&str]) {
+    for type_ in types {
+        let condition = object.status().and_then(|s| s.pipeline().condition(type_));
+        assert!(
+            condition.is_some_and(|c| c.status == "True" && c.observed_generation == object.meta().generation),
+            "{} {}: {type_} is {}",
+            K::kind(&()),
+            object.name_any(),
+            status_of(object, type_)
+        );
+    }
+}
+
+/// Jobs of the namespace per `resource/stage/group` label triple.
+async fn jobs_per_stage(fx: &Fixture) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for job in fx.jobs("app.kubernetes.io/managed-by=mira-operator").await {
+        let labels = job.labels();
+        let key = format!(
+            "{}/{}/{}",
+            labels.get("mira.dev/resource").map_or("?", String::as_str),
+            labels.get("mira.dev/stage").map_or("?", String::as_str),
+            labels.get("mira.dev/group").map_or("-", String::as_str),
+        );
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest() {
+    let started = Instant::now();
+    let fx = Fixture::started("chain").await;
+    fx.upload_corpus(&THREE_SOURCES, 2, 60).await;
+    fx.apply(&three_source_chain(&fx, 0.5).join("---\n"));
+
+    let filter = fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    let sg = fx.get::<SourceGroup>("corpus").await.unwrap();
+    let rs = fx.get::<RubricSet>("rubrics").await.unwrap();
+    let dj = fx.get::<DistillationJob>("students").await.unwrap();
+    assert_conditions_true(&sg, &["Ready", "Clustered"]);
+    assert_conditions_true(&rs, &["Ready", "Discovered"]);
+    assert_conditions_true(&dj, &["Ready", "Labelled", "Distilled"]);
+    assert_conditions_true(&filter, &["Ready", "Scored", "Thresholded", "Selected"]);
+    let sg_status = sg.status.as_ref().unwrap();
+    assert_eq!(sg_status.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["prose", "technical"]);
+    assert!(sg_status.sources.iter().all(|s| s.shards == 2), "{:?}", sg_status.sources);
+    assert_eq!(dj.status.as_ref().unwrap().students.len(), 2, "a student per group");
+
+    let status = filter.status.as_ref().unwrap();
+    assert_eq!(status.groups.len(), 2);
+    for group in &status.groups {
+        let output = group.output.as_deref().unwrap_or_else(|| panic!("group {} has no output", group.name));
+        assert!(output.starts_with(&fx.uri("kept")), "{output} is under spec.output");
+        let manifest = fx.storage.get(&join(output, "manifest.json")).await.unwrap_or_else(|e| {
+            panic!("the kept-data manifest of group {} is not at {output}: {e}\n{}", group.name, fx.diagnostics())
+        });
+        let manifest: Manifest = serde_json::from_slice(&manifest).expect("the manifest parses");
+        let kept = &manifest.groups[&group.name];
+        assert!(kept.kept_records > 0 && kept.kept_records < kept.total_records, "{}: {kept:?}", group.name);
+        assert_eq!(group.kept.as_ref().map(|k| k.kept_tokens), Some(kept.kept_tokens), "status matches the manifest");
+        for shard in manifest.shards.iter().filter(|s| s.kept.kept_records > 0) {
+            let uri = shard.output.as_deref().expect("a shard with kept records names its output");
+            assert!(fx.storage.get_opt(uri).await.unwrap().is_some(), "{uri} exists");
+        }
+    }
+    let total = status.total.as_ref().expect("a total once every group is selected");
+    assert_eq!(total.total_records, 360);
+
+    // Every stage reports its end in its own Event, related to its Job.
+    let events = Api::<Event>::namespaced(fx.client.clone(), &fx.namespace).list(&Default::default()).await.unwrap();
+    for stage in &status.pipeline.stages {
+        let job = stage.job.as_deref().expect("every stage ran a Job");
+        let event = events.items.iter().find(|e| {
+            e.reason.as_deref() == Some("StageSucceeded")
+                && e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(job)
+        });
+        let note = event.and_then(|e| e.note.as_deref()).unwrap_or_else(|| panic!("no StageSucceeded Event for {job}"));
+        assert_eq!(note, format!("stage {} succeeded", stage.name));
+    }
+    eprintln!("full chain Ready in {:.1?}: {:?}", started.elapsed(), jobs_per_stage(&fx).await);
+}
+
+#[tokio::test]
+async fn a_filter_run_applied_first_waits_for_its_upstream_and_then_runs() {
+    let fx = Fixture::started("waits").await;
+    fx.upload_corpus(&THREE_SOURCES[..1], 2, 40).await;
+    let chain = one_source_chain(&fx);
+
+    fx.apply(&chain[3]);
+    let waiting =
+        fx.wait_condition::<FilterRun>("filter", "Ready", "False", "Waiting", "DistillationJob students", STEP).await;
+    assert!(waiting.message.contains("not found"), "{}", waiting.message);
+    let scored = fx.condition::<FilterRun>("filter", "Scored").await.expect("every stage condition is set");
+    assert_eq!((scored.status.as_str(), scored.reason.as_str()), ("False", "Waiting"));
+    fx.apply(&chain[2]);
+    fx.wait_condition::<FilterRun>("filter", "Ready", "False", "Waiting", "RubricSet rubrics", STEP).await;
+    assert!(fx.jobs("mira.dev/resource=filter").await.is_empty(), "no Job starts while the upstream is missing");
+
+    fx.apply(&chain[..2].join("---\n"));
+    fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    let dj = fx.get::<DistillationJob>("students").await.unwrap();
+    let filter = fx.get::<FilterRun>("filter").await.unwrap();
+    assert_eq!(
+        filter.status.as_ref().unwrap().pipeline.upstream_revision,
+        dj.status.as_ref().unwrap().pipeline.revision,
+        "the FilterRun ran on the DistillationJob's current outputs"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_step_shows_the_runners_message_while_a_neighbour_reaches_ready() {
+    let fx = Fixture::started("failing").await;
+    fx.upload_corpus(&THREE_SOURCES[..1], 1, 30).await;
+    let nothing = fx.uri("nothing/");
+    let web = fx.uri("corpus/web/");
+    fx.apply(&source_group(&fx, "broken", &[("empty", &nothing)], &[("all", &["empty"])]));
+    fx.apply(&source_group(&fx, "corpus", &[("web", &web)], &[("prose", &["web"])]));
+
+    // The runner's last line, `error: UnitsFailed: 1 of 1 units failed; first: ...: reading shard
+    // <uri>: source "empty" has no shards ...`, becomes the reason and message.
+    let clustered = fx.wait_condition::<SourceGroup>("broken", "Clustered", "False", "", "has no shards", STEP).await;
+    assert!(clustered.message.starts_with("cluster: "), "the message names the stage: {}", clustered.message);
+    assert!(clustered.message.contains(&nothing), "the message names the URI: {}", clustered.message);
+    assert!(["UnitsFailed", "ShardError"].contains(&clustered.reason.as_str()), "{}", clustered.reason);
+    let ready = fx.condition::<SourceGroup>("broken", "Ready").await.unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", clustered.reason.as_str()));
+    assert!(
+        ready.message.starts_with("stage cluster failed: ") && ready.message.contains("has no shards"),
+        "{}",
+        ready.message
+    );
+    let broken = fx.get::<SourceGroup>("broken").await.unwrap();
+    assert_eq!(broken.status.as_ref().unwrap().pipeline.stage.as_deref(), Some("Failed"));
+
+    fx.wait_ready::<SourceGroup>("corpus", STEP).await;
+    // A failure is final for its generation: no retry Job is started.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fx.jobs("mira.dev/resource=broken").await.len(), 1, "{:?}", jobs_per_stage(&fx).await);
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_rejected_by_kubectl_apply_with_the_schema_message() {
+    let fx = Fixture::new("invalid").await;
+    let error = fx.apply_rejected(
+        "apiVersion: mira.dev/v1alpha1\nkind: FilterRun\nmetadata: {name: filter}\n\
+         spec: {distillationJobRef: students, retention: 1.5, output: \"s3://kept/\"}\n",
+    );
+    assert!(error.contains("spec.retention"), "{error}");
+    assert!(error.contains("less than or equal to 1"), "{error}");
+
+    let error = fx.apply_rejected(
+        "apiVersion: mira.dev/v1alpha1\nkind: SourceGroup\nmetadata: {name: corpus}\n\
+         spec: {root: \"s3://b/mira\", sources: [{name: Web_Crawl, uri: \"s3://b/web/\"}]}\n",
+    );
+    assert!(error.contains("spec.sources"), "{error}");
+    assert!(error.contains("should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'"), "{error}");
+    assert!(fx.get::<FilterRun>("filter").await.is_none() && fx.get::<SourceGroup>("corpus").await.is_none());
+}
+
+#[tokio::test]
+async fn deleting_a_resource_garbage_collects_its_jobs_and_config_maps() {
+    let fx = Fixture::started("gc").await;
+    fx.upload_corpus(&THREE_SOURCES[..1], 1, 30).await;
+    let web = fx.uri("corpus/web/");
+    fx.apply(&source_group(&fx, "corpus", &[("web", &web)], &[("prose", &["web"])]));
+    fx.wait_ready::<SourceGroup>("corpus", STEP).await;
+    let selector = "mira.dev/resource=corpus";
+    assert_eq!(fx.jobs(selector).await.len(), 1);
+    assert_eq!(fx.config_maps(selector).await.len(), 1);
+
+    common::kubectl_ok(&["delete", "sourcegroup", "corpus", "-n", &fx.namespace, "--wait=false"], None);
+    // The garbage collector of kube-controller-manager deletes what the SourceGroup owned.
+    fx.wait_for("the garbage collector to delete the SourceGroup's Jobs and ConfigMaps", STEP, || async {
+        let jobs = fx.jobs(selector).await.len();
+        let config_maps = fx.config_maps(selector).await.len();
+        (jobs == 0 && config_maps == 0).then_some(())
+    })
+    .await;
+    fx.wait_for("the garbage collector to delete the Job's Pods", STEP, || async {
+        let pods = common::kubectl_ok(&["get", "pods", "-n", &fx.namespace, "-o", "name"], None);
+        pods.trim().is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_operator_restarted_mid_run_resumes_without_duplicate_jobs() {
+    let mut fx = Fixture::new("restart").await;
+    fx.start_kubelet(&[]);
+    fx.start_operator(OperatorOptions { lease_identity: Some("first".into()), ..Default::default() });
+    fx.upload_corpus(&THREE_SOURCES, 2, 40).await;
+    fx.apply(&three_source_chain(&fx, 0.4).join("---\n"));
+
+    // Crash the operator as soon as the FilterRun has started Jobs, while they run.
+    fx.wait_for("the FilterRun's first Jobs", CHAIN, || async {
+        (!fx.jobs("mira.dev/resource=filter").await.is_empty()).then_some(())
+    })
+    .await;
+    fx.operator.as_mut().unwrap().kill();
+    let before = jobs_per_stage(&fx).await;
+    // A new replica (another identity) takes the Lease over once the first's expires.
+    fx.start_operator(OperatorOptions { lease_identity: Some("second".into()), ..Default::default() });
+
+    let filter = fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    assert_conditions_true(&filter, &["Ready", "Scored", "Thresholded", "Selected"]);
+    let after = jobs_per_stage(&fx).await;
+    let duplicated: Vec<(&String, &usize)> = after.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(duplicated.is_empty(), "one Job per stage, before the crash {before:?}, after {after:?}");
+    let expected = [
+        "corpus/cluster/-",
+        "students/distill/-",
+        "filter/score/prose",
+        "filter/score/technical",
+        "filter/threshold/prose",
+        "filter/threshold/technical",
+        "filter/select/prose",
+        "filter/select/technical",
+    ];
+    assert_eq!(after.keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(), expected.into());
+    let stages = &filter.status.as_ref().unwrap().pipeline.stages;
+    assert!(stages.iter().all(|r| r.job.is_some()), "every stage names the Job that ran it: {stages:#?}");
+    eprintln!("Jobs when the operator was killed: {before:?}");
+    let lease = common::kubectl_ok(
+        &["get", "lease", "mira-operator", "-n", &fx.namespace, "-o", "jsonpath={.spec.holderIdentity}"],
+        None,
+    );
+    assert_eq!(lease, "second", "the restarted replica holds the Lease");
+}
