@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -89,33 +90,99 @@ pub fn extract(raw: &RawRecord, spec: &TextSpec) -> Result<TextRecord, Malformed
         return Err(Malformed::Oversized);
     }
     let json = std::str::from_utf8(&raw.bytes).map_err(|_| Malformed::InvalidUtf8)?;
-    let value: Value = serde_json::from_str(json).map_err(|_| Malformed::InvalidJson)?;
-    if !value.is_object() {
-        return Err(Malformed::InvalidJson);
-    }
-    let text = match &spec.messages_field {
-        Some(field) => match lookup(&value, field) {
-            Some(Value::Array(messages)) => render_messages(messages),
-            _ => return Err(Malformed::MissingText),
-        },
-        None => match lookup(&value, spec.field.as_deref().unwrap_or("text")) {
-            Some(Value::String(s)) => s.clone(),
-            _ => return Err(Malformed::MissingText),
-        },
+    let text_path = spec.messages_field.as_deref().or(spec.field.as_deref()).unwrap_or("text");
+    let [text, id] = members(json, [Some(text_path), spec.id_field.as_deref()])?;
+    let text = match (&spec.messages_field, text) {
+        (Some(_), Some(Value::Array(messages))) => render_messages(&messages),
+        (None, Some(Value::String(s))) => s,
+        _ => return Err(Malformed::MissingText),
     };
     if text.trim().is_empty() {
         return Err(Malformed::EmptyText);
     }
-    let id = match spec.id_field.as_deref().and_then(|f| lookup(&value, f)) {
-        Some(Value::String(s)) => s.clone(),
+    let id = match id {
+        Some(Value::String(s)) => s,
         Some(Value::Number(n)) => n.to_string(),
         _ => content_id(&text),
     };
     Ok(TextRecord { id, text })
 }
 
-fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(value, |v, key| v.get(key))
+/// Parses a JSON object, building only the values at the given (dotted) paths: every other member
+/// is validated and skipped without being built, which is most of the cost of parsing a record.
+/// Not an object, or not JSON: [`Malformed::InvalidJson`].
+fn members<const N: usize>(json: &str, paths: [Option<&str>; N]) -> Result<[Option<Value>; N], Malformed> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let top = Members(paths.map(|p| p.map(|p| p.split('.').next().unwrap_or(p))))
+        .deserialize(&mut de)
+        .and_then(|found| de.end().map(|_| found))
+        .map_err(|_| Malformed::InvalidJson)?;
+    let mut out = top;
+    for (slot, path) in out.iter_mut().zip(paths) {
+        let nested = path.into_iter().flat_map(|p| p.split('.').skip(1));
+        *slot = slot.take().and_then(|value| {
+            nested.into_iter().try_fold(value, |mut v, key| v.as_object_mut()?.remove(key))
+        });
+    }
+    Ok(out)
+}
+
+/// Visits a JSON object keeping the members whose keys are wanted.
+struct Members<'p, const N: usize>([Option<&'p str>; N]);
+
+impl<'de, const N: usize> serde::de::DeserializeSeed<'de> for Members<'_, N> {
+    type Value = [Option<Value>; N];
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de, const N: usize> serde::de::Visitor<'de> for Members<'_, N> {
+    type Value = [Option<Value>; N];
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found: [Option<Value>; N] = std::array::from_fn(|_| None);
+        while let Some(Key(key)) = map.next_key()? {
+            let mut slots = self.0.iter().enumerate().filter(|(_, k)| **k == Some(&*key)).map(|(i, _)| i);
+            let Some(first) = slots.next() else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            let value: Value = map.next_value()?;
+            for i in slots {
+                found[i] = Some(value.clone());
+            }
+            found[first] = Some(value);
+        }
+        Ok(found)
+    }
+}
+
+/// An object key, borrowed from the input unless it has escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(v.to_owned().into()))
+            }
+        }
+        de.deserialize_str(KeyVisitor)
+    }
 }
 
 /// A stable id from the text itself: 128-bit xxh3, hex.
@@ -199,6 +266,10 @@ mod tests {
         assert_eq!(extract(&raw(b"[1,2]"), &spec), Err(Malformed::InvalidJson));
         assert_eq!(extract(&raw(b"{\"body\": \"x\"}"), &spec), Err(Malformed::MissingText));
         assert_eq!(extract(&raw(b"{\"text\": \"  \"}"), &spec), Err(Malformed::EmptyText));
+        // Members that are skipped are still validated, and nothing may follow the object.
+        assert_eq!(extract(&raw(b"{\"text\": \"x\", \"meta\": {\"a\": tru}}"), &spec), Err(Malformed::InvalidJson));
+        assert_eq!(extract(&raw(b"{\"text\": \"x\"} {}"), &spec), Err(Malformed::InvalidJson));
+        assert_eq!(extract(&raw(b"{\"text\": 5}"), &spec), Err(Malformed::MissingText));
         let big = RawRecord { index: 0, bytes: vec![], oversized: true };
         assert_eq!(extract(&big, &spec), Err(Malformed::Oversized));
     }
@@ -210,6 +281,10 @@ mod tests {
         assert_eq!(r, TextRecord { id: "12".into(), text: "hello".into() });
         let r = extract(&raw(br#"{"doc": {"body": "hello"}}"#), &spec).unwrap();
         assert_eq!(r.id, content_id("hello"));
+        // Two paths under one member, a key with an escape, the last of duplicate keys.
+        let spec = TextSpec { field: Some("doc.body".into()), id_field: Some("doc.id".into()), ..Default::default() };
+        let r = extract(&raw(br#"{"doc": {"body": "old"}, "d\u006fc": {"id": "a", "body": "new"}}"#), &spec).unwrap();
+        assert_eq!(r, TextRecord { id: "a".into(), text: "new".into() });
         assert_ne!(content_id("hello"), content_id("hello!"));
     }
 

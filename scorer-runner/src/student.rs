@@ -25,7 +25,7 @@ use crate::steps::label::{complete, scores_schema};
 use crate::steps::Context;
 
 const MAGIC: &[u8; 8] = b"MIRASTU1";
-pub const FORMAT: &str = "mira-student/v1";
+pub const FORMAT: &str = "mira-student/v2";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -91,16 +91,14 @@ impl Student {
         let (lo, hi) = (self.header.scale.min as f32, self.header.scale.max as f32);
         match &self.scorer {
             Scorer::Heads { heads, featurizer, .. } => {
-                let xs = featurizer.featurize(texts)?;
-                Ok(xs
-                    .iter()
-                    .map(|x| {
-                        let mut out = vec![0f32; heads.heads];
-                        heads.predict(x, &mut out);
-                        out.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
-                        Some(out)
-                    })
-                    .collect())
+                let mut scores = Vec::with_capacity(texts.len());
+                featurizer.featurize_each(texts, &mut |x| {
+                    let mut out = vec![0f32; heads.heads];
+                    heads.predict(x, &mut out);
+                    out.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+                    scores.push(Some(out));
+                })?;
+                Ok(scores)
             }
             Scorer::Judge { chat, runtime } => {
                 let dims = &self.header.dimensions;

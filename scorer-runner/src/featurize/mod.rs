@@ -60,6 +60,12 @@ pub trait Featurizer: Send + Sync {
     fn dim(&self) -> usize;
     /// One L2-normalised vector per text.
     fn featurize(&self, texts: &[&str]) -> crate::error::Result<Vec<SparseVec>>;
+    /// Calls `f` with each text's vector, in order. Featurizers that build vectors one at a time
+    /// reuse one vector's buffers, so scoring a corpus allocates nothing per record.
+    fn featurize_each(&self, texts: &[&str], f: &mut dyn FnMut(&SparseVec)) -> crate::error::Result<()> {
+        self.featurize(texts)?.iter().for_each(f);
+        Ok(())
+    }
 }
 
 /// Builds the featurizer a spec names (loading its model, if it has one). `idf` carries

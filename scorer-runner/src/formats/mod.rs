@@ -181,6 +181,17 @@ impl<W: FinishWrite> FinishWrite for zstd::stream::write::Encoder<'static, W> {
 impl ShardWriter {
     /// A writer into the local file `path` (uploaded by the caller once finished).
     pub fn create(path: &Path, format: Format) -> Result<Self> {
+        Self::create_at_level(path, format, 3)
+    }
+
+    /// A JSONL.zst writer for the pipeline's own intermediate shards (score shards), which the
+    /// next step reads once: zstd's fastest level, since compressing at the default level cost as
+    /// much as featurizing.
+    pub fn intermediate(path: &Path) -> Result<Self> {
+        Self::create_at_level(path, Format::JsonlZst, 1)
+    }
+
+    fn create_at_level(path: &Path, format: Format, zstd_level: i32) -> Result<Self> {
         let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let buffered = std::io::BufWriter::with_capacity(1 << 20, file);
         Ok(match format {
@@ -189,7 +200,7 @@ impl ShardWriter {
                 ShardWriter::Jsonl(Box::new(flate2::write::GzEncoder::new(buffered, flate2::Compression::default())))
             }
             Format::JsonlZst => ShardWriter::Jsonl(Box::new(
-                zstd::stream::write::Encoder::new(buffered, 3).map_err(|e| Error::io(path, e))?,
+                zstd::stream::write::Encoder::new(buffered, zstd_level).map_err(|e| Error::io(path, e))?,
             )),
             Format::Parquet => ShardWriter::Parquet(parquet_io::ParquetSink::new(path)),
         })
