@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{JobTemplate, ModelSpec, PipelineStatus};
+use super::{JobTemplate, LocalModel, ModelSpec, PipelineStatus};
 
 /// Distils a RubricSet's teacher into one student per group. Labels are made by the teacher, or
 /// imported when a team labelled records elsewhere (for example with a batch API).
@@ -53,6 +53,21 @@ pub struct DistillationJobSpec {
     pub job: JobTemplate,
 }
 
+impl DistillationJobSpec {
+    /// A spec distilling `rubric_set_ref` with every other setting at its default.
+    pub fn new(rubric_set_ref: impl Into<String>) -> Self {
+        DistillationJobSpec {
+            rubric_set_ref: rubric_set_ref.into(),
+            labels: LabelsSpec::default(),
+            student: StudentSpec::default(),
+            validation_fraction: None,
+            mask: MaskSpec::default(),
+            seed: None,
+            job: JobTemplate::default(),
+        }
+    }
+}
+
 /// Teacher labels: made by a teacher (the RubricSet's, unless `teacher` is set), or imported.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[x_kube(validation = Rule::new("!has(self.importUri) || (!has(self.recordsPerGroup) && !has(self.teacher))")
@@ -72,13 +87,21 @@ pub struct LabelsSpec {
     pub import_uri: Option<String>,
 }
 
-/// How students are built.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// How students are built: regression heads on text features (the default), or an LLM judge.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("!has(self.judge) || !has(self.featurizer) || (!has(self.featurizer.hashed) && !has(self.featurizer.embedding))")
+    .message("a judge student reads text, not features: set judge or featurizer, not both"))]
 #[serde(rename_all = "camelCase")]
 pub struct StudentSpec {
     /// Text features the regression heads read.
     #[serde(default)]
     pub featurizer: FeaturizerSpec,
+    /// An LLM judge as the student instead of regression heads (the paper's setup), for example a
+    /// model fine-tuned on the exported SFT data. It is checked against the teacher on the
+    /// validation records and masked like the heads, and FilterRuns score every record with it
+    /// (give their Jobs a GPU for a local judge). An endpoint's API key reaches both Jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<ModelSpec>,
     /// Ridge strengths to choose from by leave-one-out error; defaults when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -92,13 +115,27 @@ pub struct StudentSpec {
     pub export_sft: Option<bool>,
 }
 
-/// A text featurizer.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A text featurizer: `hashed` (the default) or `embedding`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("!has(self.hashed) || !has(self.embedding)").message("set at most one of hashed or embedding"))]
 #[serde(rename_all = "camelCase")]
 pub struct FeaturizerSpec {
     /// Signed hashing of word (and optionally character) n-grams: no model, no vocabulary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hashed: Option<HashedFeaturizer>,
+    /// Vectors of an embedding model (Qwen3-Embedding, EmbeddingGemma architectures) that the
+    /// distill and score workers run with mistral.rs: slower than hashing, better on code and
+    /// agent traces. Give the DistillationJob's and FilterRuns' Jobs a GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingFeaturizer>,
+}
+
+/// Embedding-model features.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingFeaturizer {
+    /// The embedding model, loaded in the worker.
+    pub model: LocalModel,
 }
 
 /// Hashed n-gram features.

@@ -226,24 +226,31 @@ fn a_teacher_is_exactly_one_model() {
 
 #[test]
 fn imported_labels_exclude_a_labelling_teacher() {
-    let mut dj = DistillationJob::new(
-        "students",
-        DistillationJobSpec {
-            rubric_set_ref: "rubrics".into(),
-            labels: LabelsSpec { records_per_group: None, teacher: None, import_uri: Some("s3://labels/".into()) },
-            student: StudentSpec::default(),
-            validation_fraction: Some(0.2),
-            mask: MaskSpec::default(),
-            seed: None,
-            job: JobTemplate::default(),
-        },
-    );
+    let mut dj = DistillationJob::new("students", DistillationJobSpec::new("rubrics"));
+    dj.spec.labels.import_uri = Some("s3://labels/".into());
+    dj.spec.validation_fraction = Some(0.2);
     validate_cel(&dj).unwrap();
     dj.spec.labels.records_per_group = Some(100);
     assert!(validate_cel(&dj).is_err());
     dj.spec.labels.records_per_group = None;
     dj.spec.validation_fraction = Some(1.0);
     assert!(validate_cel(&dj).is_err());
+}
+
+#[test]
+fn a_student_is_either_a_judge_or_heads_on_one_featurizer() {
+    let mut dj = DistillationJob::new("students", DistillationJobSpec::new("rubrics"));
+    let model = LocalModel { uri: "s3://models/m/".into(), gguf_files: Vec::new(), max_num_seqs: None };
+    dj.spec.student.featurizer.embedding = Some(EmbeddingFeaturizer { model: model.clone() });
+    validate_cel(&dj).unwrap();
+    dj.spec.student.featurizer.hashed = Some(HashedFeaturizer::default());
+    assert!(validate_cel(&dj).is_err(), "two featurizers");
+    dj.spec.student.featurizer = FeaturizerSpec::default();
+    dj.spec.student.judge = Some(ModelSpec { local: Some(model.clone()), endpoint: None });
+    validate_cel(&dj).unwrap();
+    dj.spec.student.featurizer.embedding = Some(EmbeddingFeaturizer { model });
+    let errors = validate_cel(&dj).unwrap_err();
+    assert!(format!("{errors:?}").contains("set judge or featurizer, not both"), "{errors:?}");
 }
 
 fn crd_of(kind: &str) -> CustomResourceDefinition {

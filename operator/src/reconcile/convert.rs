@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{names, Pipeline, SecretEnv};
-use crate::api::{ModelSpec, ShardFormat, SourceGroup, SourceSpec, StorageSpec};
+use crate::api::{LocalModel, ModelSpec, ShardFormat, SourceGroup, SourceSpec, StorageSpec};
 use crate::{Error, Result};
 
 /// Environment variables workers read S3 credentials from (the AWS standard chain).
@@ -78,17 +78,19 @@ pub fn group_names(sg: &SourceGroup) -> Vec<String> {
     sg.status.iter().flat_map(|s| s.groups.iter().map(|g| g.name.clone())).collect()
 }
 
+/// A model the worker loads itself, for a plan.
+pub fn local_model(local: &LocalModel) -> plan::ModelSpec {
+    plan::ModelSpec::Local {
+        uri: local.uri.clone(),
+        gguf_files: local.gguf_files.clone(),
+        max_num_seqs: local.max_num_seqs.map(|n| n as usize),
+    }
+}
+
 /// A model for a plan; an endpoint's API key reaches the worker as `key_env`.
 pub fn model(spec: &ModelSpec, key_env: &str) -> Result<(plan::ModelSpec, Vec<SecretEnv>)> {
     match (&spec.local, &spec.endpoint) {
-        (Some(local), None) => Ok((
-            plan::ModelSpec::Local {
-                uri: local.uri.clone(),
-                gguf_files: local.gguf_files.clone(),
-                max_num_seqs: local.max_num_seqs.map(|n| n as usize),
-            },
-            Vec::new(),
-        )),
+        (Some(local), None) => Ok((local_model(local), Vec::new())),
         (None, Some(endpoint)) => {
             let secret = endpoint.api_key_secret.as_ref().map(|s| SecretEnv {
                 env: key_env.into(),

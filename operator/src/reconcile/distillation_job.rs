@@ -44,7 +44,14 @@ fn dimensions(group: &GroupRubric) -> Vec<DimensionRef> {
         .collect()
 }
 
+/// The environment variable an endpoint judge student's API key reaches the distill and score
+/// workers in.
+pub const JUDGE_KEY_ENV: &str = "MIRA_JUDGE_API_KEY";
+
 fn featurizer(spec: &api::FeaturizerSpec) -> FeaturizerSpec {
+    if let Some(embedding) = &spec.embedding {
+        return FeaturizerSpec::Embedding { model: convert::local_model(&embedding.model) };
+    }
     let Some(hashed) = &spec.hashed else { return FeaturizerSpec::default() };
     let defaults = HashedSpec::default();
     FeaturizerSpec::Hashed(HashedSpec {
@@ -128,6 +135,11 @@ impl Pipeline for DistillationJob {
         plan.scale = rs.scale();
         let student = &self.spec.student;
         plan.featurizer = featurizer(&student.featurizer);
+        if let Some(judge) = &student.judge {
+            let (judge, secret) = convert::model(judge, JUDGE_KEY_ENV)?;
+            plan.judge = Some(judge);
+            secrets.extend(secret);
+        }
         plan.lambdas = student.lambdas.clone();
         if let Some(n) = student.max_train_records {
             plan.max_train_records = n as usize;

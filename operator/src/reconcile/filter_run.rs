@@ -13,6 +13,7 @@ use scorer_runner::storage::join;
 use serde_json::json;
 
 use super::convert::{self, upstream, with_defaults};
+use super::distillation_job::JUDGE_KEY_ENV;
 use super::{stage_name, Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
     CutPolicy, CutStatus, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept,
@@ -122,11 +123,15 @@ impl Pipeline for FilterRun {
     fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished<'_>) -> Result<Planned> {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let dj = upstream(&lineage.distillation_job, "DistillationJob")?;
-        let secrets = convert::storage_secrets(&sg.spec.storage);
+        let mut secrets = convert::storage_secrets(&sg.spec.storage);
         let storage = sg.spec.storage.config();
         let base = convert::stage_base(&sg.spec.root, self, &stage.name);
         match (stage.step, stage.group.as_deref()) {
             (Step::Score, Some(group)) => {
+                // A judge student behind an endpoint needs its API key where it scores.
+                if let Some(judge) = &dj.spec.student.judge {
+                    secrets.extend(convert::model(judge, JUDGE_KEY_ENV)?.1);
+                }
                 let groups = vec![ScoreGroup {
                     name: group.into(),
                     sources: convert::group_sources(sg, group)?,

@@ -129,18 +129,7 @@ fn ready_rubric_set() -> RubricSet {
 }
 
 fn distillation_job() -> DistillationJob {
-    let mut dj = DistillationJob::new(
-        "students",
-        DistillationJobSpec {
-            rubric_set_ref: "rubrics".into(),
-            labels: LabelsSpec::default(),
-            student: StudentSpec::default(),
-            validation_fraction: None,
-            mask: MaskSpec::default(),
-            seed: None,
-            job: JobTemplate::default(),
-        },
-    );
+    let mut dj = DistillationJob::new("students", DistillationJobSpec::new("rubrics"));
     meta(&mut dj, "students", 1);
     dj
 }
@@ -720,6 +709,67 @@ fn imported_labels_skip_the_label_stage() {
     assert_eq!(created(&world.pass(&mut dj, &lineage)), ["distill"]);
     assert_eq!(condition(&dj, "Labelled").reason, "Skipped");
     assert_eq!(dj.status.unwrap().labels.as_deref(), Some("s3://bucket/batch-labels/"));
+}
+
+/// The last plan the actions write, and the secrets of every Job they create.
+fn plan_and_secrets<T: serde::de::DeserializeOwned>(actions: &[Action]) -> (T, Vec<Vec<String>>) {
+    let plan = actions.iter().rev().find_map(|a| match a {
+        Action::CreatePlanConfigMap { plan, .. } => Some(serde_json::from_str(plan).unwrap()),
+        _ => None,
+    });
+    let secrets = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateJob(request) => {
+                Some(request.secrets.iter().map(|s| format!("{}={}/{}", s.env, s.secret, s.key)).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    (plan.expect("a plan"), secrets)
+}
+
+#[test]
+fn a_judge_student_reaches_the_distill_and_score_plans_with_its_api_key() {
+    let judge = ModelSpec {
+        local: None,
+        endpoint: Some(EndpointModel {
+            url: "http://judge.models:8000/v1".into(),
+            model: "judge".into(),
+            api_key_secret: Some(SecretKeyRef { name: "judge".into(), key: "token".into() }),
+            max_concurrency: None,
+        }),
+    };
+    let mut lineage = full_lineage();
+    let (mut world, mut dj) = (World::default(), distillation_job());
+    dj.spec.labels.import_uri = Some("s3://bucket/labels/".into());
+    dj.spec.student.judge = Some(judge.clone());
+    let (plan, secrets): (plan::DistillPlan, _) = plan_and_secrets(&world.pass(&mut dj, &lineage));
+    let Some(plan::ModelSpec::Endpoint { url, api_key_env, .. }) = plan.judge else { panic!("no endpoint judge") };
+    assert_eq!((url.as_str(), api_key_env.as_deref()), ("http://judge.models:8000/v1", Some("MIRA_JUDGE_API_KEY")));
+    assert!(secrets[0].contains(&"MIRA_JUDGE_API_KEY=judge/token".to_string()), "{secrets:?}");
+
+    lineage.distillation_job.as_mut().unwrap().spec.student.judge = Some(judge);
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    let (_, secrets): (plan::ScorePlan, _) = plan_and_secrets(&world.pass(&mut fr, &lineage));
+    assert_eq!(secrets.len(), 2, "one score Job per group");
+    assert!(secrets.iter().all(|s| s.contains(&"MIRA_JUDGE_API_KEY=judge/token".to_string())), "{secrets:?}");
+}
+
+#[test]
+fn an_embedding_featurizer_reaches_the_distill_plan() {
+    let (mut world, mut dj) = (World::default(), distillation_job());
+    dj.spec.labels.import_uri = Some("s3://bucket/labels/".into());
+    let model = LocalModel { uri: "s3://models/qwen3-embedding-0.6b/".into(), gguf_files: Vec::new(), max_num_seqs: Some(64) };
+    dj.spec.student.featurizer.embedding = Some(EmbeddingFeaturizer { model });
+    let (plan, _): (plan::DistillPlan, _) = plan_and_secrets(&world.pass(&mut dj, &full_lineage()));
+    let scorer_runner::featurize::FeaturizerSpec::Embedding { model: plan::ModelSpec::Local { uri, max_num_seqs, .. } } =
+        plan.featurizer
+    else {
+        panic!("not an embedding featurizer: {:?}", plan.featurizer)
+    };
+    assert_eq!((uri.as_str(), max_num_seqs), ("s3://models/qwen3-embedding-0.6b/", Some(64)));
+    assert!(plan.judge.is_none());
 }
 
 #[test]
