@@ -113,18 +113,15 @@ pub fn extract(raw: &RawRecord, spec: &TextSpec) -> Result<TextRecord, Malformed
 /// Not an object, or not JSON: [`Malformed::InvalidJson`].
 fn members<const N: usize>(json: &str, paths: [Option<&str>; N]) -> Result<[Option<Value>; N], Malformed> {
     let mut de = serde_json::Deserializer::from_str(json);
-    let top = Members(paths.map(|p| p.map(|p| p.split('.').next().unwrap_or(p))))
+    let mut found = Members(paths.map(|p| p.map(|p| p.split('.').next().unwrap_or(p))))
         .deserialize(&mut de)
         .and_then(|found| de.end().map(|_| found))
         .map_err(|_| Malformed::InvalidJson)?;
-    let mut out = top;
-    for (slot, path) in out.iter_mut().zip(paths) {
-        let nested = path.into_iter().flat_map(|p| p.split('.').skip(1));
-        *slot = slot.take().and_then(|value| {
-            nested.into_iter().try_fold(value, |mut v, key| v.as_object_mut()?.remove(key))
-        });
+    for (slot, path) in found.iter_mut().zip(paths) {
+        let mut nested = path.into_iter().flat_map(|p| p.split('.').skip(1));
+        *slot = slot.take().and_then(|value| nested.try_fold(value, |mut v, key| v.as_object_mut()?.remove(key)));
     }
-    Ok(out)
+    Ok(found)
 }
 
 /// Visits a JSON object keeping the members whose keys are wanted.

@@ -221,41 +221,27 @@ enum Class {
     Other,
 }
 
-/// The class of every ASCII byte, so ASCII text (most of any corpus) is split with one table
-/// lookup per byte instead of decoding and classifying characters.
-const ASCII_CLASS: [Class; 128] = {
-    let mut table = [Class::Other; 128];
-    let mut b = 0;
-    while b < 128 {
-        let c = b as u8;
-        table[b] = if c.is_ascii_alphanumeric() || c == b'_' {
-            Class::Word
-        } else if matches!(c, b' ' | b'\t'..=b'\r') {
-            Class::Space
-        } else {
-            Class::Other
-        };
-        b += 1;
-    }
-    table
-};
-
 /// The class and byte length of the character starting at byte `i` of `text`.
 #[inline(always)]
 fn class_at(text: &str, i: usize) -> (Class, usize) {
     let b = text.as_bytes()[i];
     if b < 0x80 {
-        return (ASCII_CLASS[b as usize], 1);
+        return (char_class(b as char), 1);
     }
     let c = text[i..].chars().next().unwrap_or_default();
-    let class = if c.is_whitespace() {
+    (char_class(c), c.len_utf8())
+}
+
+/// What a character is to the splitter (`_` counts as a letter); [`ascii_classes`] must agree on
+/// ASCII, which a test checks.
+fn char_class(c: char) -> Class {
+    if c.is_whitespace() {
         Class::Space
-    } else if c.is_alphanumeric() {
+    } else if c.is_alphanumeric() || c == '_' {
         Class::Word
     } else {
         Class::Other
-    };
-    (class, c.len_utf8())
+    }
 }
 
 /// Calls `f` with every token of `text`: words (runs of letters, digits and `_`; case is folded
@@ -301,7 +287,7 @@ fn for_each_token_hash(text: &str, seed: u64, mut f: impl FnMut(u64)) {
         let hash = match bytes.get(start..start + 8) {
             Some(window) if len <= 8 => {
                 let w = u64::from_le_bytes(window.try_into().expect("8 bytes")) & (u64::MAX >> (64 - 8 * len));
-                finish(hash_step(hash_start(len, seed), ascii_lower(w)))
+                mix(hash_step(hash_start(len, seed), ascii_lower(w)))
             }
             _ => hash_words(&bytes[start..end], seed, ascii_lower),
         };
@@ -409,7 +395,7 @@ fn token_hash(token: &str, seed: u64) -> u64 {
 }
 
 fn hash_words(bytes: &[u8], seed: u64, fold: impl Fn(u64) -> u64) -> u64 {
-    finish(bytes.chunks(8).fold(hash_start(bytes.len(), seed), |h, chunk| hash_step(h, fold(pack(chunk)))))
+    mix(bytes.chunks(8).fold(hash_start(bytes.len(), seed), |h, chunk| hash_step(h, fold(pack(chunk)))))
 }
 
 const HASH_K: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -422,11 +408,6 @@ fn hash_start(len: usize, seed: u64) -> u64 {
 #[inline(always)]
 fn hash_step(h: u64, word: u64) -> u64 {
     (h ^ word).wrapping_mul(HASH_K).rotate_left(29)
-}
-
-#[inline(always)]
-fn finish(h: u64) -> u64 {
-    mix(h)
 }
 
 /// A 64-bit finaliser (splitmix64) so combined n-gram hashes stay well spread.
@@ -530,12 +511,12 @@ mod tests {
     }
 
     #[test]
-    fn byte_classes_match_the_table() {
+    fn ascii_byte_classes_match_the_character_classes() {
         let all: Vec<u8> = (0..128).collect();
         for bytes in all.chunks(8) {
             let (word, space) = ascii_classes(pack(bytes));
             for (i, &b) in bytes.iter().enumerate() {
-                let class = ASCII_CLASS[b as usize];
+                let class = char_class(b as char);
                 assert_eq!(word >> i & 1 == 1, class == Class::Word, "{b}");
                 assert_eq!(space >> i & 1 == 1, class == Class::Space, "{b}");
                 assert_eq!(ascii_lower(pack(&[b])) as u8, b.to_ascii_lowercase());
