@@ -7,7 +7,7 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Deserialize as _;
 
-use crate::api::{DistillationJob, FilterRun, ModelSpec, RubricSet, SourceGroup};
+use crate::api::{DistillationJob, FilterRun, LocalModel, RubricSet, SourceGroup};
 use crate::reconcile::{Lineage, Upstream, UpstreamRef};
 use crate::{Error, Result};
 
@@ -115,14 +115,17 @@ fn parse(text: &str, base: &Path, resources: &mut Resources) -> Result<(), Strin
             }
             "RubricSet" => {
                 let mut o: RubricSet = object(value).map_err(at)?;
-                resolve_model(base, Some(&mut o.spec.teacher));
-                resolve_model(base, o.spec.discovery.embedder.as_mut());
+                resolve_model(base, o.spec.teacher.local.as_mut());
+                resolve_model(base, o.spec.discovery.embedder.as_mut().and_then(|m| m.local.as_mut()));
                 add(&mut resources.rubric_sets, o).map_err(at)?;
             }
             "DistillationJob" => {
                 let mut o: DistillationJob = object(value).map_err(at)?;
                 o.spec.labels.import_uri.iter_mut().for_each(|u| resolve(base, u));
-                resolve_model(base, o.spec.labels.teacher.as_mut());
+                resolve_model(base, o.spec.labels.teacher.as_mut().and_then(|m| m.local.as_mut()));
+                let student = &mut o.spec.student;
+                resolve_model(base, student.judge.as_mut().and_then(|m| m.local.as_mut()));
+                resolve_model(base, student.featurizer.embedding.as_mut().map(|e| &mut e.model));
                 add(&mut resources.distillation_jobs, o).map_err(at)?;
             }
             "FilterRun" => {
@@ -162,8 +165,9 @@ fn resolve(base: &Path, uri: &mut String) {
     }
 }
 
-fn resolve_model(base: &Path, model: Option<&mut ModelSpec>) {
-    if let Some(local) = model.and_then(|m| m.local.as_mut()) {
+/// Every model a worker loads itself (`local`) goes through here.
+fn resolve_model(base: &Path, model: Option<&mut LocalModel>) {
+    if let Some(local) = model {
         resolve(base, &mut local.uri);
     }
 }
@@ -214,6 +218,22 @@ spec:
         assert_eq!(sg.spec.sources[0].uri, "/manifests/data/web/");
         assert_eq!(sg.spec.sources[1].uri, "s3://bucket/code/");
         assert_eq!(resources.filter_runs[0].spec.output, "/abs/kept");
+
+        let students = "apiVersion: mira.dev/v1alpha1\nkind: DistillationJob\nmetadata: {name: judged}\nspec:
+  rubricSetRef: rubrics
+  labels: {teacher: {local: {uri: models/teacher}}}
+  student: {judge: {local: {uri: models/judge}}}
+---
+apiVersion: mira.dev/v1alpha1\nkind: DistillationJob\nmetadata: {name: embedded}\nspec:
+  rubricSetRef: rubrics
+  student: {featurizer: {embedding: {model: {uri: models/embed}}}}\n";
+        parse(students, Path::new("/manifests"), &mut resources).unwrap();
+        let [judged, embedded] = [0, 1].map(|i| &resources.distillation_jobs[i].spec);
+        let uri = |m: Option<&crate::api::ModelSpec>| m.and_then(|m| m.local.as_ref()).map(|l| l.uri.clone());
+        assert_eq!(uri(judged.labels.teacher.as_ref()).as_deref(), Some("/manifests/models/teacher"));
+        assert_eq!(uri(judged.student.judge.as_ref()).as_deref(), Some("/manifests/models/judge"));
+        let embedding = embedded.student.featurizer.embedding.as_ref().map(|e| e.model.uri.as_str());
+        assert_eq!(embedding, Some("/manifests/models/embed"));
     }
 
     #[test]
