@@ -90,8 +90,9 @@ async fn main() -> std::process::ExitCode {
         }
         Err(e) => {
             // The last line of a failed Job's log: the operator copies it into the stage condition.
+            // Every error with a source already prints it; add the causes below that.
             let mut message = format!("{}: {e}", e.category());
-            let mut source = std::error::Error::source(&e);
+            let mut source = std::error::Error::source(&e).and_then(|s| s.source());
             while let Some(s) = source {
                 message.push_str(&format!(": {s}"));
                 source = s.source();
