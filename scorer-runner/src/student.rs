@@ -56,6 +56,13 @@ pub enum Scorer {
     Judge { chat: Arc<Chat>, runtime: tokio::runtime::Handle },
 }
 
+impl Scorer {
+    /// A judge student's scorer: the model loaded, and the runtime its requests wait on.
+    pub async fn judge(ctx: &Context, model: &ModelSpec) -> Result<Self> {
+        Ok(Scorer::Judge { chat: Arc::new(Chat::load(ctx, model).await?), runtime: tokio::runtime::Handle::current() })
+    }
+}
+
 pub struct Student {
     pub header: StudentHeader,
     pub scorer: Scorer,
@@ -165,9 +172,7 @@ impl Student {
             return Err(bad(format!("format {:?}, this build reads {FORMAT:?}", header.format)));
         }
         let scorer = match &header.kind {
-            StudentKind::Judge { model } => {
-                Scorer::Judge { chat: Arc::new(Chat::load(ctx, model).await?), runtime: tokio::runtime::Handle::current() }
-            }
+            StudentKind::Judge { model } => Scorer::judge(ctx, model).await?,
             StudentKind::Heads { featurizer, dim, bias, lambdas, has_idf } => {
                 let n = header.dimensions.len();
                 let n_weights = dim * n;
@@ -186,7 +191,6 @@ impl Student {
                     weights: floats[..n_weights].to_vec(),
                     bias: bias.clone(),
                     lambdas: lambdas.clone(),
-                    loo_mse: vec![f64::NAN; n],
                 };
                 let built = featurize::build(ctx, featurizer, idf.clone()).await?;
                 if built.dim() != *dim {

@@ -168,13 +168,11 @@ async fn embedder_gives_deterministic_vectors_of_the_hidden_size() {
     eprintln!("embedding model loaded in {:?}", start.elapsed());
     let dim = hidden_size(&env.embedding);
 
-    let texts: Vec<String> = [
+    let texts = [
         "The quick brown fox jumps over the lazy dog.",
         "fn main() { println!(\"hi\"); }",
         "The quick brown fox jumps over the lazy dog.",
-    ]
-    .map(String::from)
-    .to_vec();
+    ];
     let start = Instant::now();
     let vectors = embedder.embed(&texts).await.unwrap();
     eprintln!("3 embeddings in {:?}", start.elapsed());

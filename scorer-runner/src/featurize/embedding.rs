@@ -1,14 +1,12 @@
 //! Text vectors from an embedding model (mistral.rs: Qwen3-Embedding, EmbeddingGemma), dense,
 //! behind the same trait as the hashed featurizer.
 
-use std::sync::Arc;
-
 use super::{Featurizer, SparseVec};
 use crate::error::{Error, Result};
 use crate::models::Embedder;
 
 pub struct EmbeddingFeaturizer {
-    embedder: Arc<Embedder>,
+    embedder: Embedder,
     dim: usize,
     runtime: tokio::runtime::Handle,
 }
@@ -16,12 +14,12 @@ pub struct EmbeddingFeaturizer {
 impl EmbeddingFeaturizer {
     /// Loads the model and learns its dimension from one probe embedding.
     pub async fn new(embedder: Embedder) -> Result<Self> {
-        let probe = embedder.embed(&["dimension probe".to_string()]).await?;
+        let probe = embedder.embed(&["dimension probe"]).await?;
         let dim = probe.first().map_or(0, Vec::len);
         if dim == 0 {
             return Err(Error::Model("embedding model returned an empty vector".into()));
         }
-        Ok(EmbeddingFeaturizer { embedder: Arc::new(embedder), dim, runtime: tokio::runtime::Handle::current() })
+        Ok(EmbeddingFeaturizer { embedder, dim, runtime: tokio::runtime::Handle::current() })
     }
 }
 
@@ -32,8 +30,7 @@ impl Featurizer for EmbeddingFeaturizer {
 
     /// Called from the blocking pool (as every featurizer is): waits on the model's async API.
     fn featurize(&self, texts: &[&str]) -> Result<Vec<SparseVec>> {
-        let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-        let vectors = self.runtime.block_on(self.embedder.embed(&owned))?;
+        let vectors = self.runtime.block_on(self.embedder.embed(texts))?;
         if vectors.len() != texts.len() {
             return Err(Error::Model(format!("{} embeddings for {} texts", vectors.len(), texts.len())));
         }

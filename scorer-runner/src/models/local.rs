@@ -89,11 +89,11 @@ impl LocalEmbedder {
         Ok(LocalEmbedder { model })
     }
 
-    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    pub async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let request = EmbeddingRequest::builder().add_prompts(texts.iter().cloned());
+        let request = EmbeddingRequest::builder().add_prompts(texts.iter().copied());
         self.model.generate_embeddings(request).await.map_err(model_error)
     }
 }

@@ -125,7 +125,7 @@ impl Embedder {
         }
     }
 
-    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    pub async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         match self {
             #[cfg(feature = "llm")]
             Embedder::Local(e) => e.embed(texts).await,

@@ -12,10 +12,8 @@ use mistralrs_server_core::{
 
 use crate::error::{Error, Result};
 
+/// Serves the model in `model_dir` (as [`super::model_dir`] resolves it, so it exists).
 pub async fn serve(model_dir: &Path, addr: SocketAddr, max_seqs: usize) -> Result<()> {
-    if !model_dir.exists() {
-        return Err(Error::Model(format!("model path {} does not exist", model_dir.display())));
-    }
     let model = ModelSelected::Plain {
         model_id: model_dir.to_string_lossy().into_owned(),
         tokenizer_json: None,

@@ -12,6 +12,15 @@ pub struct Cut {
     pub kept_tokens: usize,
 }
 
+/// The most tokens of a record a teacher reads; longer records are cut head-plus-tail.
+pub const MAX_RECORD_TOKENS: usize = 2048;
+
+/// `text` as a teacher reads it: at most [`MAX_RECORD_TOKENS`] tokens of its tokenizer
+/// (whitespace-separated words without one).
+pub fn for_teacher(text: &str, tokenizer: Option<&tokenizers::Tokenizer>) -> (String, Option<Cut>) {
+    head_tail(text, &offsets(text, tokenizer), MAX_RECORD_TOKENS)
+}
+
 /// Keeps the first and last `max_tokens / 2` tokens of `text` (token boundaries from `offsets`,
 /// one `(start, end)` byte range per token), joined by a marker naming how many were left out.
 pub fn head_tail(text: &str, offsets: &[(usize, usize)], max_tokens: usize) -> (String, Option<Cut>) {

@@ -23,8 +23,7 @@ use crate::stats;
 use crate::storage::join;
 use crate::units::unit_id;
 
-/// Records are cut head-plus-tail to this many tokens before the teacher reads them.
-const MAX_RECORD_TOKENS: usize = 2048;
+/// The most dimensions the teacher may propose for one record.
 const MAX_PROPOSALS_PER_RECORD: usize = 5;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,8 +127,7 @@ async fn discover_group(
             .map(|(source, record)| {
                 let (teacher, schema) = (teacher.clone(), &schema);
                 async move {
-                    let offsets = truncate::offsets(&record.text, teacher.tokenizer());
-                    let (text, cut) = truncate::head_tail(&record.text, &offsets, MAX_RECORD_TOKENS);
+                    let (text, cut) = truncate::for_teacher(&record.text, teacher.tokenizer());
                     let user = prompts::discover_user(&source, &text, plan.scale);
                     let reply = teacher
                         .json::<ProposalReply>(prompts::DISCOVER_SYSTEM, &user, schema, 1024, |r| !r.dimensions.is_empty())
@@ -220,12 +218,12 @@ async fn discover_group(
 /// Proposal vectors ("name: description"): the embedder's, or hashed character n-grams.
 async fn embed_proposals(proposals: &[Proposal], embedder: Option<&Embedder>) -> Result<Vec<Vec<f32>>> {
     let texts: Vec<String> = proposals.iter().map(|p| format!("{}: {}", p.name, p.description)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     if let Some(embedder) = embedder {
-        return embedder.embed(&texts).await;
+        return embedder.embed(&refs).await;
     }
     let spec = HashedSpec { dim_log2: 12, word_ngrams: 1, char_ngrams: Some([3, 4]), ..Default::default() };
     let featurizer = HashedFeaturizer::new(spec, None)?;
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     Ok(featurizer
         .featurize(&refs)?
         .into_iter()

@@ -30,7 +30,6 @@ use crate::records::{id_fraction, SkipCounts, TextSpec};
 use crate::ridge;
 use crate::stats;
 use crate::storage::join;
-use crate::models::Chat;
 use crate::student::{Scorer, Student, StudentHeader, StudentKind, FORMAT};
 use crate::units::unit_id;
 
@@ -199,22 +198,27 @@ async fn train_group(
             skipped.counts
         )));
     }
-    let student = Arc::new(build_student(ctx, plan, group, &train).await?);
-    let (plan_c, group_c, student_c) = (plan.clone(), group.clone(), student.clone());
-    let (agreement, (unscored, validated)) = blocking(move || agreement(&plan_c, &group_c, &student_c, &validation)).await?;
+    let student = build_student(ctx, plan, group, &train).await?;
+    let (plan_c, group_c) = (plan.clone(), group.clone());
+    let (student, agreement, (unscored, validated)) = blocking(move || {
+        let (agreement, counts) = agreement(&plan_c, &group_c, &student, &validation)?;
+        Ok((student, agreement, counts))
+    })
+    .await?;
     let mut masked: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for a in agreement.iter().filter(|a| a.masked) {
         masked.entry(a.source.clone()).or_default().push(a.dimension.clone());
     }
-    let student = Arc::into_inner(student).expect("no other owner").with_mask(masked.clone());
+    let student = student.with_mask(masked.clone());
     let bytes = student.to_bytes()?;
     let lambdas = match &student.scorer {
         Scorer::Heads { heads, .. } => group.dimensions.iter().map(|d| d.id.clone()).zip(heads.lambdas.iter().copied()).collect(),
         Scorer::Judge { .. } => BTreeMap::new(),
     };
+    let student_uri = join(&plan.output, &format!("students/{}.student", group.name));
     let report = StudentReport {
         group: group.name.clone(),
-        student: String::new(),
+        student: student_uri.clone(),
         train_records: train.len(),
         validation_records: validated,
         lambdas,
@@ -223,7 +227,6 @@ async fn train_group(
     };
     let mut skipped = skipped;
     skipped.merge(&unscored);
-    let student_uri = join(&plan.output, &format!("students/{}.student", group.name));
     ctx.storage.put(&student_uri, bytes.into()).await?;
     if plan.export_sft {
         let tmp = ctx.scratch_file()?;
@@ -238,7 +241,7 @@ async fn train_group(
         .await?;
         ctx.storage.put_file(&join(&plan.output, &format!("sft/{}.jsonl", group.name)), &tmp).await?;
     }
-    Ok((StudentReport { student: student_uri, ..report }, skipped))
+    Ok((report, skipped))
 }
 
 /// A training example as one chat-format SFT record (system, user, assistant JSON scores).
@@ -261,10 +264,7 @@ fn sft_example(plan: &DistillPlan, group: &DistillGroup, example: &Example) -> V
 /// The group's student: the LLM judge the plan names, or ridge heads trained on the labels.
 async fn build_student(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, train: &[Example]) -> Result<Student> {
     let kind_and_scorer = match &plan.judge {
-        Some(model) => (
-            StudentKind::Judge { model: model.clone() },
-            Scorer::Judge { chat: Arc::new(Chat::load(ctx, model).await?), runtime: tokio::runtime::Handle::current() },
-        ),
+        Some(model) => (StudentKind::Judge { model: model.clone() }, Scorer::judge(ctx, model).await?),
         None => {
             let texts: Arc<Vec<String>> = Arc::new(train.iter().map(|e| e.text.clone()).collect());
             let idf = if featurize::uses_idf(&plan.featurizer) {

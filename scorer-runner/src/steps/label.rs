@@ -20,9 +20,6 @@ use crate::records::SkipCounts;
 use crate::storage::join;
 use crate::units::unit_id;
 
-/// Records are cut head-plus-tail to this many tokens before the teacher reads them.
-const MAX_RECORD_TOKENS: usize = 2048;
-
 #[derive(Debug, Deserialize)]
 pub struct Scored {
     pub score: i64,
@@ -87,8 +84,7 @@ async fn label_group(ctx: &Context, plan: &LabelPlan, group: &LabelGroup, teache
             .map(|(source, record)| {
                 let (teacher, schema, system) = (teacher.clone(), &schema, &system);
                 async move {
-                    let offsets = truncate::offsets(&record.text, teacher.tokenizer());
-                    let (text, cut) = truncate::head_tail(&record.text, &offsets, MAX_RECORD_TOKENS);
+                    let (text, cut) = truncate::for_teacher(&record.text, teacher.tokenizer());
                     let user = prompts::judge_user(&group.dimensions, &text);
                     let reply = teacher
                         .json::<BTreeMap<String, Scored>>(system, &user, schema, max_tokens, |r| {
