@@ -21,9 +21,8 @@ pub struct RidgeHeads {
     pub heads: usize,
     pub weights: Vec<f32>,
     pub bias: Vec<f32>,
-    /// The lambda chosen per head and its leave-one-out mean squared error.
+    /// The lambda chosen per head, by leave-one-out mean squared error.
     pub lambdas: Vec<f64>,
-    pub loo_mse: Vec<f64>,
 }
 
 impl RidgeHeads {
@@ -68,7 +67,6 @@ pub fn fit(xs: &[SparseVec], dim: usize, targets: &[Vec<f32>], lambdas: &[f64]) 
         weights: vec![0.0; dim * heads],
         bias: vec![0.0; heads],
         lambdas: vec![lambdas[0]; heads],
-        loo_mse: vec![f64::NAN; heads],
     };
     if n == 0 {
         return out;
@@ -78,15 +76,23 @@ pub fn fit(xs: &[SparseVec], dim: usize, targets: &[Vec<f32>], lambdas: &[f64]) 
     let s = eigen.eigenvalues.map(|e| e.max(0.0));
     // Squared eigenvector entries give the hat matrix diagonal: H_ii = sum_k V_ik^2 s_k/(s_k+l).
     let v2 = v.map(|e| e * e);
+    // Per lambda, the shrinkage of each eigen-direction and the hat diagonal: the same for every
+    // head.
+    let per_lambda: Vec<(DVector<f64>, DVector<f64>)> = lambdas
+        .iter()
+        .map(|&lambda| {
+            let shrink = s.map(|sk| sk / (sk + lambda));
+            let hat_diag = &v2 * &shrink;
+            (shrink, hat_diag)
+        })
+        .collect();
     for (h, target) in targets.iter().enumerate() {
         let mean = target.iter().map(|&t| t as f64).sum::<f64>() / n as f64;
         let y = DVector::from_iterator(n, target.iter().map(|&t| t as f64 - mean));
         let vty = v.transpose() * &y;
-        let mut best: Option<(f64, f64, DVector<f64>)> = None;
-        for &lambda in lambdas {
-            let shrink = s.map(|sk| sk / (sk + lambda));
-            let fitted = v * vty.component_mul(&shrink);
-            let hat_diag = &v2 * &shrink;
+        let mut best: Option<(f64, f64)> = None;
+        for (&lambda, (shrink, hat_diag)) in lambdas.iter().zip(&per_lambda) {
+            let fitted = v * vty.component_mul(shrink);
             let mse = (0..n)
                 .map(|i| {
                     let e = (y[i] - fitted[i]) / (1.0 - hat_diag[i]).max(1e-9);
@@ -94,15 +100,14 @@ pub fn fit(xs: &[SparseVec], dim: usize, targets: &[Vec<f32>], lambdas: &[f64]) 
                 })
                 .sum::<f64>()
                 / n as f64;
-            if best.as_ref().is_none_or(|(m, _, _)| mse < *m) {
-                let alpha = v * vty.component_mul(&s.map(|sk| 1.0 / (sk + lambda)));
-                best = Some((mse, lambda, alpha));
+            if best.is_none_or(|(m, _)| mse < m) {
+                best = Some((mse, lambda));
             }
         }
-        let (mse, lambda, alpha) = best.expect("at least one lambda");
+        let (_, lambda) = best.expect("at least one lambda");
+        let alpha = v * vty.component_mul(&s.map(|sk| 1.0 / (sk + lambda)));
         out.bias[h] = mean as f32;
         out.lambdas[h] = lambda;
-        out.loo_mse[h] = mse;
         for (x, &a) in xs.iter().zip(alpha.iter()) {
             for (&i, &val) in x.indices.iter().zip(&x.values) {
                 out.weights[i as usize * heads + h] += (a as f32) * val;

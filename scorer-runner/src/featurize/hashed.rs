@@ -68,7 +68,7 @@ impl HashedFeaturizer {
     /// (its low bits) and a sign (its top bit).
     fn gram_hashes(&self, text: &str, scratch: &mut Scratch) {
         let seed = self.spec.seed;
-        let (tokens, grams) = (&mut scratch.tokens, &mut scratch.grams);
+        let Scratch { tokens, grams, chars, gram, .. } = scratch;
         grams.clear();
         if self.spec.word_ngrams > 0 {
             let n = self.spec.word_ngrams as usize;
@@ -85,13 +85,13 @@ impl HashedFeaturizer {
             }
         }
         if let Some([lo, hi]) = self.spec.char_ngrams {
-            let lower: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
-            let mut buf = String::new();
+            chars.clear();
+            chars.extend(text.chars().flat_map(char::to_lowercase));
             for len in lo as usize..=hi as usize {
-                for gram in lower.windows(len) {
-                    buf.clear();
-                    buf.extend(gram);
-                    grams.push(xxh3_64_with_seed(buf.as_bytes(), seed ^ 0x9e37_79b9_7f4a_7c15 ^ len as u64));
+                for window in chars.windows(len) {
+                    gram.clear();
+                    gram.extend(window);
+                    grams.push(xxh3_64_with_seed(gram.as_bytes(), seed ^ 0x9e37_79b9_7f4a_7c15 ^ len as u64));
                 }
             }
         }
@@ -127,6 +127,9 @@ impl HashedFeaturizer {
 struct Scratch {
     tokens: Vec<u64>,
     grams: Vec<u64>,
+    /// The lower-cased characters, and one character n-gram, for character n-grams.
+    chars: Vec<char>,
+    gram: String,
     counts: Counts,
 }
 

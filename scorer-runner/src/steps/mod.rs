@@ -49,13 +49,13 @@ impl Context {
         Ok(tempfile::NamedTempFile::new_in(&self.scratch).map_err(|e| Error::io(&self.scratch, e))?.into_temp_path())
     }
 
-    /// Opens a shard for reading: streamed for JSONL, downloaded first for Parquet. The returned
-    /// guard keeps any downloaded copy alive.
+    /// Opens a shard for reading: a local file in place; from S3, streamed for JSONL and
+    /// downloaded first for Parquet. The returned guard keeps any downloaded copy alive.
     pub async fn open_shard(&self, uri: &str, format: Format) -> Result<(ShardInput, Option<tempfile::TempPath>)> {
+        if let crate::storage::Location::Local(path) = crate::storage::Location::parse(uri)? {
+            return Ok((ShardInput::File(path), None));
+        }
         if format.needs_local_file() {
-            if let crate::storage::Location::Local(path) = crate::storage::Location::parse(uri)? {
-                return Ok((ShardInput::File(path), None));
-            }
             let tmp = self.scratch_file()?;
             let mut reader = self.storage.open_read(uri).await?;
             let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&*tmp, e))?;

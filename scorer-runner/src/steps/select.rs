@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::ops::ControlFlow;
 
-use super::score::{unit_of, ScoreLine};
+use super::score::unit_of;
 use super::{blocking, list_shards, Context, Shard};
 use crate::error::{Error, Result};
 use crate::formats::{decoder, for_each_batch, Format, ShardWriter};
@@ -15,6 +15,15 @@ use crate::plan::{Kept, Manifest, ScoreResult, ScoredShard, SelectPlan, Selected
 use crate::storage::join;
 
 pub const MANIFEST: &str = "manifest.json";
+
+/// The fields of a [`super::score::ScoreLine`] that `select` reads: parsing only these skips
+/// building each line's id and per-dimension scores (the rest is still validated).
+#[derive(serde::Deserialize)]
+struct ScoreKey {
+    i: u64,
+    t: u64,
+    a: f32,
+}
 
 #[derive(Clone)]
 struct Unit {
@@ -86,7 +95,7 @@ async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &Unit, scored: &Sc
     let (shard, scores_uri) = (unit.shard.clone(), scored.scores.clone());
     let kept = blocking(move || {
         let mut lines = std::io::BufReader::new(decoder(&scores_uri, Format::JsonlZst, scores_stream)?).split(b'\n');
-        let mut next_line = || -> Result<Option<ScoreLine>> {
+        let mut next_line = || -> Result<Option<ScoreKey>> {
             match lines.next() {
                 None => Ok(None),
                 Some(line) => {

@@ -19,12 +19,12 @@ pub async fn run(ctx: &Context, plan: &ThresholdPlan) -> Result<ThresholdResult>
     if plan.scores.is_empty() {
         return Err(Error::plan("no score results named"));
     }
+    // The cuts read the totals only; the masks stay in the score results.
     let mut scores = ScoreResult { groups: Vec::new(), sources: Vec::new(), masked: Default::default() };
     for root in &plan.scores {
         let part: ScoreResult = ctx.storage.get_json(&join(root, super::RESULT)).await?;
         scores.groups.extend(part.groups);
         scores.sources.extend(part.sources);
-        scores.masked.extend(part.masked);
     }
     let result = cut(plan, &scores)?;
     ctx.write_result(&plan.output, &result).await?;
