@@ -66,34 +66,6 @@ with_lock() {
   return "$rc"
 }
 
-# wait_for_url URL TIMEOUT_SECONDS [CURL_ARGS...] : poll until URL answers with a
-# 2xx status (curl -f); return 1 after the timeout.
-wait_for_url() {
-  local url="$1" timeout="$2"
-  shift 2
-  local deadline=$((SECONDS + timeout))
-  while ((SECONDS < deadline)); do
-    if curl -fsS -o /dev/null --max-time 2 "$@" "$url" 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.2
-  done
-  return 1
-}
-
-# wait_for_port PORT TIMEOUT_SECONDS : poll until 127.0.0.1:PORT accepts connections.
-wait_for_port() {
-  local port="$1" timeout="$2"
-  local deadline=$((SECONDS + timeout))
-  while ((SECONDS < deadline)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.2
-  done
-  return 1
-}
-
 # port_in_use PORT : true if something listens on 127.0.0.1:PORT.
 port_in_use() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null

@@ -63,6 +63,10 @@ impl Results {
                 .buffered(CONCURRENT_READS)
                 .try_collect()
                 .await?;
+            // What is wanted depends only on what is found: nothing new found, nothing new wanted.
+            if read.iter().all(|(_, value)| value.is_none()) {
+                return Ok(found);
+            }
             for (output, value) in read {
                 if let Some(value) = value {
                     found.insert(output, value);

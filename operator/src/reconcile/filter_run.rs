@@ -199,7 +199,8 @@ impl Pipeline for FilterRun {
     fn summarize(&self, lineage: &Lineage, finished: &Finished<'_>, status: &mut FilterRunStatus) -> Result<()> {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let mut groups = Vec::new();
-        let mut total = Some(Kept::default());
+        // The sum over groups, once every group has selected.
+        let mut total = Some(plan::Kept::default());
         for name in convert::group_names(sg) {
             let mut group = FilterGroupStatus {
                 name: name.clone(),
@@ -235,22 +236,17 @@ impl Pipeline for FilterRun {
                     .collect();
             }
             let select = stage_name(Step::Select, Some(&name));
-            let kept = finished.result::<SelectSummary>(&select)?.and_then(|m| m.groups.get(&name).map(kept));
-            if let (Some(total), Some(kept)) = (total.as_mut(), kept.as_ref()) {
-                total.kept_records += kept.kept_records;
-                total.total_records += kept.total_records;
-                total.kept_tokens += kept.kept_tokens;
-                total.total_tokens += kept.total_tokens;
-            }
-            if kept.is_none() {
-                total = None;
-            }
-            group.kept = kept;
+            let selected = finished.result::<SelectSummary>(&select)?.and_then(|mut m| m.groups.remove(&name));
+            total = total.zip(selected.as_ref()).map(|(mut total, kept)| {
+                total.add(kept);
+                total
+            });
+            group.kept = selected.as_ref().map(kept);
             group.output = finished.output(&select).map(str::to_string);
             groups.push(group);
         }
         status.groups = groups;
-        status.total = total.filter(|_| !status.groups.is_empty());
+        status.total = total.filter(|_| !status.groups.is_empty()).as_ref().map(kept);
         Ok(())
     }
 }

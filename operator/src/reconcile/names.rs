@@ -40,7 +40,7 @@ pub fn canonical_json(value: &Value) -> String {
 /// when the readable prefix is shortened, and a stage replanned at the same generation (its
 /// upstream changed) gets a new Job rather than colliding with the finished one.
 pub fn job_name(resource: &str, step: Step, group: Option<&str>, generation: i64, plan_digest: &str) -> String {
-    let stage = group.map_or_else(|| step.as_str().to_string(), |g| format!("{}/{g}", step.as_str()));
+    let stage = super::stage_name(step, group);
     let hash = &digest(&[resource, &stage, plan_digest])[..8];
     let suffix = format!("-g{generation}-{hash}");
     let mut prefix = dns_label(&format!("{resource}-{}", stage.replace('/', "-")));
