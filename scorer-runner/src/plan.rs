@@ -49,7 +49,7 @@ impl Default for ReadLimits {
 
 impl From<ReadLimits> for crate::formats::ReadOptions {
     fn from(l: ReadLimits) -> Self {
-        crate::formats::ReadOptions { batch_size: l.batch_size.max(1), max_record_bytes: l.max_record_bytes }
+        crate::formats::ReadOptions { batch_size: l.batch_size.max(1), max_record_bytes: l.max_record_bytes, parquet_as_json: true }
     }
 }
 
@@ -533,18 +533,11 @@ pub struct ThresholdResult {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct SelectGroup {
-    pub name: String,
-    pub sources: Vec<Source>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
 pub struct SelectPlan {
     #[serde(default)]
     pub storage: StorageConfig,
     pub output: String,
-    pub groups: Vec<SelectGroup>,
+    pub groups: Vec<GroupSources>,
     /// The `score` step's output root.
     pub score: String,
     /// The `threshold` step's output root.

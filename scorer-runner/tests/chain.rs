@@ -140,7 +140,7 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
         &SelectPlan {
             storage: Default::default(),
             output: join(out, "select"),
-            groups: cluster.groups.iter().map(|g| SelectGroup { name: g.name.clone(), sources: group_sources(g) }).collect(),
+            groups: cluster.groups.iter().map(|g| GroupSources { name: g.name.clone(), sources: group_sources(g) }).collect(),
             score: join(out, "score"),
             threshold: join(out, "threshold"),
             read: Default::default(),

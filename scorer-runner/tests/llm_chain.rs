@@ -179,7 +179,7 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
             &SelectPlan {
                 storage: Default::default(),
                 output: join(&run, "select"),
-                groups: vec![SelectGroup { name: "all".into(), sources: sources.clone() }],
+                groups: vec![GroupSources { name: "all".into(), sources: sources.clone() }],
                 score: join(&run, "score"),
                 threshold: join(&run, "threshold"),
                 read: Default::default(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use scorer_runner::plan::{
-    self, ScoreGroup, ScorePlan, SelectGroup, SelectPlan, ThresholdPlan, ThresholdResult, TokenCounter,
+    self, GroupSources, ScoreGroup, ScorePlan, SelectPlan, ThresholdPlan, ThresholdResult, TokenCounter,
 };
 use scorer_runner::records::SkipCounts;
 use scorer_runner::storage::join;
@@ -168,7 +168,7 @@ impl Pipeline for FilterRun {
                 Planned::new(&plan, base, secrets)
             }
             (Step::Select, Some(group)) => {
-                let groups = vec![SelectGroup { name: group.into(), sources: convert::group_sources(sg, group)? }];
+                let groups = vec![GroupSources { name: group.into(), sources: convert::group_sources(sg, group)? }];
                 let score = output(finished, &stage_name(Step::Score, Some(group)))?;
                 let threshold = output(finished, &self.threshold_of(group))?;
                 let mut plan: SelectPlan =

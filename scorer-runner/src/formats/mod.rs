@@ -71,11 +71,14 @@ pub struct ReadOptions {
     pub batch_size: usize,
     /// Longer records are skipped (and counted as `oversized`) without being held in memory.
     pub max_record_bytes: usize,
+    /// Parquet rows are rendered as JSON records; a reader that needs only each row's index and
+    /// its Arrow batch (`select`) turns this off and gets records with no bytes.
+    pub parquet_as_json: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { batch_size: 1024, max_record_bytes: 16 << 20 }
+        ReadOptions { batch_size: 1024, max_record_bytes: 16 << 20, parquet_as_json: true }
     }
 }
 

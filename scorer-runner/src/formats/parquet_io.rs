@@ -29,6 +29,15 @@ pub fn for_each_batch(
     let mut next_index = 0u64;
     for batch in reader {
         let batch = batch.map_err(arrow_err)?;
+        if !options.parquet_as_json {
+            let rows = next_index..next_index + batch.num_rows() as u64;
+            next_index = rows.end;
+            let records = rows.map(|index| RawRecord { index, bytes: Vec::new(), oversized: false }).collect();
+            if on_batch(Batch { records, arrow: Some(batch) })?.is_break() {
+                break;
+            }
+            continue;
+        }
         let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
         writer.write(&batch).map_err(arrow_err)?;
         writer.finish().map_err(arrow_err)?;

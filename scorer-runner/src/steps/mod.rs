@@ -80,6 +80,36 @@ pub struct Shard {
     pub size: u64,
 }
 
+/// One unit of the per-shard steps: a shard of a source of a group. `score` and `select` list
+/// the same units under the same ids, so `select` finds each shard's scores by the id `score`
+/// committed them under.
+#[derive(Clone)]
+pub struct ShardUnit {
+    /// The group's position in the plan.
+    pub group: usize,
+    pub source: Source,
+    pub shard: Shard,
+    pub id: String,
+}
+
+/// Every shard of every source of every group, as units: `groups` gives each group's name and
+/// sources, in plan order.
+pub async fn shard_units<'p>(
+    storage: &Storage,
+    groups: impl IntoIterator<Item = (&'p str, &'p [Source])>,
+) -> Result<Vec<ShardUnit>> {
+    let mut units = Vec::new();
+    for (g, (name, sources)) in groups.into_iter().enumerate() {
+        for source in sources {
+            for shard in list_shards(storage, source).await? {
+                let id = crate::units::unit_id(&format!("{name}-{}", source.name), &shard.uri);
+                units.push(ShardUnit { group: g, source: source.clone(), shard, id });
+            }
+        }
+    }
+    Ok(units)
+}
+
 /// Every shard of a source: files whose extension names a format (any file when the source
 /// names its format), excluding hidden and `_`-prefixed marker files. No shards is an error: a
 /// wrong URI must not pass as an empty source.

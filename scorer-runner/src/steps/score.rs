@@ -9,16 +9,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, list_shards, Context, Shard};
+use super::{blocking, shard_units, Context, ShardUnit};
 use crate::error::{Error, Result};
 use crate::formats::{for_each_batch, ShardWriter};
 use crate::histogram::Histogram;
-use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, Source, TokenCounter};
+use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, TokenCounter};
 use crate::records::{extract, SkipCounts};
 use crate::stats::trimmed_mean;
 use crate::storage::join;
 use crate::student::Student;
-use crate::units::unit_id;
 
 /// One line of a score shard.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -81,18 +80,6 @@ fn whitespace_words(text: &str) -> u64 {
     first + starts.sum::<u64>()
 }
 
-/// One unit of work: a shard of a source of a group.
-#[derive(Clone)]
-struct Unit {
-    group: usize,
-    source: Source,
-    shard: Shard,
-}
-
-pub fn unit_of(group: &str, source: &str, shard_uri: &str) -> String {
-    unit_id(&format!("{group}-{source}"), shard_uri)
-}
-
 pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
     if plan.groups.is_empty() {
         return Err(Error::plan("no groups"));
@@ -108,19 +95,11 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
         students.push(Arc::new(Student::load(ctx, &group.student).await?));
     }
     let tokens = Arc::new(Tokens::load(ctx, &plan.tokens).await?);
-    let mut units = Vec::new();
-    for (g, group) in plan.groups.iter().enumerate() {
-        for source in &group.sources {
-            for shard in list_shards(&ctx.storage, source).await? {
-                units.push(Unit { group: g, source: source.clone(), shard });
-            }
-        }
-    }
-    let ids: Vec<String> =
-        units.iter().map(|u| unit_of(&plan.groups[u.group].name, &u.source.name, &u.shard.uri)).collect();
+    let units = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
+    let ids: Vec<String> = units.iter().map(|u| u.id.clone()).collect();
     let commits = ctx
         .units(&plan.output)
-        .run(&ids, |i| score_shard(ctx, plan, units[i].clone(), &ids[i], students[units[i].group].clone(), tokens.clone()))
+        .run(&ids, |i| score_shard(ctx, plan, units[i].clone(), students[units[i].group].clone(), tokens.clone()))
         .await?;
     let shards: Vec<ScoredShard> = commits.into_iter().map(|c| c.output).collect();
     let mut masked = BTreeMap::new();
@@ -158,13 +137,12 @@ fn totals(shards: &[ScoredShard], by_source: bool) -> Vec<ScoreTotals> {
 async fn score_shard(
     ctx: &Context,
     plan: &ScorePlan,
-    unit: Unit,
-    id: &str,
+    unit: ShardUnit,
     student: Arc<Student>,
     tokens: Arc<Tokens>,
 ) -> Result<ScoredShard> {
     let group = plan.groups[unit.group].name.clone();
-    let scores_uri = join(&plan.output, &format!("scores/{group}/{}/{id}.jsonl.zst", unit.source.name));
+    let scores_uri = join(&plan.output, &format!("scores/{group}/{}/{}.jsonl.zst", unit.source.name, unit.id));
     let (input, _guard) = ctx.open_shard(&unit.shard.uri, unit.shard.format).await?;
     let tmp = ctx.scratch_file()?;
     let (path, trim, bins, read) = (tmp.to_path_buf(), plan.trim, plan.histogram_bins, plan.read.into());

@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::ops::ControlFlow;
 
-use super::score::unit_of;
-use super::{blocking, list_shards, Context, Shard};
+use super::{blocking, shard_units, Context, ShardUnit};
 use crate::error::{Error, Result};
-use crate::formats::{decoder, for_each_batch, Format, ShardWriter};
-use crate::plan::{Kept, Manifest, ScoreResult, ScoredShard, SelectPlan, SelectedShard, Source, ThresholdResult};
+use crate::formats::{decoder, for_each_batch, Format, ReadOptions, ShardWriter};
+use crate::plan::{Kept, Manifest, ScoreResult, ScoredShard, SelectPlan, SelectedShard, ThresholdResult};
 use crate::storage::join;
 
 pub const MANIFEST: &str = "manifest.json";
@@ -25,40 +24,26 @@ struct ScoreKey {
     a: f32,
 }
 
-#[derive(Clone)]
-struct Unit {
-    group: String,
-    source: Source,
-    shard: Shard,
-}
-
 pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     let thresholds: ThresholdResult = ctx.storage.get_json(&join(&plan.threshold, super::RESULT)).await?;
     let scores: ScoreResult = ctx.storage.get_json(&join(&plan.score, super::RESULT)).await?;
-    let mut units = Vec::new();
-    for group in &plan.groups {
-        for source in &group.sources {
-            for shard in list_shards(&ctx.storage, source).await? {
-                units.push(Unit { group: group.name.clone(), source: source.clone(), shard });
-            }
-        }
-    }
-    let ids: Vec<String> = units.iter().map(|u| unit_of(&u.group, &u.source.name, &u.shard.uri)).collect();
+    let units = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
+    let ids: Vec<String> = units.iter().map(|u| u.id.clone()).collect();
     let score_units = ctx.units(&plan.score);
     let commits = ctx
         .units(&plan.output)
         .run(&ids, |i| {
             let (unit, thresholds, score_units) = (units[i].clone(), &thresholds, &score_units);
-            let id = ids[i].clone();
+            let group = plan.groups[unit.group].name.as_str();
             async move {
                 let scored: ScoredShard = score_units
-                    .commit_of(&id)
+                    .commit_of(&unit.id)
                     .await?
                     .ok_or_else(|| Error::plan(format!("shard {} has no committed scores; run score first", unit.shard.uri)))?
                     .output;
                 let cut = thresholds
-                    .cut_for(&unit.group, &unit.source.name)
-                    .ok_or_else(|| Error::plan(format!("no cut for group {:?} source {:?}", unit.group, unit.source.name)))?;
+                    .cut_for(group, &unit.source.name)
+                    .ok_or_else(|| Error::plan(format!("no cut for group {group:?} source {:?}", unit.source.name)))?;
                 select_shard(ctx, plan, &unit, &scored, cut.cut.bin).await
             }
         })
@@ -83,15 +68,18 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     Ok(manifest)
 }
 
-async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &Unit, scored: &ScoredShard, cut_bin: usize) -> Result<SelectedShard> {
+async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &ShardUnit, scored: &ScoredShard, cut_bin: usize) -> Result<SelectedShard> {
+    let group = &plan.groups[unit.group].name;
     let relative = unit.shard.uri.strip_prefix(unit.source.uri.trim_end_matches('/')).unwrap_or(&unit.shard.uri);
     let relative = if relative.is_empty() { crate::storage::file_name(&unit.shard.uri) } else { relative };
-    let output = join(&plan.output, &format!("data/{}/{}/{}", unit.group, unit.source.name, relative.trim_start_matches('/')));
+    let output = join(&plan.output, &format!("data/{group}/{}/{}", unit.source.name, relative.trim_start_matches('/')));
     let (input, _guard) = ctx.open_shard(&unit.shard.uri, unit.shard.format).await?;
     let scores_input = ctx.storage.open_read(&scored.scores).await?;
     let scores_stream: Box<dyn std::io::Read + Send> = Box::new(tokio_util::io::SyncIoBridge::new(scores_input));
     let tmp = ctx.scratch_file()?;
-    let (path, read, histogram) = (tmp.to_path_buf(), plan.read.into(), scored.histogram.clone());
+    // Kept Parquet rows are copied from their Arrow batch; their JSON form is never read.
+    let read = ReadOptions { parquet_as_json: false, ..plan.read.into() };
+    let (path, histogram) = (tmp.to_path_buf(), scored.histogram.clone());
     let (shard, scores_uri) = (unit.shard.clone(), scored.scores.clone());
     let kept = blocking(move || {
         let mut lines = std::io::BufReader::new(decoder(&scores_uri, Format::JsonlZst, scores_stream)?).split(b'\n');
@@ -137,5 +125,5 @@ async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &Unit, scored: &Sc
     } else {
         None
     };
-    Ok(SelectedShard { group: unit.group.clone(), source: unit.source.name.clone(), shard: unit.shard.uri.clone(), output, kept })
+    Ok(SelectedShard { group: group.clone(), source: unit.source.name.clone(), shard: unit.shard.uri.clone(), output, kept })
 }
