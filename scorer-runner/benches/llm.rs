@@ -12,7 +12,7 @@ use futures::StreamExt;
 use scorer_runner::featurize::{self, FeaturizerSpec};
 use scorer_runner::models::Chat;
 use scorer_runner::plan::{DimensionRef, ModelSpec, Scale};
-use scorer_runner::steps::label::{complete, scores_schema, Scored};
+use scorer_runner::steps::label::JudgeRequest;
 use scorer_runner::steps::{self, Context};
 use scorer_runner::synth::{self, Kind, SynthSource};
 use scorer_runner::units::WorkerConfig;
@@ -25,21 +25,13 @@ fn dims() -> Vec<DimensionRef> {
 }
 
 async fn label_all(chat: &Arc<Chat>, texts: &[String], in_flight: usize) -> (usize, f64) {
-    let (dims, scale) = (dims(), Scale::default());
-    let schema = scores_schema(&dims, scale, true);
-    let system = scorer_runner::prompts::judge_system(scale, true);
+    let dims = dims();
+    let request = JudgeRequest::new(&dims, Scale::default(), true);
     let started = Instant::now();
     let ok: Vec<bool> = futures::stream::iter(texts)
         .map(|text| {
-            let (chat, dims, schema, system) = (chat.clone(), &dims, &schema, &system);
-            async move {
-                let user = scorer_runner::prompts::judge_user(dims, text);
-                chat.json::<std::collections::BTreeMap<String, Scored>>(system, &user, schema, 64 + 96 * dims.len(), |r| {
-                    complete(r, dims, scale, |s| s.score)
-                })
-                .await
-                .is_ok()
-            }
+            let (chat, request) = (chat.clone(), &request);
+            async move { request.ask(&chat, text).await.is_ok() }
         })
         .buffer_unordered(in_flight)
         .collect()

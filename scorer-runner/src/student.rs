@@ -21,7 +21,7 @@ use crate::featurize::{self, Featurizer, FeaturizerSpec};
 use crate::models::Chat;
 use crate::plan::{DimensionRef, ModelSpec, Scale};
 use crate::ridge::RidgeHeads;
-use crate::steps::label::{complete, scores_schema};
+use crate::steps::label::JudgeRequest;
 use crate::steps::Context;
 
 const MAGIC: &[u8; 8] = b"MIRASTU1";
@@ -109,20 +109,12 @@ impl Student {
             }
             Scorer::Judge { chat, runtime } => {
                 let dims = &self.header.dimensions;
-                let scale = self.header.scale;
-                let schema = scores_schema(dims, scale, false);
-                let system = crate::prompts::judge_system(scale, false);
+                let request = JudgeRequest::new(dims, self.header.scale, false);
                 runtime.block_on(async {
-                    let replies: Vec<(usize, Result<BTreeMap<String, i64>>)> = futures::stream::iter(texts.iter().enumerate())
+                    let replies: Vec<(usize, Result<_>)> = futures::stream::iter(texts.iter().enumerate())
                         .map(|(i, text)| {
-                            let user = crate::prompts::judge_user(dims, text);
-                            let (schema, system) = (&schema, &system);
-                            async move {
-                                let reply = chat
-                                    .json::<BTreeMap<String, i64>>(system, &user, schema, 16 + 8 * dims.len(), |r| complete(r, dims, scale, |s| *s))
-                                    .await;
-                                (i, reply)
-                            }
+                            let request = &request;
+                            async move { (i, request.ask(chat, text).await) }
                         })
                         .buffer_unordered(chat.concurrency())
                         .collect()
@@ -130,7 +122,7 @@ impl Student {
                     let mut out = vec![None; texts.len()];
                     for (i, reply) in replies {
                         match reply {
-                            Ok(scores) => out[i] = Some(dims.iter().map(|d| scores[&d.id] as f32).collect()),
+                            Ok(scores) => out[i] = Some(dims.iter().map(|d| scores[&d.id].score as f32).collect()),
                             Err(Error::Model(message)) => tracing::warn!(%message, "judge gave no usable reply"),
                             Err(e) => return Err(e),
                         }

@@ -20,15 +20,72 @@ use crate::records::SkipCounts;
 use crate::storage::join;
 use crate::units::unit_id;
 
+/// One dimension's score in a reply, with the teacher's rationale (empty for a judge student,
+/// which replies with bare scores).
 #[derive(Debug, Deserialize)]
+#[serde(from = "ScoreReply")]
 pub struct Scored {
     pub score: i64,
-    #[serde(default)]
     pub rationale: String,
 }
 
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScoreReply {
+    Bare(i64),
+    Rated {
+        score: i64,
+        #[serde(default)]
+        rationale: String,
+    },
+}
+
+impl From<ScoreReply> for Scored {
+    fn from(reply: ScoreReply) -> Self {
+        match reply {
+            ScoreReply::Bare(score) => Scored { score, rationale: String::new() },
+            ScoreReply::Rated { score, rationale } => Scored { score, rationale },
+        }
+    }
+}
+
+/// How a model is asked for per-dimension scores of one text: the reply schema, system prompt
+/// and token budget for a group's dimensions, prepared once. The teacher (`label`) asks for a
+/// rationale with each score; a judge student (`score`) for bare scores.
+pub struct JudgeRequest<'d> {
+    dimensions: &'d [DimensionRef],
+    scale: Scale,
+    schema: Value,
+    system: String,
+    max_tokens: usize,
+}
+
+impl<'d> JudgeRequest<'d> {
+    pub fn new(dimensions: &'d [DimensionRef], scale: Scale, with_rationale: bool) -> Self {
+        let max_tokens = if with_rationale { 64 + 96 * dimensions.len() } else { 16 + 8 * dimensions.len() };
+        JudgeRequest {
+            dimensions,
+            scale,
+            schema: scores_schema(dimensions, scale, with_rationale),
+            system: prompts::judge_system(scale, with_rationale),
+            max_tokens,
+        }
+    }
+
+    /// Every dimension's score of `text`; [`Error::Model`] when no reply names every dimension
+    /// with an in-scale score.
+    pub async fn ask(&self, chat: &Chat, text: &str) -> Result<BTreeMap<String, Scored>> {
+        let user = prompts::judge_user(self.dimensions, text);
+        let range = self.scale.min as i64..=self.scale.max as i64;
+        let complete = |reply: &BTreeMap<String, Scored>| {
+            self.dimensions.iter().all(|d| reply.get(&d.id).is_some_and(|s| range.contains(&s.score)))
+        };
+        chat.json(&self.system, &user, &self.schema, self.max_tokens, complete).await
+    }
+}
+
 /// The reply schema: every dimension, each with a score (and, for teachers, a rationale).
-pub fn scores_schema(dimensions: &[DimensionRef], scale: Scale, with_rationale: bool) -> Value {
+fn scores_schema(dimensions: &[DimensionRef], scale: Scale, with_rationale: bool) -> Value {
     let score = json!({"type": "integer", "minimum": scale.min, "maximum": scale.max});
     let per_dim = if with_rationale {
         json!({
@@ -48,11 +105,6 @@ pub fn scores_schema(dimensions: &[DimensionRef], scale: Scale, with_rationale: 
         "additionalProperties": false,
         "x-guidance": {"whitespace_flexible": false}
     })
-}
-
-/// Whether a reply names every dimension with an in-scale score.
-pub fn complete<T>(reply: &BTreeMap<String, T>, dimensions: &[DimensionRef], scale: Scale, score: impl Fn(&T) -> i64) -> bool {
-    dimensions.iter().all(|d| reply.get(&d.id).is_some_and(|s| (scale.min as i64..=scale.max as i64).contains(&score(s))))
 }
 
 pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
@@ -76,21 +128,14 @@ pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
 
 async fn label_group(ctx: &Context, plan: &LabelPlan, group: &LabelGroup, teacher: Arc<Chat>) -> Result<(String, u64, SkipCounts)> {
     let (records, mut skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.read).await?;
-    let schema = scores_schema(&group.dimensions, plan.scale, true);
-    let system = prompts::judge_system(plan.scale, true);
-    let max_tokens = 64 + 96 * group.dimensions.len();
+    let request = JudgeRequest::new(&group.dimensions, plan.scale, true);
     let replies: Vec<(String, crate::records::TextRecord, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>)> =
         futures::stream::iter(records)
             .map(|(source, record)| {
-                let (teacher, schema, system) = (teacher.clone(), &schema, &system);
+                let (teacher, request) = (teacher.clone(), &request);
                 async move {
                     let (text, cut) = truncate::for_teacher(&record.text, teacher.tokenizer());
-                    let user = prompts::judge_user(&group.dimensions, &text);
-                    let reply = teacher
-                        .json::<BTreeMap<String, Scored>>(system, &user, schema, max_tokens, |r| {
-                            complete(r, &group.dimensions, plan.scale, |s| s.score)
-                        })
-                        .await;
+                    let reply = request.ask(&teacher, &text).await;
                     (source, record, cut, reply)
                 }
             })
@@ -128,4 +173,18 @@ async fn label_group(ctx: &Context, plan: &LabelPlan, group: &LabelGroup, teache
     }
     ctx.storage.put(&join(&plan.output, &format!("labels/{}.jsonl", group.name)), body.into()).await?;
     Ok((group.name.clone(), lines.len() as u64, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_with_or_without_rationales() {
+        let reply: BTreeMap<String, Scored> =
+            serde_json::from_str(r#"{"a": 4, "b": {"score": 2, "rationale": "thin"}, "c": {"score": 5}}"#).unwrap();
+        let got: Vec<(i64, &str)> = reply.values().map(|s| (s.score, s.rationale.as_str())).collect();
+        assert_eq!(got, [(4, ""), (2, "thin"), (5, "")]);
+        assert!(serde_json::from_str::<BTreeMap<String, Scored>>(r#"{"a": "high"}"#).is_err());
+    }
 }
