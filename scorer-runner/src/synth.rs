@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::formats::Format;
+use crate::formats::{Format, ShardWriter};
 
 /// What a source's records look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,18 +127,15 @@ pub fn write_source(dir: &Path, source: &SynthSource, seed: u64) -> std::io::Res
 /// Writes JSON lines as a shard of the given format (Parquet: one string column per top-level
 /// field, via Arrow's JSON reader).
 pub fn write_shard(path: &Path, format: Format, lines: &[Vec<u8>]) -> std::io::Result<()> {
-    let file = std::fs::File::create(path)?;
-    let mut sink: Box<dyn Write> = match format {
-        Format::Jsonl => Box::new(file),
-        Format::JsonlGz => Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast())),
-        Format::JsonlZst => Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish()),
-        Format::Parquet => return write_parquet(file, lines),
-    };
-    for line in lines {
-        sink.write_all(line)?;
-        sink.write_all(b"\n")?;
+    if format == Format::Parquet {
+        return write_parquet(std::fs::File::create(path)?, lines);
     }
-    sink.flush()
+    let err = |e: crate::Error| std::io::Error::other(e.to_string());
+    let mut writer = ShardWriter::create(path, format).map_err(err)?;
+    for line in lines {
+        writer.write_line(line).map_err(err)?;
+    }
+    writer.finish().map_err(err)
 }
 
 fn write_parquet(file: std::fs::File, lines: &[Vec<u8>]) -> std::io::Result<()> {
