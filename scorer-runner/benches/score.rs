@@ -7,6 +7,8 @@
 //!   train <dir>                  distill a hashed student from the labels
 //!   baseline <dir>               decompress + serde_json parse of every record
 //!   score <dir>                  the score step over every shard
+//!   student <dir>                the student alone (featurize + heads) on one thread, over the
+//!                                texts of the first shards held in memory: the step's hot loop
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,9 @@ use std::time::Instant;
 use futures::StreamExt;
 use scorer_runner::formats::{for_each_batch, Format, ReadOptions};
 use scorer_runner::plan::*;
-use scorer_runner::records::TextSpec;
+use scorer_runner::formats::RawRecord;
+use scorer_runner::records::{extract, TextSpec};
+use scorer_runner::student::Student;
 use scorer_runner::steps::{self, Context};
 use scorer_runner::storage::StorageConfig;
 use scorer_runner::synth::{self, Kind, SynthSource};
@@ -159,6 +163,29 @@ async fn score(dir: &Path) -> (u64, f64) {
     (result.groups[0].records, elapsed)
 }
 
+/// The student's own cost per record, without I/O, parsing or output: best of five passes.
+async fn student(dir: &Path) -> (u64, f64) {
+    let ctx = context(dir);
+    let student = Student::load(&ctx, &dir.join("distill/students/all.student").to_string_lossy()).await.unwrap();
+    let mut texts = Vec::new();
+    for path in shards(dir).iter().take(5) {
+        let lines = std::io::BufRead::split(std::io::BufReader::new(zstd::stream::read::Decoder::new(std::fs::File::open(path).unwrap()).unwrap()), b'\n');
+        let records = lines.map(|bytes| RawRecord { index: 0, bytes: bytes.unwrap(), oversized: false });
+        texts.extend(records.filter_map(|raw| extract(&raw, &TextSpec::default()).ok()).map(|r| r.text));
+    }
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let best = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            for batch in texts.chunks(1024) {
+                std::hint::black_box(student.score_batch(batch).unwrap());
+            }
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    (texts.len() as u64, best)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -166,6 +193,10 @@ async fn main() {
     match phase {
         "generate" => generate(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
         "train" => train(&dir).await,
+        "student" => {
+            let (records, secs) = student(&dir).await;
+            println!("student: records={records} ns_per_record={:.0} records_per_s={:.0} (one thread)", secs * 1e9 / records as f64, records as f64 / secs);
+        }
         "baseline" | "score" => {
             let (records, secs) = if phase == "baseline" { baseline(&dir).await } else { score(&dir).await };
             let (compressed, raw) = corpus_bytes(&dir);
@@ -177,6 +208,6 @@ async fn main() {
                 peak_rss_mib()
             );
         }
-        _ => eprintln!("usage: score (generate <dir> <MB> | train <dir> | baseline <dir> | score <dir>)"),
+        _ => eprintln!("usage: score (generate <dir> <MB> | train <dir> | baseline <dir> | score <dir> | student <dir>)"),
     }
 }
