@@ -5,7 +5,8 @@
 # decompress-and-parse pass over the same JSONL.zst shards with the same parallelism.
 # The corpus is generated once and cached (keyed by size). Each phase is its own process,
 # so each reports its own peak RSS. Runs baseline and score twice, interleaved, and prints
-# every run: compare the ratio, not absolute times.
+# every run: compare the ratio, not absolute times. Then, on one core, the floor beside the
+# student alone (featurize + ridge heads over texts already in memory), the step's hot loop.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 size="${1:-1024}"
@@ -26,4 +27,8 @@ echo "corpus: $(du -sh "$dir/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$dir/ra
 for round in 1 2; do
   "$bench" baseline "$dir"
   "$bench" score "$dir"
+done
+for round in 1 2; do
+  MIRA_PARALLELISM=1 "$bench" baseline "$dir"
+  "$bench" student "$dir"
 done
