@@ -43,6 +43,7 @@ pub async fn run(options: Options) -> Result<bool> {
     println!("state: {}", state_dir.display());
     let mut local = Local {
         runner: Runner::new(runner::locate()?, state.clone(), options.parallel),
+        finished: state.outcomes()?,
         state,
         results: Results::default(),
     };
@@ -61,6 +62,7 @@ pub async fn run(options: Options) -> Result<bool> {
             println!("! job {job} failed ({reason}); log: {}", local.state.log_path(&job).display());
         }
         local.state.save_outcome(&job, &outcome)?;
+        local.finished.insert(job, outcome);
     }
     println!();
     let ready = [
@@ -87,6 +89,8 @@ fn adopt(state: &State, resources: &mut Resources) -> Result<()> {
 struct Local {
     state: State,
     runner: Runner,
+    /// Outcomes of finished Jobs, as saved in the state (read once, then kept up to date).
+    finished: BTreeMap<String, Outcome>,
     results: Results,
 }
 
@@ -117,7 +121,7 @@ impl Local {
     async fn reconcile<K: Pipeline>(&mut self, object: &mut K, resources: &Resources) -> Result<bool> {
         let lineage = resources.lineage(&object.namespace().unwrap_or_default(), object.upstream_ref());
         let mut jobs: BTreeMap<String, JobState> =
-            self.state.outcomes()?.into_iter().map(|(job, o)| (job, o.into())).collect();
+            self.finished.iter().map(|(job, o)| (job.clone(), o.clone().into())).collect();
         jobs.extend(self.runner.active());
         let results = match object.storage(&lineage) {
             Some(storage) => self.results.gather(object, &lineage, &jobs, &storage.config()).await?,
@@ -157,6 +161,7 @@ impl Local {
             Action::DeleteJob { name } => {
                 self.runner.delete(&name);
                 self.state.forget(&name)?;
+                self.finished.remove(&name);
             }
             Action::Event(event) => {
                 println!(
