@@ -3,6 +3,7 @@
 
 use kube::ResourceExt;
 
+use super::{KindStatus, Pipeline};
 use crate::api::{DistillationJob, PipelineStatus, RubricSet, SourceGroup};
 
 /// The upstream objects of a resource, as an adapter found them (absent: not found).
@@ -55,35 +56,13 @@ impl Lineage {
         let mut links = Vec::new();
         let mut next = first;
         while let Some(reference) = next.take() {
-            let link = match &reference {
-                UpstreamRef::SourceGroup(name) => {
-                    let found = self.source_group.as_ref().filter(|o| &o.name_any() == name);
-                    Link::new(
-                        "SourceGroup",
-                        name,
-                        found.map(|o| (o.metadata.generation, o.status.as_ref().map(|s| &s.pipeline))),
-                    )
-                }
-                UpstreamRef::RubricSet(name) => {
-                    let found = self.rubric_set.as_ref().filter(|o| &o.name_any() == name);
-                    next = found.map(|o| UpstreamRef::SourceGroup(o.spec.source_group_ref.clone()));
-                    Link::new(
-                        "RubricSet",
-                        name,
-                        found.map(|o| (o.metadata.generation, o.status.as_ref().map(|s| &s.pipeline))),
-                    )
-                }
-                UpstreamRef::DistillationJob(name) => {
-                    let found = self.distillation_job.as_ref().filter(|o| &o.name_any() == name);
-                    next = found.map(|o| UpstreamRef::RubricSet(o.spec.rubric_set_ref.clone()));
-                    Link::new(
-                        "DistillationJob",
-                        name,
-                        found.map(|o| (o.metadata.generation, o.status.as_ref().map(|s| &s.pipeline))),
-                    )
-                }
+            let (link, above) = match &reference {
+                UpstreamRef::SourceGroup(name) => Link::to(self.source_group.as_ref(), name),
+                UpstreamRef::RubricSet(name) => Link::to(self.rubric_set.as_ref(), name),
+                UpstreamRef::DistillationJob(name) => Link::to(self.distillation_job.as_ref(), name),
             };
             links.push(link);
+            next = above;
         }
         links
     }
@@ -92,15 +71,23 @@ impl Lineage {
 /// One upstream resource, as the gate sees it.
 #[derive(Clone, Debug)]
 pub struct Link<'a> {
-    pub kind: &'static str,
+    pub kind: String,
     pub name: String,
     /// `metadata.generation` and status; `None` when the object was not found.
     pub found: Option<(Option<i64>, Option<&'a PipelineStatus>)>,
 }
 
 impl<'a> Link<'a> {
-    fn new(kind: &'static str, name: &str, found: Option<(Option<i64>, Option<&'a PipelineStatus>)>) -> Self {
-        Link { kind, name: name.to_string(), found }
+    /// The link to the object named `name`, which `candidate` is when found, and the reference
+    /// to the object above it.
+    fn to<K: Pipeline>(candidate: Option<&'a K>, name: &str) -> (Self, Option<UpstreamRef>) {
+        let found = candidate.filter(|o| o.name_any() == name);
+        let link = Link {
+            kind: K::kind(&()).into_owned(),
+            name: name.to_string(),
+            found: found.map(|o| (o.meta().generation, o.status().map(KindStatus::pipeline))),
+        };
+        (link, found.and_then(Pipeline::upstream_ref))
     }
 }
 
