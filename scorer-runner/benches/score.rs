@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use scorer_runner::formats::{for_each_batch, Format, ReadOptions};
+use scorer_runner::formats::{for_each_batch, Format, RawRecord, ReadOptions};
 use scorer_runner::plan::*;
-use scorer_runner::formats::RawRecord;
 use scorer_runner::records::{extract, TextSpec};
-use scorer_runner::student::Student;
 use scorer_runner::steps::{self, Context};
 use scorer_runner::storage::StorageConfig;
+use scorer_runner::student::Student;
 use scorer_runner::synth::{self, Kind, SynthSource};
 use scorer_runner::units::WorkerConfig;
 

@@ -157,6 +157,7 @@ pub enum ModelSpec {
 
 // ---- discover ----
 
+/// A group and its sources, as `discover` and `select` take them.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GroupSources {

@@ -115,7 +115,7 @@ impl State {
         write_json(&path, &saved)
     }
 
-    /// Outcomes of the Jobs finished in earlier runs and this one.
+    /// Outcomes of the Jobs finished so far, as saved.
     pub fn outcomes(&self) -> Result<BTreeMap<String, Outcome>> {
         let dir = self.dir.join("jobs");
         let mut outcomes = BTreeMap::new();

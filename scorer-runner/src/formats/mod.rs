@@ -4,8 +4,8 @@
 //! Every format is read as a sequence of [`Batch`]es of raw records. A JSONL record is its line's
 //! bytes as stored; a Parquet row is rendered to one JSON object so that text extraction is the
 //! same code for every format, while the batch also keeps the Arrow rows so kept rows are written
-//! back row-identical. Memory is bounded by the batch size and the longest accepted record, never
-//! by the shard's size.
+//! back row-identical (a reader that only copies rows, `select`, skips the rendering). Memory is
+//! bounded by the batch size and the longest accepted record, never by the shard's size.
 
 mod jsonl;
 mod parquet_io;
@@ -87,7 +87,8 @@ impl Default for ReadOptions {
 pub struct RawRecord {
     /// Zero-based line (JSONL) or row (Parquet) number in the shard; stable across reruns.
     pub index: u64,
-    /// The record's bytes; empty when `oversized`.
+    /// The record's bytes; empty when `oversized`, or for Parquet rows read with
+    /// `parquet_as_json` off.
     pub bytes: Vec<u8>,
     /// The record exceeded `max_record_bytes` and was not read.
     pub oversized: bool,

@@ -1,5 +1,5 @@
-//! Parquet shards through Arrow: rows are rendered to JSON for text extraction, and kept rows are
-//! written back with the source's schema.
+//! Parquet shards through Arrow: rows are rendered to JSON for text extraction (unless the reader
+//! only copies rows), and kept rows are written back with the source's schema.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

@@ -20,13 +20,14 @@ use crate::records::SkipCounts;
 use crate::storage::join;
 use crate::units::unit_id;
 
-/// One dimension's score in a reply, with the teacher's rationale (empty for a judge student,
-/// which replies with bare scores).
+/// One dimension's score in a reply: a bare score (what a judge student is asked for), or a
+/// score with the teacher's rationale.
 #[derive(Debug, Deserialize)]
 #[serde(from = "ScoreReply")]
 pub struct Scored {
     pub score: i64,
-    pub rationale: String,
+    /// `None` for a bare score.
+    pub rationale: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -43,8 +44,8 @@ enum ScoreReply {
 impl From<ScoreReply> for Scored {
     fn from(reply: ScoreReply) -> Self {
         match reply {
-            ScoreReply::Bare(score) => Scored { score, rationale: String::new() },
-            ScoreReply::Rated { score, rationale } => Scored { score, rationale },
+            ScoreReply::Bare(score) => Scored { score, rationale: None },
+            ScoreReply::Rated { score, rationale } => Scored { score, rationale: Some(rationale) },
         }
     }
 }
@@ -55,6 +56,7 @@ impl From<ScoreReply> for Scored {
 pub struct JudgeRequest<'d> {
     dimensions: &'d [DimensionRef],
     scale: Scale,
+    with_rationale: bool,
     schema: Value,
     system: String,
     max_tokens: usize,
@@ -66,6 +68,7 @@ impl<'d> JudgeRequest<'d> {
         JudgeRequest {
             dimensions,
             scale,
+            with_rationale,
             schema: scores_schema(dimensions, scale, with_rationale),
             system: prompts::judge_system(scale, with_rationale),
             max_tokens,
@@ -73,13 +76,12 @@ impl<'d> JudgeRequest<'d> {
     }
 
     /// Every dimension's score of `text`; [`Error::Model`] when no reply names every dimension
-    /// with an in-scale score.
+    /// with an in-scale score in the shape asked for (with or without a rationale).
     pub async fn ask(&self, chat: &Chat, text: &str) -> Result<BTreeMap<String, Scored>> {
         let user = prompts::judge_user(self.dimensions, text);
         let range = self.scale.min as i64..=self.scale.max as i64;
-        let complete = |reply: &BTreeMap<String, Scored>| {
-            self.dimensions.iter().all(|d| reply.get(&d.id).is_some_and(|s| range.contains(&s.score)))
-        };
+        let fits = |s: &Scored| range.contains(&s.score) && s.rationale.is_some() == self.with_rationale;
+        let complete = |reply: &BTreeMap<String, Scored>| self.dimensions.iter().all(|d| reply.get(&d.id).is_some_and(fits));
         chat.json(&self.system, &user, &self.schema, self.max_tokens, complete).await
     }
 }
@@ -148,7 +150,7 @@ async fn label_group(ctx: &Context, plan: &LabelPlan, group: &LabelGroup, teache
             Ok(reply) => {
                 let scores: BTreeMap<&str, i64> = group.dimensions.iter().map(|d| (d.id.as_str(), reply[&d.id].score)).collect();
                 let rationales: BTreeMap<&str, &str> =
-                    group.dimensions.iter().map(|d| (d.id.as_str(), reply[&d.id].rationale.as_str())).collect();
+                    group.dimensions.iter().map(|d| (d.id.as_str(), reply[&d.id].rationale.as_deref().unwrap_or_default())).collect();
                 lines.push((
                     record.id.clone(),
                     json!({
@@ -183,8 +185,8 @@ mod tests {
     fn replies_parse_with_or_without_rationales() {
         let reply: BTreeMap<String, Scored> =
             serde_json::from_str(r#"{"a": 4, "b": {"score": 2, "rationale": "thin"}, "c": {"score": 5}}"#).unwrap();
-        let got: Vec<(i64, &str)> = reply.values().map(|s| (s.score, s.rationale.as_str())).collect();
-        assert_eq!(got, [(4, ""), (2, "thin"), (5, "")]);
+        let got: Vec<(i64, Option<&str>)> = reply.values().map(|s| (s.score, s.rationale.as_deref())).collect();
+        assert_eq!(got, [(4, None), (2, Some("thin")), (5, Some(""))]);
         assert!(serde_json::from_str::<BTreeMap<String, Scored>>(r#"{"a": "high"}"#).is_err());
     }
 }
