@@ -153,7 +153,7 @@ pub fn job(
         volumes: Some(vec![
             Volume {
                 name: "plan".into(),
-                config_map: Some(ConfigMapVolumeSource { name: request.plan.clone(), ..Default::default() }),
+                config_map: Some(ConfigMapVolumeSource { name: request.name.clone(), ..Default::default() }),
                 ..Default::default()
             },
             empty_dir("scratch"),
@@ -262,7 +262,6 @@ mod tests {
             stage: "score/code".into(),
             step: Step::Score,
             group: Some("code".into()),
-            plan: "filter-score-code-g1-abcd1234".into(),
             template,
             secrets: vec![SecretEnv {
                 env: "AWS_ACCESS_KEY_ID".into(),

@@ -67,12 +67,11 @@ pub enum Action {
 /// A stage Job to create.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobRequest {
+    /// The Job's name, which is also its plan's ConfigMap (or file) name.
     pub name: String,
     pub stage: String,
     pub step: Step,
     pub group: Option<String>,
-    /// The plan's ConfigMap (or file) name.
-    pub plan: String,
     pub template: JobTemplate,
     pub secrets: Vec<SecretEnv>,
 }
@@ -373,7 +372,6 @@ impl Tracker<'_> {
                     stage: def.name.clone(),
                     step: def.step,
                     group: def.group.clone(),
-                    plan: job.clone(),
                     template: self.template.clone(),
                     secrets: a.secrets.clone(),
                 })));

@@ -366,7 +366,6 @@ fn the_job_request_carries_the_template_and_secrets() {
         panic!("no job")
     };
     assert_eq!(request.template.workers, Some(4));
-    assert_eq!(request.plan, request.name);
     let envs: Vec<&str> = request.secrets.iter().map(|s| s.env.as_str()).collect();
     assert_eq!(envs, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
 }
