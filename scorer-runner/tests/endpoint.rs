@@ -97,14 +97,13 @@ async fn client_errors_are_not_retried() {
 #[cfg(feature = "llm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_openai_compatible_server_answers_under_the_schema() {
-    let models = std::env::var("MIRA_TINY_MODELS").expect("MIRA_TINY_MODELS is not set: run hack/tiny-models.sh");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let hf_home = tempfile::tempdir().unwrap();
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_scorer-runner"))
-        .args(["serve", "--model", &format!("{models}/qwen3-tiny"), "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--model", &common::tiny_model("qwen3-tiny"), "--listen", &format!("127.0.0.1:{port}")])
         .env("HF_HOME", hf_home.path())
         .spawn()
         .unwrap();

@@ -7,9 +7,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use common::{context, root, Backend};
+use common::{context, root, tiny_model, Backend};
 use scorer_runner::featurize::FeaturizerSpec;
 use scorer_runner::formats::Format;
 use scorer_runner::plan::*;
@@ -18,15 +17,8 @@ use scorer_runner::steps::{self, Context};
 use scorer_runner::storage::join;
 use scorer_runner::synth::{self, Kind, SynthSource};
 
-fn tiny(name: &str) -> String {
-    let dir = PathBuf::from(std::env::var("MIRA_TINY_MODELS").expect(
-        "MIRA_TINY_MODELS is not set: run `hack/tiny-models.sh <dir>` and point it there (the README's test command does)",
-    ));
-    dir.join(name).to_string_lossy().into_owned()
-}
-
 fn local(name: &str) -> ModelSpec {
-    ModelSpec::Local { uri: tiny(name), gguf_files: vec![], max_num_seqs: Some(8) }
+    ModelSpec::Local { uri: tiny_model(name), gguf_files: vec![], max_num_seqs: Some(8) }
 }
 
 async fn corpus(ctx: &Context, tmp: &std::path::Path, base: &str) -> Vec<Source> {
@@ -150,7 +142,7 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
                 storage: Default::default(),
                 output: join(&run, "score"),
                 groups: vec![ScoreGroup { name: "all".into(), sources: sources.clone(), student: report.student.clone() }],
-                tokens: TokenCounter::Tokenizer { uri: join(&tiny("qwen3-tiny"), "tokenizer.json") },
+                tokens: TokenCounter::Tokenizer { uri: join(&tiny_model("qwen3-tiny"), "tokenizer.json") },
                 trim: 0.0,
                 histogram_bins: 100,
                 read: Default::default(),

@@ -1,5 +1,6 @@
 //! Shared helpers for the data-plane integration tests: a real S3 server (started by
-//! `hack/s3-server.sh`, reached through `MIRA_S3_ENDPOINT`) and local disk, behind one API.
+//! `hack/s3-server.sh`, reached through `MIRA_S3_ENDPOINT`) and local disk, behind one API; and
+//! the tiny generated models.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -79,4 +80,12 @@ pub async fn fetch(storage: &Storage, uri: &str, dir: &Path) -> std::path::PathB
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(&path, storage.get(uri).await.unwrap()).unwrap();
     path
+}
+
+/// The path of a tiny model that `hack/tiny-models.sh` wrote under `$MIRA_TINY_MODELS`.
+pub fn tiny_model(name: &str) -> String {
+    let dir = std::path::PathBuf::from(std::env::var("MIRA_TINY_MODELS").expect(
+        "MIRA_TINY_MODELS is not set: run `hack/tiny-models.sh <dir>` and point it there (the README's test command does)",
+    ));
+    dir.join(name).to_string_lossy().into_owned()
 }
