@@ -270,11 +270,9 @@ cmd_stop() {
 }
 
 cmd_env() {
-  local state="$1" line
+  local state="$1"
   [[ -f "$state/kube.env" ]] || die "$state/kube.env not found; run: $0 start $state"
-  while IFS= read -r line; do
-    [[ -n "$line" ]] && printf 'export %s=%q\n' "${line%%=*}" "${line#*=}"
-  done <"$state/kube.env"
+  print_exports "$state/kube.env"
 }
 
 (($# == 2)) || usage

@@ -148,3 +148,12 @@ log_tail() {
   tail -n 30 "$1" >&2 || true
   printf -- '---\n' >&2
 }
+
+# print_exports FILE: prints FILE's KEY=VALUE lines as shell-quoted exports, for the `env`
+# commands of the server scripts (eval "$(hack/s3-server.sh env DIR)").
+print_exports() {
+  local line
+  while IFS= read -r line; do
+    [[ -n "$line" ]] && printf 'export %s=%q\n' "${line%%=*}" "${line#*=}"
+  done <"$1"
+}

@@ -145,10 +145,7 @@ cmd_stop() {
 cmd_env() {
   local state="$1"
   [[ -f "$state/s3.env" ]] || die "$state/s3.env not found; run: $0 start $state"
-  local line
-  while IFS= read -r line; do
-    [[ -n "$line" ]] && printf 'export %s=%q\n' "${line%%=*}" "${line#*=}"
-  done <"$state/s3.env"
+  print_exports "$state/s3.env"
 }
 
 (($# == 2)) || usage
