@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::path::Path;
 
 use common::{context, root, shard_lines, Backend};
@@ -160,6 +161,8 @@ async fn prepare(ctx: &Context, tmp: &Path, corpus_root: &str) -> (Vec<Generated
     }
     let labels_local = tmp.join("labels.jsonl");
     synth::write_labels(&labels_local, &generated, 2, 7).unwrap();
+    // One line that is not a label.
+    std::fs::OpenOptions::new().append(true).open(&labels_local).unwrap().write_all(b"{\"id\": \n").unwrap();
     common::upload_dir(&ctx.storage, &local, corpus_root).await;
     let labels = join(corpus_root, "_labels/labels.jsonl");
     ctx.storage.put_file(&labels, &labels_local).await.unwrap();
@@ -188,7 +191,10 @@ async fn chain_selects_by_the_learnt_signal(backend: Backend) {
     // Malformed lines in the sample are counted by reason.
     assert!(chain.cluster.sources[idx("web")].skipped.total() > 0);
 
-    // Distill: the noise dimension is masked for every source, the signal for none.
+    // Distill: the line that is not a label is counted once, however many groups read it.
+    let groups = chain.cluster.groups.len();
+    assert_eq!(chain.distill.skipped_labels.counts.get("invalid_label"), Some(&1), "{groups} groups");
+    // The noise dimension is masked for every source, the signal for none.
     for student in &chain.distill.students {
         for a in &student.agreement {
             match a.dimension.as_str() {

@@ -132,7 +132,9 @@ fn to_example(label: Label, group: &DistillGroup, plan: &DistillPlan) -> std::re
     Ok(Example { id: label.id, source: label.source, text: label.text, scores })
 }
 
-/// Reads every label of one group, split into (train, validation) samples.
+/// Reads every label of one group, split into (train, validation) samples. Every group reads
+/// every label file, and a line that is not a label belongs to no group: only the plan's first
+/// group counts those, so the step's total counts each once.
 async fn read_labels(
     ctx: &Context,
     plan: &DistillPlan,
@@ -146,6 +148,7 @@ async fn read_labels(
         let (input, _guard) = ctx.open_shard(&file.uri, file.format).await?;
         let (uri, format, read) = (file.uri.clone(), file.format, crate::formats::ReadOptions::default());
         let (group_c, plan_c) = (group.clone(), plan.clone());
+        let counts_unreadable = plan.groups.first().is_some_and(|first| first.name == group.name);
         let (t, v, s) = blocking(move || {
             let (group, plan) = (&group_c, &plan_c);
             let (mut t, mut v, mut s) = (Vec::new(), Vec::new(), SkipCounts::default());
@@ -154,7 +157,9 @@ async fn read_labels(
                     let label: Label = match serde_json::from_slice(&raw.bytes) {
                         Ok(label) => label,
                         Err(_) => {
-                            s.add_reason("invalid_label", &uri, raw.index);
+                            if counts_unreadable {
+                                s.add_reason("invalid_label", &uri, raw.index);
+                            }
                             continue;
                         }
                     };
