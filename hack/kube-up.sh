@@ -191,8 +191,8 @@ cmd_start() {
 
   local etcd_port etcd_peer_port
   etcd_port="$(free_port)"
-  etcd_peer_port="$(free_port)"
-  API_PORT="${MIRA_KUBE_PORT:-$(free_port)}"
+  etcd_peer_port="$(free_port "$etcd_port")"
+  API_PORT="${MIRA_KUBE_PORT:-$(free_port "$etcd_port" "$etcd_peer_port")}"
   [[ "$API_PORT" =~ ^[0-9]+$ ]] || die "MIRA_KUBE_PORT must be a port number, got '$API_PORT'"
   port_in_use "$API_PORT" && die "port $API_PORT on 127.0.0.1 is already in use"
   printf 'API_PORT=%s\nETCD_PORT=%s\n' "$API_PORT" "$etcd_port" >"$KDIR/ports"

@@ -71,23 +71,18 @@ port_in_use() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# free_port : print a TCP port that is free on 127.0.0.1 right now (the kernel picks
-# it when python3 is there). Another process may take it before it is used; callers
-# start their servers right away.
+# free_port [TAKEN...] : print a TCP port that is free on 127.0.0.1 right now and is none of
+# TAKEN (ports already chosen for servers not yet started). It lies below the kernel's
+# ephemeral range: a port from that range can be taken, before its server binds it, by any
+# outgoing connection (the API server's own to etcd, say), which made servers fail to start
+# now and then.
 free_port() {
-  local py port i
-  py="$(command -v python3 || true)"
-  if [[ -n "$py" ]]; then
-    "$py" -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-    return
-  fi
-  for ((i = 0; i < 100; i++)); do
-    port=$((20000 + RANDOM % 30000))
-    if ! port_in_use "$port"; then
+  local low port i
+  low="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true)"
+  [[ "$low" =~ ^[0-9]+$ ]] && ((low > 11000)) || low=32768
+  for ((i = 0; i < 200; i++)); do
+    port=$((10000 + RANDOM % (low - 10000)))
+    if [[ " $* " != *" $port "* ]] && ! port_in_use "$port"; then
       echo "$port"
       return 0
     fi

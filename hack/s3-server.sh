@@ -83,11 +83,11 @@ cmd_start() {
 {"identities":[{"name":"mira","credentials":[{"accessKey":"$S3_ACCESS_KEY","secretKey":"$S3_SECRET_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
   mkdir -p "$state/s3-data" "$state/s3-conf"
-  local master master_grpc volume volume_grpc filer filer_grpc s3_grpc admin admin_grpc
-  master="$(free_port)"; master_grpc="$(free_port)"
-  volume="$(free_port)"; volume_grpc="$(free_port)"
-  filer="$(free_port)"; filer_grpc="$(free_port)"
-  s3_grpc="$(free_port)"; admin="$(free_port)"; admin_grpc="$(free_port)"
+  local master master_grpc volume volume_grpc filer filer_grpc s3_grpc admin admin_grpc name taken=("$port")
+  for name in master master_grpc volume volume_grpc filer filer_grpc s3_grpc admin admin_grpc; do
+    taken+=("$(free_port "${taken[@]}")")
+    printf -v "$name" '%s' "${taken[-1]}"
+  done
   echo "$port" >"$state/s3.port"
   # all ports, so `stop` can remove the unix sockets weed leaves in /tmp (named by port)
   echo "$port $s3_grpc $master $master_grpc $volume $volume_grpc $filer $filer_grpc $admin $admin_grpc" \
