@@ -29,27 +29,13 @@ pub fn for_each_batch(
     let mut next_index = 0u64;
     for batch in reader {
         let batch = batch.map_err(arrow_err)?;
-        if !options.parquet_as_json {
-            let rows = next_index..next_index + batch.num_rows() as u64;
-            next_index = rows.end;
-            let records = rows.map(|index| RawRecord { index, bytes: Vec::new(), oversized: false }).collect();
-            if on_batch(Batch { records, arrow: Some(batch) })?.is_break() {
-                break;
-            }
-            continue;
-        }
-        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
-        writer.write(&batch).map_err(arrow_err)?;
-        writer.finish().map_err(arrow_err)?;
-        let json = writer.into_inner();
-        let mut records = Vec::with_capacity(batch.num_rows());
-        // JSON strings escape newlines, so each row is exactly one line.
-        for line in json.split(|&b| b == b'\n').take(batch.num_rows()) {
-            let oversized = line.len() > options.max_record_bytes;
-            let bytes = if oversized { Vec::new() } else { line.to_vec() };
-            records.push(RawRecord { index: next_index, bytes, oversized });
-            next_index += 1;
-        }
+        let rows = next_index..next_index + batch.num_rows() as u64;
+        next_index = rows.end;
+        let records = if options.parquet_as_json {
+            rendered_rows(&batch, rows, options.max_record_bytes).map_err(arrow_err)?
+        } else {
+            rows.map(|index| RawRecord { index, bytes: Vec::new(), oversized: false }).collect()
+        };
         if records.len() != batch.num_rows() {
             return Err(Error::Shard { uri: uri.into(), message: "row count differs from rendered rows".into() });
         }
@@ -58,6 +44,27 @@ pub fn for_each_batch(
         }
     }
     Ok(())
+}
+
+/// A batch's rows as JSON records, numbered from `rows`.
+fn rendered_rows(
+    batch: &arrow::record_batch::RecordBatch,
+    rows: std::ops::Range<u64>,
+    max_record_bytes: usize,
+) -> std::result::Result<Vec<RawRecord>, arrow::error::ArrowError> {
+    let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer.write(batch)?;
+    writer.finish()?;
+    let json = writer.into_inner();
+    // JSON strings escape newlines, so each row is exactly one line.
+    let lines = json.split(|&b| b == b'\n').take(batch.num_rows());
+    Ok(rows
+        .zip(lines)
+        .map(|(index, line)| {
+            let oversized = line.len() > max_record_bytes;
+            RawRecord { index, bytes: if oversized { Vec::new() } else { line.to_vec() }, oversized }
+        })
+        .collect())
 }
 
 /// A Parquet file being written; created with the schema of the first batch it sees.
