@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use scorer_runner::formats::{for_each_batch, Format, RawRecord, ReadOptions};
+use scorer_runner::formats::{for_each_batch, Format, ReadOptions, ShardInput};
 use scorer_runner::plan::*;
 use scorer_runner::records::{extract, TextSpec};
 use scorer_runner::steps::{self, Context};
@@ -168,9 +168,12 @@ async fn student(dir: &Path) -> (u64, f64) {
     let student = Student::load(&ctx, &dir.join("distill/students/all.student").to_string_lossy()).await.unwrap();
     let mut texts = Vec::new();
     for path in shards(dir).iter().take(5) {
-        let lines = std::io::BufRead::split(std::io::BufReader::new(zstd::stream::read::Decoder::new(std::fs::File::open(path).unwrap()).unwrap()), b'\n');
-        let records = lines.map(|bytes| RawRecord { index: 0, bytes: bytes.unwrap(), oversized: false });
-        texts.extend(records.filter_map(|raw| extract(&raw, &TextSpec::default()).ok()).map(|r| r.text));
+        let (uri, input) = (path.to_string_lossy(), ShardInput::File(path.clone()));
+        for_each_batch(&uri, input, Format::JsonlZst, ReadOptions::default(), |batch| {
+            texts.extend(batch.records.iter().filter_map(|raw| extract(raw, &TextSpec::default()).ok()).map(|r| r.text));
+            Ok(ControlFlow::Continue(()))
+        })
+        .unwrap();
     }
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let best = (0..5)
