@@ -184,7 +184,9 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// A stable id from the text itself: 128-bit xxh3, hex.
 pub fn content_id(text: &str) -> String {
-    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+    let mut digits = [0u8; 32];
+    hex::encode_to_slice(xxhash_rust::xxh3::xxh3_128(text.as_bytes()).to_be_bytes(), &mut digits).expect("32 digits");
+    String::from_utf8(digits.to_vec()).expect("hex digits are ASCII")
 }
 
 /// A deterministic fraction in [0, 1) from an id, for splits and samples that every worker and
@@ -283,6 +285,8 @@ mod tests {
         let r = extract(&raw(br#"{"doc": {"body": "old"}, "d\u006fc": {"id": "a", "body": "new"}}"#), &spec).unwrap();
         assert_eq!(r, TextRecord { id: "a".into(), text: "new".into() });
         assert_ne!(content_id("hello"), content_id("hello!"));
+        // Ids are stable across versions: the 128-bit hash as 32 lower-case hex digits.
+        assert_eq!(content_id("hello"), format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"hello")));
     }
 
     #[test]

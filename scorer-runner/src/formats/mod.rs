@@ -163,10 +163,15 @@ pub trait FinishWrite: Write + Send {
     fn finish_box(self: Box<Self>) -> std::io::Result<()>;
 }
 
-impl FinishWrite for std::io::BufWriter<std::fs::File> {
+impl FinishWrite for std::fs::File {
     fn finish_box(self: Box<Self>) -> std::io::Result<()> {
-        let file = self.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
+        self.sync_all()
+    }
+}
+
+impl<W: FinishWrite> FinishWrite for std::io::BufWriter<W> {
+    fn finish_box(self: Box<Self>) -> std::io::Result<()> {
+        Box::new(self.into_inner().map_err(|e| e.into_error())?).finish_box()
     }
 }
 
@@ -197,15 +202,20 @@ impl ShardWriter {
 
     fn create_at_level(path: &Path, format: Format, zstd_level: i32) -> Result<Self> {
         let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        let buffered = std::io::BufWriter::with_capacity(1 << 20, file);
+        // The buffer sits in front of the compressor: handing it each line on its own cost more
+        // in per-call overhead than the compression itself. Compressors write in large chunks.
+        fn buffered<W: Write>(sink: W) -> std::io::BufWriter<W> {
+            std::io::BufWriter::with_capacity(1 << 20, sink)
+        }
         Ok(match format {
-            Format::Jsonl => ShardWriter::Jsonl(Box::new(buffered)),
-            Format::JsonlGz => {
-                ShardWriter::Jsonl(Box::new(flate2::write::GzEncoder::new(buffered, flate2::Compression::default())))
-            }
-            Format::JsonlZst => ShardWriter::Jsonl(Box::new(
-                zstd::stream::write::Encoder::new(buffered, zstd_level).map_err(|e| Error::io(path, e))?,
-            )),
+            Format::Jsonl => ShardWriter::Jsonl(Box::new(buffered(file))),
+            Format::JsonlGz => ShardWriter::Jsonl(Box::new(buffered(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::default(),
+            )))),
+            Format::JsonlZst => ShardWriter::Jsonl(Box::new(buffered(
+                zstd::stream::write::Encoder::new(file, zstd_level).map_err(|e| Error::io(path, e))?,
+            ))),
             Format::Parquet => ShardWriter::Parquet(parquet_io::ParquetSink::new(path)),
         })
     }
