@@ -22,7 +22,9 @@ if [[ ! -f "$dir/raw-bytes" ]]; then
   rm -rf "$dir" && mkdir -p "$dir"
   "$bench" generate "$dir" "$size"
 fi
-[[ -f "$dir/distill/_result.json" ]] || "$bench" train "$dir"
+# The student is trained afresh every run (seconds): one from an older build may use another
+# featurizer or artefact format.
+rm -rf "$dir/distill" && "$bench" train "$dir"
 echo "corpus: $(du -sh "$dir/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$dir/raw-bytes") / 1000000 )) MB of JSON; $(nproc) cores"
 for round in 1 2; do
   "$bench" baseline "$dir"

@@ -2,6 +2,7 @@
 //! work-unit protocol they share. The operator depends on this crate (without the model
 //! features) for the plan and result types and for reading results back from storage.
 
+pub mod ascii;
 pub mod error;
 pub mod featurize;
 pub mod formats;

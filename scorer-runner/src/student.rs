@@ -25,7 +25,9 @@ use crate::steps::label::JudgeRequest;
 use crate::steps::Context;
 
 const MAGIC: &[u8; 8] = b"MIRASTU1";
-pub const FORMAT: &str = "mira-student/v2";
+/// The artefact format. v3: the hashed featurizer's token and n-gram hashes changed, so heads
+/// trained on v2 vectors would score v3 vectors wrongly; an older student is refused, not used.
+pub const FORMAT: &str = "mira-student/v3";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -192,5 +194,45 @@ impl Student {
             }
         };
         Ok(Student::new(header, scorer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::featurize::{HashedFeaturizer, HashedSpec};
+
+    #[tokio::test]
+    async fn a_student_of_another_format_is_refused_with_a_clear_error() {
+        let spec = HashedSpec { dim_log2: 4, ..Default::default() };
+        let featurizer = Arc::new(HashedFeaturizer::new(spec.clone(), None).unwrap());
+        let heads = RidgeHeads { dim: 16, heads: 1, weights: vec![0.5; 16], bias: vec![3.0], lambdas: vec![1.0] };
+        let header = |format: &str| StudentHeader {
+            format: format.into(),
+            group: "g".into(),
+            dimensions: vec![DimensionRef { id: "d".into(), name: String::new(), description: String::new(), guide: String::new() }],
+            scale: Scale::default(),
+            masked: BTreeMap::new(),
+            trained_on: 1,
+            kind: StudentKind::Heads { featurizer: FeaturizerSpec::Hashed(spec.clone()), dim: 16, bias: vec![3.0], lambdas: vec![1.0], has_idf: false },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context::new(Default::default(), crate::units::WorkerConfig::from_env(), dir.path().join("scratch"));
+        for format in [FORMAT, "mira-student/v2"] {
+            let scorer = Scorer::Heads { heads: heads.clone(), featurizer: featurizer.clone(), idf: None };
+            let path = dir.path().join("s.student");
+            std::fs::write(&path, Student::new(header(format), scorer).to_bytes().unwrap()).unwrap();
+            match Student::load(&ctx, path.to_str().unwrap()).await {
+                Ok(loaded) => {
+                    assert_eq!(format, FORMAT, "loaded");
+                    assert_eq!(loaded.header, header(FORMAT));
+                    assert!(loaded.score_batch(&["a b c"]).unwrap()[0].is_some());
+                }
+                Err(e) => {
+                    assert_ne!(format, FORMAT, "{e}");
+                    assert!(e.to_string().contains("this build reads \"mira-student/v3\""), "{e}");
+                }
+            }
+        }
     }
 }

@@ -37,6 +37,8 @@ pub struct HashedFeaturizer {
     spec: HashedSpec,
     mask: u64,
     idf: Option<Vec<f32>>,
+    /// The term weight of each count below 64, which nearly every term has.
+    tf: [f32; 64],
 }
 
 impl HashedFeaturizer {
@@ -61,72 +63,87 @@ impl HashedFeaturizer {
                 return Err(Error::plan(format!("idf has {} weights, featurizer dimension is {dim}", idf.len())));
             }
         }
-        Ok(HashedFeaturizer { mask: dim as u64 - 1, spec, idf })
+        let tf = std::array::from_fn(|count| term_weight(count as u32, spec.sublinear_tf));
+        Ok(HashedFeaturizer { mask: dim as u64 - 1, spec, idf, tf })
     }
 
-    /// The hash of every n-gram of `text`, into `scratch.grams`. Each hash gives a feature index
-    /// (its low bits) and a sign (its top bit).
-    fn gram_hashes(&self, text: &str, scratch: &mut Scratch) {
+    /// Counts every n-gram of `text` into `scratch.counts`: word n-grams from the token hashes,
+    /// then character n-grams. Each n-gram's hash gives a feature index (its low bits) and a sign
+    /// (its top bit).
+    fn count_grams(&self, text: &str, scratch: &mut Scratch) {
         let seed = self.spec.seed;
-        let Scratch { tokens, grams, chars, gram, .. } = scratch;
-        grams.clear();
-        if self.spec.word_ngrams > 0 {
-            let n = self.spec.word_ngrams as usize;
-            tokens.clear();
-            for_each_token_hash(text, seed, |hash| tokens.push(hash));
+        let Scratch { tokens, spans, chars, gram, counts } = scratch;
+        let n = self.spec.word_ngrams as usize;
+        tokens.clear();
+        if n > 0 {
+            token_hashes(text, seed, spans, tokens);
+        }
+        chars.clear();
+        let mut char_grams = 0;
+        if let Some([lo, hi]) = self.spec.char_ngrams {
+            chars.extend(text.chars().flat_map(char::to_lowercase));
+            char_grams = (lo as usize..=hi as usize).map(|len| (chars.len() + 1).saturating_sub(len)).sum();
+        }
+        counts.count(n * tokens.len() + char_grams, self.mask, |tally| {
             // Every n-gram ending at each token: combine hashes newest to oldest.
             for t in 0..tokens.len() {
                 let mut combined = tokens[t];
-                grams.push(combined);
+                tally.add(combined);
                 for k in 1..n.min(t + 1) {
-                    combined = mix(tokens[t - k].rotate_left(k as u32 * 7) ^ combined);
-                    grams.push(combined);
+                    combined = fold_mul(tokens[t - k].rotate_left(k as u32 * 7) ^ combined, GRAM_K);
+                    tally.add(combined);
                 }
             }
-        }
-        if let Some([lo, hi]) = self.spec.char_ngrams {
-            chars.clear();
-            chars.extend(text.chars().flat_map(char::to_lowercase));
-            for len in lo as usize..=hi as usize {
-                for window in chars.windows(len) {
-                    gram.clear();
-                    gram.extend(window);
-                    grams.push(xxh3_64_with_seed(gram.as_bytes(), seed ^ 0x9e37_79b9_7f4a_7c15 ^ len as u64));
+            if let Some([lo, hi]) = self.spec.char_ngrams {
+                for len in lo as usize..=hi as usize {
+                    for window in chars.windows(len) {
+                        gram.clear();
+                        gram.extend(window);
+                        tally.add(xxh3_64_with_seed(gram.as_bytes(), seed ^ 0x9e37_79b9_7f4a_7c15 ^ len as u64));
+                    }
                 }
             }
-        }
+        });
     }
 
     /// One text's vector, into `out`.
     fn featurize_into(&self, text: &str, scratch: &mut Scratch, out: &mut SparseVec) {
-        self.gram_hashes(text, scratch);
-        let counts = &mut scratch.counts;
-        counts.reset(scratch.grams.len().min(self.dim()));
-        counts.add_all(&scratch.grams, self.mask);
+        self.count_grams(text, scratch);
         out.indices.clear();
         out.values.clear();
-        for (i, mut v) in counts.iter() {
-            if v == 0.0 {
+        let mut norm2 = 0f32;
+        for (i, count) in scratch.counts.iter() {
+            if count == 0 {
                 continue;
             }
-            if self.spec.sublinear_tf {
-                v = v.signum() * sublinear(v.abs());
-            }
+            let magnitude = count.unsigned_abs();
+            let mut v = match self.tf.get(magnitude as usize) {
+                Some(&weight) => weight,
+                None => term_weight(magnitude, self.spec.sublinear_tf),
+            };
             if let Some(idf) = &self.idf {
                 v *= idf[i as usize];
             }
+            // The sign by copying it, not by a branch: signs are random, so a branch would miss
+            // on every other index.
+            let v = v.copysign(count as f32);
+            norm2 += v * v;
             out.indices.push(i);
             out.values.push(v);
         }
-        out.normalize();
+        if norm2 > 0.0 {
+            let scale = norm2.sqrt().recip();
+            out.values.iter_mut().for_each(|v| *v *= scale);
+        }
     }
 }
 
 /// Buffers reused from one text to the next.
 #[derive(Default)]
 struct Scratch {
+    /// The text's token hashes, in order, and its tokens' boundaries.
     tokens: Vec<u64>,
-    grams: Vec<u64>,
+    spans: Spans,
     /// The lower-cased characters, and one character n-gram, for character n-grams.
     chars: Vec<char>,
     gram: String,
@@ -160,60 +177,74 @@ impl Featurizer for HashedFeaturizer {
 
 /// Signed counts of one text's feature indices, in an open-addressing table sized to the text
 /// rather than to the feature space: a record's few hundred n-grams then stay in L1 cache,
-/// where a dense accumulator over 2^18 features missed to L3 on nearly every n-gram.
+/// where a dense accumulator over 2^18 features missed to L3 on nearly every n-gram. The table
+/// is kept at most a quarter full, so a probe nearly always ends at its first slot, and a hit on
+/// a new index and on a counted one take the same branch-free path.
 #[derive(Default)]
 struct Counts {
-    /// Feature index + 1 per slot; 0 marks an empty slot.
-    keys: Vec<u32>,
-    values: Vec<f32>,
-    /// Occupied slots in the order their index was first counted, so vectors list indices in
-    /// the order the text first hits them.
+    /// Per slot: feature index + 1 (0 marks an empty slot) and its signed count, side by side so
+    /// a hit reads and writes one place.
+    slots: Vec<(u32, i32)>,
+    /// Occupied slots in the order their index was first counted (the first `len`), so vectors
+    /// list indices in the order the text first hits them.
     order: Vec<u32>,
+    len: usize,
 }
 
 impl Counts {
-    /// Empties the table, with room for `distinct` indices at a load factor of at most 1/2.
-    fn reset(&mut self, distinct: usize) {
-        for &slot in &self.order {
-            self.keys[slot as usize] = 0;
+    /// Replaces the previous text's counts with those `fill` adds through a [`Tally`], at most
+    /// `hits` of them. Feature indices are `hash & index_mask`.
+    #[inline(always)]
+    fn count(&mut self, hits: usize, index_mask: u64, fill: impl FnOnce(&mut Tally<'_>)) {
+        for &slot in &self.order[..self.len] {
+            self.slots[slot as usize] = (0, 0);
         }
-        self.order.clear();
-        let capacity = (2 * distinct).next_power_of_two().max(64);
-        if capacity > self.keys.len() {
-            self.keys = vec![0; capacity];
-            self.values = vec![0.0; capacity];
+        let capacity = (4 * hits).next_power_of_two().max(64);
+        if capacity > self.slots.len() {
+            self.slots = vec![(0, 0); capacity];
+            self.order = vec![0; capacity];
         }
+        let mut tally = Tally { table: &mut self.slots[..capacity], order: &mut self.order, index_mask, len: 0 };
+        fill(&mut tally);
+        self.len = tally.len;
     }
 
-    /// Counts every hash's feature index (`hash & index_mask`) with its sign (the top bit).
-    fn add_all(&mut self, hashes: &[u64], index_mask: u64) {
-        let (keys, values, order) = (&mut self.keys[..], &mut self.values[..], &mut self.order);
-        let slots = keys.len() - 1;
-        for &hash in hashes {
-            let index = (hash & index_mask) as u32;
-            let delta = if hash >> 63 == 1 { -1.0 } else { 1.0 };
-            // Indices are hash bits already: their low bits spread the slots.
-            let mut slot = index as usize & slots;
-            loop {
-                let key = keys[slot];
-                if key == index + 1 {
-                    values[slot] += delta;
-                    break;
-                }
-                if key == 0 {
-                    keys[slot] = index + 1;
-                    values[slot] = delta;
-                    order.push(slot as u32);
-                    break;
-                }
-                slot = (slot + 1) & slots;
-            }
-        }
+    /// (index, signed count) in first-counted order.
+    fn iter(&self) -> impl Iterator<Item = (u32, i32)> + '_ {
+        self.order[..self.len].iter().map(|&slot| {
+            let (key, count) = self.slots[slot as usize];
+            (key - 1, count)
+        })
     }
+}
 
-    /// (index, count) in first-counted order.
-    fn iter(&self) -> impl Iterator<Item = (u32, f32)> + '_ {
-        self.order.iter().map(|&slot| (self.keys[slot as usize] - 1, self.values[slot as usize]))
+/// One text's counting in progress: the table in use (sized to the text) and how many slots
+/// are taken, held in locals rather than re-read from [`Counts`] at every hit.
+struct Tally<'a> {
+    table: &'a mut [(u32, i32)],
+    order: &'a mut [u32],
+    index_mask: u64,
+    len: usize,
+}
+
+impl Tally<'_> {
+    /// Counts a hash's feature index with its sign (the top bit).
+    #[inline(always)]
+    fn add(&mut self, hash: u64) {
+        let key = (hash & self.index_mask) as u32 + 1;
+        let mask = self.table.len() - 1;
+        // Indices are hash bits already: their low bits spread the slots.
+        let mut slot = key as usize & mask;
+        let mut found = self.table[slot].0;
+        // "Neither this key nor empty" as one test, so the loop's only branch is the rare
+        // collision (two tests would branch on "new or seen", which is a coin toss).
+        while (found ^ key) as u64 * found as u64 != 0 {
+            slot = (slot + 1) & mask;
+            found = self.table[slot].0;
+        }
+        self.table[slot] = (key, self.table[slot].1 + 1 - 2 * (hash >> 63) as i32);
+        self.order[self.len] = slot as u32;
+        self.len += (found == 0) as usize;
     }
 }
 
@@ -251,10 +282,6 @@ fn char_class(c: char) -> Class {
 /// when hashing) and single punctuation characters, which carry much of the signal in code and
 /// markup. Whitespace separates.
 fn for_each_token<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
-    if text.is_ascii() {
-        ascii_tokens(text, |start, end| f(&text[start..end]));
-        return;
-    }
     let mut i = 0;
     while i < text.len() {
         let start = i;
@@ -277,75 +304,98 @@ fn for_each_token<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
     }
 }
 
-/// Calls `f` with [`token_hash`] of every token of `text`, in order. ASCII text is hashed where
-/// it lies: a token of up to 8 bytes is one masked 8-byte load, with no loop over its bytes.
-fn for_each_token_hash(text: &str, seed: u64, mut f: impl FnMut(u64)) {
-    if !text.is_ascii() {
-        for_each_token(text, |token| f(token_hash(token, seed)));
+/// [`token_hash`] of every token of `text`, in order, into `out`. ASCII text (nearly all) is
+/// split by [`Spans`] and hashed where it lies: a token of up to 8 bytes is one masked 8-byte
+/// load, with no loop over its bytes. Other text (and text too long for `Spans`' 32-bit
+/// offsets) goes character by character.
+fn token_hashes(text: &str, seed: u64, spans: &mut Spans, out: &mut Vec<u64>) {
+    if !text.is_ascii() || text.len() >= u32::MAX as usize {
+        for_each_token(text, |token| out.push(token_hash(token, seed)));
         return;
     }
     let bytes = text.as_bytes();
-    ascii_tokens(text, |start, end| {
+    out.extend(spans.split(text).map(|(start, end)| {
         let len = end - start;
-        let hash = match bytes.get(start..start + 8) {
+        match bytes.get(start..start + 8) {
             Some(window) if len <= 8 => {
                 let w = u64::from_le_bytes(window.try_into().expect("8 bytes")) & (u64::MAX >> (64 - 8 * len));
-                mix(hash_step(hash_start(len, seed), ascii_lower(w)))
+                fold_mul(hash_start(len, seed) ^ ascii_lower(w), HASH_K)
             }
             _ => hash_words(&bytes[start..end], seed, ascii_lower),
-        };
-        f(hash)
-    });
+        }
+    }));
 }
 
-/// The `(start, end)` byte ranges of the tokens of ASCII `text`, 64 bytes at a time: the bytes'
-/// classes become bit masks and token boundaries are read off the masks, so the cost follows
-/// the number of tokens rather than one unpredictable branch per byte.
-fn ascii_tokens(text: &str, mut f: impl FnMut(usize, usize)) {
-    let mut word_start: Option<usize> = None;
-    for (block, chunk) in text.as_bytes().chunks(64).enumerate() {
-        let base = block * 64;
-        let (mut word, mut other) = (0u64, 0u64);
-        for (k, bytes) in chunk.chunks(8).enumerate() {
-            let (w, s) = ascii_classes(pack(bytes));
-            word |= w << (8 * k);
-            other |= (!(w | s) & 0xff) << (8 * k);
-        }
-        let valid = u64::MAX >> (64 - chunk.len());
-        other &= valid;
-        // Bit j set: the byte before byte j is part of a word.
-        let after_word = (word << 1) | word_start.is_some() as u64;
-        let (starts, ends) = (word & !after_word, !word & after_word & valid);
-        let mut events = starts | ends | other;
-        while events != 0 {
-            let j = events.trailing_zeros() as usize;
-            events &= events - 1;
-            let at = base + j;
-            if let Some(start) = word_start.filter(|_| ends >> j & 1 == 1) {
-                f(start, at);
-                word_start = None;
-            }
-            if starts >> j & 1 == 1 {
-                word_start = Some(at);
-            } else if other >> j & 1 == 1 {
-                f(at, at + 1);
+/// Token boundaries of ASCII text, with buffers reused from one text to the next.
+#[derive(Default)]
+struct Spans {
+    /// Byte offsets of token starts and of (exclusive) token ends, in order.
+    starts: Vec<u32>,
+    ends: Vec<u32>,
+}
+
+impl Spans {
+    /// The `(start, end)` byte ranges of the tokens of ASCII `text`, in order. 64 bytes at a
+    /// time, the bytes' classes become bit masks and token starts and ends two more masks, whose
+    /// positions [`positions`] writes out; the k-th start pairs with the k-th end. Nothing
+    /// branches per byte or per token.
+    fn split(&mut self, text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let bytes = text.as_bytes();
+        // Room for every position (at most one per byte, and the text's end) and the spare
+        // ones `positions` writes past the last.
+        let room = bytes.len() + 1 + POSITIONS_AT_ONCE;
+        for buffer in [&mut self.starts, &mut self.ends] {
+            if buffer.len() < room {
+                buffer.resize(room, 0);
             }
         }
-    }
-    if let Some(start) = word_start {
-        f(start, text.len());
+        let (mut n_starts, mut n_ends) = (0, 0);
+        // Whether the previous block's last byte was a word byte, or punctuation.
+        let (mut word_carry, mut other_carry) = (0u64, 0u64);
+        for (block, chunk) in bytes.chunks(64).enumerate() {
+            let crate::ascii::Block { word, other } = crate::ascii::block(chunk);
+            // Bit j of `after_word`: the byte before byte j is a word byte.
+            let after_word = (word << 1) | word_carry;
+            let starts = (word & !after_word) | other;
+            // A token ends (exclusively) at j when a word stops there or punctuation was just
+            // before; past a short last block's text, that is the text's end.
+            let ends = (after_word & !word) | (other << 1) | other_carry;
+            (word_carry, other_carry) = (word >> 63, other >> 63);
+            let base = (block * 64) as u32;
+            n_starts = positions(starts, base, &mut self.starts, n_starts);
+            n_ends = positions(ends, base, &mut self.ends, n_ends);
+        }
+        // A token that runs to the end of a full last block ends with the text.
+        if n_ends < n_starts {
+            self.ends[n_ends] = bytes.len() as u32;
+        }
+        let (starts, ends) = (&self.starts[..n_starts], &self.ends[..n_starts]);
+        starts.iter().zip(ends).map(|(&start, &end)| (start as usize, end as usize))
     }
 }
 
-/// `1 + ln(count)`, sublinear term frequency, from a table for the small counts nearly every
-/// term has.
-fn sublinear(count: f32) -> f32 {
-    static TABLE: std::sync::LazyLock<[f32; 64]> =
-        std::sync::LazyLock::new(|| std::array::from_fn(|k| 1.0 + (k as f32).ln()));
-    let k = count as usize;
-    match TABLE.get(k) {
-        Some(&v) if k as f32 == count && k >= 1 => v,
-        _ => 1.0 + count.ln(),
+/// How many positions [`positions`] writes whatever the count.
+const POSITIONS_AT_ONCE: usize = 16;
+
+/// Writes `base` plus the position of each set bit of `bits`, in order, at `out[n..]`, and
+/// returns the new count. [`POSITIONS_AT_ONCE`] are written whether the bits have that many or
+/// not (the spare ones are overwritten next, or ignored): a fixed loop, rather than a loop that
+/// ends, at an unpredictable point, after each block's last token (the simdjson way).
+#[inline(always)]
+fn positions(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+    let count = bits.count_ones() as usize;
+    for slot in &mut out[n..n + POSITIONS_AT_ONCE.max(count)] {
+        *slot = base + bits.trailing_zeros();
+        bits &= bits.wrapping_sub(1);
+    }
+    n + count
+}
+
+/// A term's weight from its count: `1 + ln(count)` (sublinear term frequency), or the count.
+fn term_weight(count: u32, sublinear: bool) -> f32 {
+    match sublinear {
+        true => 1.0 + (count as f32).ln(),
+        false => count as f32,
     }
 }
 
@@ -368,20 +418,6 @@ fn in_range(w: u64, lo: u8, hi: u8) -> u64 {
     (w + ONES * (0x80 - lo as u64)) & !(w + ONES * (0x7f - hi as u64)) & HIGH
 }
 
-/// One bit per byte (byte i to bit i) from the high bits of each byte.
-#[inline(always)]
-fn movemask(high: u64) -> u64 {
-    ((high >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
-}
-
-/// Word bytes (letters, digits, `_`) and space bytes of 8 ASCII bytes, one bit per byte.
-#[inline(always)]
-fn ascii_classes(w: u64) -> (u64, u64) {
-    let word = in_range(w | ONES * 0x20, b'a', b'z') | in_range(w, b'0', b'9') | in_range(w, b'_', b'_');
-    let space = in_range(w, b' ', b' ') | in_range(w, b'\t', b'\r');
-    (movemask(word), movemask(space))
-}
-
 /// ASCII upper-case letters of `w` to lower case.
 #[inline(always)]
 fn ascii_lower(w: u64) -> u64 {
@@ -398,26 +434,25 @@ fn token_hash(token: &str, seed: u64) -> u64 {
 }
 
 fn hash_words(bytes: &[u8], seed: u64, fold: impl Fn(u64) -> u64) -> u64 {
-    mix(bytes.chunks(8).fold(hash_start(bytes.len(), seed), |h, chunk| hash_step(h, fold(pack(chunk)))))
+    bytes.chunks(8).fold(hash_start(bytes.len(), seed), |h, chunk| fold_mul(h ^ fold(pack(chunk)), HASH_K))
 }
 
 const HASH_K: u64 = 0x9e37_79b9_7f4a_7c15;
+/// The multiplier that combines token hashes into n-gram hashes.
+const GRAM_K: u64 = 0xbf58_476d_1ce4_e5b9;
 
 #[inline(always)]
 fn hash_start(len: usize, seed: u64) -> u64 {
     seed ^ (len as u64).wrapping_mul(HASH_K)
 }
 
+/// The full 128-bit product of `a` and `k`, its halves xor-ed (as in wyhash): one multiply
+/// whose every output bit depends on every input bit, so the low bits (the feature index) and
+/// the top bit (the sign) are both well spread.
 #[inline(always)]
-fn hash_step(h: u64, word: u64) -> u64 {
-    (h ^ word).wrapping_mul(HASH_K).rotate_left(29)
-}
-
-/// A 64-bit finaliser (splitmix64) so combined n-gram hashes stay well spread.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+fn fold_mul(a: u64, k: u64) -> u64 {
+    let product = a as u128 * k as u128;
+    product as u64 ^ (product >> 64) as u64
 }
 
 /// Inverse document frequencies, `ln((1 + n) / (1 + df)) + 1`, from featurized training vectors.
@@ -459,9 +494,16 @@ mod tests {
     }
 
     #[test]
-    fn sublinear_weights_match_the_logarithm() {
-        for count in [1.0f32, 2.0, 3.0, 63.0, 64.0, 1000.0, 2.5] {
-            assert_eq!(sublinear(count), 1.0 + count.ln(), "{count}");
+    fn term_weights_are_sublinear_or_raw_counts_past_the_table_too() {
+        let many = "x ".repeat(70) + "y";
+        for sublinear_tf in [true, false] {
+            let f = featurizer(HashedSpec { word_ngrams: 1, sublinear_tf, ..Default::default() });
+            for (text, count, weight) in [("x x y", 2, [1.0 + 2f32.ln(), 2.0]), (many.as_str(), 70, [1.0 + 70f32.ln(), 70.0])] {
+                let v = f.featurize(&[text]).unwrap().remove(0);
+                let ratio = v.values[0].abs() / v.values[1].abs();
+                let expected = weight[!sublinear_tf as usize];
+                assert!((ratio - expected).abs() < 1e-4 * expected, "{sublinear_tf} {count}: {ratio}");
+            }
         }
     }
 
@@ -496,7 +538,7 @@ mod tests {
             for_each_token(text, |t| got.push(t));
             assert_eq!(got, reference_tokens(text), "{text:?}");
             let mut hashes = Vec::new();
-            for_each_token_hash(text, 3, |h| hashes.push(h));
+            token_hashes(text, 3, &mut Spans::default(), &mut hashes);
             let expected: Vec<u64> = got.iter().map(|t| token_hash(t, 3)).collect();
             assert_eq!(hashes, expected, "{text:?}");
         }
@@ -514,16 +556,9 @@ mod tests {
     }
 
     #[test]
-    fn ascii_byte_classes_match_the_character_classes() {
-        let all: Vec<u8> = (0..128).collect();
-        for bytes in all.chunks(8) {
-            let (word, space) = ascii_classes(pack(bytes));
-            for (i, &b) in bytes.iter().enumerate() {
-                let class = char_class(b as char);
-                assert_eq!(word >> i & 1 == 1, class == Class::Word, "{b}");
-                assert_eq!(space >> i & 1 == 1, class == Class::Space, "{b}");
-                assert_eq!(ascii_lower(pack(&[b])) as u8, b.to_ascii_lowercase());
-            }
+    fn ascii_lower_folds_only_upper_case_letters() {
+        for b in 0..128u8 {
+            assert_eq!(ascii_lower(pack(&[b])) as u8, b.to_ascii_lowercase());
         }
     }
 
@@ -536,10 +571,9 @@ mod tests {
             .map(|&(i, sign): &(u64, i32)| i | ((sign < 0) as u64) << 63 | 1 << 40)
             .collect();
         for round in 0..2 {
-            counts.reset(8);
-            counts.add_all(&hits, (1 << 18) - 1);
-            let got: Vec<(u32, f32)> = counts.iter().collect();
-            assert_eq!(got, [(3, 2.0), (67, -2.0), (5, 1.0), (131, 1.0)], "round {round}");
+            counts.count(hits.len(), (1 << 18) - 1, |tally| hits.iter().for_each(|&hit| tally.add(hit)));
+            let got: Vec<(u32, i32)> = counts.iter().collect();
+            assert_eq!(got, [(3, 2), (67, -2), (5, 1), (131, 1)], "round {round}");
         }
     }
 
@@ -599,3 +633,4 @@ mod tests {
         assert!(HashedFeaturizer::new(HashedSpec::default(), Some(vec![1.0; 3])).is_err());
     }
 }
+

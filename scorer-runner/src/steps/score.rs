@@ -54,30 +54,13 @@ impl Tokens {
 
     pub fn count(&self, text: &str) -> Result<u64> {
         match self {
-            Tokens::Whitespace => Ok(whitespace_words(text)),
+            Tokens::Whitespace => Ok(crate::ascii::whitespace_words(text)),
             Tokens::Tokenizer(t) => t
                 .encode_fast(text, false)
                 .map(|e| e.len() as u64)
                 .map_err(|e| Error::Tokenizer { uri: "tokenizer".into(), message: e.to_string() }),
         }
     }
-}
-
-/// Whitespace-separated words, as `str::split_whitespace` counts them. For ASCII text (the common
-/// case) word starts are counted without branches, in byte-wide chunks the compiler vectorises.
-fn whitespace_words(text: &str) -> u64 {
-    if !text.is_ascii() {
-        return text.split_whitespace().count() as u64;
-    }
-    let space = |b: u8| (b == b' ') | (b.wrapping_sub(b'\t') < 5);
-    let bytes = text.as_bytes();
-    let first = bytes.first().map_or(0, |&b| !space(b) as u64);
-    let (before, after) = (bytes, bytes.get(1..).unwrap_or_default());
-    let starts = before.chunks(255).zip(after.chunks(255)).map(|(before, after)| {
-        let chunk = before.iter().zip(after).fold(0u8, |n, (&a, &b)| n + (space(a) & !space(b)) as u8);
-        chunk as u64
-    });
-    first + starts.sum::<u64>()
 }
 
 pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
@@ -205,14 +188,4 @@ async fn score_shard(
         skipped,
         histogram,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn whitespace_words_match_split_whitespace() {
-        for text in ["", " ", "x", "  a  b\tc\n", "one", "x\u{0b}y \u{a0}z", "é  ü", "a\r\nb\x0cc"] {
-            assert_eq!(super::whitespace_words(text), text.split_whitespace().count() as u64, "{text:?}");
-        }
-    }
 }
