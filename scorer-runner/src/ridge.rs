@@ -30,10 +30,16 @@ impl RidgeHeads {
     pub fn predict(&self, x: &SparseVec, out: &mut [f32]) {
         out.copy_from_slice(&self.bias);
         for (&i, &v) in x.indices.iter().zip(&x.values) {
-            let row = &self.weights[i as usize * self.heads..(i as usize + 1) * self.heads];
-            for (o, w) in out.iter_mut().zip(row) {
-                *o += v * w;
-            }
+            self.add_feature(i, v, out);
+        }
+    }
+
+    /// Adds `value` times feature `index`'s weight to each head's sum in `out`.
+    #[inline(always)]
+    pub fn add_feature(&self, index: u32, value: f32, out: &mut [f32]) {
+        let row = &self.weights[index as usize * self.heads..(index as usize + 1) * self.heads];
+        for (o, w) in out.iter_mut().zip(row) {
+            *o += value * w;
         }
     }
 }

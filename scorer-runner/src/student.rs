@@ -101,11 +101,8 @@ impl Student {
         match &self.scorer {
             Scorer::Heads { heads, featurizer, .. } => {
                 let mut scores = Vec::with_capacity(texts.len());
-                featurizer.featurize_each(texts, &mut |x| {
-                    let mut out = vec![0f32; heads.heads];
-                    heads.predict(x, &mut out);
-                    out.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
-                    scores.push(Some(out));
+                featurizer.predict_each(texts, heads, &mut |predicted| {
+                    scores.push(Some(predicted.iter().map(|v| v.clamp(lo, hi)).collect()));
                 })?;
                 Ok(scores)
             }

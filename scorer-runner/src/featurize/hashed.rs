@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::{Featurizer, SparseVec};
+use crate::ridge::RidgeHeads;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -106,13 +107,13 @@ impl HashedFeaturizer {
         });
     }
 
-    /// One text's vector, into `out`.
-    fn featurize_into(&self, text: &str, scratch: &mut Scratch, out: &mut SparseVec) {
-        self.count_grams(text, scratch);
-        out.indices.clear();
-        out.values.clear();
+    /// Calls `f` with each feature `scratch.counts` holds, in first-counted order: its index and
+    /// its weight before normalisation (term weight, times IDF, signed). Returns the weights' sum
+    /// of squares.
+    #[inline(always)]
+    fn weights(&self, counts: &Counts, mut f: impl FnMut(u32, f32)) -> f32 {
         let mut norm2 = 0f32;
-        for (i, count) in scratch.counts.iter() {
+        for (i, count) in counts.iter() {
             if count == 0 {
                 continue;
             }
@@ -128,9 +129,20 @@ impl HashedFeaturizer {
             // on every other index.
             let v = v.copysign(count as f32);
             norm2 += v * v;
+            f(i, v);
+        }
+        norm2
+    }
+
+    /// One text's vector, into `out`.
+    fn featurize_into(&self, text: &str, scratch: &mut Scratch, out: &mut SparseVec) {
+        self.count_grams(text, scratch);
+        out.indices.clear();
+        out.values.clear();
+        let norm2 = self.weights(&scratch.counts, |i, v| {
             out.indices.push(i);
             out.values.push(v);
-        }
+        });
         if norm2 > 0.0 {
             let scale = norm2.sqrt().recip();
             out.values.iter_mut().for_each(|v| *v *= scale);
@@ -165,11 +177,19 @@ impl Featurizer for HashedFeaturizer {
         Ok(texts.iter().map(|t| one(t)).collect())
     }
 
-    fn featurize_each(&self, texts: &[&str], f: &mut dyn FnMut(&SparseVec)) -> Result<()> {
-        let (mut scratch, mut x) = (Scratch::default(), SparseVec::default());
+    /// The heads' sums over the unnormalised weights, scaled once by the norm: the heads are
+    /// linear, so this equals predicting from the normalised vector (up to rounding).
+    fn predict_each(&self, texts: &[&str], heads: &RidgeHeads, f: &mut dyn FnMut(&[f32])) -> Result<()> {
+        let (mut scratch, mut sums, mut out) = (Scratch::default(), vec![0f32; heads.heads], vec![0f32; heads.heads]);
         for text in texts {
-            self.featurize_into(text, &mut scratch, &mut x);
-            f(&x);
+            self.count_grams(text, &mut scratch);
+            sums.fill(0.0);
+            let norm2 = self.weights(&scratch.counts, |i, v| heads.add_feature(i, v, &mut sums));
+            let scale = if norm2 > 0.0 { norm2.sqrt().recip() } else { 0.0 };
+            for ((o, sum), bias) in out.iter_mut().zip(&sums).zip(&heads.bias) {
+                *o = bias + sum * scale;
+            }
+            f(&out);
         }
         Ok(())
     }
@@ -599,9 +619,36 @@ mod tests {
     fn vectors_one_at_a_time_equal_the_batch() {
         let f = featurizer(HashedSpec { char_ngrams: Some([2, 3]), ..Default::default() });
         let texts = ["a longer text, with more words than the next", "short", "Été à Paris"];
-        let mut each = Vec::new();
-        f.featurize_each(&texts, &mut |x| each.push(x.clone())).unwrap();
-        assert_eq!(each, f.featurize(&texts).unwrap());
+        let each: Vec<SparseVec> = texts.iter().map(|t| f.featurize(&[t]).unwrap().remove(0)).collect();
+        assert_eq!(each, f.featurize(&texts).unwrap(), "buffers reused from text to text leave nothing behind");
+    }
+
+    #[test]
+    fn predictions_while_featurizing_equal_predictions_from_the_vectors() {
+        let texts = ["a longer text, with more words than the next", "short", "Été à Paris", "x x x y", ""];
+        for spec in [HashedSpec { dim_log2: 10, ..Default::default() }, HashedSpec { dim_log2: 10, char_ngrams: Some([2, 3]), sublinear_tf: false, ..Default::default() }] {
+            let idf: Vec<f32> = (0..1024).map(|i| 1.0 + (i % 7) as f32 / 7.0).collect();
+            let f = HashedFeaturizer::new(spec, Some(idf)).unwrap();
+            let weights = (0..1024 * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let heads = RidgeHeads { dim: 1024, heads: 3, weights, bias: vec![1.0, 2.0, 3.0], lambdas: vec![1.0; 3] };
+            let expected: Vec<Vec<f32>> = f
+                .featurize(&texts)
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    let mut out = vec![0f32; 3];
+                    heads.predict(x, &mut out);
+                    out
+                })
+                .collect();
+            let mut got = Vec::new();
+            f.predict_each(&texts, &heads, &mut |scores| got.push(scores.to_vec())).unwrap();
+            assert_eq!(got.len(), texts.len());
+            for (g, e) in got.iter().flatten().zip(expected.iter().flatten()) {
+                assert!((g - e).abs() < 1e-5, "{got:?} vs {expected:?}");
+            }
+            assert_eq!(got[4], heads.bias, "an empty text scores the bias");
+        }
     }
 
     #[test]

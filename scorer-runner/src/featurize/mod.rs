@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ridge::RidgeHeads;
+
 pub use hashed::{idf_weights, HashedFeaturizer, HashedSpec};
 
 /// A sparse vector: unique indices, in no particular order (nothing that consumes one needs
@@ -60,10 +62,15 @@ pub trait Featurizer: Send + Sync {
     fn dim(&self) -> usize;
     /// One L2-normalised vector per text.
     fn featurize(&self, texts: &[&str]) -> crate::error::Result<Vec<SparseVec>>;
-    /// Calls `f` with each text's vector, in order. Featurizers that build vectors one at a time
-    /// reuse one vector's buffers, so scoring a corpus allocates nothing per record.
-    fn featurize_each(&self, texts: &[&str], f: &mut dyn FnMut(&SparseVec)) -> crate::error::Result<()> {
-        self.featurize(texts)?.iter().for_each(f);
+    /// Calls `f` with each text's predictions under `heads` (what [`RidgeHeads::predict`] gives
+    /// for its vector), in order. Featurizers that build vectors sparsely predict while building,
+    /// without materialising the vector: scoring a corpus needs only the predictions.
+    fn predict_each(&self, texts: &[&str], heads: &RidgeHeads, f: &mut dyn FnMut(&[f32])) -> crate::error::Result<()> {
+        let mut out = vec![0f32; heads.heads];
+        for x in self.featurize(texts)? {
+            heads.predict(&x, &mut out);
+            f(&out);
+        }
         Ok(())
     }
 }
