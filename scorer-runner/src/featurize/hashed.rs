@@ -139,14 +139,11 @@ impl HashedFeaturizer {
         self.count_grams(text, scratch);
         out.indices.clear();
         out.values.clear();
-        let norm2 = self.weights(&scratch.counts, |i, v| {
+        self.weights(&scratch.counts, |i, v| {
             out.indices.push(i);
             out.values.push(v);
         });
-        if norm2 > 0.0 {
-            let scale = norm2.sqrt().recip();
-            out.values.iter_mut().for_each(|v| *v *= scale);
-        }
+        out.normalize();
     }
 }
 
