@@ -86,14 +86,11 @@ impl HashedFeaturizer {
             char_grams = (lo as usize..=hi as usize).map(|len| (chars.len() + 1).saturating_sub(len)).sum();
         }
         counts.count(n * tokens.len() + char_grams, self.mask, |tally| {
-            // Every n-gram ending at each token: combine hashes newest to oldest.
-            for t in 0..tokens.len() {
-                let mut combined = tokens[t];
-                tally.add(combined);
-                for k in 1..n.min(t + 1) {
-                    combined = fold_mul(tokens[t - k].rotate_left(k as u32 * 7) ^ combined, GRAM_K);
-                    tally.add(combined);
-                }
+            // The common orders as constants, so their loops unroll.
+            match n {
+                1 => word_grams(tokens, 1, tally),
+                2 => word_grams(tokens, 2, tally),
+                n => word_grams(tokens, n, tally),
             }
             if let Some([lo, hi]) = self.spec.char_ngrams {
                 for len in lo as usize..=hi as usize {
@@ -144,6 +141,20 @@ impl HashedFeaturizer {
             out.values.push(v);
         });
         out.normalize();
+    }
+}
+
+/// Counts every word n-gram of orders 1 to `n` from the token hashes: each n-gram ending at a
+/// token, its hash combined from the newest token to the oldest.
+#[inline(always)]
+fn word_grams(tokens: &[u64], n: usize, tally: &mut Tally<'_>) {
+    for t in 0..tokens.len() {
+        let mut combined = tokens[t];
+        tally.add(combined);
+        for k in 1..n.min(t + 1) {
+            combined = fold_mul(tokens[t - k].rotate_left(k as u32 * 7) ^ combined, GRAM_K);
+            tally.add(combined);
+        }
     }
 }
 
