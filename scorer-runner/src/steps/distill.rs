@@ -9,9 +9,14 @@
 //! ```
 //!
 //! `group` may be given but the plan's source-to-group map decides. A label is skipped (and
-//! counted by reason) when its source is in no group of the plan, a dimension of its group has no
-//! score, or a score is not an integer on the plan's scale. A record is in the validation split
-//! when `hash(id)` falls below `validationFraction`, so every rerun and worker agrees.
+//! counted by reason) when it does not parse, its source is in no group of the plan, a dimension
+//! of its group has no score, or a score is not an integer on the plan's scale. A record is in
+//! the validation split when `hash(id)` falls below `validationFraction`, so every rerun and
+//! worker agrees.
+//!
+//! The label files are read once per run: each label goes to the bounded train and validation
+//! samples of the groups its source belongs to, so memory is bounded by the sample caps and not
+//! by the number of labels.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::ops::ControlFlow;
@@ -98,12 +103,9 @@ pub async fn run(ctx: &Context, plan: &DistillPlan) -> Result<DistillResult> {
         &Source { name: "labels".into(), uri: plan.labels.clone(), format: None, text: TextSpec::default() },
     )
     .await?;
+    let (samples, mut skipped_labels) = read_labels(ctx, plan, &label_files).await?;
     let ids: Vec<String> = plan.groups.iter().map(|g| unit_id(&g.name, &g.name)).collect();
-    let commits = ctx
-        .units(&plan.output)
-        .run(&ids, |i| train_group(ctx, plan, &plan.groups[i], &label_files))
-        .await?;
-    let mut skipped_labels = SkipCounts::default();
+    let commits = ctx.units(&plan.output).run(&ids, |i| train_group(ctx, plan, &plan.groups[i], &samples[i])).await?;
     let mut students = Vec::new();
     for commit in commits {
         let (report, skipped): (StudentReport, SkipCounts) = commit.output;
@@ -117,7 +119,7 @@ pub async fn run(ctx: &Context, plan: &DistillPlan) -> Result<DistillResult> {
 }
 
 /// Checks a label against the group's rubric.
-fn to_example(label: Label, group: &DistillGroup, plan: &DistillPlan) -> std::result::Result<Example, &'static str> {
+fn to_example(label: &Label, group: &DistillGroup, plan: &DistillPlan) -> std::result::Result<Example, &'static str> {
     let mut scores = Vec::with_capacity(group.dimensions.len());
     for d in &group.dimensions {
         let score = label.scores.get(&d.id).and_then(Value::as_i64).ok_or("missing_score")?;
@@ -129,72 +131,94 @@ fn to_example(label: Label, group: &DistillGroup, plan: &DistillPlan) -> std::re
     if label.text.trim().is_empty() {
         return Err("empty_text");
     }
-    Ok(Example { id: label.id, source: label.source, text: label.text, scores })
+    Ok(Example { id: label.id.clone(), source: label.source.clone(), text: label.text.clone(), scores })
 }
 
-/// Reads every label of one group, split into (train, validation) samples. Every group reads
-/// every label file, and a line that is not a label belongs to no group: only the plan's first
-/// group counts those, so the step's total counts each once.
-async fn read_labels(
-    ctx: &Context,
-    plan: &DistillPlan,
-    group: &DistillGroup,
-    files: &[super::Shard],
-) -> Result<(Vec<Example>, Vec<Example>, SkipCounts)> {
-    let mut train = BottomK::new(plan.max_train_records);
-    let mut validation = BottomK::new(plan.max_train_records);
-    let mut skipped = SkipCounts::default();
+/// One group's labels as they are read: bounded train and validation samples, and the labels
+/// its rubric refused, by reason.
+struct Samples {
+    train: BottomK,
+    validation: BottomK,
+    skipped: SkipCounts,
+}
+
+impl Samples {
+    fn new(cap: usize) -> Self {
+        Samples { train: BottomK::new(cap), validation: BottomK::new(cap), skipped: SkipCounts::default() }
+    }
+
+    /// Offers a label to the group's validation or train sample (by its id's hash), or counts
+    /// why the group's rubric refuses it.
+    fn offer(&mut self, label: &Label, group: &DistillGroup, plan: &DistillPlan, uri: &str, index: u64) {
+        match to_example(label, group, plan) {
+            Ok(example) => {
+                let key = xxhash_rust::xxh3::xxh3_64_with_seed(example.id.as_bytes(), plan.split_seed ^ 0x5eed);
+                let validation = id_fraction(&example.id, plan.split_seed) < plan.validation_fraction;
+                let sample = if validation { &mut self.validation } else { &mut self.train };
+                sample.offer(key, example);
+            }
+            Err(reason) => self.skipped.add_reason(reason, uri, index),
+        }
+    }
+
+    fn finish(self) -> GroupLabels {
+        GroupLabels { train: Arc::new(self.train.into_sorted()), validation: Arc::new(self.validation.into_sorted()), skipped: self.skipped }
+    }
+}
+
+/// One group's training input: its train and validation examples, in id-hash order (shared
+/// with the blocking tasks that use them), and the labels it skipped.
+struct GroupLabels {
+    train: Arc<Vec<Example>>,
+    validation: Arc<Vec<Example>>,
+    skipped: SkipCounts,
+}
+
+/// Reads every label file once, offering each label to the samples of every group its source
+/// is in. Returns each group's labels, in plan order, and the labels that belong to no group (a
+/// line that is not a label, or a source no group lists), by reason.
+async fn read_labels(ctx: &Context, plan: &DistillPlan, files: &[super::Shard]) -> Result<(Vec<GroupLabels>, SkipCounts)> {
+    let plan = Arc::new(plan.clone());
+    let mut samples: Vec<Samples> = plan.groups.iter().map(|_| Samples::new(plan.max_train_records)).collect();
+    let mut unassigned = SkipCounts::default();
     for file in files {
         let (input, _guard) = ctx.open_shard(&file.uri, file.format).await?;
-        let (uri, format, read) = (file.uri.clone(), file.format, crate::formats::ReadOptions::default());
-        let (group_c, plan_c) = (group.clone(), plan.clone());
-        let counts_unreadable = plan.groups.first().is_some_and(|first| first.name == group.name);
-        let (t, v, s) = blocking(move || {
-            let (group, plan) = (&group_c, &plan_c);
-            let (mut t, mut v, mut s) = (Vec::new(), Vec::new(), SkipCounts::default());
-            for_each_batch(&uri, input, format, read, |batch| {
+        let (uri, format, plan) = (file.uri.clone(), file.format, plan.clone());
+        (samples, unassigned) = blocking(move || {
+            let mut groups_of: HashMap<&str, Vec<usize>> = HashMap::new();
+            for (g, group) in plan.groups.iter().enumerate() {
+                for source in &group.sources {
+                    groups_of.entry(source.as_str()).or_default().push(g);
+                }
+            }
+            for_each_batch(&uri, input, format, crate::formats::ReadOptions::default(), |batch| {
                 for raw in batch.records {
-                    let label: Label = match serde_json::from_slice(&raw.bytes) {
-                        Ok(label) => label,
-                        Err(_) => {
-                            if counts_unreadable {
-                                s.add_reason("invalid_label", &uri, raw.index);
-                            }
-                            continue;
-                        }
-                    };
-                    if !group.sources.contains(&label.source) {
+                    let Ok(label) = serde_json::from_slice::<Label>(&raw.bytes) else {
+                        unassigned.add_reason("invalid_label", &uri, raw.index);
                         continue;
-                    }
-                    match to_example(label, group, plan) {
-                        Ok(example) if id_fraction(&example.id, plan.split_seed) < plan.validation_fraction => v.push(example),
-                        Ok(example) => t.push(example),
-                        Err(reason) => s.add_reason(reason, &uri, raw.index),
+                    };
+                    let Some(groups) = groups_of.get(label.source.as_str()) else {
+                        unassigned.add_reason("source_in_no_group", &uri, raw.index);
+                        continue;
+                    };
+                    for &g in groups {
+                        samples[g].offer(&label, &plan.groups[g], &plan, &uri, raw.index);
                     }
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
-            Ok((t, v, s))
+            Ok((samples, unassigned))
         })
         .await?;
-        let key = |e: &Example| xxhash_rust::xxh3::xxh3_64_with_seed(e.id.as_bytes(), plan.split_seed ^ 0x5eed);
-        t.into_iter().for_each(|e| train.offer(key(&e), e));
-        v.into_iter().for_each(|e| validation.offer(key(&e), e));
-        skipped.merge(&s);
     }
-    Ok((train.into_sorted(), validation.into_sorted(), skipped))
+    Ok((samples.into_iter().map(Samples::finish).collect(), unassigned))
 }
 
-async fn train_group(
-    ctx: &Context,
-    plan: &DistillPlan,
-    group: &DistillGroup,
-    files: &[super::Shard],
-) -> Result<(StudentReport, SkipCounts)> {
+async fn train_group(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, labels: &GroupLabels) -> Result<(StudentReport, SkipCounts)> {
     if group.dimensions.is_empty() {
         return Err(Error::plan(format!("group {:?} has no dimensions", group.name)));
     }
-    let (train, validation, skipped) = read_labels(ctx, plan, group, files).await?;
+    let GroupLabels { train, validation, skipped } = labels;
     if train.len() < 2 {
         return Err(Error::plan(format!(
             "group {:?}: {} usable training labels (need at least 2); skipped: {:?}",
@@ -203,8 +227,8 @@ async fn train_group(
             skipped.counts
         )));
     }
-    let student = build_student(ctx, plan, group, &train).await?;
-    let (plan_c, group_c) = (plan.clone(), group.clone());
+    let student = build_student(ctx, plan, group, train).await?;
+    let (plan_c, group_c, validation) = (plan.clone(), group.clone(), validation.clone());
     let (student, agreement, (unscored, validated)) = blocking(move || {
         let (agreement, counts) = agreement(&plan_c, &group_c, &student, &validation)?;
         Ok((student, agreement, counts))
@@ -230,15 +254,15 @@ async fn train_group(
         agreement,
         masked,
     };
-    let mut skipped = skipped;
+    let mut skipped = skipped.clone();
     skipped.merge(&unscored);
     ctx.storage.put(&student_uri, bytes.into()).await?;
     if plan.export_sft {
         let tmp = ctx.scratch_file()?;
-        let (path, group_c, plan_c) = (tmp.to_path_buf(), group.clone(), plan.clone());
+        let (path, group_c, plan_c, train) = (tmp.to_path_buf(), group.clone(), plan.clone(), train.clone());
         blocking(move || {
             let mut writer = ShardWriter::create(&path, Format::Jsonl)?;
-            for example in &train {
+            for example in train.iter() {
                 writer.write_line(&sft_example(&plan_c, &group_c, example))?;
             }
             writer.finish()
@@ -358,4 +382,67 @@ fn agreement(
         }
     }
     Ok((out, (unscored, scored)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::Format;
+    use crate::plan::DimensionRef;
+    use crate::steps::Shard;
+
+    fn group(name: &str, sources: &[&str]) -> DistillGroup {
+        let dimension = DimensionRef { id: "d".into(), name: String::new(), description: String::new(), guide: String::new() };
+        DistillGroup { name: name.into(), sources: sources.iter().map(|s| s.to_string()).collect(), dimensions: vec![dimension] }
+    }
+
+    fn ids(examples: &[Example]) -> Vec<(&str, &str)> {
+        examples.iter().map(|e| (e.source.as_str(), e.id.as_str())).collect()
+    }
+
+    #[tokio::test]
+    async fn labels_are_read_once_into_each_group_of_their_source_in_bounded_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context::new(Default::default(), crate::units::WorkerConfig::from_env(), dir.path().join("scratch"));
+        // "books" is in both groups; "forum" in none.
+        let plan: DistillPlan = serde_json::from_value(serde_json::json!({
+            "output": dir.path().join("out"), "labels": dir.path().join("labels"), "groups": [], "maxTrainRecords": 5,
+        }))
+        .unwrap();
+        let plan = DistillPlan { groups: vec![group("a", &["web", "books"]), group("b", &["code", "books"])], ..plan };
+        let mut lines: Vec<String> = Vec::new();
+        for source in ["web", "code", "books"] {
+            for i in 0..40 {
+                lines.push(serde_json::json!({"id": format!("{source}-{i}"), "source": source, "text": "some text", "scores": {"d": 1 + i % 5}}).to_string());
+            }
+        }
+        lines.push("not a label".into());
+        lines.push(serde_json::json!({"id": "f", "source": "forum", "text": "t", "scores": {"d": 3}}).to_string());
+        lines.push(serde_json::json!({"id": "w", "source": "web", "text": "t", "scores": {}}).to_string());
+        // The same labels in reverse order, in a second set of files: samples must not depend on
+        // the order labels are read in.
+        let mut read = Vec::new();
+        for (name, order) in [("forward", lines.clone()), ("reverse", lines.iter().rev().cloned().collect())] {
+            let path = dir.path().join(format!("{name}.jsonl"));
+            std::fs::write(&path, order.join("\n") + "\n").unwrap();
+            let shard = Shard { uri: path.to_string_lossy().into(), format: Format::Jsonl, size: 0 };
+            read.push(read_labels(&ctx, &plan, &[shard]).await.unwrap());
+        }
+        let (groups, unassigned) = &read[0];
+        assert_eq!(unassigned.counts, BTreeMap::from([("invalid_label".into(), 1), ("source_in_no_group".into(), 1)]));
+        assert_eq!(groups[0].skipped.counts, BTreeMap::from([("missing_score".into(), 1)]), "counted in the group of its source");
+        assert!(groups[1].skipped.counts.is_empty());
+        for (labels, sources) in groups.iter().zip([["web", "books"], ["code", "books"]]) {
+            assert_eq!(labels.train.len(), 5, "capped");
+            assert_eq!(labels.validation.len(), 5, "capped");
+            for (source, _) in ids(&labels.train).into_iter().chain(ids(&labels.validation)) {
+                assert!(sources.contains(&source), "{source} not in {sources:?}");
+            }
+        }
+        let (reversed, _) = &read[1];
+        for (forward, reverse) in groups.iter().zip(reversed) {
+            assert_eq!(ids(&forward.train), ids(&reverse.train));
+            assert_eq!(ids(&forward.validation), ids(&reverse.validation));
+        }
+    }
 }
