@@ -269,16 +269,4 @@ cmd_stop() {
   rm -f "$state/kube.env" "$KDIR/ports"
 }
 
-cmd_env() {
-  local state="$1"
-  [[ -f "$state/kube.env" ]] || die "$state/kube.env not found; run: $0 start $state"
-  print_exports "$state/kube.env"
-}
-
-(($# == 2)) || usage
-case "$1" in
-  start) cmd_start "$2" ;;
-  stop) cmd_stop "$2" ;;
-  env) cmd_env "$2" ;;
-  *) usage ;;
-esac
+server_main kube.env "$@"

@@ -152,3 +152,21 @@ print_exports() {
     [[ -n "$line" ]] && printf 'export %s=%q\n' "${line%%=*}" "${line#*=}"
   done <"$1"
 }
+
+# server_main ENV_FILE start|stop|env STATE_DIR : the command dispatch of the test-server
+# scripts, which define usage, cmd_start and cmd_stop; `env` prints the exports that
+# `start` wrote to STATE_DIR/ENV_FILE.
+server_main() {
+  local env_file="$1"
+  shift
+  (($# == 2)) || usage
+  case "$1" in
+    start) cmd_start "$2" ;;
+    stop) cmd_stop "$2" ;;
+    env)
+      [[ -f "$2/$env_file" ]] || die "$2/$env_file not found; run: $0 start $2"
+      print_exports "$2/$env_file"
+      ;;
+    *) usage ;;
+  esac
+}

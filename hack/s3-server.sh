@@ -142,16 +142,4 @@ cmd_stop() {
   rm -f "$state/s3.port" "$state/s3.ports" "$state/s3.env"
 }
 
-cmd_env() {
-  local state="$1"
-  [[ -f "$state/s3.env" ]] || die "$state/s3.env not found; run: $0 start $state"
-  print_exports "$state/s3.env"
-}
-
-(($# == 2)) || usage
-case "$1" in
-  start) cmd_start "$2" ;;
-  stop) cmd_stop "$2" ;;
-  env) cmd_env "$2" ;;
-  *) usage ;;
-esac
+server_main s3.env "$@"
