@@ -179,25 +179,26 @@ struct GroupLabels {
 /// line that is not a label, or a source no group lists), by reason.
 async fn read_labels(ctx: &Context, plan: &DistillPlan, files: &[super::Shard]) -> Result<(Vec<GroupLabels>, SkipCounts)> {
     let plan = Arc::new(plan.clone());
+    let mut groups_of: HashMap<String, Vec<usize>> = HashMap::new();
+    for (g, group) in plan.groups.iter().enumerate() {
+        for source in &group.sources {
+            groups_of.entry(source.clone()).or_default().push(g);
+        }
+    }
+    let groups_of = Arc::new(groups_of);
     let mut samples: Vec<Samples> = plan.groups.iter().map(|_| Samples::new(plan.max_train_records)).collect();
     let mut unassigned = SkipCounts::default();
     for file in files {
         let (input, _guard) = ctx.open_shard(&file.uri, file.format).await?;
-        let (uri, format, plan) = (file.uri.clone(), file.format, plan.clone());
+        let (uri, format, plan, groups_of) = (file.uri.clone(), file.format, plan.clone(), groups_of.clone());
         (samples, unassigned) = blocking(move || {
-            let mut groups_of: HashMap<&str, Vec<usize>> = HashMap::new();
-            for (g, group) in plan.groups.iter().enumerate() {
-                for source in &group.sources {
-                    groups_of.entry(source.as_str()).or_default().push(g);
-                }
-            }
             for_each_batch(&uri, input, format, crate::formats::ReadOptions::default(), |batch| {
                 for raw in batch.records {
                     let Ok(label) = serde_json::from_slice::<Label>(&raw.bytes) else {
                         unassigned.add_reason("invalid_label", &uri, raw.index);
                         continue;
                     };
-                    let Some(groups) = groups_of.get(label.source.as_str()) else {
+                    let Some(groups) = groups_of.get(&label.source) else {
                         unassigned.add_reason("source_in_no_group", &uri, raw.index);
                         continue;
                     };
