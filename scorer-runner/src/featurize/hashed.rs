@@ -294,8 +294,9 @@ fn class_at(text: &str, i: usize) -> (Class, usize) {
     (char_class(c), c.len_utf8())
 }
 
-/// What a character is to the splitter (`_` counts as a letter); [`ascii_classes`] must agree on
-/// ASCII, which a test checks.
+/// What a character is to the splitter (`_` counts as a letter); the ASCII byte classes of
+/// [`crate::ascii::block`] must agree, which `byte_level_split_matches_the_character_level_definition`
+/// checks.
 fn char_class(c: char) -> Class {
     if c.is_whitespace() {
         Class::Space
