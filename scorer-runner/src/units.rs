@@ -238,11 +238,13 @@ impl Units {
                 let commit = Commit { unit: unit.to_string(), worker: self.worker.id.clone(), output };
                 let uri = self.key(unit, "commit.json");
                 let body = serde_json::to_vec(&commit).map_err(|e| Error::json(&uri, e))?;
-                if !self.storage.put_if_absent(&uri, body.into()).await? {
-                    tracing::info!(unit, "unit was committed by another worker first");
-                }
+                let created = self.storage.put_if_absent(&uri, body.into()).await?;
                 self.storage.delete(&self.key(unit, "failed.json")).await?;
+                if created {
+                    return Ok(Some(commit));
+                }
                 // The commit that exists is the one every reader sees.
+                tracing::info!(unit, "unit was committed by another worker first");
                 Ok(self.commit_of(unit).await?)
             }
             Err(e) => {
