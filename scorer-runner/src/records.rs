@@ -1,10 +1,12 @@
 //! From raw record bytes to (id, text): parsing, text extraction per source, and the counted
 //! reasons a record is skipped.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::formats::RawRecord;
@@ -77,15 +79,23 @@ impl SkipCounts {
     }
 }
 
-/// A record ready to featurize.
+/// A record ready to featurize. The text is borrowed from the raw record's bytes when its JSON
+/// string has no escapes (nearly always), so scoring a record copies nothing.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TextRecord {
+pub struct TextRecord<'a> {
     pub id: String,
-    pub text: String,
+    pub text: Cow<'a, str>,
+}
+
+impl TextRecord<'_> {
+    /// The record with its text copied out, to keep beyond the raw record's batch.
+    pub fn into_owned(self) -> TextRecord<'static> {
+        TextRecord { id: self.id, text: Cow::Owned(self.text.into_owned()) }
+    }
 }
 
 /// Parses a raw record and extracts its id and text.
-pub fn extract(raw: &RawRecord, spec: &TextSpec) -> Result<TextRecord, Malformed> {
+pub fn extract<'r>(raw: &'r RawRecord, spec: &TextSpec) -> Result<TextRecord<'r>, Malformed> {
     if raw.oversized {
         return Err(Malformed::Oversized);
     }
@@ -93,42 +103,74 @@ pub fn extract(raw: &RawRecord, spec: &TextSpec) -> Result<TextRecord, Malformed
     let text_path = spec.messages_field.as_deref().or(spec.field.as_deref()).unwrap_or("text");
     let [text, id] = members(json, [Some(text_path), spec.id_field.as_deref()])?;
     let text = match (&spec.messages_field, text) {
-        (Some(_), Some(Value::Array(messages))) => render_messages(&messages),
-        (None, Some(Value::String(s))) => s,
+        (Some(_), Some(Member::Value(Value::Array(messages)))) => Cow::Owned(render_messages(&messages)),
+        (None, Some(Member::Str(s))) => s,
         _ => return Err(Malformed::MissingText),
     };
     if text.trim().is_empty() {
         return Err(Malformed::EmptyText);
     }
     let id = match id {
-        Some(Value::String(s)) => s,
-        Some(Value::Number(n)) => n.to_string(),
+        Some(Member::Str(s)) => s.into_owned(),
+        Some(Member::Value(Value::Number(n))) => n.to_string(),
         _ => content_id(&text),
     };
     Ok(TextRecord { id, text })
 }
 
-/// Parses a JSON object, building only the values at the given (dotted) paths: every other member
-/// is validated and skipped without being built, which is most of the cost of parsing a record.
-/// Not an object, or not JSON: [`Malformed::InvalidJson`].
-fn members<const N: usize>(json: &str, paths: [Option<&str>; N]) -> Result<[Option<Value>; N], Malformed> {
+/// A member found at a path: a string (borrowed from the input unless it has escapes), or any
+/// other JSON value.
+enum Member<'j> {
+    Str(Cow<'j, str>),
+    Value(Value),
+}
+
+impl<'j> Member<'j> {
+    /// A top-level member from its raw JSON text, which the parser has validated.
+    fn from_raw(raw: &'j RawValue) -> Result<Self, Malformed> {
+        let json = raw.get();
+        match json.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            Some(inner) if memchr::memchr(b'\\', inner.as_bytes()).is_none() => Ok(Member::Str(Cow::Borrowed(inner))),
+            _ => Ok(match serde_json::from_str(json).map_err(|_| Malformed::InvalidJson)? {
+                Value::String(s) => Member::Str(Cow::Owned(s)),
+                other => Member::Value(other),
+            }),
+        }
+    }
+}
+
+/// Parses a JSON object, taking the members at the given (dotted) paths: every other member is
+/// validated and skipped without being built, which is most of the cost of parsing a record,
+/// and a wanted string is not copied unless it has escapes. Not an object, or not JSON:
+/// [`Malformed::InvalidJson`].
+fn members<'j, const N: usize>(json: &'j str, paths: [Option<&str>; N]) -> Result<[Option<Member<'j>>; N], Malformed> {
     let mut de = serde_json::Deserializer::from_str(json);
-    let mut found = Members(paths.map(|p| p.map(|p| p.split('.').next().unwrap_or(p))))
+    let found = Members(paths.map(|p| p.map(|p| p.split('.').next().unwrap_or(p))))
         .deserialize(&mut de)
         .and_then(|found| de.end().map(|_| found))
         .map_err(|_| Malformed::InvalidJson)?;
-    for (slot, path) in found.iter_mut().zip(paths) {
-        let mut nested = path.into_iter().flat_map(|p| p.split('.').skip(1));
-        *slot = slot.take().and_then(|value| nested.try_fold(value, |mut v, key| v.as_object_mut()?.remove(key)));
+    let mut out = std::array::from_fn(|_| None);
+    for ((slot, raw), path) in out.iter_mut().zip(found).zip(paths) {
+        let (Some(raw), Some(path)) = (raw, path) else { continue };
+        *slot = match path.split_once('.') {
+            None => Some(Member::from_raw(raw)?),
+            Some((_, nested)) => {
+                let value: Value = serde_json::from_str(raw.get()).map_err(|_| Malformed::InvalidJson)?;
+                nested.split('.').try_fold(value, |mut v, key| v.as_object_mut()?.remove(key)).map(|v| match v {
+                    Value::String(s) => Member::Str(Cow::Owned(s)),
+                    other => Member::Value(other),
+                })
+            }
+        };
     }
-    Ok(found)
+    Ok(out)
 }
 
-/// Visits a JSON object keeping the members whose keys are wanted.
+/// Visits a JSON object keeping the raw text of the members whose keys are wanted.
 struct Members<'p, const N: usize>([Option<&'p str>; N]);
 
 impl<'de, const N: usize> serde::de::DeserializeSeed<'de> for Members<'_, N> {
-    type Value = [Option<Value>; N];
+    type Value = [Option<&'de RawValue>; N];
 
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
         de.deserialize_map(self)
@@ -136,25 +178,25 @@ impl<'de, const N: usize> serde::de::DeserializeSeed<'de> for Members<'_, N> {
 }
 
 impl<'de, const N: usize> serde::de::Visitor<'de> for Members<'_, N> {
-    type Value = [Option<Value>; N];
+    type Value = [Option<&'de RawValue>; N];
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found: [Option<Value>; N] = std::array::from_fn(|_| None);
+        let mut found = [None; N];
         while let Some(Key(key)) = map.next_key()? {
-            let mut slots = self.0.iter().enumerate().filter(|(_, k)| **k == Some(&*key)).map(|(i, _)| i);
-            let Some(first) = slots.next() else {
+            if !self.0.contains(&Some(&*key)) {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
-            };
-            let value: Value = map.next_value()?;
-            for i in slots {
-                found[i] = Some(value.clone());
             }
-            found[first] = Some(value);
+            let value: &'de RawValue = map.next_value()?;
+            for (slot, wanted) in found.iter_mut().zip(&self.0) {
+                if *wanted == Some(&*key) {
+                    *slot = Some(value);
+                }
+            }
         }
         Ok(found)
     }
@@ -276,17 +318,28 @@ mod tests {
     #[test]
     fn ids_come_from_the_id_field_or_the_content() {
         let spec = TextSpec { field: Some("doc.body".into()), id_field: Some("n".into()), ..Default::default() };
-        let r = extract(&raw(br#"{"n": 12, "doc": {"body": "hello"}}"#), &spec).unwrap();
+        let r = extract(&raw(br#"{"n": 12, "doc": {"body": "hello"}}"#), &spec).map(TextRecord::into_owned).unwrap();
         assert_eq!(r, TextRecord { id: "12".into(), text: "hello".into() });
-        let r = extract(&raw(br#"{"doc": {"body": "hello"}}"#), &spec).unwrap();
+        let r = extract(&raw(br#"{"doc": {"body": "hello"}}"#), &spec).map(TextRecord::into_owned).unwrap();
         assert_eq!(r.id, content_id("hello"));
         // Two paths under one member, a key with an escape, the last of duplicate keys.
         let spec = TextSpec { field: Some("doc.body".into()), id_field: Some("doc.id".into()), ..Default::default() };
-        let r = extract(&raw(br#"{"doc": {"body": "old"}, "d\u006fc": {"id": "a", "body": "new"}}"#), &spec).unwrap();
+        let r = extract(&raw(br#"{"doc": {"body": "old"}, "d\u006fc": {"id": "a", "body": "new"}}"#), &spec).map(TextRecord::into_owned).unwrap();
         assert_eq!(r, TextRecord { id: "a".into(), text: "new".into() });
         assert_ne!(content_id("hello"), content_id("hello!"));
         // Ids are stable across versions: the 128-bit hash as 32 lower-case hex digits.
         assert_eq!(content_id("hello"), format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"hello")));
+    }
+
+    #[test]
+    fn text_is_borrowed_unless_its_json_has_escapes() {
+        let spec = TextSpec::default();
+        let plain = raw(br#"{"text": "plain words", "n": 1}"#);
+        assert!(matches!(extract(&plain, &spec).unwrap().text, Cow::Borrowed("plain words")));
+        let escaped = raw(br#"{"text": "line\none \"q\" \u00e9 \\"}"#);
+        assert_eq!(extract(&escaped, &spec).unwrap().text, "line\none \"q\" \u{e9} \\");
+        // A raw control character is not valid JSON, borrowed or not.
+        assert_eq!(extract(&raw(b"{\"text\": \"a\tb\"}"), &spec), Err(Malformed::InvalidJson));
     }
 
     #[test]

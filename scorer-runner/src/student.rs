@@ -65,6 +65,34 @@ impl Scorer {
     }
 }
 
+/// A batch's per-dimension scores, a row per text, reused from batch to batch so that scoring
+/// allocates nothing per record.
+#[derive(Debug, Default)]
+pub struct BatchScores {
+    dims: usize,
+    values: Vec<f32>,
+    /// Per text: whether it has a row (a judge may give no usable reply).
+    replied: Vec<bool>,
+}
+
+impl BatchScores {
+    fn clear(&mut self, dims: usize) {
+        self.dims = dims;
+        self.values.clear();
+        self.replied.clear();
+    }
+
+    /// The scores of text `i`, or `None` where it got none.
+    pub fn get(&self, i: usize) -> Option<&[f32]> {
+        self.replied[i].then(|| &self.values[i * self.dims..(i + 1) * self.dims])
+    }
+
+    /// Each text's scores, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Option<&[f32]>> {
+        (0..self.replied.len()).map(|i| self.get(i))
+    }
+}
+
 pub struct Student {
     pub header: StudentHeader,
     pub scorer: Scorer,
@@ -94,21 +122,23 @@ impl Student {
         self.unmasked.get(source).map(Vec::as_slice)
     }
 
-    /// Per-dimension scores for each text, clipped to the scale; `None` where a judge gave no
-    /// usable reply. Runs on the blocking pool (judges wait on their async API).
-    pub fn score_batch(&self, texts: &[&str]) -> Result<Vec<Option<Vec<f32>>>> {
+    /// Per-dimension scores for each text, clipped to the scale, into `out` (emptied first);
+    /// no row where a judge gave no usable reply. Runs on the blocking pool (judges wait on
+    /// their async API).
+    pub fn score_batch(&self, texts: &[&str], out: &mut BatchScores) -> Result<()> {
         let (lo, hi) = (self.header.scale.min as f32, self.header.scale.max as f32);
+        let dims = self.header.dimensions.len();
+        out.clear(dims);
         match &self.scorer {
-            Scorer::Heads { heads, featurizer, .. } => {
-                let mut scores = Vec::with_capacity(texts.len());
-                featurizer.predict_each(texts, heads, &mut |predicted| {
-                    scores.push(Some(predicted.iter().map(|v| v.clamp(lo, hi)).collect()));
-                })?;
-                Ok(scores)
-            }
+            Scorer::Heads { heads, featurizer, .. } => featurizer.predict_each(texts, heads, &mut |predicted| {
+                out.values.extend(predicted.iter().map(|v| v.clamp(lo, hi)));
+                out.replied.push(true);
+            }),
             Scorer::Judge { chat, runtime } => {
                 let dims = &self.header.dimensions;
                 let request = JudgeRequest::new(dims, self.header.scale, false);
+                out.values.resize(texts.len() * dims.len(), 0.0);
+                out.replied.resize(texts.len(), false);
                 runtime.block_on(async {
                     let replies: Vec<(usize, Result<_>)> = futures::stream::iter(texts.iter().enumerate())
                         .map(|(i, text)| {
@@ -118,15 +148,20 @@ impl Student {
                         .buffer_unordered(chat.concurrency())
                         .collect()
                         .await;
-                    let mut out = vec![None; texts.len()];
                     for (i, reply) in replies {
                         match reply {
-                            Ok(scores) => out[i] = Some(dims.iter().map(|d| scores[&d.id].score as f32).collect()),
+                            Ok(scores) => {
+                                let row = &mut out.values[i * dims.len()..(i + 1) * dims.len()];
+                                for (value, d) in row.iter_mut().zip(dims) {
+                                    *value = scores[&d.id].score as f32;
+                                }
+                                out.replied[i] = true;
+                            }
                             Err(Error::Model(message)) => tracing::warn!(%message, "judge gave no usable reply"),
                             Err(e) => return Err(e),
                         }
                     }
-                    Ok(out)
+                    Ok(())
                 })
             }
         }
@@ -223,7 +258,9 @@ mod tests {
                 Ok(loaded) => {
                     assert_eq!(format, FORMAT, "loaded");
                     assert_eq!(loaded.header, header(FORMAT));
-                    assert!(loaded.score_batch(&["a b c"]).unwrap()[0].is_some());
+                    let mut scores = BatchScores::default();
+                    loaded.score_batch(&["a b c"], &mut scores).unwrap();
+                    assert!(scores.get(0).is_some());
                 }
                 Err(e) => {
                     assert_ne!(format, FORMAT, "{e}");

@@ -121,7 +121,7 @@ fn name_groups(names: &[String], assign: &[usize]) -> Vec<GroupDef> {
 async fn sample_source(ctx: &Context, plan: &ClusterPlan, i: usize, featurizer: Arc<dyn Featurizer>) -> Result<SourceVector> {
     let source = &plan.sources[i];
     let sample = super::sample::sample_source(ctx, source, plan.sample_per_source, plan.read).await?;
-    let texts: Vec<String> = sample.records.iter().map(|r| r.text.clone()).collect();
+    let texts: Vec<String> = sample.records.iter().map(|r| r.text.to_string()).collect();
     let sum = blocking(move || {
         let mut sum = vec![0f32; featurizer.dim()];
         for chunk in texts.chunks(256) {

@@ -35,7 +35,7 @@ use crate::records::{id_fraction, SkipCounts, TextSpec};
 use crate::ridge;
 use crate::stats;
 use crate::storage::join;
-use crate::student::{Scorer, Student, StudentHeader, StudentKind, FORMAT};
+use crate::student::{BatchScores, Scorer, Student, StudentHeader, StudentKind, FORMAT};
 use crate::units::unit_id;
 
 /// One teacher label.
@@ -348,9 +348,11 @@ fn agreement(
     let mut pairs: BTreeMap<(&str, usize), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let mut unscored = SkipCounts::default();
     let mut scored = 0;
+    let mut predictions = BatchScores::default();
     for chunk in validation.chunks(256) {
         let texts: Vec<&str> = chunk.iter().map(|e| e.text.as_str()).collect();
-        for (example, predicted) in chunk.iter().zip(student.score_batch(&texts)?) {
+        student.score_batch(&texts, &mut predictions)?;
+        for (example, predicted) in chunk.iter().zip(predictions.iter()) {
             let Some(predicted) = predicted else {
                 unscored.add_reason("student_no_reply", &example.source, 0);
                 continue;

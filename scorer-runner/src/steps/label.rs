@@ -131,7 +131,7 @@ pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
 async fn label_group(ctx: &Context, plan: &LabelPlan, group: &LabelGroup, teacher: Arc<Chat>) -> Result<(String, u64, SkipCounts)> {
     let (records, mut skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.read).await?;
     let request = JudgeRequest::new(&group.dimensions, plan.scale, true);
-    let replies: Vec<(String, crate::records::TextRecord, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>)> =
+    let replies: Vec<(String, crate::records::TextRecord<'static>, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>)> =
         futures::stream::iter(records)
             .map(|(source, record)| {
                 let (teacher, request) = (teacher.clone(), &request);

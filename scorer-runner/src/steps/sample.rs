@@ -17,7 +17,7 @@ pub const MAX_SAMPLED_SHARDS: usize = 8;
 /// A source's sample and what reading it found.
 pub struct Sample {
     pub shards: Vec<Shard>,
-    pub records: Vec<TextRecord>,
+    pub records: Vec<TextRecord<'static>>,
     pub skipped: SkipCounts,
 }
 
@@ -44,7 +44,7 @@ pub async fn sample_source(ctx: &Context, source: &Source, n: usize, read: ReadL
                         break;
                     }
                     match extract(raw, &text) {
-                        Ok(record) => got.push(record),
+                        Ok(record) => got.push(record.into_owned()),
                         Err(reason) => skips.add(reason, &shard.uri, raw.index),
                     }
                 }
@@ -66,7 +66,7 @@ pub async fn sample_group(
     sources: &[Source],
     n: usize,
     read: ReadLimits,
-) -> Result<(Vec<(String, TextRecord)>, SkipCounts)> {
+) -> Result<(Vec<(String, TextRecord<'static>)>, SkipCounts)> {
     let share = n.div_ceil(sources.len().max(1));
     let mut records = Vec::new();
     let mut skipped = SkipCounts::default();

@@ -17,7 +17,7 @@ use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, TokenCounter
 use crate::records::{extract, SkipCounts};
 use crate::stats::trimmed_mean;
 use crate::storage::join;
-use crate::student::Student;
+use crate::student::{BatchScores, Student};
 
 /// One line of a score shard.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -139,6 +139,7 @@ async fn score_shard(
         let heads = student.header.dimensions.len();
         let unmasked = student.unmasked(&source.name).filter(|m| m.iter().any(|&u| u));
         let mut kept = Vec::with_capacity(heads);
+        let mut predictions = BatchScores::default();
         let mut encoded = Vec::new();
         for_each_batch(&shard.uri, input, shard.format, read, |batch| {
             let mut good = Vec::with_capacity(batch.records.len());
@@ -148,22 +149,22 @@ async fn score_shard(
                     Err(reason) => skipped.add(reason, &shard.uri, raw.index),
                 }
             }
-            let texts: Vec<&str> = good.iter().map(|(_, r)| r.text.as_str()).collect();
-            let predictions = student.score_batch(&texts)?;
-            for ((index, record), predicted) in good.into_iter().zip(predictions) {
+            let texts: Vec<&str> = good.iter().map(|(_, r)| &*r.text).collect();
+            student.score_batch(&texts, &mut predictions)?;
+            for ((index, record), predicted) in good.iter().zip(predictions.iter()) {
                 let Some(scores) = predicted else {
-                    skipped.add_reason("student_no_reply", &shard.uri, index);
+                    skipped.add_reason("student_no_reply", &shard.uri, *index);
                     continue;
                 };
                 kept.clear();
                 match unmasked {
                     Some(mask) => kept.extend(scores.iter().zip(mask).filter(|(_, &u)| u).map(|(s, _)| *s)),
                     // No mask for the source, or every dimension masked: all dimensions count.
-                    None => kept.extend_from_slice(&scores),
+                    None => kept.extend_from_slice(scores),
                 }
                 let aggregate = trimmed_mean(&mut kept, trim).unwrap_or(f32::NAN);
                 let t = tokens.count(&record.text)?;
-                let line = ScoreLine { i: index, id: record.id, t, a: aggregate, s: scores };
+                let line = ScoreLine { i: *index, id: record.id.clone(), t, a: aggregate, s: scores.to_vec() };
                 encoded.clear();
                 serde_json::to_writer(&mut encoded, &line).map_err(|e| Error::json("score line", e))?;
                 writer.write_line(&encoded)?;
