@@ -9,6 +9,7 @@
 
 mod jsonl;
 mod parquet_io;
+pub mod scores;
 
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
@@ -190,17 +191,6 @@ impl<W: FinishWrite> FinishWrite for zstd::stream::write::Encoder<'static, W> {
 impl ShardWriter {
     /// A writer into the local file `path` (uploaded by the caller once finished).
     pub fn create(path: &Path, format: Format) -> Result<Self> {
-        Self::create_at_level(path, format, 3)
-    }
-
-    /// A JSONL.zst writer for the pipeline's own intermediate shards (score shards), which the
-    /// next step reads once: zstd's fastest level, since compressing at the default level cost as
-    /// much as featurizing.
-    pub fn intermediate(path: &Path) -> Result<Self> {
-        Self::create_at_level(path, Format::JsonlZst, 1)
-    }
-
-    fn create_at_level(path: &Path, format: Format, zstd_level: i32) -> Result<Self> {
         let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         // The buffer sits in front of the compressor: handing it each line on its own cost more
         // in per-call overhead than the compression itself. Compressors write in large chunks.
@@ -214,7 +204,7 @@ impl ShardWriter {
                 flate2::Compression::default(),
             )))),
             Format::JsonlZst => ShardWriter::Jsonl(Box::new(buffered(
-                zstd::stream::write::Encoder::new(file, zstd_level).map_err(|e| Error::io(path, e))?,
+                zstd::stream::write::Encoder::new(file, zstd::DEFAULT_COMPRESSION_LEVEL).map_err(|e| Error::io(path, e))?,
             ))),
             Format::Parquet => ShardWriter::Parquet(parquet_io::ParquetSink::new(path)),
         })
@@ -234,7 +224,7 @@ impl ShardWriter {
         }
     }
 
-    /// Appends one JSON line (JSONL writers only; used for score shards and labels).
+    /// Appends one JSON line (JSONL writers only; used for labels and SFT exports).
     pub fn write_line(&mut self, line: &[u8]) -> Result<()> {
         match self {
             ShardWriter::Jsonl(out) => {

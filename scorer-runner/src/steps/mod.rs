@@ -52,18 +52,26 @@ impl Context {
     /// Opens a shard for reading: a local file in place; from S3, streamed for JSONL and
     /// downloaded first for Parquet. The returned guard keeps any downloaded copy alive.
     pub async fn open_shard(&self, uri: &str, format: Format) -> Result<(ShardInput, Option<tempfile::TempPath>)> {
-        if let crate::storage::Location::Local(path) = crate::storage::Location::parse(uri)? {
-            return Ok((ShardInput::File(path), None));
-        }
-        if format.needs_local_file() {
-            let tmp = self.scratch_file()?;
-            let mut reader = self.storage.open_read(uri).await?;
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&*tmp, e))?;
-            tokio::io::copy(&mut reader, &mut file).await.map_err(|e| Error::Shard { uri: uri.into(), message: e.to_string() })?;
-            return Ok((ShardInput::File(tmp.to_path_buf()), Some(tmp)));
+        let local = matches!(crate::storage::Location::parse(uri)?, crate::storage::Location::Local(_));
+        if local || format.needs_local_file() {
+            let (path, guard) = self.local_file(uri).await?;
+            return Ok((ShardInput::File(path), guard));
         }
         let stream = self.storage.open_read(uri).await?;
         Ok((ShardInput::Stream(Box::new(tokio_util::io::SyncIoBridge::new(stream))), None))
+    }
+
+    /// A local file holding the object `uri`: the file itself on local storage, else a scratch
+    /// copy, which the returned guard removes when dropped.
+    pub async fn local_file(&self, uri: &str) -> Result<(PathBuf, Option<tempfile::TempPath>)> {
+        if let crate::storage::Location::Local(path) = crate::storage::Location::parse(uri)? {
+            return Ok((path, None));
+        }
+        let tmp = self.scratch_file()?;
+        let mut reader = self.storage.open_read(uri).await?;
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&*tmp, e))?;
+        tokio::io::copy(&mut reader, &mut file).await.map_err(|e| Error::Shard { uri: uri.into(), message: e.to_string() })?;
+        Ok((tmp.to_path_buf(), Some(tmp)))
     }
 
     /// Writes the step's result object.

@@ -1,37 +1,22 @@
 //! `score`: every record of every shard of every group through its group's student: per-dimension
 //! scores, the aggregate (trimmed mean over the dimensions unmasked for the record's source), and
-//! a token count, written as one score shard per input shard, with a token-weighted histogram of
-//! the aggregate per shard. One unit per input shard.
+//! a token count, written as one score shard per input shard (Parquet, [`crate::formats::scores`]),
+//! with a token-weighted histogram of the aggregate per shard. One unit per input shard.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::{blocking, shard_units, Context, ShardUnit};
 use crate::error::{Error, Result};
-use crate::formats::{for_each_batch, ShardWriter};
+use crate::formats::for_each_batch;
+use crate::formats::scores::ScoreShardWriter;
 use crate::histogram::Histogram;
 use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, TokenCounter};
 use crate::records::{extract, SkipCounts};
 use crate::stats::trimmed_mean;
 use crate::storage::join;
 use crate::student::{BatchScores, Student};
-
-/// One line of a score shard.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ScoreLine {
-    /// The record's line or row number in its shard.
-    pub i: u64,
-    pub id: String,
-    /// Tokens.
-    pub t: u64,
-    /// Aggregate score.
-    pub a: f32,
-    /// Per-dimension scores, in the student's dimension order.
-    pub s: Vec<f32>,
-}
 
 /// Counts tokens for budgets.
 pub enum Tokens {
@@ -125,22 +110,22 @@ async fn score_shard(
     tokens: Arc<Tokens>,
 ) -> Result<ScoredShard> {
     let group = plan.groups[unit.group].name.clone();
-    let scores_uri = join(&plan.output, &format!("scores/{group}/{}/{}.jsonl.zst", unit.source.name, unit.id));
+    let scores_uri = join(&plan.output, &format!("scores/group={group}/source={}/{}.parquet", unit.source.name, unit.id));
     let (input, _guard) = ctx.open_shard(&unit.shard.uri, unit.shard.format).await?;
     let tmp = ctx.scratch_file()?;
     let (path, trim, bins, read) = (tmp.to_path_buf(), plan.trim, plan.histogram_bins, plan.read.into());
-    let (source, shard) = (unit.source.clone(), unit.shard.clone());
+    let (source, shard, group_name) = (unit.source.clone(), unit.shard.clone(), group.clone());
     let (records, token_total, skipped, histogram) = blocking(move || {
         let scale = student.header.scale;
         let mut histogram = Histogram::new(scale.min as f64, scale.max as f64, bins);
-        let mut writer = ShardWriter::intermediate(&path)?;
+        let dimensions: Vec<&str> = student.header.dimensions.iter().map(|d| d.id.as_str()).collect();
+        let mut writer = ScoreShardWriter::create(&path, &group_name, &source.name, &dimensions)?;
         let mut skipped = SkipCounts::default();
         let (mut records, mut token_total) = (0u64, 0u64);
         let heads = student.header.dimensions.len();
         let unmasked = student.unmasked(&source.name).filter(|m| m.iter().any(|&u| u));
         let mut kept = Vec::with_capacity(heads);
         let mut predictions = BatchScores::default();
-        let mut encoded = Vec::new();
         for_each_batch(&shard.uri, input, shard.format, read, |batch| {
             let mut good = Vec::with_capacity(batch.records.len());
             for raw in &batch.records {
@@ -164,10 +149,7 @@ async fn score_shard(
                 }
                 let aggregate = trimmed_mean(&mut kept, trim).unwrap_or(f32::NAN);
                 let t = tokens.count(&record.text)?;
-                let line = ScoreLine { i: *index, id: record.id.clone(), t, a: aggregate, s: scores.to_vec() };
-                encoded.clear();
-                serde_json::to_writer(&mut encoded, &line).map_err(|e| Error::json("score line", e))?;
-                writer.write_line(&encoded)?;
+                writer.push(*index, &record.id, t, aggregate, scores)?;
                 histogram.add(aggregate as f64, t);
                 records += 1;
                 token_total += t;

@@ -4,25 +4,16 @@
 //! a bin at or above its scope's cut, exactly the records the threshold counted.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::ops::ControlFlow;
 
 use super::{blocking, shard_units, Context, ShardUnit};
 use crate::error::{Error, Result};
-use crate::formats::{decoder, for_each_batch, Format, ReadOptions, ShardWriter};
+use crate::formats::scores::ScoreKeys;
+use crate::formats::{for_each_batch, ReadOptions, ShardWriter};
 use crate::plan::{Kept, Manifest, ScoreResult, ScoredShard, SelectPlan, SelectedShard, ThresholdResult};
 use crate::storage::join;
 
 pub const MANIFEST: &str = "manifest.json";
-
-/// The fields of a [`super::score::ScoreLine`] that `select` reads: parsing only these skips
-/// building each line's id and per-dimension scores (the rest is still validated).
-#[derive(serde::Deserialize)]
-struct ScoreKey {
-    i: u64,
-    t: u64,
-    a: f32,
-}
 
 pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     let thresholds: ThresholdResult = ctx.storage.get_json(&join(&plan.threshold, super::RESULT)).await?;
@@ -74,41 +65,32 @@ async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &ShardUnit, scored
     let relative = if relative.is_empty() { crate::storage::file_name(&unit.shard.uri) } else { relative };
     let output = join(&plan.output, &format!("data/{group}/{}/{}", unit.source.name, relative.trim_start_matches('/')));
     let (input, _guard) = ctx.open_shard(&unit.shard.uri, unit.shard.format).await?;
-    let scores_input = ctx.storage.open_read(&scored.scores).await?;
-    let scores_stream: Box<dyn std::io::Read + Send> = Box::new(tokio_util::io::SyncIoBridge::new(scores_input));
+    let (scores_path, _scores_guard) = ctx.local_file(&scored.scores).await?;
     let tmp = ctx.scratch_file()?;
     // Kept Parquet rows are copied from their Arrow batch; their JSON form is never read.
     let read = ReadOptions { parquet_as_json: false, ..plan.read.into() };
     let (path, histogram) = (tmp.to_path_buf(), scored.histogram.clone());
     let (shard, scores_uri) = (unit.shard.clone(), scored.scores.clone());
     let kept = blocking(move || {
-        let mut lines = std::io::BufReader::new(decoder(&scores_uri, Format::JsonlZst, scores_stream)?).split(b'\n');
-        let mut next_line = || -> Result<Option<ScoreKey>> {
-            match lines.next() {
-                None => Ok(None),
-                Some(line) => {
-                    let line = line.map_err(|e| Error::Shard { uri: scores_uri.clone(), message: e.to_string() })?;
-                    serde_json::from_slice(&line).map(Some).map_err(|e| Error::json(&scores_uri, e))
-                }
-            }
-        };
+        let mut keys = ScoreKeys::open(&scores_uri, &scores_path)?;
+        let mut next_key = || keys.next().transpose();
         let mut writer = ShardWriter::create(&path, shard.format)?;
         let mut kept = Kept::default();
-        let mut pending = next_line()?;
+        let mut pending = next_key()?;
         for_each_batch(&shard.uri, input, shard.format, read, |batch| {
             let mut keep = vec![false; batch.records.len()];
             for (slot, raw) in keep.iter_mut().zip(&batch.records) {
-                while pending.as_ref().is_some_and(|l| l.i < raw.index) {
-                    pending = next_line()?;
+                while pending.as_ref().is_some_and(|k| k.index < raw.index) {
+                    pending = next_key()?;
                 }
-                // Records skipped while scoring have no score line and are not kept.
-                let Some(line) = pending.as_ref().filter(|l| l.i == raw.index) else { continue };
+                // Records skipped while scoring have no score row and are not kept.
+                let Some(key) = pending.filter(|k| k.index == raw.index) else { continue };
                 kept.total_records += 1;
-                kept.total_tokens += line.t;
-                if histogram.bin(line.a as f64) >= cut_bin {
+                kept.total_tokens += key.tokens;
+                if histogram.bin(key.aggregate as f64) >= cut_bin {
                     *slot = true;
                     kept.kept_records += 1;
-                    kept.kept_tokens += line.t;
+                    kept.kept_tokens += key.tokens;
                 }
             }
             writer.write_kept(&batch, &keep)?;
