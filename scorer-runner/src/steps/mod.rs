@@ -100,12 +100,12 @@ pub struct ShardUnit {
     pub id: String,
 }
 
-/// Every shard of every source of every group, as units: `groups` gives each group's name and
-/// sources, in plan order.
+/// Every shard of every source of every group, as units, and their ids in the same order (what
+/// [`Units::run`] takes): `groups` gives each group's name and sources, in plan order.
 pub async fn shard_units<'p>(
     storage: &Storage,
     groups: impl IntoIterator<Item = (&'p str, &'p [Source])>,
-) -> Result<Vec<ShardUnit>> {
+) -> Result<(Vec<ShardUnit>, Vec<String>)> {
     let mut units = Vec::new();
     for (g, (name, sources)) in groups.into_iter().enumerate() {
         for source in sources {
@@ -115,7 +115,8 @@ pub async fn shard_units<'p>(
             }
         }
     }
-    Ok(units)
+    let ids = units.iter().map(|u| u.id.clone()).collect();
+    Ok((units, ids))
 }
 
 /// Every shard of a source: files whose extension names a format (any file when the source

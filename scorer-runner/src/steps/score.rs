@@ -63,8 +63,7 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
         students.push(Arc::new(Student::load(ctx, &group.student).await?));
     }
     let tokens = Arc::new(Tokens::load(ctx, &plan.tokens).await?);
-    let units = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
-    let ids: Vec<String> = units.iter().map(|u| u.id.clone()).collect();
+    let (units, ids) = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
     let commits = ctx
         .units(&plan.output)
         .run(&ids, |i| score_shard(ctx, plan, units[i].clone(), students[units[i].group].clone(), tokens.clone()))

@@ -18,8 +18,7 @@ pub const MANIFEST: &str = "manifest.json";
 pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     let thresholds: ThresholdResult = ctx.storage.get_json(&join(&plan.threshold, super::RESULT)).await?;
     let scores: ScoreResult = ctx.storage.get_json(&join(&plan.score, super::RESULT)).await?;
-    let units = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
-    let ids: Vec<String> = units.iter().map(|u| u.id.clone()).collect();
+    let (units, ids) = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
     let score_units = ctx.units(&plan.score);
     let commits = ctx
         .units(&plan.output)
