@@ -67,15 +67,20 @@ fn rendered_rows(
         .collect())
 }
 
+/// The writer holds a row group's encoded columns in memory until the group is flushed; rows of
+/// long texts would otherwise reach the default million rows per group only after gigabytes.
+const ROW_GROUP_BYTES: usize = 64 << 20;
+
 /// A Parquet file being written; created with the schema of the first batch it sees.
 pub struct ParquetSink {
     path: PathBuf,
     writer: Option<ArrowWriter<std::fs::File>>,
+    row_group_bytes: usize,
 }
 
 impl ParquetSink {
     pub fn new(path: &Path) -> Self {
-        ParquetSink { path: path.to_path_buf(), writer: None }
+        ParquetSink { path: path.to_path_buf(), writer: None, row_group_bytes: ROW_GROUP_BYTES }
     }
 
     pub fn write_kept(&mut self, batch: &Batch, keep: &[bool]) -> Result<()> {
@@ -86,7 +91,10 @@ impl ParquetSink {
             .ok_or_else(|| Error::Shard { uri: uri.clone(), message: "parquet output needs parquet input".into() })?;
         if self.writer.is_none() {
             let file = std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
-            let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_max_row_group_bytes(Some(self.row_group_bytes))
+                .build();
             let writer = ArrowWriter::try_new(file, rows.schema(), Some(props))
                 .map_err(|source| Error::Parquet { uri: uri.clone(), source })?;
             self.writer = Some(writer);
@@ -106,5 +114,49 @@ impl ParquetSink {
             writer.close().map_err(|source| Error::Parquet { uri, source })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    #[test]
+    fn kept_rows_are_flushed_in_row_groups_bounded_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kept.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
+        // Hex digits of hashes, which compress only to half: the limit is on encoded bytes.
+        let text = |i: u64| (0..250u64).map(|k| format!("{:016x}", xxhash_rust::xxh3::xxh3_64_with_seed(&k.to_le_bytes(), i))).collect::<String>();
+        let texts: Vec<String> = (0..64).map(text).collect();
+        let mut sink = ParquetSink { row_group_bytes: 32 << 10, ..ParquetSink::new(&path) };
+        // Sixteen batches of four rows (16 KB of text, about 8 KB encoded, each): without the
+        // limit they would make one row group.
+        for four in texts.chunks(4) {
+            let rows = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(four.to_vec()))]).unwrap();
+            let batch = Batch { records: Vec::new(), arrow: Some(rows) };
+            sink.write_kept(&batch, &[true; 4]).unwrap();
+        }
+        sink.finish().unwrap();
+
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let groups = reader.metadata().num_row_groups();
+        assert!((3..16).contains(&groups), "{groups} row groups for about 128 KB encoded");
+        let mut read = Vec::new();
+        for_each_batch("kept", &path, ReadOptions::default(), |b| {
+            let column = b.arrow.unwrap();
+            let column = column.column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+            read.extend(column.iter().map(|t| t.unwrap().to_string()));
+            Ok(ControlFlow::Continue(()))
+        })
+        .unwrap();
+        assert_eq!(read, texts, "every row, in order");
     }
 }
