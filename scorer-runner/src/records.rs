@@ -131,10 +131,14 @@ impl<'j> Member<'j> {
         let json = raw.get();
         match json.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
             Some(inner) if memchr::memchr(b'\\', inner.as_bytes()).is_none() => Ok(Member::Str(Cow::Borrowed(inner))),
-            _ => Ok(match serde_json::from_str(json).map_err(|_| Malformed::InvalidJson)? {
-                Value::String(s) => Member::Str(Cow::Owned(s)),
-                other => Member::Value(other),
-            }),
+            _ => serde_json::from_str(json).map(Member::from_value).map_err(|_| Malformed::InvalidJson),
+        }
+    }
+
+    fn from_value(value: Value) -> Self {
+        match value {
+            Value::String(s) => Member::Str(Cow::Owned(s)),
+            other => Member::Value(other),
         }
     }
 }
@@ -156,10 +160,7 @@ fn members<'j, const N: usize>(json: &'j str, paths: [Option<&str>; N]) -> Resul
             None => Some(Member::from_raw(raw)?),
             Some((_, nested)) => {
                 let value: Value = serde_json::from_str(raw.get()).map_err(|_| Malformed::InvalidJson)?;
-                nested.split('.').try_fold(value, |mut v, key| v.as_object_mut()?.remove(key)).map(|v| match v {
-                    Value::String(s) => Member::Str(Cow::Owned(s)),
-                    other => Member::Value(other),
-                })
+                nested.split('.').try_fold(value, |mut v, key| v.as_object_mut()?.remove(key)).map(Member::from_value)
             }
         };
     }

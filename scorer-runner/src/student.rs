@@ -127,8 +127,7 @@ impl Student {
     /// their async API).
     pub fn score_batch(&self, texts: &[&str], out: &mut BatchScores) -> Result<()> {
         let (lo, hi) = (self.header.scale.min as f32, self.header.scale.max as f32);
-        let dims = self.header.dimensions.len();
-        out.clear(dims);
+        out.clear(self.header.dimensions.len());
         match &self.scorer {
             Scorer::Heads { heads, featurizer, .. } => featurizer.predict_each(texts, heads, &mut |predicted| {
                 out.values.extend(predicted.iter().map(|v| v.clamp(lo, hi)));

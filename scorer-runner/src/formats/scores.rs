@@ -6,7 +6,7 @@
 //! columns, and in the footer's key-value metadata (`mira.group`, `mira.source`).
 //!
 //! Parquet rather than JSON lines because the rows are numbers and a short id: encoding them
-//! as JSON text and compressing that text cost `score` a seventh of its time, while typed
+//! as JSON text and compressing that text cost `score` a seventh of its instructions, while typed
 //! columns are written with no text formatting at all, are smaller, and `select` reads back
 //! only the three columns it needs. They are also what a data team queries the scores with
 //! (DuckDB, Polars, pandas) to look at a run's distribution per source or per dimension.
@@ -31,8 +31,14 @@ const BATCH_ROWS: usize = 8192;
 /// Rows per row group: the writer holds one row group's encoded columns in memory (a few MiB).
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// The columns `select` reads back, named once for the writer's schema and the reader's
+/// projection.
+const INDEX: &str = "index";
+const TOKENS: &str = "tokens";
+const AGGREGATE: &str = "aggregate";
+
 /// The column of one dimension's scores.
-pub fn dimension_column(id: &str) -> String {
+fn dimension_column(id: &str) -> String {
     format!("score_{id}")
 }
 
@@ -54,11 +60,11 @@ impl ScoreShardWriter {
     pub fn create(path: &Path, group: &str, source: &str, dimensions: &[&str]) -> Result<Self> {
         let uri = path.to_string_lossy().into_owned();
         let mut fields = vec![
-            Field::new("index", DataType::UInt64, false),
+            Field::new(INDEX, DataType::UInt64, false),
             Field::new("id", DataType::Utf8, false),
-            Field::new("tokens", DataType::UInt64, false),
+            Field::new(TOKENS, DataType::UInt64, false),
             // NaN when no dimension counted.
-            Field::new("aggregate", DataType::Float32, false),
+            Field::new(AGGREGATE, DataType::Float32, false),
         ];
         fields.extend(dimensions.iter().map(|d| Field::new(dimension_column(d), DataType::Float32, false)));
         let schema = Arc::new(Schema::new(fields));
@@ -72,7 +78,7 @@ impl ScoreShardWriter {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
             .set_dictionary_enabled(false)
-            .set_column_encoding(column("index"), Encoding::DELTA_BINARY_PACKED)
+            .set_column_encoding(column(INDEX), Encoding::DELTA_BINARY_PACKED)
             .set_column_statistics_enabled(column("id"), EnabledStatistics::None)
             .set_column_compression(column("id"), Compression::UNCOMPRESSED)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -164,7 +170,7 @@ impl ScoreKeys {
         let parquet_err = |source| Error::Parquet { uri: uri.into(), source };
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), ["index", "tokens", "aggregate"]);
+        let mask = ProjectionMask::columns(builder.parquet_schema(), [INDEX, TOKENS, AGGREGATE]);
         let reader = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(parquet_err)?;
         Ok(ScoreKeys { uri: uri.into(), reader, columns: None, row: 0 })
     }
@@ -177,9 +183,9 @@ impl ScoreKeys {
         };
         let column = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(name));
         Ok((
-            column("index")?.as_primitive_opt::<UInt64Type>().ok_or_else(|| bad("index"))?.clone(),
-            column("tokens")?.as_primitive_opt::<UInt64Type>().ok_or_else(|| bad("tokens"))?.clone(),
-            column("aggregate")?.as_primitive_opt::<Float32Type>().ok_or_else(|| bad("aggregate"))?.clone(),
+            column(INDEX)?.as_primitive_opt::<UInt64Type>().ok_or_else(|| bad(INDEX))?.clone(),
+            column(TOKENS)?.as_primitive_opt::<UInt64Type>().ok_or_else(|| bad(TOKENS))?.clone(),
+            column(AGGREGATE)?.as_primitive_opt::<Float32Type>().ok_or_else(|| bad(AGGREGATE))?.clone(),
         ))
     }
 }
