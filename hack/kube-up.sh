@@ -102,8 +102,8 @@ stop_all() {   # all three at once: about 3 s instead of 7
   wait
 }
 
-# fail_start MSG [COMPONENT] : show the logs of whatever died (and of COMPONENT, which
-# hung), stop everything, exit 1.
+# fail_start MSG [COMPONENT] : show the logs of whatever died (and of COMPONENT, the one
+# waited on), stop everything, exit 1.
 fail_start() {
   local c
   for c in etcd kube-apiserver kube-controller-manager; do
@@ -122,7 +122,7 @@ wait_until() {
   shift 3
   local deadline=$((SECONDS + timeout))
   until "$@"; do
-    pid_alive "$KDIR/$comp.pid" "$comp" || fail_start "$comp exited while waiting for $what"
+    pid_alive "$KDIR/$comp.pid" "$comp" || fail_start "$comp exited while waiting for $what" "$comp"
     ((SECONDS < deadline)) || fail_start "timed out after ${timeout}s waiting for $what" "$comp"
     sleep 0.25
   done

@@ -97,7 +97,11 @@ pid_matches() {
   [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
   [[ -z "$match" ]] && return 0
   [[ -r "/proc/$pid/cmdline" ]] || return 0
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$match"
+  # Read into a variable, not piped into `grep -q`: under pipefail, grep quitting at the first
+  # match can fail the pipeline with the writer's SIGPIPE.
+  local cmdline
+  cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"$match"* ]]
 }
 
 # pid_alive PIDFILE [MATCH] : true if the pid file names a live process (see pid_matches).
@@ -128,12 +132,19 @@ stop_pidfile() {
 }
 
 # start_daemon PIDFILE LOGFILE CMD... : start CMD detached (own session, stdin from
-# /dev/null, output to LOGFILE) and record its pid.
+# /dev/null, output to LOGFILE) and record its pid. Returns once the child runs CMD: until
+# the forked shell has exec'd, its command line is still this script's, and pid_alive
+# checking by command line right after a start took a starting server for a dead one.
 start_daemon() {
-  local pidfile="$1" logfile="$2"
+  local pidfile="$1" logfile="$2" pid i
   shift 2
   setsid "$@" </dev/null >>"$logfile" 2>&1 &
-  echo $! >"$pidfile"
+  pid=$!
+  for ((i = 0; i < 200; i++)); do
+    pid_matches "$pid" "$1" || ! kill -0 "$pid" 2>/dev/null && break
+    sleep 0.05
+  done
+  echo "$pid" >"$pidfile"
 }
 
 # log_tail FILE : print the last lines of FILE on stderr (for error reports).
