@@ -38,8 +38,9 @@ pub struct HashedFeaturizer {
     spec: HashedSpec,
     mask: u64,
     idf: Option<Vec<f32>>,
-    /// The term weight of each count below 64, which nearly every term has.
-    tf: [f32; 64],
+    /// The signed term weight of each count from -64 to 63 (at `count + 64`), which nearly
+    /// every term has.
+    signed_tf: [f32; 128],
 }
 
 impl HashedFeaturizer {
@@ -64,8 +65,8 @@ impl HashedFeaturizer {
                 return Err(Error::plan(format!("idf has {} weights, featurizer dimension is {dim}", idf.len())));
             }
         }
-        let tf = std::array::from_fn(|count| term_weight(count as u32, spec.sublinear_tf));
-        Ok(HashedFeaturizer { mask: dim as u64 - 1, spec, idf, tf })
+        let signed_tf = std::array::from_fn(|at| signed_term_weight(at as i32 - 64, spec.sublinear_tf));
+        Ok(HashedFeaturizer { mask: dim as u64 - 1, spec, idf, signed_tf })
     }
 
     /// Counts every n-gram of `text` into `scratch.counts`: word n-grams from the token hashes,
@@ -108,27 +109,46 @@ impl HashedFeaturizer {
     /// its weight before normalisation (term weight, times IDF, signed). Returns the weights' sum
     /// of squares.
     #[inline(always)]
-    fn weights(&self, counts: &Counts, mut f: impl FnMut(u32, f32)) -> f32 {
+    fn weights(&self, counts: &Counts, f: impl FnMut(u32, f32)) -> f32 {
+        // Whether there is an IDF decided once, not per feature.
+        match &self.idf {
+            None => self.scaled_weights(counts, |_| 1.0, f),
+            Some(idf) => self.scaled_weights(counts, |i| idf[i as usize], f),
+        }
+    }
+
+    #[inline(always)]
+    fn scaled_weights(&self, counts: &Counts, scale: impl Fn(u32) -> f32, mut f: impl FnMut(u32, f32)) -> f32 {
         let mut norm2 = 0f32;
         for (i, count) in counts.iter() {
             if count == 0 {
                 continue;
             }
-            let magnitude = count.unsigned_abs();
-            let mut v = match self.tf.get(magnitude as usize) {
+            // Looked up with its sign: signs are random, so a branch on one would miss on every
+            // other feature.
+            let v = match self.signed_tf.get(count.wrapping_add(64) as u32 as usize) {
                 Some(&weight) => weight,
-                None => term_weight(magnitude, self.spec.sublinear_tf),
-            };
-            if let Some(idf) = &self.idf {
-                v *= idf[i as usize];
-            }
-            // The sign by copying it, not by a branch: signs are random, so a branch would miss
-            // on every other index.
-            let v = v.copysign(count as f32);
+                None => signed_term_weight(count, self.spec.sublinear_tf),
+            } * scale(i);
             norm2 += v * v;
             f(i, v);
         }
         norm2
+    }
+
+    /// Adds each head's sum over the unnormalised weights of `counts` to `sums` (one per head;
+    /// `weights` row-major, a row per feature); returns the weights' sum of squares. A function
+    /// of its own so that its slices are parameters, which the compiler knows do not overlap:
+    /// inlined, each store to a sum reloaded every pointer and length from the stack.
+    #[inline(never)]
+    fn head_sums(&self, counts: &Counts, weights: &[f32], sums: &mut [f32]) -> f32 {
+        let heads = sums.len();
+        self.weights(counts, |i, v| {
+            let row = &weights[i as usize * heads..][..heads];
+            for (sum, w) in sums.iter_mut().zip(row) {
+                *sum += v * w;
+            }
+        })
     }
 
     /// One text's vector, into `out`.
@@ -192,7 +212,7 @@ impl Featurizer for HashedFeaturizer {
         for text in texts {
             self.count_grams(text, &mut scratch);
             sums.fill(0.0);
-            let norm2 = self.weights(&scratch.counts, |i, v| heads.add_feature(i, v, &mut sums));
+            let norm2 = self.head_sums(&scratch.counts, &heads.weights, &mut sums);
             let scale = if norm2 > 0.0 { norm2.sqrt().recip() } else { 0.0 };
             for ((o, sum), bias) in out.iter_mut().zip(&sums).zip(&heads.bias) {
                 *o = bias + sum * scale;
@@ -230,7 +250,7 @@ impl Counts {
         let capacity = (4 * hits).next_power_of_two().max(64);
         if capacity > self.slots.len() {
             self.slots = vec![(0, 0); capacity];
-            self.order = vec![0; capacity];
+            self.order = vec![0; capacity + 1];
         }
         let mut tally = Tally { table: &mut self.slots[..capacity], order: &mut self.order, index_mask, len: 0 };
         fill(&mut tally);
@@ -270,8 +290,14 @@ impl Tally<'_> {
             slot = (slot + 1) & mask;
             found = self.table[slot].0;
         }
-        self.table[slot] = (key, self.table[slot].1 + 1 - 2 * (hash >> 63) as i32);
-        self.order[self.len] = slot as u32;
+        // SAFETY: the table's length is a power of two, so a slot masked by it minus one lies
+        // inside; `len` counts the slots taken, at most the table's length, and `order` has one
+        // more place than that.
+        unsafe {
+            let entry = self.table.get_unchecked_mut(slot);
+            *entry = (key, entry.1 + 1 - 2 * (hash >> 63) as i32);
+            *self.order.get_unchecked_mut(self.len) = slot as u32;
+        }
         self.len += (found == 0) as usize;
     }
 }
@@ -403,8 +429,9 @@ impl Spans {
     }
 }
 
-/// How many positions [`positions`] writes whatever the count.
-const POSITIONS_AT_ONCE: usize = 16;
+/// How many positions [`positions`] writes whatever the count: a 64-byte block of prose has
+/// about ten tokens.
+const POSITIONS_AT_ONCE: usize = 12;
 
 /// Writes `base` plus the position of each set bit of `bits`, in order, at `out[n..]`, and
 /// returns the new count. [`POSITIONS_AT_ONCE`] are written whether the bits have that many or
@@ -420,12 +447,15 @@ fn positions(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
     n + count
 }
 
-/// A term's weight from its count: `1 + ln(count)` (sublinear term frequency), or the count.
-fn term_weight(count: u32, sublinear: bool) -> f32 {
-    match sublinear {
-        true => 1.0 + (count as f32).ln(),
-        false => count as f32,
-    }
+/// A term's weight from its signed count: `1 + ln(|count|)` (sublinear term frequency), or the
+/// count's magnitude, with the count's sign; 0 for 0.
+fn signed_term_weight(count: i32, sublinear: bool) -> f32 {
+    let magnitude = count.unsigned_abs() as f32;
+    let weight = match sublinear {
+        true => 1.0 + magnitude.ln(),
+        false => magnitude,
+    };
+    if count == 0 { 0.0 } else { weight.copysign(count as f32) }
 }
 
 /// Up to 8 bytes as a little-endian word, zero-padded; built in registers, since a word loaded
