@@ -4,7 +4,8 @@
 //! Each phase runs in its own process so its peak RSS (VmHWM) is its own; `hack/bench-score.sh`
 //! drives the phases and prints the table. Phases:
 //!   generate <dir> <megabytes>   corpus of JSONL.zst shards + teacher labels
-//!   train <dir>                  distill a hashed student from the labels
+//!   train <dir> [dimensions]     distill a hashed student from the labels, with one dimension
+//!                                (default) or the labels' signal repeated as that many
 //!   baseline <dir>               decompress + serde_json parse of every record
 //!   score <dir>                  the score step over every shard
 //!   student <dir>                the student alone (featurize + heads) on one thread, over the
@@ -81,17 +82,43 @@ fn source(dir: &Path) -> Source {
     Source { name: "web".into(), uri: dir.join("corpus/web").to_string_lossy().into(), format: None, text: TextSpec::default() }
 }
 
-async fn train(dir: &Path) {
+/// Dimension ids: `signal`, then `signal-2` to `signal-<dimensions>`.
+fn dimension_ids(dimensions: usize) -> Vec<String> {
+    std::iter::once("signal".to_string()).chain((2..=dimensions).map(|k| format!("signal-{k}"))).collect()
+}
+
+/// The labels with their signal score repeated under every dimension id: as many ridge heads to
+/// train and to apply as a real rubric has, for the cost of scoring, whatever they learn.
+fn repeat_signal(dir: &Path, ids: &[String]) -> PathBuf {
+    let path = dir.join(format!("labels-{}d.jsonl", ids.len()));
+    let mut out = String::new();
+    for line in std::fs::read_to_string(dir.join("labels.jsonl")).unwrap().lines() {
+        let mut label: serde_json::Value = serde_json::from_str(line).unwrap();
+        let signal = label["scores"]["signal"].clone();
+        label["scores"] = ids.iter().map(|id| (id.clone(), signal.clone())).collect::<serde_json::Map<_, _>>().into();
+        out.push_str(&label.to_string());
+        out.push('\n');
+    }
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+async fn train(dir: &Path, dimensions: usize) {
     let ctx = context(dir);
+    let ids = dimension_ids(dimensions);
+    let labels = if dimensions == 1 { dir.join("labels.jsonl") } else { repeat_signal(dir, &ids) };
     let plan = DistillPlan {
         storage: Default::default(),
         output: dir.join("distill").to_string_lossy().into(),
         groups: vec![DistillGroup {
             name: "all".into(),
             sources: vec!["web".into()],
-            dimensions: vec![DimensionRef { id: "signal".into(), name: String::new(), description: String::new(), guide: String::new() }],
+            dimensions: ids
+                .into_iter()
+                .map(|id| DimensionRef { id, name: String::new(), description: String::new(), guide: String::new() })
+                .collect(),
         }],
-        labels: dir.join("labels.jsonl").to_string_lossy().into(),
+        labels: labels.to_string_lossy().into(),
         featurizer: Default::default(),
         scale: Scale::default(),
         validation_fraction: 0.2,
@@ -103,7 +130,7 @@ async fn train(dir: &Path) {
         judge: None,
     };
     let result = steps::distill::run(&ctx, &plan).await.unwrap();
-    println!("trained on {} labels", result.students[0].train_records);
+    println!("trained on {} labels, {dimensions} dimension(s)", result.students[0].train_records);
 }
 
 /// Decompress and parse every record, nothing else: the floor any scorer pays.
@@ -196,7 +223,7 @@ async fn main() {
     let (phase, dir) = (args.first().map(String::as_str).unwrap_or("help"), PathBuf::from(args.get(1).cloned().unwrap_or_default()));
     match phase {
         "generate" => generate(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
-        "train" => train(&dir).await,
+        "train" => train(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1)).await,
         "student" => {
             let (records, secs) = student(&dir).await;
             println!("student: records={records} ns_per_record={:.0} records_per_s={:.0} (one thread)", secs * 1e9 / records as f64, records as f64 / secs);
@@ -212,6 +239,6 @@ async fn main() {
                 peak_rss_mib()
             );
         }
-        _ => eprintln!("usage: score (generate <dir> <MB> | train <dir> | baseline <dir> | score <dir> | student <dir>)"),
+        _ => eprintln!("usage: score (generate <dir> <MB> | train <dir> [dimensions] | baseline <dir> | score <dir> | student <dir>)"),
     }
 }
