@@ -51,7 +51,8 @@ impl Malformed {
 #[serde(rename_all = "camelCase")]
 pub struct SkipCounts {
     pub counts: BTreeMap<String, u64>,
-    /// `shard#index` of the first record skipped for each reason.
+    /// `shard#index` of the first record skipped for each reason: the earliest by shard, then by
+    /// record, whatever order shards are merged in.
     pub first_seen: BTreeMap<String, String>,
 }
 
@@ -70,7 +71,13 @@ impl SkipCounts {
             *self.counts.entry(reason.clone()).or_default() += n;
         }
         for (reason, at) in &other.first_seen {
-            self.first_seen.entry(reason.clone()).or_insert_with(|| at.clone());
+            match self.first_seen.get_mut(reason) {
+                Some(seen) if place(seen) <= place(at) => {}
+                Some(seen) => seen.clone_from(at),
+                None => {
+                    self.first_seen.insert(reason.clone(), at.clone());
+                }
+            }
         }
     }
 
@@ -225,6 +232,14 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// A `shard#index` place as (shard, record index), which orders places by shard, then record.
+fn place(at: &str) -> (&str, u64) {
+    match at.rsplit_once('#') {
+        Some((shard, index)) => (shard, index.parse().unwrap_or(u64::MAX)),
+        None => (at, 0),
+    }
+}
+
 /// A stable id from the text itself: 128-bit xxh3, hex.
 pub fn content_id(text: &str) -> String {
     let mut digits = [0u8; 32];
@@ -366,5 +381,17 @@ mod tests {
         assert_eq!(a.counts["invalid_json"], 2);
         assert_eq!(a.first_seen["invalid_json"], "s1#3");
         assert_eq!(a.total(), 3);
+        // Merged the other way round, the earliest place still wins: by shard, then by record
+        // number (not as text, where "#10" would sort before "#9").
+        let mut c = SkipCounts::default();
+        c.add(Malformed::InvalidJson, "s1", 10);
+        c.merge(&a);
+        assert_eq!(c.first_seen["invalid_json"], "s1#3");
+        let mut d = SkipCounts::default();
+        d.add(Malformed::EmptyText, "s2", 9);
+        let mut e = SkipCounts::default();
+        e.add(Malformed::EmptyText, "s2", 10);
+        e.merge(&d);
+        assert_eq!(e.first_seen["empty_text"], "s2#9");
     }
 }

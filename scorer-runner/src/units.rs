@@ -160,9 +160,7 @@ impl Units {
     }
 
     /// Runs every unit not yet committed, sharing them with any other workers of the same step,
-    /// and returns every unit's commit in the order given. Waits for units other live workers
-    /// hold; takes over those whose lease runs out. Each unit is tried at most once by this
-    /// worker; if any failed, returns [`Error::UnitsFailed`] after all others are done.
+    /// and returns every unit's commit in the order given. See [`Units::run_each`].
     pub async fn run<T, F, Fut>(&self, unit_ids: &[String], process: F) -> Result<Vec<Commit<T>>>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
@@ -170,29 +168,47 @@ impl Units {
         Fut: Future<Output = Result<T>>,
     {
         let mut commits: Vec<Option<Commit<T>>> = (0..unit_ids.len()).map(|_| None).collect();
+        self.run_each(unit_ids, process, |i, commit| commits[i] = Some(commit)).await?;
+        Ok(commits.into_iter().map(|c| c.expect("every unit committed")).collect())
+    }
+
+    /// Runs every unit not yet committed, sharing them with any other workers of the same step,
+    /// and hands each unit's commit (with the unit's index) to `take` as it arrives, in no
+    /// particular order: a step whose units' results add up keeps the sum, not every result, so
+    /// its memory does not grow with the number of units. Waits for units other live workers
+    /// hold; takes over those whose lease runs out. Each unit is tried at most once by this
+    /// worker; if any failed, returns [`Error::UnitsFailed`] after all others are done.
+    pub async fn run_each<T, F, Fut>(&self, unit_ids: &[String], process: F, mut take: impl FnMut(usize, Commit<T>)) -> Result<()>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut committed = vec![false; unit_ids.len()];
         let mut failed: Vec<Option<String>> = vec![None; unit_ids.len()];
         // Workers start at different offsets so they rarely contend for the same claim.
         let offset = (xxhash_rust::xxh3::xxh3_64(self.worker.id.as_bytes()) as usize) % unit_ids.len().max(1);
         loop {
             let pending: Vec<usize> = (0..unit_ids.len())
                 .map(|i| (i + offset) % unit_ids.len())
-                .filter(|&i| commits[i].is_none() && failed[i].is_none())
+                .filter(|&i| !committed[i] && failed[i].is_none())
                 .collect();
             if pending.is_empty() {
                 break;
             }
-            let outcomes: Vec<(usize, Result<Option<Commit<T>>>)> = futures::stream::iter(pending)
+            let mut outcomes = futures::stream::iter(pending)
                 .map(|i| {
                     let fut = self.run_one(&unit_ids[i], &process, i);
                     async move { (i, fut.await) }
                 })
-                .buffer_unordered(self.worker.parallelism)
-                .collect()
-                .await;
+                .buffer_unordered(self.worker.parallelism);
             let mut waiting = false;
-            for (i, outcome) in outcomes {
+            while let Some((i, outcome)) = outcomes.next().await {
                 match outcome {
-                    Ok(Some(commit)) => commits[i] = Some(commit),
+                    Ok(Some(commit)) => {
+                        committed[i] = true;
+                        take(i, commit);
+                    }
                     Ok(None) => waiting = true,
                     Err(e) => {
                         tracing::error!(unit = %unit_ids[i], error = %e, "unit failed");
@@ -210,7 +226,7 @@ impl Units {
         if let Some(first) = errors.first() {
             return Err(Error::UnitsFailed { failed: errors.len(), total: unit_ids.len(), first: first.clone() });
         }
-        Ok(commits.into_iter().map(|c| c.expect("every unit committed")).collect())
+        Ok(())
     }
 
     /// One attempt at one unit: `Ok(None)` when another worker holds it.

@@ -17,6 +17,7 @@ use crate::records::{extract, SkipCounts};
 use crate::stats::trimmed_mean;
 use crate::storage::join;
 use crate::student::{BatchScores, Student};
+use crate::units::Commit;
 
 /// Counts tokens for budgets.
 pub enum Tokens {
@@ -64,41 +65,48 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
     }
     let tokens = Arc::new(Tokens::load(ctx, &plan.tokens).await?);
     let (units, ids) = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
-    let commits = ctx
-        .units(&plan.output)
-        .run(&ids, |i| score_shard(ctx, plan, units[i].clone(), students[units[i].group].clone(), tokens.clone()))
+    // Each shard's commit carries a histogram of every bin (160 KiB at the default 10,000):
+    // summed as they arrive, so memory follows the groups and sources, not the shards.
+    let (mut groups, mut sources) = (Totals::new(), Totals::new());
+    ctx.units(&plan.output)
+        .run_each(
+            &ids,
+            |i| score_shard(ctx, plan, units[i].clone(), students[units[i].group].clone(), tokens.clone()),
+            |_, commit: Commit<ScoredShard>| {
+                add(&mut groups, &commit.output, false);
+                add(&mut sources, &commit.output, true);
+            },
+        )
         .await?;
-    let shards: Vec<ScoredShard> = commits.into_iter().map(|c| c.output).collect();
     let mut masked = BTreeMap::new();
     for (group, student) in plan.groups.iter().zip(&students) {
         masked.insert(group.name.clone(), student.header.masked.clone());
     }
-    let result = ScoreResult { groups: totals(&shards, false), sources: totals(&shards, true), masked };
+    let result = ScoreResult { groups: groups.into_values().collect(), sources: sources.into_values().collect(), masked };
     ctx.write_result(&plan.output, &result).await?;
     Ok(result)
 }
 
-/// Sums shards per group, or per (group, source).
-fn totals(shards: &[ScoredShard], by_source: bool) -> Vec<ScoreTotals> {
-    let mut out: BTreeMap<(String, Option<String>), ScoreTotals> = BTreeMap::new();
-    for shard in shards {
-        let source = by_source.then(|| shard.source.clone());
-        let entry = out.entry((shard.group.clone(), source.clone())).or_insert_with(|| ScoreTotals {
-            group: shard.group.clone(),
-            source,
-            shards: 0,
-            records: 0,
-            tokens: 0,
-            skipped: SkipCounts::default(),
-            histogram: Histogram::new(shard.histogram.min, shard.histogram.max, shard.histogram.tokens.len()),
-        });
-        entry.shards += 1;
-        entry.records += shard.records;
-        entry.tokens += shard.tokens;
-        entry.skipped.merge(&shard.skipped);
-        entry.histogram.merge(&shard.histogram);
-    }
-    out.into_values().collect()
+/// Totals per group, or per (group, source), in that order.
+type Totals = BTreeMap<(String, Option<String>), ScoreTotals>;
+
+/// Adds a shard to its group's totals, or to its (group, source)'s.
+fn add(totals: &mut Totals, shard: &ScoredShard, by_source: bool) {
+    let source = by_source.then(|| shard.source.clone());
+    let entry = totals.entry((shard.group.clone(), source.clone())).or_insert_with(|| ScoreTotals {
+        group: shard.group.clone(),
+        source,
+        shards: 0,
+        records: 0,
+        tokens: 0,
+        skipped: SkipCounts::default(),
+        histogram: Histogram::new(shard.histogram.min, shard.histogram.max, shard.histogram.tokens.len()),
+    });
+    entry.shards += 1;
+    entry.records += shard.records;
+    entry.tokens += shard.tokens;
+    entry.skipped.merge(&shard.skipped);
+    entry.histogram.merge(&shard.histogram);
 }
 
 async fn score_shard(
