@@ -89,11 +89,23 @@ pub struct Units {
     storage: Arc<Storage>,
     root: String,
     worker: WorkerConfig,
+    /// Units processed at once.
+    in_flight: usize,
 }
 
 impl Units {
     pub fn new(storage: Arc<Storage>, root: &str, worker: WorkerConfig) -> Self {
-        Units { storage, root: root.to_string(), worker }
+        Units { storage, root: root.to_string(), in_flight: worker.parallelism, worker }
+    }
+
+    /// Twice `parallelism` units in flight, for a step whose units run their CPU-bound work
+    /// through [`crate::steps::Context::compute`], which keeps that at `parallelism`: a unit's
+    /// claim, reads, upload and commit then overlap another's compute instead of leaving a core
+    /// idle (score had its two cores busy 173 % of the time, the plain read of the same shards
+    /// 197 %).
+    pub fn overlapping(mut self) -> Self {
+        self.in_flight = 2 * self.worker.parallelism;
+        self
     }
 
     fn key(&self, unit: &str, suffix: &str) -> String {
@@ -201,7 +213,7 @@ impl Units {
                     let fut = self.run_one(&unit_ids[i], &process, i);
                     async move { (i, fut.await) }
                 })
-                .buffer_unordered(self.worker.parallelism);
+                .buffer_unordered(self.in_flight);
             let mut waiting = false;
             while let Some((i, outcome)) = outcomes.next().await {
                 match outcome {

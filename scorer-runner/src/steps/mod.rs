@@ -32,15 +32,26 @@ pub struct Context {
     pub worker: WorkerConfig,
     /// Local scratch space: downloaded Parquet shards, tokenizers, models, unfinished outputs.
     pub scratch: PathBuf,
+    /// `worker.parallelism` permits for [`Context::compute`], shared by every unit in flight.
+    cpu: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
     pub fn new(storage: StorageConfig, worker: WorkerConfig, scratch: PathBuf) -> Self {
-        Context { storage: Arc::new(Storage::new(storage)), worker, scratch }
+        let cpu = Arc::new(tokio::sync::Semaphore::new(worker.parallelism));
+        Context { storage: Arc::new(Storage::new(storage)), worker, scratch, cpu }
     }
 
     pub fn units(&self, output: &str) -> Units {
         Units::new(self.storage.clone(), output, self.worker.clone())
+    }
+
+    /// Runs a unit's CPU-bound work on the blocking pool, at most `worker.parallelism` at once
+    /// across the units in flight: with [`Units::overlapping`], the other units meanwhile open
+    /// their inputs and upload and commit their outputs.
+    pub async fn compute<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        let _permit = self.cpu.acquire().await.expect("the semaphore is never closed");
+        blocking(f).await
     }
 
     /// A fresh scratch file path (removed when the guard drops).

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use super::{blocking, shard_units, Context, ShardUnit};
+use super::{shard_units, Context, ShardUnit};
 use crate::error::{Error, Result};
 use crate::formats::for_each_batch;
 use crate::formats::scores::ScoreShardWriter;
@@ -69,6 +69,7 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
     // summed as they arrive, so memory follows the groups and sources, not the shards.
     let (mut groups, mut sources) = (Totals::new(), Totals::new());
     ctx.units(&plan.output)
+        .overlapping()
         .run_each(
             &ids,
             |i| score_shard(ctx, plan, units[i].clone(), students[units[i].group].clone(), tokens.clone()),
@@ -122,7 +123,7 @@ async fn score_shard(
     let tmp = ctx.scratch_file()?;
     let (path, trim, bins, read) = (tmp.to_path_buf(), plan.trim, plan.histogram_bins, plan.read.into());
     let (source, shard, group_name) = (unit.source.clone(), unit.shard.clone(), group.clone());
-    let (records, token_total, skipped, histogram) = blocking(move || {
+    let (records, token_total, skipped, histogram) = ctx.compute(move || {
         let scale = student.header.scale;
         let mut histogram = Histogram::new(scale.min as f64, scale.max as f64, bins);
         let dimensions: Vec<&str> = student.header.dimensions.iter().map(|d| d.id.as_str()).collect();

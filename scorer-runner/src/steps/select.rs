@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
-use super::{blocking, shard_units, Context, ShardUnit};
+use super::{shard_units, Context, ShardUnit};
 use crate::error::{Error, Result};
 use crate::formats::scores::ScoreKeys;
 use crate::formats::{for_each_batch, ReadOptions, ShardWriter};
@@ -22,6 +22,7 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     let score_units = ctx.units(&plan.score);
     let commits = ctx
         .units(&plan.output)
+        .overlapping()
         .run(&ids, |i| {
             let (unit, thresholds, score_units) = (units[i].clone(), &thresholds, &score_units);
             let group = plan.groups[unit.group].name.as_str();
@@ -70,7 +71,7 @@ async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &ShardUnit, scored
     let read = ReadOptions { parquet_as_json: false, ..plan.read.into() };
     let (path, histogram) = (tmp.to_path_buf(), scored.histogram.clone());
     let (shard, scores_uri) = (unit.shard.clone(), scored.scores.clone());
-    let kept = blocking(move || {
+    let kept = ctx.compute(move || {
         let mut keys = ScoreKeys::open(&scores_uri, &scores_path)?;
         let mut next_key = || keys.next().transpose();
         let mut writer = ShardWriter::create(&path, shard.format)?;
