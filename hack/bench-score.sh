@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# hack/bench-score.sh [MEGABYTES]  (default 1024)
+# hack/bench-score.sh [MEGABYTES]  (default 6400: about 1 GB of JSONL.zst)
 #
 # Benchmarks the `score` step with the hashed student against the floor, a plain
 # decompress-and-parse pass over the same JSONL.zst shards with the same parallelism.
@@ -11,7 +11,7 @@
 # dimensions.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-size="${1:-1024}"
+size="${1:-6400}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
 dir="$MIRA_CACHE/bench/score-${size}mb"
 cd "$(dirname "$0")/.."
