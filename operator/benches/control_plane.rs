@@ -92,7 +92,7 @@ async fn fake_cluster(plan: ClusterPlan, shards: usize) -> serde_json::Value {
             .map(|s| SourceSample {
                 name: s.name.clone(),
                 shards,
-                bytes: shards as u64 * 64 << 20,
+                bytes: (shards as u64 * 64) << 20,
                 sampled_records: 2000,
                 skipped: Default::default(),
             })

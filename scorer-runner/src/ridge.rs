@@ -137,7 +137,7 @@ mod tests {
         let xs: Vec<SparseVec> =
             (0..40u32).map(|i| vec_of(&[(0, (i % 5) as f32 / 4.0), (1 + i, 0.3)])).collect();
         let signal: Vec<f32> = (0..40).map(|i| 1.0 + 4.0 * ((i % 5) as f32 / 4.0)).collect();
-        let heads = fit(&xs, 64, &[signal.clone()], &DEFAULT_LAMBDAS);
+        let heads = fit(&xs, 64, std::slice::from_ref(&signal), &DEFAULT_LAMBDAS);
         let mut out = [0.0];
         let mut err = 0.0;
         for (x, t) in xs.iter().zip(&signal) {

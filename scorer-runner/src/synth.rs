@@ -69,7 +69,7 @@ fn body(rng: &mut ChaCha8Rng, kind: Kind, quality: u32) -> (String, serde_json::
         Kind::Code => CODE,
         Kind::Math => MATH,
     };
-    let parts: Vec<String> = (0..sentences).map(|i| sentence(rng, vocab, (i as u32) < quality * sentences / 4)).collect();
+    let parts: Vec<String> = (0..sentences).map(|i| sentence(rng, vocab, i < quality * sentences / 4)).collect();
     match kind {
         Kind::Agent => {
             let messages: Vec<serde_json::Value> = parts
@@ -107,7 +107,7 @@ pub fn write_source(dir: &Path, source: &SynthSource, seed: u64) -> std::io::Res
         let mut lines: Vec<Vec<u8>> = Vec::new();
         for r in 0..source.records_per_shard {
             line_no += 1;
-            if source.malformed_every.is_some_and(|m| line_no % m == 0) && source.format != Format::Parquet {
+            if source.malformed_every.is_some_and(|m| line_no.is_multiple_of(m)) && source.format != Format::Parquet {
                 lines.push(malformed_line(line_no / source.malformed_every.unwrap_or(1)));
                 continue;
             }

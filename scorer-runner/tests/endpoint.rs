@@ -125,6 +125,7 @@ async fn a_real_openai_compatible_server_answers_under_the_schema() {
         None
     };
     server.kill().unwrap();
+    server.wait().unwrap();
     let reply = reply.expect("the server did not come up within 60 s").expect("a valid reply");
     assert!((1..=5).contains(&reply.score));
 }

@@ -23,6 +23,8 @@ pub enum UpstreamRef {
 }
 
 /// A fetched upstream object.
+// Held one at a time while a reconcile walks up its chain: boxing would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Upstream {
     SourceGroup(SourceGroup),

@@ -22,6 +22,8 @@ use crate::steps::Context;
 pub const ATTEMPTS: usize = 3;
 
 /// A chat model that answers with JSON.
+// One per step, shared behind an Arc: the size of its larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Chat {
     Endpoint(endpoint::Client),
     #[cfg(feature = "llm")]

@@ -337,6 +337,9 @@ fn refs(texts: &[String]) -> Vec<&str> {
 
 /// Teacher-student agreement on the validation split per (source, dimension), and the mask.
 /// Also returns validation records the student could not score, and how many it scored.
+/// The teacher's and the student's scores of the same records, in the same order.
+type ScorePairs = (Vec<f64>, Vec<f64>);
+
 fn agreement(
     plan: &DistillPlan,
     group: &DistillGroup,
@@ -345,7 +348,7 @@ fn agreement(
 ) -> Result<(Vec<Agreement>, (SkipCounts, usize))> {
     let heads = group.dimensions.len();
     // (source, head) -> (teacher, student) pairs
-    let mut pairs: BTreeMap<(&str, usize), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut pairs: BTreeMap<(&str, usize), ScorePairs> = BTreeMap::new();
     let mut unscored = SkipCounts::default();
     let mut scored = 0;
     let mut predictions = BatchScores::default();
@@ -358,10 +361,10 @@ fn agreement(
                 continue;
             };
             scored += 1;
-            for h in 0..heads {
+            for (h, (&teacher, &student)) in example.scores.iter().zip(predicted).take(heads).enumerate() {
                 let entry = pairs.entry((example.source.as_str(), h)).or_default();
-                entry.0.push(example.scores[h] as f64);
-                entry.1.push(predicted[h] as f64);
+                entry.0.push(teacher as f64);
+                entry.1.push(student as f64);
             }
         }
     }

@@ -128,10 +128,14 @@ pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
     Ok(result)
 }
 
+/// A sampled record's source, the record, where its text was cut to fit the teacher's context
+/// (if it was), and the teacher's scores.
+type Reply = (String, crate::records::TextRecord<'static>, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>);
+
 async fn label_group(ctx: &Context, plan: &LabelPlan, group: &LabelGroup, teacher: Arc<Chat>) -> Result<(String, u64, SkipCounts)> {
     let (records, mut skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.read).await?;
     let request = JudgeRequest::new(&group.dimensions, plan.scale, true);
-    let replies: Vec<(String, crate::records::TextRecord<'static>, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>)> =
+    let replies: Vec<Reply> =
         futures::stream::iter(records)
             .map(|(source, record)| {
                 let (teacher, request) = (teacher.clone(), &request);
