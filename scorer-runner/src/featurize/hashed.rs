@@ -105,11 +105,11 @@ impl HashedFeaturizer {
         });
     }
 
-    /// Calls `f` with each feature `scratch.counts` holds, in first-counted order: its index and
-    /// its weight before normalisation (term weight, times IDF, signed). Returns the weights' sum
-    /// of squares.
+    /// Empties `counts`, calling `f` with each feature it held, in first-counted order: its index
+    /// and its weight before normalisation (term weight, times IDF, signed). Returns the
+    /// weights' sum of squares.
     #[inline(always)]
-    fn weights(&self, counts: &Counts, f: impl FnMut(u32, f32)) -> f32 {
+    fn weights(&self, counts: &mut Counts, f: impl FnMut(u32, f32)) -> f32 {
         // Whether there is an IDF decided once, not per feature.
         match &self.idf {
             None => self.scaled_weights(counts, |_| 1.0, f),
@@ -118,11 +118,11 @@ impl HashedFeaturizer {
     }
 
     #[inline(always)]
-    fn scaled_weights(&self, counts: &Counts, scale: impl Fn(u32) -> f32, mut f: impl FnMut(u32, f32)) -> f32 {
+    fn scaled_weights(&self, counts: &mut Counts, scale: impl Fn(u32) -> f32, mut f: impl FnMut(u32, f32)) -> f32 {
         let mut norm2 = 0f32;
-        for (i, count) in counts.iter() {
+        counts.drain(|i, count| {
             if count == 0 {
-                continue;
+                return;
             }
             // Looked up with its sign: signs are random, so a branch on one would miss on every
             // other feature.
@@ -132,7 +132,7 @@ impl HashedFeaturizer {
             } * scale(i);
             norm2 += v * v;
             f(i, v);
-        }
+        });
         norm2
     }
 
@@ -141,7 +141,12 @@ impl HashedFeaturizer {
     /// of its own so that its slices are parameters, which the compiler knows do not overlap:
     /// inlined, each store to a sum reloaded every pointer and length from the stack.
     #[inline(never)]
-    fn head_sums(&self, counts: &Counts, weights: &[f32], sums: &mut [f32]) -> f32 {
+    fn head_sums(&self, counts: &mut Counts, weights: &[f32], sums: &mut [f32]) -> f32 {
+        if let [sum] = sums {
+            // One head, the common student: a plain dot product, its sum in a register (the
+            // general loop below costs about four times the instructions for a row of one).
+            return self.weights(counts, |i, v| *sum += v * weights[i as usize]);
+        }
         let heads = sums.len();
         self.weights(counts, |i, v| {
             let row = &weights[i as usize * heads..][..heads];
@@ -156,7 +161,7 @@ impl HashedFeaturizer {
         self.count_grams(text, scratch);
         out.indices.clear();
         out.values.clear();
-        self.weights(&scratch.counts, |i, v| {
+        self.weights(&mut scratch.counts, |i, v| {
             out.indices.push(i);
             out.values.push(v);
         });
@@ -212,7 +217,7 @@ impl Featurizer for HashedFeaturizer {
         for text in texts {
             self.count_grams(text, &mut scratch);
             sums.fill(0.0);
-            let norm2 = self.head_sums(&scratch.counts, &heads.weights, &mut sums);
+            let norm2 = self.head_sums(&mut scratch.counts, &heads.weights, &mut sums);
             let scale = if norm2 > 0.0 { norm2.sqrt().recip() } else { 0.0 };
             for ((o, sum), bias) in out.iter_mut().zip(&sums).zip(&heads.bias) {
                 *o = bias + sum * scale;
@@ -244,9 +249,8 @@ impl Counts {
     /// `hits` of them. Feature indices are `hash & index_mask`.
     #[inline(always)]
     fn count(&mut self, hits: usize, index_mask: u64, fill: impl FnOnce(&mut Tally<'_>)) {
-        for &slot in &self.order[..self.len] {
-            self.slots[slot as usize] = (0, 0);
-        }
+        // Counts that were never drained (reading them empties the table as it goes).
+        self.drain(|_, _| {});
         let capacity = (4 * hits).next_power_of_two().max(64);
         if capacity > self.slots.len() {
             self.slots = vec![(0, 0); capacity];
@@ -257,12 +261,16 @@ impl Counts {
         self.len = tally.len;
     }
 
-    /// (index, signed count) in first-counted order.
-    fn iter(&self) -> impl Iterator<Item = (u32, i32)> + '_ {
-        self.order[..self.len].iter().map(|&slot| {
-            let (key, count) = self.slots[slot as usize];
-            (key - 1, count)
-        })
+    /// Calls `f` with each (index, signed count) in first-counted order, emptying each slot as
+    /// it is read (where a separate pass would read them all again), so the table is left empty
+    /// for the next text.
+    #[inline(always)]
+    fn drain(&mut self, mut f: impl FnMut(u32, i32)) {
+        for &slot in &self.order[..self.len] {
+            let (key, count) = std::mem::take(&mut self.slots[slot as usize]);
+            f(key - 1, count);
+        }
+        self.len = 0;
     }
 }
 
@@ -631,8 +639,10 @@ mod tests {
             .collect();
         for round in 0..2 {
             counts.count(hits.len(), (1 << 18) - 1, |tally| hits.iter().for_each(|&hit| tally.add(hit)));
-            let got: Vec<(u32, i32)> = counts.iter().collect();
+            let mut got = Vec::new();
+            counts.drain(|i, count| got.push((i, count)));
             assert_eq!(got, [(3, 2), (67, -2), (5, 1), (131, 1)], "round {round}");
+            assert!(counts.slots.iter().all(|&slot| slot == (0, 0)), "drained, the table is empty");
         }
     }
 
@@ -665,17 +675,20 @@ mod tests {
     #[test]
     fn predictions_while_featurizing_equal_predictions_from_the_vectors() {
         let texts = ["a longer text, with more words than the next", "short", "Été à Paris", "x x x y", ""];
-        for spec in [HashedSpec { dim_log2: 10, ..Default::default() }, HashedSpec { dim_log2: 10, char_ngrams: Some([2, 3]), sublinear_tf: false, ..Default::default() }] {
+        let specs = [HashedSpec { dim_log2: 10, ..Default::default() }, HashedSpec { dim_log2: 10, char_ngrams: Some([2, 3]), sublinear_tf: false, ..Default::default() }];
+        // One head takes a path of its own.
+        for (spec, heads) in specs.into_iter().flat_map(|spec| [(spec.clone(), 1), (spec, 3)]) {
             let idf: Vec<f32> = (0..1024).map(|i| 1.0 + (i % 7) as f32 / 7.0).collect();
             let f = HashedFeaturizer::new(spec, Some(idf)).unwrap();
-            let weights = (0..1024 * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let heads = RidgeHeads { dim: 1024, heads: 3, weights, bias: vec![1.0, 2.0, 3.0], lambdas: vec![1.0; 3] };
+            let weights = (0..1024 * heads).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let bias: Vec<f32> = (1..=heads).map(|b| b as f32).collect();
+            let heads = RidgeHeads { dim: 1024, heads, weights, bias, lambdas: vec![1.0; heads] };
             let expected: Vec<Vec<f32>> = f
                 .featurize(&texts)
                 .unwrap()
                 .iter()
                 .map(|x| {
-                    let mut out = vec![0f32; 3];
+                    let mut out = vec![0f32; heads.heads];
                     heads.predict(x, &mut out);
                     out
                 })
