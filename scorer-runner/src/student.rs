@@ -173,7 +173,7 @@ impl Student {
         raw.extend_from_slice(&(header.len() as u32).to_le_bytes());
         raw.extend_from_slice(&header);
         if let Scorer::Heads { heads, idf, .. } = &self.scorer {
-            for w in heads.weights.iter().chain(idf.iter().flatten()) {
+            for w in heads.weights().chain(idf.iter().flatten().copied()) {
                 raw.extend_from_slice(&w.to_le_bytes());
             }
         }
@@ -210,13 +210,7 @@ impl Student {
                     return Err(bad(format!("expected {} weights, found {}", n_weights + n_idf, floats.len())));
                 }
                 let idf = has_idf.then(|| floats[n_weights..].to_vec());
-                let heads = RidgeHeads {
-                    dim: *dim,
-                    heads: n,
-                    weights: floats[..n_weights].to_vec(),
-                    bias: bias.clone(),
-                    lambdas: lambdas.clone(),
-                };
+                let heads = RidgeHeads::new(*dim, n, &floats[..n_weights], bias.clone(), lambdas.clone());
                 let built = featurize::build(ctx, featurizer, idf.clone()).await?;
                 if built.dim() != *dim {
                     return Err(bad(format!("featurizer has dimension {}, heads {dim}", built.dim())));
@@ -237,7 +231,7 @@ mod tests {
     async fn a_student_of_another_format_is_refused_with_a_clear_error() {
         let spec = HashedSpec { dim_log2: 4, ..Default::default() };
         let featurizer = Arc::new(HashedFeaturizer::new(spec.clone(), None).unwrap());
-        let heads = RidgeHeads { dim: 16, heads: 1, weights: vec![0.5; 16], bias: vec![3.0], lambdas: vec![1.0] };
+        let heads = RidgeHeads::new(16, 1, &[0.5; 16], vec![3.0], vec![1.0]);
         let header = |format: &str| StudentHeader {
             format: format.into(),
             group: "g".into(),

@@ -136,24 +136,37 @@ impl HashedFeaturizer {
         norm2
     }
 
-    /// Adds each head's sum over the unnormalised weights of `counts` to `sums` (one per head;
-    /// `weights` row-major, a row per feature); returns the weights' sum of squares. A function
-    /// of its own so that its slices are parameters, which the compiler knows do not overlap:
-    /// inlined, each store to a sum reloaded every pointer and length from the stack.
-    #[inline(never)]
-    fn head_sums(&self, counts: &mut Counts, weights: &[f32], sums: &mut [f32]) -> f32 {
-        if let [sum] = sums {
-            // One head, the common student: a plain dot product, its sum in a register (the
-            // general loop below costs about four times the instructions for a row of one).
-            return self.weights(counts, |i, v| *sum += v * weights[i as usize]);
+    /// Each head's sum over the unnormalised weights of `counts`, into `sums` (one per head);
+    /// returns the weights' sum of squares. For up to 16 heads the sums are a fixed-size array
+    /// over the heads' padded rows, which the compiler keeps in registers; an inlined loop over
+    /// a row of run-time length stored each sum back at every feature.
+    fn head_sums(&self, counts: &mut Counts, heads: &RidgeHeads, sums: &mut [f32]) -> f32 {
+        match heads.stride() {
+            1 => self.padded_head_sums::<1>(counts, heads, sums),
+            4 => self.padded_head_sums::<4>(counts, heads, sums),
+            8 => self.padded_head_sums::<8>(counts, heads, sums),
+            16 => self.padded_head_sums::<16>(counts, heads, sums),
+            _ => self.weights(counts, |i, v| {
+                for (sum, w) in sums.iter_mut().zip(heads.row(i as usize)) {
+                    *sum += v * w;
+                }
+            }),
         }
-        let heads = sums.len();
-        self.weights(counts, |i, v| {
-            let row = &weights[i as usize * heads..][..heads];
-            for (sum, w) in sums.iter_mut().zip(row) {
+    }
+
+    /// [`Self::head_sums`] for rows padded to `S` floats.
+    #[inline(never)]
+    fn padded_head_sums<const S: usize>(&self, counts: &mut Counts, heads: &RidgeHeads, sums: &mut [f32]) -> f32 {
+        let mut padded = [0f32; S];
+        let norm2 = self.weights(counts, |i, v| {
+            for (sum, w) in padded.iter_mut().zip(heads.padded_row::<S>(i as usize)) {
                 *sum += v * w;
             }
-        })
+        });
+        for (sum, p) in sums.iter_mut().zip(padded) {
+            *sum += p;
+        }
+        norm2
     }
 
     /// One text's vector, into `out`.
@@ -217,7 +230,7 @@ impl Featurizer for HashedFeaturizer {
         for text in texts {
             self.count_grams(text, &mut scratch);
             sums.fill(0.0);
-            let norm2 = self.head_sums(&mut scratch.counts, &heads.weights, &mut sums);
+            let norm2 = self.head_sums(&mut scratch.counts, heads, &mut sums);
             let scale = if norm2 > 0.0 { norm2.sqrt().recip() } else { 0.0 };
             for ((o, sum), bias) in out.iter_mut().zip(&sums).zip(&heads.bias) {
                 *o = bias + sum * scale;
@@ -676,13 +689,13 @@ mod tests {
     fn predictions_while_featurizing_equal_predictions_from_the_vectors() {
         let texts = ["a longer text, with more words than the next", "short", "Été à Paris", "x x x y", ""];
         let specs = [HashedSpec { dim_log2: 10, ..Default::default() }, HashedSpec { dim_log2: 10, char_ngrams: Some([2, 3]), sublinear_tf: false, ..Default::default() }];
-        // One head takes a path of its own.
-        for (spec, heads) in specs.into_iter().flat_map(|spec| [(spec.clone(), 1), (spec, 3)]) {
+        // Head counts whose rows are padded to 1, 4, 8, 16 and 32 floats.
+        for (spec, heads) in specs.into_iter().flat_map(|spec| [1, 3, 8, 15, 17].map(|heads| (spec.clone(), heads))) {
             let idf: Vec<f32> = (0..1024).map(|i| 1.0 + (i % 7) as f32 / 7.0).collect();
             let f = HashedFeaturizer::new(spec, Some(idf)).unwrap();
-            let weights = (0..1024 * heads).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let weights: Vec<f32> = (0..1024 * heads).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
             let bias: Vec<f32> = (1..=heads).map(|b| b as f32).collect();
-            let heads = RidgeHeads { dim: 1024, heads, weights, bias, lambdas: vec![1.0; heads] };
+            let heads = RidgeHeads::new(1024, heads, &weights, bias, vec![1.0; heads]);
             let expected: Vec<Vec<f32>> = f
                 .featurize(&texts)
                 .unwrap()
