@@ -2,12 +2,16 @@
 //! loses nothing.
 //!
 //! Each unit (a shard, a group, ...) has a stable id. Under the step's output root:
-//! - `_units/<id>.claim.<n>`: a lease, created with put-if-absent; the holder renews it while it
+//! - `_units/<id>/claim.<n>`: a lease, created with put-if-absent; the holder renews it while it
 //!   works. A claim whose lease has run out is taken over by creating claim `n + 1`, which only one
 //!   contender can do. Claims only avoid duplicate work; they never decide correctness.
-//! - `_units/<id>.commit.json`: the unit's result, created with put-if-absent after its outputs
+//! - `_units/<id>/commit.json`: the unit's result, created with put-if-absent after its outputs
 //!   are written. Exactly one commit per unit exists, whoever ran it and however often.
-//! - `_units/<id>.failed.json`: the last error a worker met on the unit (informational).
+//! - `_units/<id>/failed.json`: the last error a worker met on the unit (informational).
+//!
+//! A folder per unit, because claiming lists the unit's claims: on local disk a listing reads
+//! its whole folder, and one folder for every unit made each claim read every other unit's
+//! files (quadratic in the number of units).
 //!
 //! Unit outputs are deterministic functions of the plan, written atomically at fixed keys, so two
 //! workers that both ran a unit wrote the same bytes; readers trust only committed units.
@@ -109,7 +113,7 @@ impl Units {
     }
 
     fn key(&self, unit: &str, suffix: &str) -> String {
-        join(&self.root, &format!("_units/{unit}.{suffix}"))
+        join(&self.root, &format!("_units/{unit}/{suffix}"))
     }
 
     pub async fn commit_of<T: DeserializeOwned>(&self, unit: &str) -> Result<Option<Commit<T>>> {

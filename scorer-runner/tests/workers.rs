@@ -79,7 +79,7 @@ async fn commits(storage: &Storage, output: &str) -> Vec<String> {
         .unwrap()
         .into_iter()
         .map(|o| o.uri)
-        .filter(|u| u.ends_with(".commit.json"))
+        .filter(|u| u.ends_with("/commit.json"))
         .collect()
 }
 
