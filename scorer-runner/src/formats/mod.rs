@@ -167,9 +167,11 @@ pub trait FinishWrite: Write + Send {
     fn finish_box(self: Box<Self>) -> std::io::Result<()>;
 }
 
+/// Writers finish into scratch files, which are not synced to disk: the storage they are
+/// uploaded to makes them durable (see `storage::local::put_file`).
 impl FinishWrite for std::fs::File {
     fn finish_box(self: Box<Self>) -> std::io::Result<()> {
-        self.sync_all()
+        Ok(())
     }
 }
 

@@ -139,11 +139,11 @@ impl ScoreShardWriter {
     }
 
     /// Writes the buffered rows and the footer. A shard with no rows is still a valid file.
+    /// Not synced to disk: the file is scratch, made durable (or not) by the storage it is
+    /// uploaded to. Syncing it here held a core idle for a disk flush at the end of every unit.
     pub fn finish(mut self) -> Result<()> {
         self.flush()?;
-        let uri = self.uri.clone();
-        let file = self.writer.into_inner().map_err(|source| Error::Parquet { uri: uri.clone(), source })?;
-        file.sync_all().map_err(|e| Error::io(&uri, e))
+        self.writer.close().map(drop).map_err(|source| Error::Parquet { uri: self.uri.clone(), source })
     }
 }
 

@@ -112,10 +112,14 @@ pub async fn put_if_absent(path: &Path, data: &[u8]) -> Result<bool> {
     }
 }
 
+/// Copies a file into place, synced before it is renamed there, so that an object is never
+/// seen (or, after a crash, found) with part of its bytes.
 pub async fn put_file(path: &Path, file: &Path) -> Result<()> {
     ensure_parent(path).await?;
     let tmp = temp_path(path);
     tokio::fs::copy(file, &tmp).await.map_err(|e| Error::io(file, e))?;
+    let copy = tokio::fs::File::open(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
+    copy.sync_all().await.map_err(|e| Error::io(&tmp, e))?;
     tokio::fs::rename(&tmp, path).await.map_err(|e| Error::io(path, e))
 }
 
