@@ -231,10 +231,10 @@ mod tests {
             let r = RidgeHeads::new(dim, heads, &weights, vec![0.0; heads], vec![1.0; heads]);
             assert_eq!(r.weights().collect::<Vec<_>>(), weights, "{heads} heads");
             assert_eq!(r.row(36), &weights[36 * heads..], "{heads} heads");
-            assert_eq!(r.floats().as_ptr() as usize % 64, 0);
+            assert!((r.floats().as_ptr() as usize).is_multiple_of(64));
             if heads > 1 {
                 let row_bytes = r.stride() * 4;
-                assert!(64 % row_bytes == 0 || row_bytes % 64 == 0, "{heads} heads: no row straddles a cache line");
+                assert!(64 % row_bytes == 0 || row_bytes.is_multiple_of(64), "{heads} heads: no row straddles a cache line");
                 assert!(r.floats()[36 * r.stride() + heads..][..r.stride() - heads].iter().all(|&w| w == 0.0), "padding is zero");
             }
         }
