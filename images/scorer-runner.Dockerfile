@@ -4,6 +4,8 @@
 #
 # Build from the repository root:
 #   docker build -f images/scorer-runner.Dockerfile -t mira/scorer-runner:0.1.0 .
+# For a cluster whose nodes all have AVX2, add --build-arg TARGET_CPU=x86-64-v3: the hashed
+# student's `score` step runs 5-7 % faster (README, Benchmarks); the default runs on any node.
 # The GPU build is images/scorer-runner-cuda.Dockerfile (tag suffix -cuda).
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -13,6 +15,7 @@ FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
+ARG TARGET_CPU=""
 WORKDIR /src
 # the workspace: both members, so the lock file resolves as in development
 COPY Cargo.toml Cargo.lock ./
@@ -20,7 +23,8 @@ COPY scorer-runner scorer-runner
 COPY operator operator
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p scorer-runner --bin scorer-runner \
+    if [ -n "$TARGET_CPU" ]; then export RUSTFLAGS="-Ctarget-cpu=$TARGET_CPU"; fi \
+ && cargo build --release --locked -p scorer-runner --bin scorer-runner \
  && install -D -m 0755 target/release/scorer-runner /out/scorer-runner
 
 FROM debian:${DEBIAN_RELEASE}-slim
