@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # hack/bench-score.sh [MEGABYTES]  (default 6400: about 1 GB of JSONL.zst)
+# MIRA_BENCH_TEXT=<folder> hack/bench-score.sh   also on real text: every UTF-8 file in the folder
 #
 # Benchmarks the `score` step with the hashed student against the floor, a plain
 # decompress-and-parse pass over the same JSONL.zst shards with the same parallelism.
@@ -8,7 +9,9 @@
 # every run and the median of the rounds' ratios: compare ratios, not absolute times. Then, on
 # one core, the floor beside score and beside the student alone (featurize + ridge heads over
 # texts already in memory), the step's hot loop. Last, three rounds with a student of fifteen
-# dimensions.
+# dimensions. With MIRA_BENCH_TEXT, the same students then score a corpus cut from real text
+# (the bench's `import` phase): the generated corpus draws its words from a few dozen, which
+# flatters the featurizer.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 size="${1:-6400}"
@@ -26,16 +29,16 @@ if [[ ! -f "$dir/raw-bytes" ]]; then
 fi
 # The student is trained afresh every run (seconds): one from an older build may use another
 # featurizer or artefact format.
-rm -rf "$dir/distill" && "$bench" train "$dir"
+"$bench" train "$dir"
 echo "corpus: $(du -sh "$dir/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$dir/raw-bytes") / 1000000 )) MB of JSON; $(nproc) cores"
 # Five interleaved rounds, each ratio taken within its round: on a shared machine one run can be
 # twice as slow as the next, so the median of the rounds' ratios is the figure to quote.
 # records_per_s of a phase's output line.
 rate() { grep -o 'records_per_s=[0-9]*' <<<"$1" | cut -d= -f2; }
-# rounds N: N interleaved floor/score rounds, every run printed, then the rounds' ratios and
-# their median.
+# rounds N [DIR]: N interleaved floor/score rounds over DIR (default: the generated corpus),
+# every run printed, then the rounds' ratios and their median.
 rounds() {
-  local n="$1" round floor score ratios=()
+  local n="$1" dir="${2:-$dir}" round floor score ratios=()
   for ((round = 1; round <= n; round++)); do
     floor=$("$bench" baseline "$dir") && echo "$floor"
     score=$("$bench" score "$dir") && echo "$score"
@@ -53,3 +56,16 @@ done
 # repeated: fifteen heads to apply, whatever they learn).
 "$bench" train "$dir" 15
 rounds 3
+[[ -n "${MIRA_BENCH_TEXT:-}" ]] || exit 0
+text="$MIRA_CACHE/bench/text-$(printf '%s' "$MIRA_BENCH_TEXT" | sha256sum | cut -c1-12)"
+if [[ ! -f "$text/raw-bytes" ]]; then
+  rm -rf "$text" && mkdir -p "$text"
+  "$bench" import "$text" "$MIRA_BENCH_TEXT"
+fi
+echo "real text: $(du -sh "$text/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$text/raw-bytes") / 1000000 )) MB of JSON"
+for dims in 15 1; do
+  "$bench" train "$dir" "$dims"
+  rm -rf "$text/distill" && cp -r "$dir/distill" "$text/distill"
+  rounds 3 "$text"
+  "$bench" student "$text"
+done

@@ -10,13 +10,18 @@
 //!   score <dir>                  the score step over every shard
 //!   student <dir>                the student alone (featurize + heads) on one thread, over the
 //!                                texts of the first shards held in memory: the step's hot loop
+//!   import <dir> <root>          a corpus of real text instead: every UTF-8 file under root
+//!                                (see `import`); its student is copied from a generated corpus
 
+use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use scorer_runner::formats::{for_each_batch, Format, ReadOptions, ShardInput};
 use scorer_runner::plan::*;
 use scorer_runner::records::{extract, TextSpec};
@@ -78,6 +83,59 @@ fn generate(dir: &Path, megabytes: u64) {
     println!("generated {} records in {shard_count} shards", generated.len());
 }
 
+/// Real text, because the generated corpus draws its words from a few dozen: every file under
+/// `root` that is UTF-8 (gzip-compressed ones unpacked), whitespace collapsed, cut on word
+/// boundaries into records of about 600 bytes (the generated records' size), duplicates dropped,
+/// shuffled, 2,000 records per JSONL.zst shard.
+fn import(dir: &Path, root: &Path) {
+    let mut files = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => folders.push(entry.path()),
+                Ok(t) if t.is_file() => files.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    let mut records = std::collections::BTreeSet::new();
+    for path in files {
+        let Ok(mut bytes) = std::fs::read(&path) else { continue };
+        if path.extension().is_some_and(|e| e == "gz") {
+            let mut unpacked = Vec::new();
+            if flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut unpacked).is_err() {
+                continue;
+            }
+            bytes = unpacked;
+        }
+        let Ok(text) = String::from_utf8(bytes) else { continue };
+        let mut record = String::new();
+        for word in text.split_whitespace() {
+            if !record.is_empty() {
+                record.push(' ');
+            }
+            record.push_str(word);
+            if record.len() >= 600 {
+                records.insert(std::mem::take(&mut record));
+            }
+        }
+    }
+    let mut records: Vec<String> = records.into_iter().collect();
+    records.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(11));
+    let shards = dir.join("corpus/web");
+    std::fs::create_dir_all(&shards).unwrap();
+    let mut raw = 0;
+    for (n, chunk) in records.chunks(2_000).enumerate() {
+        let lines: Vec<Vec<u8>> = chunk.iter().map(|text| serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap()).collect();
+        raw += lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
+        synth::write_shard(&shards.join(format!("part-{n:05}.jsonl.zst")), Format::JsonlZst, &lines).unwrap();
+    }
+    std::fs::write(dir.join("raw-bytes"), raw.to_string()).unwrap();
+    println!("imported {} records in {} shards", records.len(), records.len().div_ceil(2_000));
+}
+
 fn source(dir: &Path) -> Source {
     Source { name: "web".into(), uri: dir.join("corpus/web").to_string_lossy().into(), format: None, text: TextSpec::default() }
 }
@@ -104,6 +162,10 @@ fn repeat_signal(dir: &Path, ids: &[String]) -> PathBuf {
 }
 
 async fn train(dir: &Path, dimensions: usize) {
+    // Afresh every time: distill would otherwise take the group's committed unit, whatever
+    // the dimensions asked for now (the operator addresses each plan's output by its digest;
+    // this bench reuses one folder).
+    let _ = std::fs::remove_dir_all(dir.join("distill"));
     let ctx = context(dir);
     let ids = dimension_ids(dimensions);
     let labels = if dimensions == 1 { dir.join("labels.jsonl") } else { repeat_signal(dir, &ids) };
@@ -223,6 +285,7 @@ async fn main() {
     let (phase, dir) = (args.first().map(String::as_str).unwrap_or("help"), PathBuf::from(args.get(1).cloned().unwrap_or_default()));
     match phase {
         "generate" => generate(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
+        "import" => import(&dir, Path::new(args.get(2).map(String::as_str).unwrap_or("."))),
         "train" => train(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1)).await,
         "student" => {
             let (records, secs) = student(&dir).await;
@@ -239,6 +302,6 @@ async fn main() {
                 peak_rss_mib()
             );
         }
-        _ => eprintln!("usage: score (generate <dir> <MB> | train <dir> [dimensions] | baseline <dir> | score <dir> | student <dir>)"),
+        _ => eprintln!("usage: score (generate <dir> <MB> | train <dir> [dimensions] | baseline <dir> | score <dir> | student <dir> | import <dir> <root>)"),
     }
 }
