@@ -158,6 +158,13 @@ impl HashedFeaturizer {
     #[inline(never)]
     fn padded_head_sums<const S: usize>(&self, counts: &mut Counts, heads: &RidgeHeads, sums: &mut [f32]) -> f32 {
         let mut padded = [0f32; S];
+        // Every row first, so their fetches overlap one another and the sums below; a row of one
+        // head is a float, and one head's whole table stays in cache.
+        if S > 1 {
+            for &slot in &counts.order[..counts.len] {
+                heads.prefetch_row(counts.slots[slot as usize].0 as usize - 1);
+            }
+        }
         let norm2 = self.weights(counts, |i, v| {
             for (sum, w) in padded.iter_mut().zip(heads.padded_row::<S>(i as usize)) {
                 *sum += v * w;
