@@ -140,7 +140,13 @@ impl HashedFeaturizer {
     /// returns the weights' sum of squares. For up to 16 heads the sums are a fixed-size array
     /// over the heads' padded rows, which the compiler keeps in registers; an inlined loop over
     /// a row of run-time length stored each sum back at every feature.
+    ///
+    /// With more than one head, every row the text touched is prefetched first, so their fetches
+    /// overlap one another and the sums; one head's whole table (a float a row) stays in cache.
     fn head_sums(&self, counts: &mut Counts, heads: &RidgeHeads, sums: &mut [f32]) -> f32 {
+        if heads.stride() > 1 {
+            counts.indices().for_each(|i| heads.prefetch_row(i as usize));
+        }
         match heads.stride() {
             1 => self.padded_head_sums::<1>(counts, heads, sums),
             4 => self.padded_head_sums::<4>(counts, heads, sums),
@@ -158,13 +164,6 @@ impl HashedFeaturizer {
     #[inline(never)]
     fn padded_head_sums<const S: usize>(&self, counts: &mut Counts, heads: &RidgeHeads, sums: &mut [f32]) -> f32 {
         let mut padded = [0f32; S];
-        // Every row first, so their fetches overlap one another and the sums below; a row of one
-        // head is a float, and one head's whole table stays in cache.
-        if S > 1 {
-            for &slot in &counts.order[..counts.len] {
-                heads.prefetch_row(counts.slots[slot as usize].0 as usize - 1);
-            }
-        }
         let norm2 = self.weights(counts, |i, v| {
             for (sum, w) in padded.iter_mut().zip(heads.padded_row::<S>(i as usize)) {
                 *sum += v * w;
@@ -279,6 +278,12 @@ impl Counts {
         let mut tally = Tally { table: &mut self.slots[..capacity], order: &mut self.order, index_mask, len: 0 };
         fill(&mut tally);
         self.len = tally.len;
+    }
+
+    /// The feature indices counted, in first-counted order.
+    #[inline(always)]
+    fn indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.order[..self.len].iter().map(|&slot| self.slots[slot as usize].0 - 1)
     }
 
     /// Calls `f` with each (index, signed count) in first-counted order, emptying each slot as
