@@ -106,21 +106,22 @@ impl HashedFeaturizer {
     }
 
     /// Empties `counts`, calling `f` with each feature it held, in first-counted order: its index
-    /// and its weight before normalisation (term weight, times IDF, signed). Returns the
+    /// and its weight before normalisation (term weight, times IDF, signed). `ahead`, if any, gets
+    /// each index [`AHEAD`] features before `f` does (see [`Counts::drain_ahead`]). Returns the
     /// weights' sum of squares.
     #[inline(always)]
-    fn weights(&self, counts: &mut Counts, f: impl FnMut(u32, f32)) -> f32 {
+    fn weights(&self, counts: &mut Counts, ahead: Option<impl FnMut(u32)>, f: impl FnMut(u32, f32)) -> f32 {
         // Whether there is an IDF decided once, not per feature.
         match &self.idf {
-            None => self.scaled_weights(counts, |_| 1.0, f),
-            Some(idf) => self.scaled_weights(counts, |i| idf[i as usize], f),
+            None => self.scaled_weights(counts, |_| 1.0, ahead, f),
+            Some(idf) => self.scaled_weights(counts, |i| idf[i as usize], ahead, f),
         }
     }
 
     #[inline(always)]
-    fn scaled_weights(&self, counts: &mut Counts, scale: impl Fn(u32) -> f32, mut f: impl FnMut(u32, f32)) -> f32 {
+    fn scaled_weights(&self, counts: &mut Counts, scale: impl Fn(u32) -> f32, ahead: Option<impl FnMut(u32)>, mut f: impl FnMut(u32, f32)) -> f32 {
         let mut norm2 = 0f32;
-        counts.drain(|i, count| {
+        counts.drain_ahead(ahead, |i, count| {
             if count == 0 {
                 return;
             }
@@ -141,18 +142,16 @@ impl HashedFeaturizer {
     /// over the heads' padded rows, which the compiler keeps in registers; an inlined loop over
     /// a row of run-time length stored each sum back at every feature.
     ///
-    /// With more than one head, every row the text touched is prefetched first, so their fetches
-    /// overlap one another and the sums; one head's whole table (a float a row) stays in cache.
+    /// With more than one head, each row is prefetched [`AHEAD`] features before it is summed,
+    /// so its fetch overlaps the sums before it; one head's whole table (a float a row) stays in
+    /// cache.
     fn head_sums(&self, counts: &mut Counts, heads: &RidgeHeads, sums: &mut [f32]) -> f32 {
-        if heads.stride() > 1 {
-            counts.indices().for_each(|i| heads.prefetch_row(i as usize));
-        }
         match heads.stride() {
             1 => self.padded_head_sums::<1>(counts, heads, sums),
             4 => self.padded_head_sums::<4>(counts, heads, sums),
             8 => self.padded_head_sums::<8>(counts, heads, sums),
             16 => self.padded_head_sums::<16>(counts, heads, sums),
-            _ => self.weights(counts, |i, v| {
+            _ => self.weights(counts, Some(|i: u32| heads.prefetch_row(i as usize)), |i, v| {
                 for (sum, w) in sums.iter_mut().zip(heads.row(i as usize)) {
                     *sum += v * w;
                 }
@@ -164,7 +163,8 @@ impl HashedFeaturizer {
     #[inline(never)]
     fn padded_head_sums<const S: usize>(&self, counts: &mut Counts, heads: &RidgeHeads, sums: &mut [f32]) -> f32 {
         let mut padded = [0f32; S];
-        let norm2 = self.weights(counts, |i, v| {
+        let ahead = (S > 1).then_some(|i: u32| heads.prefetch_row(i as usize));
+        let norm2 = self.weights(counts, ahead, |i, v| {
             for (sum, w) in padded.iter_mut().zip(heads.padded_row::<S>(i as usize)) {
                 *sum += v * w;
             }
@@ -180,7 +180,7 @@ impl HashedFeaturizer {
         self.count_grams(text, scratch);
         out.indices.clear();
         out.values.clear();
-        self.weights(&mut scratch.counts, |i, v| {
+        self.weights(&mut scratch.counts, None::<fn(u32)>, |i, v| {
             out.indices.push(i);
             out.values.push(v);
         });
@@ -247,6 +247,10 @@ impl Featurizer for HashedFeaturizer {
     }
 }
 
+/// How many features ahead of its use [`Counts::drain_ahead`] announces one: about as many as
+/// are summed while a row comes from memory.
+const AHEAD: usize = 32;
+
 /// Signed counts of one text's feature indices, in an open-addressing table sized to the text
 /// rather than to the feature space: a record's few hundred n-grams then stay in L1 cache,
 /// where a dense accumulator over 2^18 features missed to L3 on nearly every n-gram. The table
@@ -280,18 +284,26 @@ impl Counts {
         self.len = tally.len;
     }
 
-    /// The feature indices counted, in first-counted order.
-    #[inline(always)]
-    fn indices(&self) -> impl Iterator<Item = u32> + '_ {
-        self.order[..self.len].iter().map(|&slot| self.slots[slot as usize].0 - 1)
-    }
-
     /// Calls `f` with each (index, signed count) in first-counted order, emptying each slot as
     /// it is read (where a separate pass would read them all again), so the table is left empty
     /// for the next text.
     #[inline(always)]
-    fn drain(&mut self, mut f: impl FnMut(u32, i32)) {
-        for &slot in &self.order[..self.len] {
+    fn drain(&mut self, f: impl FnMut(u32, i32)) {
+        self.drain_ahead(None::<fn(u32)>, f);
+    }
+
+    /// [`Self::drain`], calling `ahead` (if any) with each index [`AHEAD`] places before `f`
+    /// gets it (the first [`AHEAD`] at the start): time for a prefetch it issues to land.
+    #[inline(always)]
+    fn drain_ahead(&mut self, mut ahead: Option<impl FnMut(u32)>, mut f: impl FnMut(u32, i32)) {
+        let order = &self.order[..self.len];
+        if let Some(ahead) = &mut ahead {
+            order.iter().take(AHEAD).for_each(|&slot| ahead(self.slots[slot as usize].0 - 1));
+        }
+        for (at, &slot) in order.iter().enumerate() {
+            if let (Some(ahead), Some(&later)) = (&mut ahead, order.get(at + AHEAD)) {
+                ahead(self.slots[later as usize].0 - 1);
+            }
             let (key, count) = std::mem::take(&mut self.slots[slot as usize]);
             f(key - 1, count);
         }
