@@ -247,6 +247,11 @@ async fn score(dir: &Path) -> (u64, f64) {
     let started = Instant::now();
     let result = steps::score::run(&ctx, &plan).await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();
+    let written: u64 = std::fs::read_dir(output.join("scores/group=all/source=web"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    println!("score shards: {:.1} bytes a record", written as f64 / result.groups[0].records as f64);
     std::fs::remove_dir_all(&output).ok();
     (result.groups[0].records, elapsed)
 }
