@@ -79,7 +79,7 @@ impl ScoreShardWriter {
         let metadata = [("mira.group", group), ("mira.source", source)]
             .map(|(key, value)| KeyValue::new(key.to_string(), value.to_string()));
         let zstd = Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid"));
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::UNCOMPRESSED)
             .set_dictionary_enabled(false)
             .set_column_encoding(column(INDEX), Encoding::DELTA_BINARY_PACKED)
@@ -87,8 +87,13 @@ impl ScoreShardWriter {
             .set_column_compression(column(TOKENS), zstd)
             .set_column_statistics_enabled(column("id"), EnabledStatistics::None)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_key_value_metadata(Some(metadata.to_vec()))
-            .build();
+            .set_key_value_metadata(Some(metadata.to_vec()));
+        // Nor do the float columns keep minima and maxima: scores in record order span the
+        // whole scale in every row group and page, so their statistics prune nothing.
+        for name in dimensions.iter().map(|d| dimension_column(d)).chain([AGGREGATE.to_string()]) {
+            props = props.set_column_statistics_enabled(column(&name), EnabledStatistics::None);
+        }
+        let props = props.build();
         let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|source| Error::Parquet { uri: uri.clone(), source })?;
