@@ -252,6 +252,13 @@ mod tests {
         let metadata = builder.metadata().file_metadata().key_value_metadata().unwrap();
         let metadata: Vec<(&str, Option<&str>)> = metadata.iter().map(|kv| (kv.key.as_str(), kv.value.as_deref())).collect();
         assert!(metadata.contains(&("mira.group", Some("prose"))) && metadata.contains(&("mira.source", Some("web"))));
+        // Per column: compressed, and with statistics. Only the integer columns are either.
+        let chunks: Vec<(String, bool, bool)> = (builder.metadata().row_group(0).columns().iter())
+            .map(|c| (c.column_path().string(), c.compression() != Compression::UNCOMPRESSED, c.statistics().is_some()))
+            .collect();
+        let integer = |name: &str| (name.to_string(), true, true);
+        let plain = |name: &str| (name.to_string(), false, false);
+        assert_eq!(chunks, [integer("index"), plain("id"), integer("tokens"), plain("aggregate"), plain("score_clarity"), plain("score_depth")]);
         let batches: Vec<RecordBatch> = builder.build().unwrap().collect::<std::result::Result<_, _>>().unwrap();
         let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, ["index", "id", "tokens", "aggregate", "score_clarity", "score_depth"]);
