@@ -69,31 +69,30 @@ impl ScoreShardWriter {
         fields.extend(dimensions.iter().map(|d| Field::new(dimension_column(d), DataType::Float32, false)));
         let schema = Arc::new(Schema::new(fields));
         let column = |name: &str| ColumnPath::from(name);
-        // Only the integer columns are compressed. Ids are random digits and scores random
-        // floats: a dictionary only costs time there, and so does compression. Content-hash ids
-        // (hex digits) compress at most to half, for 3-4 % of the step's instructions. Zstd took
-        // a tenth off a fifteen-dimension shard's bytes for 7 % of the step's instructions
-        // (byte-stream-split floats first: 14 % for 4.4 %); score shards are intermediate, and
-        // the step's CPU is the cost that grows with the corpus. The record numbers rise by
-        // one, which delta encoding stores in a few bits.
+        // Only the integer columns are compressed or keep statistics. Ids are random digits and
+        // scores random floats: a dictionary only costs time there, and so does compression.
+        // Content-hash ids (hex digits) compress at most to half, for 3-4 % of the step's
+        // instructions. Zstd took a tenth off a fifteen-dimension shard's bytes for 7 % of the
+        // step's instructions (byte-stream-split floats first: 14 % for 4.4 %); score shards are
+        // intermediate, and the step's CPU is the cost that grows with the corpus. Scores in
+        // record order span the whole scale in every row group and page, so minima and maxima
+        // would prune nothing. The record numbers rise by one, which delta encoding stores in a
+        // few bits.
         let metadata = [("mira.group", group), ("mira.source", source)]
             .map(|(key, value)| KeyValue::new(key.to_string(), value.to_string()));
         let zstd = Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid"));
-        let mut props = WriterProperties::builder()
+        let props = WriterProperties::builder()
             .set_compression(Compression::UNCOMPRESSED)
+            .set_statistics_enabled(EnabledStatistics::None)
             .set_dictionary_enabled(false)
             .set_column_encoding(column(INDEX), Encoding::DELTA_BINARY_PACKED)
             .set_column_compression(column(INDEX), zstd)
+            .set_column_statistics_enabled(column(INDEX), EnabledStatistics::Page)
             .set_column_compression(column(TOKENS), zstd)
-            .set_column_statistics_enabled(column("id"), EnabledStatistics::None)
+            .set_column_statistics_enabled(column(TOKENS), EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_key_value_metadata(Some(metadata.to_vec()));
-        // Nor do the float columns keep minima and maxima: scores in record order span the
-        // whole scale in every row group and page, so their statistics prune nothing.
-        for name in dimensions.iter().map(|d| dimension_column(d)).chain([AGGREGATE.to_string()]) {
-            props = props.set_column_statistics_enabled(column(&name), EnabledStatistics::None);
-        }
-        let props = props.build();
+            .set_key_value_metadata(Some(metadata.to_vec()))
+            .build();
         let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|source| Error::Parquet { uri: uri.clone(), source })?;
