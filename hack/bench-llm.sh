@@ -3,9 +3,8 @@
 # speed-up from batching (requests in flight together vs one at a time). Dev profile, like the
 # tests (see Cargo.toml); compare the ratios, not the absolute figures.
 set -euo pipefail
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
 cargo build --workspace --all-targets --quiet

@@ -13,11 +13,12 @@
 # (the bench's `import` phase): the generated corpus draws its words from a few dozen, which
 # flatters the featurizer.
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 size="${1:-6400}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
 dir="$MIRA_CACHE/bench/score-${size}mb"
-cd "$(dirname "$0")/.."
+cd "$HACK_DIR/.."
 # The release profile, as deployed, without the `llm` feature: the hashed path needs no model, and
 # leaving mistral.rs out keeps the first release build to about 14 minutes on 2 cores (cached
 # after). Baseline and score run in the same binary, so their ratio is fair.

@@ -12,9 +12,8 @@
 # ServiceMonitor only when its CRD is there).
 # helm comes from hack/install-tools.sh (installed on first use).
 set -euo pipefail
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
 "$HACK_DIR/install-tools.sh" helm

@@ -5,9 +5,8 @@
 # state and outputs go there (a fresh run); without it, into examples/quickstart/ itself, so a
 # second run resumes and redoes nothing.
 set -euo pipefail
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"

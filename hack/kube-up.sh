@@ -28,17 +28,11 @@
 # API server and controller manager, e.g. TTLAfterFinished=true), MIRA_CACHE, MIRA_VERBOSE.
 set -euo pipefail
 
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 START_TIMEOUT="${MIRA_KUBE_START_TIMEOUT:-180}"
 COMPONENTS=(kube-controller-manager kube-apiserver etcd)   # stop order
-
-usage() {
-  sed -n '/^# Usage:/,/^#$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
 
 # ---------------------------------------------------------------- certificates
 

@@ -1,18 +1,27 @@
 # shellcheck shell=bash
 # hack/lib.sh - helpers shared by the MIRA test-infrastructure scripts.
 #
-# Source it from another hack/ script; it is not meant to be run. It fixes where
-# downloaded and built tools are cached (outside the checkout, so CI machines build
-# them once and every later run takes seconds) and offers small helpers: logging,
-# errors, locking, waiting for a URL, picking a free loopback port, and stopping
-# processes recorded in pid files.
+# Source it from another hack/ script (source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"); it is
+# not meant to be run. It sets HACK_DIR (this folder, absolute), fixes where downloaded and
+# built tools are cached (outside the checkout, so CI machines build them once and every later
+# run takes seconds) and offers small helpers: usage from the script's header, logging, errors,
+# locking, picking a free loopback port, and stopping processes recorded in pid files.
 #
 # Environment:
 #   MIRA_CACHE    cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/mira)
 #   MIRA_VERBOSE  set to 1 to print progress messages on stderr
 
+# shellcheck disable=SC2034  # for the scripts that source this file
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MIRA_CACHE="${MIRA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mira}"
 export MIRA_CACHE
+
+# usage : print the running script's "# Usage:" header block (up to the next bare "#" line) on
+# stderr and exit 2, so a script's help is its doc header and cannot drift from it.
+usage() {
+  sed -n '/^# Usage:/,/^#$/p' "${BASH_SOURCE[-1]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
 
 # log MSG... : progress message on stderr, only when MIRA_VERBOSE=1.
 log() {
@@ -165,8 +174,8 @@ print_exports() {
 }
 
 # server_main ENV_FILE start|stop|env STATE_DIR : the command dispatch of the test-server
-# scripts, which define usage, cmd_start and cmd_stop; `env` prints the exports that
-# `start` wrote to STATE_DIR/ENV_FILE.
+# scripts, which define cmd_start and cmd_stop; `env` prints the exports that `start` wrote
+# to STATE_DIR/ENV_FILE, anything else prints the script's usage.
 server_main() {
   local env_file="$1"
   shift

@@ -19,9 +19,8 @@
 #   7. SIGTERM stops it with exit status 0.
 # Stops everything it started and removes the temp dir (MIRA_KEEP_STATE=1 keeps it).
 set -euo pipefail
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_cmd python3 /usr/bin/kubectl
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/mira-kubelet-selftest.XXXXXX")"

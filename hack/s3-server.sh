@@ -21,19 +21,13 @@
 # The weed binary comes from hack/install-tools.sh s3 (installed on first use).
 set -euo pipefail
 
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 S3_ACCESS_KEY=mira
 S3_SECRET_KEY=mira-secret-key
 S3_REGION=us-east-1
 START_TIMEOUT="${MIRA_S3_START_TIMEOUT:-60}"
-
-usage() {
-  sed -n '/^# Usage:/,/^#$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
 
 # s3_ready PORT : true when an authenticated ListBuckets succeeds (so the filer behind
 # the gateway is up, not only the listening socket).

@@ -15,9 +15,8 @@
 # Environment: MIRA_CRDS_DIR (default: crds), MIRA_CHART_CRDS_DIR (default:
 # charts/mira-operator/crds-src), both relative to the repository root unless absolute.
 set -euo pipefail
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
 src="${MIRA_CRDS_DIR:-crds}"
@@ -26,7 +25,7 @@ check=0
 case "${1:-}" in
   "") ;;
   --check) check=1 ;;
-  *) sed -n '/^# Usage:/,/^#$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) usage ;;
 esac
 
 [[ -d "$src" ]] || die "$src does not exist; generate it first (mira crd --out-dir $src)"

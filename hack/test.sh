@@ -7,9 +7,8 @@
 # cargo test (unit, data-plane integration on S3 and local disk, operator end to end), runs the
 # README's first command, and lints the Helm chart. Stops what it started, whatever happens.
 set -euo pipefail
-HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$HACK_DIR/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"

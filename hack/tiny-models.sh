@@ -12,11 +12,12 @@
 # Environment:
 #   CARGO_TARGET_DIR  where the example is built (default: $MIRA_CACHE/target)
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 (($# == 1)) || die "usage: ${0##*/} OUT_DIR"
 need_cmd cargo sha256sum
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$HACK_DIR/.." && pwd)"
 src="$root/scorer-runner/examples/tiny_models.rs"
 [[ -f "$src" ]] || die "generator not found: $src"
 mkdir -p "$1"
