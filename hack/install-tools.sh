@@ -333,23 +333,12 @@ print_env() {
   fi
   for c in "${want[@]}"; do
     case "$c" in
-      s3)
-        if [[ -f "$WEED_DIR/.complete" ]]; then
-          printf 'export MIRA_WEED=%q\n' "$(weed_bin)"
-          paths+=("$WEED_DIR/bin")
-        elif ((strict)); then die "s3 tools not installed; run: $0 s3"; fi ;;
-      helm)
-        if [[ -f "$HELM_DIR/.complete" ]]; then
-          printf 'export MIRA_HELM=%q\n' "$(helm_bin)"
-          paths+=("$HELM_DIR/bin")
-        elif ((strict)); then die "helm not installed; run: $0 helm"; fi ;;
+      s3) component_env s3 "s3 tools" "$WEED_DIR" -- "MIRA_WEED=$(weed_bin)" ;;
+      helm) component_env helm helm "$HELM_DIR" -- "MIRA_HELM=$(helm_bin)" ;;
       kube)
-        if [[ -f "$ETCD_DIR/.complete" && -f "$KUBE_DIR/.complete" ]]; then
-          printf 'export MIRA_ETCD=%q\n' "$(etcd_bin)"
-          printf 'export MIRA_KUBE_APISERVER=%q\n' "$(kube_bin kube-apiserver)"
-          printf 'export MIRA_KUBE_CONTROLLER_MANAGER=%q\n' "$(kube_bin kube-controller-manager)"
-          paths+=("$ETCD_DIR/bin" "$KUBE_DIR/bin")
-        elif ((strict)); then die "kube tools not installed; run: $0 kube"; fi ;;
+        component_env kube "kube tools" "$ETCD_DIR" "$KUBE_DIR" -- "MIRA_ETCD=$(etcd_bin)" \
+          "MIRA_KUBE_APISERVER=$(kube_bin kube-apiserver)" \
+          "MIRA_KUBE_CONTROLLER_MANAGER=$(kube_bin kube-controller-manager)" ;;
       *) die "unknown component '$c' (expected s3, kube, helm or all)" ;;
     esac
   done
@@ -359,6 +348,29 @@ print_env() {
     # shellcheck disable=SC2016  # $PATH is expanded by whoever evals the output
     printf 'export PATH=%q:"$PATH"\n' "$joined"
   fi
+}
+
+# component_env COMPONENT WHAT DIR... -- NAME=VALUE... : one component for print_env (whose
+# strict and paths it uses): when every DIR holds a finished install, print the exports and
+# add each DIR/bin to paths; else, when strict, fail saying WHAT is not installed.
+component_env() {
+  local comp="$1" what="$2" dirs=() d
+  shift 2
+  while [[ "$1" != -- ]]; do
+    dirs+=("$1")
+    shift
+  done
+  shift
+  for d in "${dirs[@]}"; do
+    if [[ ! -f "$d/.complete" ]]; then
+      ((strict)) && die "$what not installed; run: $0 $comp"
+      return 0
+    fi
+  done
+  print_export "$@"
+  for d in "${dirs[@]}"; do
+    paths+=("$d/bin")
+  done
 }
 
 # ---------------------------------------------------------------- main

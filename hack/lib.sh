@@ -164,12 +164,21 @@ log_tail() {
   printf -- '---\n' >&2
 }
 
-# print_exports FILE: prints FILE's KEY=VALUE lines as shell-quoted exports, for the `env`
-# commands of the server scripts (eval "$(hack/s3-server.sh env DIR)").
+# print_export NAME=VALUE... : each as an `export NAME=VALUE` line with the value shell-quoted,
+# for the `env` commands whose output callers eval (eval "$(hack/install-tools.sh env)").
+print_export() {
+  local kv
+  for kv in "$@"; do
+    printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
+  done
+}
+
+# print_exports FILE: print_export of FILE's KEY=VALUE lines, for the `env` commands of the
+# server scripts (eval "$(hack/s3-server.sh env DIR)").
 print_exports() {
   local line
   while IFS= read -r line; do
-    [[ -n "$line" ]] && printf 'export %s=%q\n' "${line%%=*}" "${line#*=}"
+    [[ -n "$line" ]] && print_export "$line"
   done <"$1"
 }
 
