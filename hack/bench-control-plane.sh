@@ -17,8 +17,7 @@ cd "$HACK_DIR/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
 
 # helm renders the chart's RBAC, which the operator runs with.
-hack/install-tools.sh helm
-eval "$(hack/install-tools.sh env helm)"
+use_tools helm
 
 state=""
 cleanup() {

@@ -16,8 +16,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
-"$HACK_DIR/install-tools.sh" helm
-eval "$("$HACK_DIR/install-tools.sh" env helm)"
+use_tools helm
 chart=charts/mira-operator
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/mira-chart-check.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT

@@ -170,9 +170,8 @@ cmd_start() {
   fi
   stop_all   # partial or unhealthy leftovers
 
-  "$HACK_DIR/install-tools.sh" kube
   local etcd apiserver kcm
-  eval "$("$HACK_DIR/install-tools.sh" env kube)"
+  use_tools kube
   etcd="$MIRA_ETCD" apiserver="$MIRA_KUBE_APISERVER" kcm="$MIRA_KUBE_CONTROLLER_MANAGER"
 
   gen_pki "$KDIR/pki"

@@ -5,13 +5,13 @@
 # not meant to be run. It sets HACK_DIR (this folder, absolute), fixes where downloaded and
 # built tools are cached (outside the checkout, so CI machines build them once and every later
 # run takes seconds) and offers small helpers: usage from the script's header, logging, errors,
-# locking, picking a free loopback port, and stopping processes recorded in pid files.
+# locking, installing the test tools, picking a free loopback port, and stopping processes
+# recorded in pid files.
 #
 # Environment:
 #   MIRA_CACHE    cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/mira)
 #   MIRA_VERBOSE  set to 1 to print progress messages on stderr
 
-# shellcheck disable=SC2034  # for the scripts that source this file
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MIRA_CACHE="${MIRA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mira}"
 export MIRA_CACHE
@@ -43,6 +43,13 @@ need_cmd() {
   for c in "$@"; do
     command -v "$c" >/dev/null 2>&1 || die "required command not found: $c"
   done
+}
+
+# use_tools COMPONENT... : install the test tools (hack/install-tools.sh; cached, so seconds
+# after the first run) and export their variables (MIRA_WEED, MIRA_HELM, ..., PATH) here.
+use_tools() {
+  "$HACK_DIR/install-tools.sh" "$@" || return
+  eval "$("$HACK_DIR/install-tools.sh" env "$@")"
 }
 
 # run_logged LOGFILE CMD... : run CMD with all output into LOGFILE; on failure print

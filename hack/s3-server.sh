@@ -68,9 +68,9 @@ cmd_start() {
   rm -f "$state/s3.pid"
   port_in_use "$port" && die "port $port on 127.0.0.1 is already in use; set MIRA_S3_PORT to another port"
 
-  "$HACK_DIR/install-tools.sh" s3
   local weed
-  weed="$(eval "$("$HACK_DIR/install-tools.sh" env s3)"; echo "$MIRA_WEED")"
+  # in a subshell: the tools' variables stay out of the server's environment
+  weed="$(use_tools s3 && echo "$MIRA_WEED")"
   [[ -x "$weed" ]] || die "weed binary not found after install"
 
   cat >"$state/s3-config.json" <<JSON

@@ -23,8 +23,7 @@ trap cleanup EXIT
 step() { printf '\n==> %s\n' "$*"; }
 
 step "test tools (cached after the first run)"
-hack/install-tools.sh all
-eval "$(hack/install-tools.sh env)"
+use_tools all
 
 step "S3 server"
 hack/s3-server.sh start "$state"
