@@ -22,8 +22,7 @@ use_tools helm
 state=""
 cleanup() {
   if [[ -n "$state" ]]; then
-    hack/s3-server.sh stop "$state" >/dev/null 2>&1 || true
-    hack/kube-up.sh stop "$state" >/dev/null 2>&1 || true
+    stop_test_servers "$state"
     rm -rf "$state"
   fi
 }
@@ -32,12 +31,7 @@ if [[ -z "${KUBECONFIG:-}" || -z "${MIRA_S3_ENDPOINT:-}" ]]; then
   state="$(mktemp -d "${TMPDIR:-/tmp}/mira-bench.XXXXXX")"
   hack/s3-server.sh start "$state"
   hack/kube-up.sh start "$state"
-  set -a
-  # shellcheck disable=SC1091
-  source "$state/s3.env"
-  # shellcheck disable=SC1091
-  source "$state/kube.env"
-  set +a
+  source_env "$state/s3.env" "$state/kube.env"
 fi
 
 # The dev profile, shared with the tests: no extra build of the dependencies.

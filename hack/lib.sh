@@ -5,8 +5,8 @@
 # not meant to be run. It sets HACK_DIR (this folder, absolute), fixes where downloaded and
 # built tools are cached (outside the checkout, so CI machines build them once and every later
 # run takes seconds) and offers small helpers: usage from the script's header, logging, errors,
-# locking, installing the test tools, picking a free loopback port, and stopping processes
-# recorded in pid files.
+# locking, installing the test tools, reading and stopping the test servers, picking a free
+# loopback port, and stopping processes recorded in pid files.
 #
 # Environment:
 #   MIRA_CACHE    cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/mira)
@@ -187,6 +187,25 @@ print_exports() {
   while IFS= read -r line; do
     [[ -n "$line" ]] && print_export "$line"
   done <"$1"
+}
+
+# source_env FILE... : read KEY=VALUE files into this shell, exported: the env files that the
+# test servers' `start` writes (s3.env, kube.env).
+source_env() {
+  local f
+  set -a
+  for f in "$@"; do
+    # shellcheck disable=SC1090  # written at run time
+    source "$f"
+  done
+  set +a
+}
+
+# stop_test_servers STATE_DIR : stop the S3 server and the control plane whose state is in
+# STATE_DIR (hack/s3-server.sh, hack/kube-up.sh), quietly and never failing: for EXIT traps.
+stop_test_servers() {
+  "$HACK_DIR/s3-server.sh" stop "$1" >/dev/null 2>&1 || true
+  "$HACK_DIR/kube-up.sh" stop "$1" >/dev/null 2>&1 || true
 }
 
 # server_main ENV_FILE start|stop|env STATE_DIR : the command dispatch of the test-server

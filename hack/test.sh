@@ -14,8 +14,7 @@ cd "$HACK_DIR/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
 state="$(mktemp -d "${TMPDIR:-/tmp}/mira-test.XXXXXX")"
 cleanup() {
-  hack/s3-server.sh stop "$state" >/dev/null 2>&1 || true
-  hack/kube-up.sh stop "$state" >/dev/null 2>&1 || true
+  stop_test_servers "$state"
   rm -rf "$state"
 }
 trap cleanup EXIT
@@ -27,11 +26,11 @@ use_tools all
 
 step "S3 server"
 hack/s3-server.sh start "$state"
-set -a; source "$state/s3.env"; set +a
+source_env "$state/s3.env"
 
 step "Kubernetes control plane"
 hack/kube-up.sh start "$state"
-set -a; source "$state/kube.env"; set +a
+source_env "$state/kube.env"
 
 step "tiny models"
 export MIRA_TINY_MODELS="$MIRA_CACHE/tiny-models"
