@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+use_cargo_target
 
 # helm renders the chart's RBAC, which the operator runs with.
 use_tools helm
@@ -36,7 +36,5 @@ fi
 
 # The dev profile, shared with the tests: no extra build of the dependencies.
 cargo build --workspace --all-targets --quiet
-bench=$(find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -name 'control_plane-*' -printf '%T@ %p\n' |
-  sort -rn | head -n 1 | cut -d' ' -f2)
-[[ -n "$bench" ]] || die "the control_plane bench was not built"
+bench="$(newest_bin "$CARGO_TARGET_DIR/debug/deps" control_plane)"
 "$bench"

@@ -6,10 +6,9 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+use_cargo_target
 cargo build --workspace --all-targets --quiet
-hack/tiny-models.sh "$MIRA_CACHE/tiny-models" >/dev/null
-export HF_HOME="${HF_HOME:-$MIRA_CACHE/hf-home}"
-bench=$(ls -t "$CARGO_TARGET_DIR"/debug/deps/llm-* | grep -v '\.d$' | head -n 1)
+use_tiny_models
+bench="$(newest_bin "$CARGO_TARGET_DIR/debug/deps" llm)"
 echo "$(nproc) cores"
 "$bench" "$MIRA_CACHE/tiny-models" "${1:-64}"

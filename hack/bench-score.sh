@@ -16,14 +16,14 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 size="${1:-6400}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+use_cargo_target
 dir="$MIRA_CACHE/bench/score-${size}mb"
 cd "$HACK_DIR/.."
 # The release profile, as deployed, without the `llm` feature: the hashed path needs no model, and
 # leaving mistral.rs out keeps the first release build to about 14 minutes on 2 cores (cached
 # after). Baseline and score run in the same binary, so their ratio is fair.
 cargo build --release -p scorer-runner --no-default-features --bench score --quiet
-bench=$(ls -t "$CARGO_TARGET_DIR"/release/deps/score-* | grep -v '\.d$' | head -n 1)
+bench="$(newest_bin "$CARGO_TARGET_DIR/release/deps" score)"
 if [[ ! -f "$dir/raw-bytes" ]]; then
   rm -rf "$dir" && mkdir -p "$dir"
   "$bench" generate "$dir" "$size"

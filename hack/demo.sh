@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+use_cargo_target
 cargo build --workspace --bins --quiet
 example=examples/quickstart
 if [[ -n "${1:-}" ]]; then
@@ -17,11 +17,9 @@ if [[ -n "${1:-}" ]]; then
   cp -r "$example/mira.yaml" "$example/data" "$1/"
   example="$1"
 fi
-hack/tiny-models.sh "$MIRA_CACHE/tiny-models" >/dev/null
+use_tiny_models   # also keeps mistral.rs' hub cache out of the user's home
 mkdir -p "$example/models"
 for m in qwen3-tiny qwen3-embedding-tiny; do
   ln -sfn "$MIRA_CACHE/tiny-models/$m" "$example/models/$m"
 done
-# mistral.rs creates a hub cache even for local models: keep it out of the user's home.
-export HF_HOME="${HF_HOME:-$MIRA_CACHE/hf-home}"
 exec "$CARGO_TARGET_DIR/debug/mira" run -f "$example/mira.yaml"

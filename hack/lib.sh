@@ -5,7 +5,7 @@
 # not meant to be run. It sets HACK_DIR (this folder, absolute), fixes where downloaded and
 # built tools are cached (outside the checkout, so CI machines build them once and every later
 # run takes seconds) and offers small helpers: usage from the script's header, logging, errors,
-# locking, installing the test tools, reading and stopping the test servers, picking a free
+# locking, installing the test tools, the shared build and tiny models, reading and stopping the test servers, picking a free
 # loopback port, and stopping processes recorded in pid files.
 #
 # Environment:
@@ -50,6 +50,30 @@ need_cmd() {
 use_tools() {
   "$HACK_DIR/install-tools.sh" "$@" || return
   eval "$("$HACK_DIR/install-tools.sh" env "$@")"
+}
+
+# use_cargo_target : export CARGO_TARGET_DIR, by default $MIRA_CACHE/target: one build outside
+# the checkout, shared by the tests, the benches, the demo and the tiny-models generator.
+use_cargo_target() {
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+}
+
+# newest_bin DIR NAME : print the newest executable DIR/NAME-<hash> (a bench binary cargo built;
+# its name carries a hash that changes with the build), or fail when there is none.
+newest_bin() {
+  local bin
+  bin="$(find "$1" -maxdepth 1 -type f -executable -name "$2-*" -printf '%T@ %p\n' |
+    sort -rn | head -n 1 | cut -d' ' -f2-)"
+  [[ -n "$bin" ]] || die "no $2 binary built in $1"
+  echo "$bin"
+}
+
+# use_tiny_models : generate the tiny random-weight models into $MIRA_CACHE/tiny-models (once:
+# hack/tiny-models.sh), and keep the hub cache that mistral.rs creates even for local models
+# (HF_HOME) under the cache too, unless set, out of the user's home.
+use_tiny_models() {
+  "$HACK_DIR/tiny-models.sh" "$MIRA_CACHE/tiny-models" >/dev/null
+  export HF_HOME="${HF_HOME:-$MIRA_CACHE/hf-home}"
 }
 
 # run_logged LOGFILE CMD... : run CMD with all output into LOGFILE; on failure print

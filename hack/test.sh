@@ -11,7 +11,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+use_cargo_target
 state="$(mktemp -d "${TMPDIR:-/tmp}/mira-test.XXXXXX")"
 cleanup() {
   stop_test_servers "$state"

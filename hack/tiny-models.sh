@@ -24,7 +24,7 @@ mkdir -p "$1"
 out="$(cd "$1" && pwd)"
 stamp_file="$out/.tiny-models-stamp"
 stamp="tiny_models $(sha256sum "$src" | cut -d' ' -f1)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MIRA_CACHE/target}"
+use_cargo_target
 
 tmp=""
 cleanup() { [[ -z "$tmp" ]] || rm -rf "$tmp"; }
