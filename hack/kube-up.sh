@@ -112,14 +112,11 @@ fail_start() {
 # wait_until TIMEOUT WHAT PIDNAME CMD... : poll CMD until it succeeds; fail early if the
 # named component died.
 wait_until() {
-  local timeout="$1" what="$2" comp="$3"
+  local timeout="$1" what="$2" comp="$3" rc=0
   shift 3
-  local deadline=$((SECONDS + timeout))
-  until "$@"; do
-    pid_alive "$KDIR/$comp.pid" "$comp" || fail_start "$comp exited while waiting for $what" "$comp"
-    ((SECONDS < deadline)) || fail_start "timed out after ${timeout}s waiting for $what" "$comp"
-    sleep 0.25
-  done
+  wait_ready "$timeout" 0.25 "$KDIR/$comp.pid" "$comp" "$@" || rc=$?
+  ((rc != 1)) || fail_start "$comp exited while waiting for $what" "$comp"
+  ((rc != 2)) || fail_start "timed out after ${timeout}s waiting for $what" "$comp"
 }
 
 write_kubeconfig() {

@@ -5,8 +5,9 @@
 # not meant to be run. It sets HACK_DIR (this folder, absolute), fixes where downloaded and
 # built tools are cached (outside the checkout, so CI machines build them once and every later
 # run takes seconds) and offers small helpers: usage from the script's header, logging, errors,
-# locking, installing the test tools, the shared build and tiny models, reading and stopping the test servers, picking a free
-# loopback port, and stopping processes recorded in pid files.
+# locking, installing the test tools, the shared build and tiny models, reading and stopping
+# the test servers, picking a free loopback port, waiting for a server or for a process to
+# exit, and stopping processes recorded in pid files.
 #
 # Environment:
 #   MIRA_CACHE    cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/mira)
@@ -150,20 +151,42 @@ pid_alive() {
   pid_matches "$(cat "$1" 2>/dev/null || true)" "${2:-}"
 }
 
+# wait_exit PID : true once PID has exited, false if it still runs after 10 s (polled every
+# 0.1 s).
+wait_exit() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  ! kill -0 "$1" 2>/dev/null
+}
+
+# wait_ready TIMEOUT INTERVAL PIDFILE MATCH CMD... : poll CMD every INTERVAL seconds until it
+# succeeds. Returns 1 as soon as the server in PIDFILE has exited (see pid_alive), 2 after
+# TIMEOUT seconds: a start-up stops waiting once its server cannot come up any more, and can
+# say which of the two happened.
+wait_ready() {
+  local timeout="$1" interval="$2" pidfile="$3" match="$4"
+  shift 4
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    pid_alive "$pidfile" "$match" || return 1
+    ((SECONDS < deadline)) || return 2
+    sleep "$interval"
+  done
+}
+
 # stop_pidfile PIDFILE [NAME] [MATCH] : stop the process named in PIDFILE (TERM, then
 # KILL after 10 s) and remove the file. Quiet and successful if it is not running.
 stop_pidfile() {
-  local pidfile="$1" name="${2:-process}" match="${3:-}" pid i
+  local pidfile="$1" name="${2:-process}" match="${3:-}" pid
   [[ -f "$pidfile" ]] || return 0
   pid="$(cat "$pidfile" 2>/dev/null || true)"
   if pid_matches "$pid" "$match"; then
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
+    if ! wait_exit "$pid"; then
       kill -KILL "$pid" 2>/dev/null || true
       sleep 0.2
     fi

@@ -217,12 +217,7 @@ if wait_jsonpath 30 "pod/$pod" '{.status.phase}' Running; then
   if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
     k delete job sleeper --wait=false >/dev/null
     k delete pod "$pod" --wait=false >/dev/null 2>&1 || true
-    gone=0
-    for ((i = 0; i < 100; i++)); do
-      if ! kill -0 "$pid" 2>/dev/null; then gone=1; break; fi
-      sleep 0.1
-    done
-    check "process of the deleted Pod is gone" test "$gone" = 1
+    check "process of the deleted Pod is gone" wait_exit "$pid"
   else
     bad "Running Pod names a live process (containerID $cid)"
   fi
@@ -276,12 +271,7 @@ check "a Job created after the errors becomes Complete" \
 
 printf '==> SIGTERM\n'
 kill -TERM "$kubelet_pid"
-stopped=0
-for ((i = 0; i < 100; i++)); do
-  if ! kill -0 "$kubelet_pid" 2>/dev/null; then stopped=1; break; fi
-  sleep 0.1
-done
-check "kubelet exits on SIGTERM" test "$stopped" = 1
+check "kubelet exits on SIGTERM" wait_exit "$kubelet_pid"
 rc=0
 wait "$kubelet_pid" || rc=$?
 kubelet_pid=""

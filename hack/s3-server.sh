@@ -101,20 +101,17 @@ JSON
       -filer.port="$filer" -filer.port.grpc="$filer_grpc" \
       -admin.ui=false -admin.port="$admin" -admin.port.grpc="$admin_grpc" -webdav=false
   )
-  local deadline=$((SECONDS + START_TIMEOUT))
-  until s3_ready "$port"; do
-    if ! pid_alive "$state/s3.pid"; then
-      log_tail "$state/s3.log"
-      rm -f "$state/s3.pid"
-      die "weed mini exited during start-up (log: $state/s3.log)"
-    fi
-    if ((SECONDS >= deadline)); then
-      log_tail "$state/s3.log"
-      stop_pidfile "$state/s3.pid" "weed mini" weed
-      die "S3 did not answer on 127.0.0.1:$port within ${START_TIMEOUT}s (log: $state/s3.log)"
-    fi
-    sleep 0.2
-  done
+  local rc=0
+  wait_ready "$START_TIMEOUT" 0.2 "$state/s3.pid" "" s3_ready "$port" || rc=$?
+  if ((rc == 1)); then
+    log_tail "$state/s3.log"
+    rm -f "$state/s3.pid"
+    die "weed mini exited during start-up (log: $state/s3.log)"
+  elif ((rc == 2)); then
+    log_tail "$state/s3.log"
+    stop_pidfile "$state/s3.pid" "weed mini" weed
+    die "S3 did not answer on 127.0.0.1:$port within ${START_TIMEOUT}s (log: $state/s3.log)"
+  fi
   write_env "$state" "$port"
   log "S3 ready at http://127.0.0.1:$port; env: $state/s3.env"
 }
