@@ -21,20 +21,7 @@ chart=charts/mira-operator
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/mira-chart-check.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
-passed=0
-failed=0
-check() {   # check NAME CMD... : run CMD quietly; on failure show its output
-  local name="$1"
-  shift
-  if "$@" >"$tmp/out" 2>&1; then
-    printf 'ok: %s\n' "$name"
-    passed=$((passed + 1))
-  else
-    printf 'FAIL: %s\n' "$name"
-    sed 's/^/  /' "$tmp/out" | tail -n 20
-    failed=$((failed + 1))
-  fi
-}
+CHECK_OUTPUT="$tmp/out"   # check (lib.sh) runs each command quietly, shows its output on failure
 fails() { ! "$@"; }   # fails CMD... : true when CMD fails
 
 # every option away from its default
@@ -97,5 +84,4 @@ else
   printf 'skipped: server dry-run (no reachable API server in KUBECONFIG)\n'
 fi
 
-printf '%d passed, %d failed\n' "$passed" "$failed"
-((failed == 0))
+checks_done

@@ -7,7 +7,7 @@
 # run takes seconds) and offers small helpers: usage from the script's header, logging, errors,
 # locking, installing the test tools, the shared build and tiny models, reading and stopping
 # the test servers, picking a free loopback port, waiting for a server or for a process to
-# exit, and stopping processes recorded in pid files.
+# exit, stopping processes recorded in pid files, and counting a self-test's checks.
 #
 # Environment:
 #   MIRA_CACHE    cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/mira)
@@ -253,6 +253,47 @@ source_env() {
 stop_test_servers() {
   "$HACK_DIR/s3-server.sh" stop "$1" >/dev/null 2>&1 || true
   "$HACK_DIR/kube-up.sh" stop "$1" >/dev/null 2>&1 || true
+}
+
+# The checks of the self-test scripts (chart-check.sh, process-kubelet-selftest.sh): each prints
+# `ok: NAME` or `FAIL: NAME` and is counted; checks_done ends the script with the totals.
+checks_passed=0
+checks_failed=0
+
+# ok NAME... / bad NAME... : count a check the script decided itself as passed / failed.
+ok() {
+  printf 'ok: %s\n' "$*"
+  checks_passed=$((checks_passed + 1))
+}
+bad() {
+  printf 'FAIL: %s\n' "$*"
+  checks_failed=$((checks_failed + 1))
+}
+
+# check NAME CMD... : run CMD and count it as passed or failed. With CHECK_OUTPUT naming a file,
+# CMD's output goes there and is shown (its last 20 lines, indented) under a failure only.
+check() {
+  local name="$1" rc=0
+  shift
+  if [[ -n "${CHECK_OUTPUT:-}" ]]; then
+    "$@" >"$CHECK_OUTPUT" 2>&1 || rc=$?
+  else
+    "$@" || rc=$?
+  fi
+  if ((rc == 0)); then
+    ok "$name"
+  else
+    bad "$name"
+    [[ -z "${CHECK_OUTPUT:-}" ]] || sed 's/^/  /' "$CHECK_OUTPUT" | tail -n 20
+  fi
+  return 0
+}
+
+# checks_done : print the totals; false when a check failed, so that as a script's last
+# command it makes the exit status 1.
+checks_done() {
+  printf '%d passed, %d failed\n' "$checks_passed" "$checks_failed"
+  ((checks_failed == 0))
 }
 
 # server_main ENV_FILE start|stop|env STATE_DIR : the command dispatch of the test-server

@@ -43,11 +43,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-passed=0
-failed=0
-ok() { printf 'ok: %s\n' "$*"; passed=$((passed + 1)); }
-bad() { printf 'FAIL: %s\n' "$*"; failed=$((failed + 1)); }
-
 k() { /usr/bin/kubectl "$@"; }
 
 # wait_jsonpath TIMEOUT KIND/NAME JSONPATH EXPECTED : poll until the field equals EXPECTED.
@@ -66,13 +61,6 @@ wait_jsonpath() {
 # job_pod JOB : the name of the Job's (first) Pod.
 job_pod() {
   k get pods -l "job-name=$1" -o 'jsonpath={.items[0].metadata.name}' 2>/dev/null || true
-}
-
-# check NAME CMD... : run CMD, count it as passed or failed.
-check() {
-  local name="$1"
-  shift
-  if "$@"; then ok "$name"; else bad "$name"; fi
 }
 
 printf '==> control plane (%s)\n' "$state"
@@ -277,5 +265,4 @@ wait "$kubelet_pid" || rc=$?
 kubelet_pid=""
 check "kubelet exit status is 0" test "$rc" = 0
 
-printf '%d passed, %d failed\n' "$passed" "$failed"
-((failed == 0))
+checks_done
