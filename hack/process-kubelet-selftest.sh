@@ -63,6 +63,22 @@ job_pod() {
   k get pods -l "job-name=$1" -o 'jsonpath={.items[0].metadata.name}' 2>/dev/null || true
 }
 
+# job_head NAME : the YAML of a Job (backoffLimit 0: its Pod failing fails the Job) up to its Pod
+# template's spec, restartPolicy Never; the caller's lines for that spec (containers, volumes)
+# follow, indented by 6.
+job_head() {
+  cat <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata: {name: $1}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+YAML
+}
+
 printf '==> control plane (%s)\n' "$state"
 "$HACK_DIR/kube-up.sh" start "$state"
 export KUBECONFIG="$state/kubeconfig"
@@ -98,40 +114,19 @@ kind: Secret
 metadata: {name: selftest-secret}
 stringData: {token: s3cr3t}
 ---
-apiVersion: batch/v1
-kind: Job
-metadata: {name: fails}
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
+$(job_head fails)
       containers:
       - name: main
         image: busybox
         command: [sh, -c, "echo hi; echo $marker >&2; exit 3"]
 ---
-apiVersion: batch/v1
-kind: Job
-metadata: {name: succeeds}
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
+$(job_head succeeds)
       containers:
       - name: main
         image: busybox
         command: [sh, -c, "echo hello"]
 ---
-apiVersion: batch/v1
-kind: Job
-metadata: {name: entrypoint}
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
+$(job_head entrypoint)
       containers:
       - name: main
         image: example.org/mira/selftest-entrypoint:dev
@@ -167,14 +162,7 @@ check "succeeding Pod is Succeeded with exit code 0 (Completed)" \
 printf '==> at most --max-running (2) processes at once\n'
 for i in 1 2 3; do
   k apply -f - >/dev/null <<YAML
-apiVersion: batch/v1
-kind: Job
-metadata: {name: burst-$i}
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
+$(job_head burst-$i)
       containers: [{name: main, image: busybox, command: [sleep, "1"]}]
 YAML
 done
@@ -214,15 +202,8 @@ else
 fi
 
 printf '==> a restarted kubelet fails the Pods its predecessor left Running\n'
-k apply -f - >/dev/null <<'YAML'
-apiVersion: batch/v1
-kind: Job
-metadata: {name: orphan}
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
+k apply -f - >/dev/null <<YAML
+$(job_head orphan)
       containers: [{name: main, image: busybox, command: [sleep, "300"]}]
 YAML
 wait_jsonpath 60 job/orphan '{.status.active}' 1 || true
