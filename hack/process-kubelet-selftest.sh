@@ -63,6 +63,14 @@ job_pod() {
   k get pods -l "job-name=$1" -o 'jsonpath={.items[0].metadata.name}' 2>/dev/null || true
 }
 
+# running_pod JOB : wait for the Job's Pod to be Running, and set pod to its name; false when it
+# does not run within 30 s of the Job having an active Pod.
+running_pod() {
+  wait_jsonpath 60 "job/$1" '{.status.active}' 1 || true
+  pod="$(job_pod "$1")"
+  wait_jsonpath 30 "pod/$pod" '{.status.phase}' Running
+}
+
 # job_head NAME : the YAML of a Job (backoffLimit 0: its Pod failing fails the Job) up to its Pod
 # template's spec, restartPolicy Never; the caller's lines for that spec (containers, volumes)
 # follow, indented by 6.
@@ -185,9 +193,7 @@ check "env from ConfigMap, Secret, fieldRef and MIRA_WORKER_ID" \
 
 printf '==> deleting a running Pod kills its process\n'
 k create job sleeper --image=busybox -- sleep 300 >/dev/null
-wait_jsonpath 60 job/sleeper '{.status.active}' 1 || true
-pod="$(job_pod sleeper)"
-if wait_jsonpath 30 "pod/$pod" '{.status.phase}' Running; then
+if running_pod sleeper; then
   cid="$(k get "pod/$pod" -o 'jsonpath={.status.containerStatuses[0].containerID}')"
   pid="${cid#process://}"
   if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
@@ -206,9 +212,7 @@ k apply -f - >/dev/null <<YAML
 $(job_head orphan)
       containers: [{name: main, image: busybox, command: [sleep, "300"]}]
 YAML
-wait_jsonpath 60 job/orphan '{.status.active}' 1 || true
-pod="$(job_pod orphan)"
-if wait_jsonpath 30 "pod/$pod" '{.status.phase}' Running; then
+if running_pod orphan; then
   cid="$(k get "pod/$pod" -o 'jsonpath={.status.containerStatuses[0].containerID}')"
   kill -KILL "$kubelet_pid"
   wait "$kubelet_pid" 2>/dev/null || true
