@@ -228,9 +228,14 @@ class Resolver:
                 entries[k] = v.encode("utf-8")
         return entries
 
+    def ref_data(self, kind, ref, name_key="name"):
+        """data() of the object that ref names (an envFrom or keyRef reference, a configMap or
+        secret volume, a projected source: its name, or secretName, and optional)."""
+        return self.data(kind, ref.get(name_key, ""), bool(ref.get("optional")))
+
     def key(self, kind, ref):
         optional = bool(ref.get("optional"))
-        entries = self.data(kind, ref.get("name", ""), optional)
+        entries = self.ref_data(kind, ref)
         if entries is None:
             return None
         if ref.get("key") not in entries:
@@ -288,29 +293,29 @@ def write_entries(root, entries, items, default_mode, what):
             write_file(root, k, v, default_mode)
 
 
+def write_object(root, resolver, kind, src, name_key, default_mode):
+    """Writes under root the entries (src's items, or all) of the ConfigMap or Secret that src, a
+    configMap or secret volume or projected source, names by name_key."""
+    entries = resolver.ref_data(kind, src, name_key)
+    write_entries(root, entries, src.get("items"), default_mode,
+                  "%s %s/%s" % (kind, resolver.namespace, src.get(name_key)))
+
+
 def materialise_volume(vol, root, pod, resolver, node_name, log):
     """Creates a volume's files under root (or returns another local dir to use instead)."""
     ns = resolver.namespace
     os.makedirs(root, exist_ok=True)
     if "configMap" in vol:
-        src = vol["configMap"]
-        entries = resolver.data("configmap", src.get("name", ""), bool(src.get("optional")))
-        write_entries(root, entries, src.get("items"), src.get("defaultMode"), "configmap %s/%s" % (ns, src.get("name")))
+        write_object(root, resolver, "configmap", vol["configMap"], "name", vol["configMap"].get("defaultMode"))
     elif "secret" in vol:
-        src = vol["secret"]
-        entries = resolver.data("secret", src.get("secretName", ""), bool(src.get("optional")))
-        write_entries(root, entries, src.get("items"), src.get("defaultMode"), "secret %s/%s" % (ns, src.get("secretName")))
+        write_object(root, resolver, "secret", vol["secret"], "secretName", vol["secret"].get("defaultMode"))
     elif "projected" in vol:
         src = vol["projected"]
         for s in src.get("sources") or []:
             if "configMap" in s:
-                c = s["configMap"]
-                entries = resolver.data("configmap", c.get("name", ""), bool(c.get("optional")))
-                write_entries(root, entries, c.get("items"), src.get("defaultMode"), "configmap %s/%s" % (ns, c.get("name")))
+                write_object(root, resolver, "configmap", s["configMap"], "name", src.get("defaultMode"))
             elif "secret" in s:
-                c = s["secret"]
-                entries = resolver.data("secret", c.get("name", ""), bool(c.get("optional")))
-                write_entries(root, entries, c.get("items"), src.get("defaultMode"), "secret %s/%s" % (ns, c.get("name")))
+                write_object(root, resolver, "secret", s["secret"], "name", src.get("defaultMode"))
             elif "downwardAPI" in s:
                 materialise_downward(s["downwardAPI"].get("items"), root, pod, node_name, src.get("defaultMode"))
             else:
@@ -438,11 +443,9 @@ def resolve(pod, kube, opts, poddir, log):
     for src in c.get("envFrom") or []:
         prefix = src.get("prefix", "")
         if "configMapRef" in src:
-            ref = src["configMapRef"]
-            entries = resolver.data("configmap", ref.get("name", ""), bool(ref.get("optional")))
+            entries = resolver.ref_data("configmap", src["configMapRef"])
         elif "secretRef" in src:
-            ref = src["secretRef"]
-            entries = resolver.data("secret", ref.get("name", ""), bool(ref.get("optional")))
+            entries = resolver.ref_data("secret", src["secretRef"])
         else:
             continue
         for k, v in (entries or {}).items():
