@@ -24,14 +24,25 @@ cd "$HACK_DIR/.."
 # after). Baseline and score run in the same binary, so their ratio is fair.
 cargo build --release -p scorer-runner --no-default-features --bench score --quiet
 bench="$(newest_bin "$CARGO_TARGET_DIR/release/deps" score)"
-if [[ ! -f "$dir/raw-bytes" ]]; then
-  rm -rf "$dir" && mkdir -p "$dir"
-  "$bench" generate "$dir" "$size"
-fi
+# cached_corpus DIR PHASE [ARG...] : unless DIR holds a finished corpus (raw-bytes is written
+# last), make it afresh with the bench's PHASE (generate, import) into DIR.
+cached_corpus() {
+  local dir="$1" phase="$2"
+  shift 2
+  if [[ ! -f "$dir/raw-bytes" ]]; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    "$bench" "$phase" "$dir" "$@"
+  fi
+}
+# corpus_size DIR : the corpus' size, compressed and as JSON.
+corpus_size() {
+  echo "$(du -sh "$1/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$1/raw-bytes") / 1000000 )) MB of JSON"
+}
+cached_corpus "$dir" generate "$size"
 # The student is trained afresh every run (seconds): one from an older build may use another
 # featurizer or artefact format.
 "$bench" train "$dir"
-echo "corpus: $(du -sh "$dir/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$dir/raw-bytes") / 1000000 )) MB of JSON; $(nproc) cores"
+echo "corpus: $(corpus_size "$dir"); $(nproc) cores"
 # Five interleaved rounds, each ratio taken within its round: on a shared machine one run can be
 # twice as slow as the next, so the median of the rounds' ratios is the figure to quote.
 # records_per_s of a phase's output line.
@@ -59,11 +70,8 @@ done
 rounds 3
 [[ -n "${MIRA_BENCH_TEXT:-}" ]] || exit 0
 text="$MIRA_CACHE/bench/text-$(printf '%s' "$MIRA_BENCH_TEXT" | sha256sum | cut -c1-12)"
-if [[ ! -f "$text/raw-bytes" ]]; then
-  rm -rf "$text" && mkdir -p "$text"
-  "$bench" import "$text" "$MIRA_BENCH_TEXT"
-fi
-echo "real text: $(du -sh "$text/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$text/raw-bytes") / 1000000 )) MB of JSON"
+cached_corpus "$text" import "$MIRA_BENCH_TEXT"
+echo "real text: $(corpus_size "$text")"
 for dims in 15 1; do
   "$bench" train "$dir" "$dims"
   rm -rf "$text/distill" && cp -r "$dir/distill" "$text/distill"
