@@ -217,7 +217,9 @@ if running_pod orphan; then
   kill -KILL "$kubelet_pid"
   wait "$kubelet_pid" 2>/dev/null || true
   pid="${cid#process://}"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -KILL "$pid" 2>/dev/null || true   # its own session: not killed with it
+  if [[ "$pid" =~ ^[0-9]+$ ]]; then
+    kill -KILL "$pid" 2>/dev/null || true   # its own session: not killed with it
+  fi
   start_kubelet
   check "orphaned Pod is reported Failed with exit code 137" \
     wait_jsonpath 30 "pod/$pod" '{.status.phase} {.status.containerStatuses[0].state.terminated.exitCode}' "Failed 137"
