@@ -25,7 +25,7 @@ use common::{Fixture, OperatorOptions};
 use mira_operator::api::{DistillationJob, FilterRun, RubricSet, SourceGroup};
 use scorer_runner::histogram::Histogram;
 use scorer_runner::plan::{
-    Agreement, AnchoredDimension, ClusterPlan, ClusterResult, DimensionRef, DiscoverPlan, DiscoverResult, DistillPlan,
+    Agreement, AnchoredDimension, ClusterPlan, ClusterResult, Dimension, DiscoverPlan, DiscoverResult, DistillPlan,
     DistillResult, GroupRubric, Kept, LabelPlan, LabelResult, Manifest, ScopedCut, ScorePlan, ScoreResult, ScoreTotals,
     SelectPlan, SelectedShard, SourceSample, StudentReport, ThresholdPlan, ThresholdResult,
 };
@@ -140,20 +140,21 @@ async fn fake_discover(plan: DiscoverPlan) -> serde_json::Value {
         .iter()
         .map(|g| GroupRubric {
             name: g.name.clone(),
+            pinned: false,
             dimensions: (0..plan.dimensions_per_group)
                 .map(|d| AnchoredDimension {
                     // As long as the real step lets a teacher write them: name 40, description
                     // 160 and guide 300 characters.
-                    dimension: DimensionRef {
+                    dimension: Dimension {
                         id: format!("dimension-{d:02}"),
                         name: text(40, d),
                         description: text(160, d + 1),
                         guide: text(300, d + 2),
                     },
-                    support: 12,
+                    support: Some(12),
                 })
                 .collect(),
-            proposals: join(&plan.output, &format!("proposals/{}.jsonl", g.name)),
+            proposals: Some(join(&plan.output, &format!("proposals/{}.jsonl", g.name))),
         })
         .collect();
     write_result(&Storage::new(plan.storage.clone()), &plan.output, DiscoverResult { groups }).await
@@ -181,7 +182,7 @@ async fn fake_distill(plan: DistillPlan) -> serde_json::Value {
                 .map(|(i, (source, dimension))| Agreement {
                     source: source.clone(),
                     dimension: dimension.id.clone(),
-                    n: 400,
+                    records: 400,
                     mae: 0.5 + i as f64 * 0.013_7,
                     spearman: Some(0.8 - i as f64 * 0.011_3),
                     masked: i % 4 == 0,
@@ -450,9 +451,9 @@ async fn bench() -> ExitCode {
         warm[warm.len() - 1] * 1e3
     );
 
-    let peak = peak_rss_mib(fx.operator.as_ref().and_then(common::Process::pid));
+    let peak = peak_rss_mib(fx.operators.first().and_then(common::Process::pid));
     println!("  operator peak RSS over the whole run: {:.0} MiB", peak.unwrap_or(f64::NAN));
-    fx.operator.as_mut().unwrap().stop();
+    fx.operators[0].stop();
     let port = free_port();
     fx.start_operator(OperatorOptions { listen: Some(format!("127.0.0.1:{port}")), ..Default::default() });
     let first = fx
@@ -465,7 +466,7 @@ async fn bench() -> ExitCode {
         first.1 / first.0 as f64 * 1e3
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let peak = peak_rss_mib(fx.operator.as_ref().and_then(common::Process::pid));
+    let peak = peak_rss_mib(fx.operators.first().and_then(common::Process::pid));
     println!("  restarted operator peak RSS: {:.0} MiB", peak.unwrap_or(f64::NAN));
     let created = fx.jobs("app.kubernetes.io/managed-by=mira-operator").await.len();
     if created != jobs {

@@ -1,11 +1,15 @@
-//! The operator's one error type: one variant per failing step, sources kept (and not repeated
-//! in the messages, so a printed cause chain says each thing once), and a short category that
-//! becomes condition reasons, Event reasons and the metrics' `error` label.
+//! The operator's one error type: one variant per failing action, with its typed source (kept,
+//! and not repeated in the message, so a printed cause chain says each thing once); a short
+//! category that becomes condition reasons, Event reasons and the metrics' `error` label; and
+//! [`Error::retry`], the one place that decides whether trying again can help.
 
 use std::path::PathBuf;
 
+use scorer_runner::plan::Step;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    // ---- the spec and its upstream chain: only a change to them helps ----
     /// The spec cannot be planned (for example it names a group its SourceGroup lacks).
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
@@ -14,6 +18,19 @@ pub enum Error {
     #[error("upstream incomplete: {0}")]
     UpstreamIncomplete(String),
 
+    /// The object does not match its CRD's types (so the watcher skips it until it changes).
+    #[error("malformed object")]
+    InvalidObject(#[source] Box<kube::core::error_boundary::InvalidObject>),
+
+    /// A stage's plan could not be written as JSON.
+    #[error("writing the {} plan", step.as_str())]
+    WritePlan {
+        step: Step,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    // ---- step results ----
     /// A step wrote a result this operator cannot read.
     #[error("step result {uri} is not valid")]
     InvalidResult {
@@ -22,40 +39,81 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A stage's output holds the result of another step (its output root was written by hand,
+    /// or by a runner of another version).
+    #[error("step result {uri} was written by step {}", found.as_str())]
+    UnexpectedResult { uri: String, found: Step },
+
     /// Reading a step result from storage failed (not: the result is absent).
     #[error("reading step results")]
-    Storage(#[source] scorer_runner::Error),
+    ReadResult(#[source] scorer_runner::Error),
 
-    /// A Kubernetes API call failed.
-    #[error("{action}")]
-    Kube {
-        action: String,
+    // ---- Kubernetes API calls ----
+    #[error("connecting to the API server")]
+    Connect(#[source] kube::Error),
+
+    #[error("reading {kind} {namespace}/{name}")]
+    GetObject {
+        kind: String,
+        namespace: String,
+        name: String,
         #[source]
         source: kube::Error,
     },
 
-    /// The object does not match its CRD's types (so the watcher skips it until it changes).
-    #[error("malformed object")]
-    InvalidObject(#[source] Box<kube::core::error_boundary::InvalidObject>),
+    #[error("listing Jobs")]
+    ListJobs(#[source] kube::Error),
 
-    /// A manifest given to `mira run` is not a MIRA resource.
-    #[error("manifest {path}: {message}")]
-    Manifest { path: PathBuf, message: String },
-
-    /// Local state (`mira run`) could not be read or written.
-    #[error("local state {path}")]
-    State {
-        path: PathBuf,
+    #[error("listing the Pods of Job {job}")]
+    ListPods {
+        job: String,
         #[source]
-        source: std::io::Error,
+        source: kube::Error,
     },
 
-    /// `scorer-runner` could not be found or started.
-    #[error("starting scorer-runner: {0}")]
-    Runner(String),
+    #[error("reading Secret {namespace}/{name}")]
+    ReadSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("applying ConfigMap {name}")]
+    ApplyConfigMap {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("creating Job {name}")]
+    CreateJob {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("deleting {what} {name}")]
+    Delete {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("applying status")]
+    ApplyStatus(#[source] kube::Error),
+
+    /// Taking, renewing or releasing the leader Lease failed.
+    #[error("leader Lease {name}")]
+    Lease {
+        name: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
 
     /// This replica lost the leader Lease; it stops so that only one replica reconciles.
-    #[error("lost leadership: {0}")]
+    #[error("lost leadership: Lease {0} was taken over")]
     LeadershipLost(String),
 
     /// The metrics and health server could not start.
@@ -65,17 +123,68 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    // ---- `mira run` on one machine ----
+    /// A manifest given to `mira run` is not a MIRA resource.
+    #[error("manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+
+    /// Local state could not be read or written.
+    #[error("local state {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A local state file is not what `mira run` wrote.
+    #[error("local state {path} is not valid")]
+    StateFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// `scorer-runner` is neither next to `mira` nor on PATH.
+    #[error("scorer-runner is neither next to this binary nor on PATH; set MIRA_SCORER_RUNNER to its path")]
+    RunnerMissing,
+
+    /// `scorer-runner` could not be started.
+    #[error("starting {program}")]
+    RunnerStart {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A task that waited on a local worker panicked or was cancelled.
+    #[error("a worker task failed")]
+    WorkerTask(#[source] tokio::task::JoinError),
+
+    /// The local run went round without any stage moving.
+    #[error("no progress after {0} passes")]
+    NoProgress(usize),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
-        Error::Kube { action: action.into(), source }
-    }
+/// What to do after a failed reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Transient (a call that may go through later): try again after a growing delay.
+    Backoff,
+    /// Permanent until the object, its upstream or the cluster's configuration changes: say so in
+    /// a condition and an Event, and wait for a change.
+    AwaitChange,
+}
 
+impl Error {
     pub fn state(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::State { path: path.into(), source }
+    }
+
+    pub fn state_format(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Error::StateFormat { path: path.into(), source }
     }
 
     /// The message and every source's, each once: for conditions and Event notes, which have
@@ -94,20 +203,218 @@ impl Error {
         text
     }
 
-    /// Short CamelCase category: the reason of conditions and Events, and a metrics label.
+    /// The API server's answer, for errors of API calls.
+    fn kube(&self) -> Option<&kube::Error> {
+        match self {
+            Error::Connect(source)
+            | Error::ListJobs(source)
+            | Error::ApplyStatus(source)
+            | Error::GetObject { source, .. }
+            | Error::ListPods { source, .. }
+            | Error::ReadSecret { source, .. }
+            | Error::ApplyConfigMap { source, .. }
+            | Error::CreateJob { source, .. }
+            | Error::Delete { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again can help. API calls are transient (a restarting API server, a
+    /// conflict, a webhook timing out, RBAC being fixed), except those the server refused as
+    /// invalid (400, 422), which only a change of the object can mend; storage is transient;
+    /// everything about the spec, its upstream and the results it points to is permanent.
+    pub fn retry(&self) -> Retry {
+        if let Some(e) = self.kube() {
+            return match e {
+                kube::Error::Api(status) if matches!(status.code, 400 | 422) => Retry::AwaitChange,
+                _ => Retry::Backoff,
+            };
+        }
+        match self {
+            Error::ReadResult(_) | Error::State { .. } | Error::Lease { .. } => Retry::Backoff,
+            _ => Retry::AwaitChange,
+        }
+    }
+
+    /// Short CamelCase category: the reason of conditions and Events, and a metrics label. Every
+    /// one is in the README's Troubleshooting table.
     pub fn category(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::UpstreamIncomplete(_) => "UpstreamIncomplete",
-            Error::InvalidResult { .. } => "InvalidResult",
-            Error::Storage(_) => "StorageError",
-            Error::Kube { .. } => "KubeError",
             Error::InvalidObject(_) => "InvalidObject",
-            Error::Manifest { .. } => "ManifestError",
-            Error::State { .. } => "StateError",
-            Error::Runner(_) => "RunnerError",
+            Error::WritePlan { .. } => "InternalError",
+            Error::InvalidResult { .. } | Error::UnexpectedResult { .. } => "InvalidResult",
+            Error::ReadResult(_) => "StorageError",
+            Error::Connect(_)
+            | Error::GetObject { .. }
+            | Error::ListJobs(_)
+            | Error::ListPods { .. }
+            | Error::ReadSecret { .. }
+            | Error::ApplyConfigMap { .. }
+            | Error::CreateJob { .. }
+            | Error::Delete { .. }
+            | Error::ApplyStatus(_)
+            | Error::Lease { .. } => "KubeError",
             Error::LeadershipLost(_) => "LeadershipLost",
             Error::Serve { .. } => "ServeError",
+            Error::Manifest { .. } => "ManifestError",
+            Error::State { .. } | Error::StateFormat { .. } => "StateError",
+            Error::RunnerMissing | Error::RunnerStart { .. } | Error::WorkerTask(_) | Error::NoProgress(_) => {
+                "RunnerError"
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of every variant. The match below has no wildcard, so a new variant does not
+    /// compile until it is added here, and so to the README's table.
+    fn every_error() -> Vec<Error> {
+        let kube = || kube::Error::LinesCodecMaxLineLengthExceeded;
+        let io = || std::io::Error::other("disk full");
+        let json = || serde_json::from_str::<u8>("x").unwrap_err();
+        let errors = vec![
+            Error::InvalidSpec("x".into()),
+            Error::UpstreamIncomplete("x".into()),
+            Error::InvalidObject(Box::new(kube::core::error_boundary::InvalidObject {
+                error: "x".into(),
+                metadata: Default::default(),
+            })),
+            Error::WritePlan { step: Step::Score, source: json() },
+            Error::InvalidResult { uri: "u".into(), source: json() },
+            Error::UnexpectedResult { uri: "u".into(), found: Step::Score },
+            Error::ReadResult(scorer_runner::Error::NotFound("u".into())),
+            Error::Connect(kube()),
+            Error::GetObject { kind: "RubricSet".into(), namespace: "n".into(), name: "r".into(), source: kube() },
+            Error::ListJobs(kube()),
+            Error::ListPods { job: "j".into(), source: kube() },
+            Error::ReadSecret { namespace: "n".into(), name: "s".into(), source: kube() },
+            Error::ApplyConfigMap { name: "c".into(), source: kube() },
+            Error::CreateJob { name: "j".into(), source: kube() },
+            Error::Delete { what: "Job", name: "j".into(), source: kube() },
+            Error::ApplyStatus(kube()),
+            Error::Lease {
+                name: "l".into(),
+                source: kube_lease_manager::LeaseManagerError::NonexistentLease("l".into()),
+            },
+            Error::LeadershipLost("l".into()),
+            Error::Serve { addr: "127.0.0.1:1".parse().unwrap(), source: io() },
+            Error::Manifest { path: "m".into(), message: "x".into() },
+            Error::State { path: "s".into(), source: io() },
+            Error::StateFormat { path: "s".into(), source: json() },
+            Error::RunnerMissing,
+            Error::RunnerStart { program: "p".into(), source: io() },
+            Error::NoProgress(3),
+        ];
+        for e in &errors {
+            match e {
+                Error::InvalidSpec(_)
+                | Error::UpstreamIncomplete(_)
+                | Error::InvalidObject(_)
+                | Error::WritePlan { .. }
+                | Error::InvalidResult { .. }
+                | Error::UnexpectedResult { .. }
+                | Error::ReadResult(_)
+                | Error::Connect(_)
+                | Error::GetObject { .. }
+                | Error::ListJobs(_)
+                | Error::ListPods { .. }
+                | Error::ReadSecret { .. }
+                | Error::ApplyConfigMap { .. }
+                | Error::CreateJob { .. }
+                | Error::Delete { .. }
+                | Error::ApplyStatus(_)
+                | Error::Lease { .. }
+                | Error::LeadershipLost(_)
+                | Error::Serve { .. }
+                | Error::Manifest { .. }
+                | Error::State { .. }
+                | Error::StateFormat { .. }
+                | Error::RunnerMissing
+                | Error::RunnerStart { .. }
+                | Error::NoProgress(_) => {}
+                // A JoinError cannot be made outside tokio's own tests; its arm is checked here.
+                Error::WorkerTask(_) => unreachable!(),
+            }
+        }
+        errors
+    }
+
+    /// The reasons listed in the README's Troubleshooting table.
+    fn documented() -> Vec<String> {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("## Troubleshooting")
+            .nth(1)
+            .expect("a Troubleshooting section")
+            .split("\n## ")
+            .next()
+            .unwrap();
+        table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| {
+                l.split('|')
+                    .nth(1)
+                    .unwrap()
+                    .split(", ")
+                    .map(|r| r.trim().trim_matches('`').to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_reason_the_operator_and_the_runner_give_is_in_the_troubleshooting_table() {
+        let documented = documented();
+        let runner = [
+            scorer_runner::Error::InvalidUri { uri: "u".into(), reason: "x".into() },
+            scorer_runner::Error::Storage { op: "get", uri: "u".into(), message: "x".into() },
+            scorer_runner::Error::Shard { uri: "u".into(), message: "x".into() },
+            scorer_runner::Error::Plan("x".into()),
+            scorer_runner::Error::Student { uri: "u".into(), message: "x".into() },
+            scorer_runner::Error::Tokenizer { uri: "u".into(), message: "x".into() },
+            scorer_runner::Error::Model("x".into()),
+            scorer_runner::Error::UnitsFailed { failed: 1, total: 2, first: "x".into() },
+        ];
+        let errors = every_error();
+        let categories = errors
+            .iter()
+            .map(Error::category)
+            .chain(runner.iter().map(scorer_runner::Error::category))
+            .chain(["RunnerError", "InternalError"]);
+        for category in categories {
+            assert!(
+                documented.iter().any(|d| d == category),
+                "{category} is not in the README's Troubleshooting table"
+            );
+        }
+        // The engine's own reasons, and the adapters' for a Job that died without an error line.
+        for reason in
+            ["Waiting", "Running", "Succeeded", "Skipped", "ResultMissing", "BackoffLimitExceeded", "JobFailed"]
+        {
+            assert!(documented.iter().any(|d| d == reason), "{reason} is not in the README's Troubleshooting table");
+        }
+    }
+
+    #[test]
+    fn api_calls_and_storage_are_retried_and_the_rest_waits_for_a_change() {
+        let invalid = kube::Error::Api(Box::new(kube::core::Status { code: 422, ..Default::default() }));
+        let conflict = kube::Error::Api(Box::new(kube::core::Status { code: 409, ..Default::default() }));
+        assert_eq!(Error::CreateJob { name: "j".into(), source: invalid }.retry(), Retry::AwaitChange);
+        assert_eq!(Error::ApplyStatus(conflict).retry(), Retry::Backoff);
+        for e in every_error() {
+            let expected = match e.category() {
+                "KubeError" | "StorageError" | "StateError" if !matches!(e, Error::StateFormat { .. }) => {
+                    Retry::Backoff
+                }
+                _ => Retry::AwaitChange,
+            };
+            assert_eq!(e.retry(), expected, "{}", e.chain());
         }
     }
 }

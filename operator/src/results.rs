@@ -4,34 +4,36 @@
 //! make later stages plannable, so reading repeats until nothing new is wanted. Outputs are
 //! content-addressed, so a result once read never changes and is cached.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
+use lru::LruCache;
+use scorer_runner::plan::StepResult;
+use scorer_runner::plan::StorageConfig;
 use scorer_runner::steps::RESULT;
-use scorer_runner::storage::{join, Storage, StorageConfig};
-use serde_json::Value;
+use scorer_runner::storage::{join, Storage};
 
 use crate::api::Step;
-use crate::reconcile::{slim_result, wanted_results, Input, JobState, Lineage, Pipeline, StepResults};
+use crate::reconcile::{wanted_results, Input, JobState, Lineage, Pipeline, StepResults};
 use crate::{Error, Result};
 
-/// Results kept in memory; older ones are read again when needed.
-const CACHE_ENTRIES: usize = 1024;
+/// Results kept in memory; the least recently used are read again when needed.
+const CACHE_ENTRIES: NonZeroUsize = NonZeroUsize::new(1024).expect("not zero");
 /// Results read at once.
 const CONCURRENT_READS: usize = 16;
 
 /// Reads and caches step results, with one storage client per configuration.
-#[derive(Default)]
 pub struct Results {
     stores: Mutex<HashMap<String, Arc<Storage>>>,
-    cache: Mutex<Cache>,
+    cache: Mutex<LruCache<String, Arc<StepResult>>>,
 }
 
-#[derive(Default)]
-struct Cache {
-    values: HashMap<String, Arc<Value>>,
-    order: VecDeque<String>,
+impl Default for Results {
+    fn default() -> Self {
+        Results { stores: Mutex::default(), cache: Mutex::new(LruCache::new(CACHE_ENTRIES)) }
+    }
 }
 
 impl Results {
@@ -55,7 +57,7 @@ impl Results {
             if wanted.is_empty() {
                 return Ok(found);
             }
-            let read: Vec<(String, Option<Arc<Value>>)> = futures::stream::iter(wanted)
+            let read: Vec<(String, Option<Arc<StepResult>>)> = futures::stream::iter(wanted)
                 .map(|(output, step)| {
                     let storage = storage.clone();
                     async move { self.read(&storage, &output, step).await.map(|value| (output, value)) }
@@ -84,24 +86,16 @@ impl Results {
     }
 
     /// A result, slimmed to what the engine reads, from the cache or storage.
-    async fn read(&self, storage: &Storage, output: &str, step: Step) -> Result<Option<Arc<Value>>> {
-        if let Some(value) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).values.get(output) {
+    async fn read(&self, storage: &Storage, output: &str, step: Step) -> Result<Option<Arc<StepResult>>> {
+        if let Some(value) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(output) {
             return Ok(Some(value.clone()));
         }
         let uri = join(output, RESULT);
-        let Some(bytes) = storage.get_opt(&uri).await.map_err(Error::Storage)? else { return Ok(None) };
-        let mut value: Value = serde_json::from_slice(&bytes).map_err(|source| Error::InvalidResult { uri, source })?;
-        slim_result(step, &mut value);
+        let Some(bytes) = storage.get_opt(&uri).await.map_err(Error::ReadResult)? else { return Ok(None) };
+        let mut value = StepResult::parse(step, &bytes).map_err(|source| Error::InvalidResult { uri, source })?;
+        value.slim();
         let value = Arc::new(value);
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.values.insert(output.to_string(), value.clone()).is_none() {
-            cache.order.push_back(output.to_string());
-        }
-        while cache.order.len() > CACHE_ENTRIES {
-            if let Some(oldest) = cache.order.pop_front() {
-                cache.values.remove(&oldest);
-            }
-        }
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(output.to_string(), value.clone());
         Ok(Some(value))
     }
 }

@@ -19,10 +19,10 @@ use kube::api::Api;
 use kube::ResourceExt;
 use mira_operator::api::{DistillationJob, FilterRun, RubricSet, SourceGroup};
 use mira_operator::reconcile::{KindStatus, Pipeline};
-use scorer_runner::formats::Format;
+use mira_testkit::synth::Kind;
+use scorer_runner::plan::Format;
 use scorer_runner::plan::Manifest;
 use scorer_runner::storage::join;
-use scorer_runner::synth::Kind;
 
 /// Longest wait for a whole chain on 2 busy cores.
 const CHAIN: Duration = Duration::from_secs(300);
@@ -305,7 +305,7 @@ async fn an_operator_restarted_mid_run_resumes_without_duplicate_jobs() {
         (!fx.jobs("mira.dev/resource=filter").await.is_empty()).then_some(())
     })
     .await;
-    fx.operator.as_mut().unwrap().kill();
+    fx.operators[0].kill();
     let before = jobs_per_stage(&fx).await;
     // A new replica (another identity) takes the Lease over once the first's expires.
     fx.start_operator(OperatorOptions { lease_identity: Some("second".into()), ..Default::default() });
@@ -334,4 +334,30 @@ async fn an_operator_restarted_mid_run_resumes_without_duplicate_jobs() {
         None,
     );
     assert_eq!(lease, "second", "the restarted replica holds the Lease");
+}
+
+#[tokio::test]
+async fn of_two_replicas_only_the_leader_creates_jobs() {
+    let mut fx = Fixture::new("replicas").await;
+    fx.start_kubelet(&[]);
+    fx.start_operator(OperatorOptions { lease_identity: Some("one".into()), ..Default::default() });
+    fx.start_operator(OperatorOptions { lease_identity: Some("two".into()), ..Default::default() });
+    fx.upload_corpus(&THREE_SOURCES, 1, 30).await;
+    fx.apply(&three_source_chain(&fx, 0.5).join("---\n"));
+    let filter = fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    assert_conditions_true(&filter, &["Ready", "Scored", "Thresholded", "Selected"]);
+
+    let leader = common::kubectl_ok(
+        &["get", "lease", "mira-operator", "-n", &fx.namespace, "-o", "jsonpath={.spec.holderIdentity}"],
+        None,
+    );
+    let created = |i: usize| std::fs::read_to_string(&fx.operators[i].log).unwrap().matches("created Job").count();
+    let (one, two) = (created(0), created(1));
+    let jobs = fx.jobs("app.kubernetes.io/managed-by=mira-operator").await.len();
+    match leader.as_str() {
+        "one" => assert_eq!((one, two), (jobs, 0), "the leader created every Job, the standby none"),
+        "two" => assert_eq!((one, two), (0, jobs), "the leader created every Job, the standby none"),
+        other => panic!("the Lease is held by {other:?}"),
+    }
+    assert!(jobs > 0);
 }

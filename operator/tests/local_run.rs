@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use scorer_runner::formats::Format;
-use scorer_runner::synth::{self, Kind, SynthSource};
+use mira_testkit::synth::{self, Kind, SynthSource};
+use scorer_runner::plan::Format;
 
 /// The real runner: `MIRA_SCORER_RUNNER`, or the one built next to `mira` (`cargo build
 /// --workspace` builds both). Missing is a failure, not a skip: this test is what proves the chain.
@@ -17,7 +17,11 @@ fn scorer_runner() -> PathBuf {
     let runner = std::env::var_os("MIRA_SCORER_RUNNER")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_mira")).with_file_name("scorer-runner"));
-    assert!(runner.is_file(), "no scorer-runner at {}: run `cargo build --workspace` or set MIRA_SCORER_RUNNER", runner.display());
+    assert!(
+        runner.is_file(),
+        "no scorer-runner at {}: run `cargo build --workspace` or set MIRA_SCORER_RUNNER",
+        runner.display()
+    );
     runner
 }
 

@@ -9,24 +9,28 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use scorer_runner::featurize::{self, FeaturizerSpec};
+use mira_testkit::synth::{self, Kind, SynthSource};
+use scorer_runner::featurize;
+use scorer_runner::models::judge::JudgeRequest;
 use scorer_runner::models::Chat;
-use scorer_runner::plan::{DimensionRef, ModelSpec, Scale};
-use scorer_runner::steps::label::JudgeRequest;
+use scorer_runner::plan::{Dimension, FeaturizerSpec, ModelSpec, Scale};
 use scorer_runner::steps::{self, Context};
-use scorer_runner::synth::{self, Kind, SynthSource};
 use scorer_runner::units::WorkerConfig;
 
-fn dims() -> Vec<DimensionRef> {
+fn dims() -> Vec<Dimension> {
     ["clarity", "correctness", "depth"]
         .iter()
-        .map(|id| DimensionRef { id: id.to_string(), name: id.to_string(), description: format!("how good the {id} is"), guide: String::new() })
+        .map(|id| Dimension {
+            id: id.to_string(),
+            name: id.to_string(),
+            description: format!("how good the {id} is"),
+            guide: String::new(),
+        })
         .collect()
 }
 
 async fn label_all(chat: &Arc<Chat>, texts: &[String], in_flight: usize) -> (usize, f64) {
-    let dims = dims();
-    let request = JudgeRequest::new(&dims, Scale::default(), true);
+    let request = JudgeRequest::new(dims(), Scale::default(), true);
     let started = Instant::now();
     let ok: Vec<bool> = futures::stream::iter(texts)
         .map(|text| {
@@ -46,13 +50,23 @@ async fn main() {
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64);
     let tmp = tempfile::tempdir().unwrap();
     let ctx = Context::new(Default::default(), WorkerConfig::from_env(), tmp.path().join("scratch"));
-    let source = SynthSource { name: "web".into(), kind: Kind::Prose, format: scorer_runner::formats::Format::Jsonl, shards: 1, records_per_shard: n, malformed_every: None };
+    let source = SynthSource {
+        name: "web".into(),
+        kind: Kind::Prose,
+        format: scorer_runner::plan::Format::Jsonl,
+        shards: 1,
+        records_per_shard: n,
+        malformed_every: None,
+    };
     let texts: Vec<String> = synth::write_source(tmp.path(), &source, 1).unwrap().into_iter().map(|g| g.text).collect();
     let words: usize = texts.iter().map(|t| t.split_whitespace().count()).sum();
 
     let spec = ModelSpec::Local { uri: format!("{models}/qwen3-tiny"), gguf_files: vec![], max_num_seqs: Some(16) };
-    let chat = Arc::new(Chat::load(&ctx, &spec).await.unwrap());
-    let tokens: usize = texts.iter().map(|t| chat.tokenizer().map_or(0, |tk| tk.encode(t.as_str(), false).map_or(0, |e| e.len()))).sum();
+    let chat = Arc::new(Chat::load(&ctx.storage, &ctx.scratch, &spec).await.unwrap());
+    let tokens: usize = texts
+        .iter()
+        .map(|t| chat.tokenizer().map_or(0, |tk| tk.encode(t.as_str(), false).map_or(0, |e| e.len())))
+        .sum();
     label_all(&chat, &texts[..4.min(n)], 1).await; // warm-up
     for in_flight in [1, 16] {
         let (ok, secs) = label_all(&chat, &texts, in_flight).await;
@@ -63,8 +77,14 @@ async fn main() {
         );
     }
 
-    let embedding = FeaturizerSpec::Embedding { model: ModelSpec::Local { uri: format!("{models}/qwen3-embedding-tiny"), gguf_files: vec![], max_num_seqs: Some(32) } };
-    let featurizer = featurize::build(&ctx, &embedding, None).await.unwrap();
+    let embedding = FeaturizerSpec::Embedding {
+        model: ModelSpec::Local {
+            uri: format!("{models}/qwen3-embedding-tiny"),
+            gguf_files: vec![],
+            max_num_seqs: Some(32),
+        },
+    };
+    let featurizer = featurize::build(&ctx.storage, &ctx.scratch, &embedding, None).await.unwrap();
     for batch in [1, 32] {
         let (f, t) = (featurizer.clone(), texts.clone());
         let secs = steps::blocking(move || {

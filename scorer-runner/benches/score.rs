@@ -20,15 +20,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
+use mira_testkit::synth::{self, Kind, SynthSource};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use scorer_runner::formats::{for_each_batch, Format, ReadOptions, ShardInput};
+use scorer_runner::formats::{for_each_batch, ReadOptions, ShardInput};
+use scorer_runner::plan::Format;
+use scorer_runner::plan::StorageConfig;
+use scorer_runner::plan::TextSpec;
 use scorer_runner::plan::*;
-use scorer_runner::records::{extract, TextSpec};
+use scorer_runner::records::extract;
 use scorer_runner::steps::{self, Context};
-use scorer_runner::storage::StorageConfig;
 use scorer_runner::student::{BatchScores, Student};
-use scorer_runner::synth::{self, Kind, SynthSource};
 use scorer_runner::units::WorkerConfig;
 
 const RECORDS_PER_SHARD: usize = 20_000;
@@ -48,8 +50,7 @@ fn context(dir: &Path) -> Context {
 }
 
 fn shards(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> =
-        std::fs::read_dir(dir.join("corpus/web")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir.join("corpus/web")).unwrap().map(|e| e.unwrap().path()).collect();
     out.sort();
     out
 }
@@ -77,7 +78,13 @@ fn generate(dir: &Path, megabytes: u64) {
     // The JSON bytes as stored, decompressed.
     let raw: u64 = shards(dir)
         .iter()
-        .map(|p| std::io::copy(&mut zstd::stream::read::Decoder::new(std::fs::File::open(p).unwrap()).unwrap(), &mut std::io::sink()).unwrap())
+        .map(|p| {
+            std::io::copy(
+                &mut zstd::stream::read::Decoder::new(std::fs::File::open(p).unwrap()).unwrap(),
+                &mut std::io::sink(),
+            )
+            .unwrap()
+        })
         .sum();
     std::fs::write(dir.join("raw-bytes"), raw.to_string()).unwrap();
     println!("generated {} records in {shard_count} shards", generated.len());
@@ -128,7 +135,8 @@ fn import(dir: &Path, root: &Path) {
     std::fs::create_dir_all(&shards).unwrap();
     let mut raw = 0;
     for (n, chunk) in records.chunks(2_000).enumerate() {
-        let lines: Vec<Vec<u8>> = chunk.iter().map(|text| serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap()).collect();
+        let lines: Vec<Vec<u8>> =
+            chunk.iter().map(|text| serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap()).collect();
         raw += lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
         synth::write_shard(&shards.join(format!("part-{n:05}.jsonl.zst")), Format::JsonlZst, &lines).unwrap();
     }
@@ -137,7 +145,12 @@ fn import(dir: &Path, root: &Path) {
 }
 
 fn source(dir: &Path) -> Source {
-    Source { name: "web".into(), uri: dir.join("corpus/web").to_string_lossy().into(), format: None, text: TextSpec::default() }
+    Source {
+        name: "web".into(),
+        uri: dir.join("corpus/web").to_string_lossy().into(),
+        format: None,
+        text: TextSpec::default(),
+    }
 }
 
 /// Dimension ids: `signal`, then `signal-2` to `signal-<dimensions>`.
@@ -177,7 +190,7 @@ async fn train(dir: &Path, dimensions: usize) {
             sources: vec!["web".into()],
             dimensions: ids
                 .into_iter()
-                .map(|id| DimensionRef { id, name: String::new(), description: String::new(), guide: String::new() })
+                .map(|id| Dimension { id, name: String::new(), description: String::new(), guide: String::new() })
                 .collect(),
         }],
         labels: labels.to_string_lossy().into(),
@@ -259,12 +272,21 @@ async fn score(dir: &Path) -> (u64, f64) {
 /// The student's own cost per record, without I/O, parsing or output: best of five passes.
 async fn student(dir: &Path) -> (u64, f64) {
     let ctx = context(dir);
-    let student = Student::load(&ctx, &dir.join("distill/students/all.student").to_string_lossy()).await.unwrap();
+    let student =
+        Student::load(&ctx.storage, &ctx.scratch, &dir.join("distill/students/all.student").to_string_lossy())
+            .await
+            .unwrap();
     let mut texts = Vec::new();
     for path in shards(dir).iter().take(5) {
         let (uri, input) = (path.to_string_lossy(), ShardInput::File(path.clone()));
         for_each_batch(&uri, input, Format::JsonlZst, ReadOptions::default(), |batch| {
-            texts.extend(batch.records.iter().filter_map(|raw| extract(raw, &TextSpec::default()).ok()).map(|r| r.text.into_owned()));
+            texts.extend(
+                batch
+                    .records
+                    .iter()
+                    .filter_map(|raw| extract(raw, &TextSpec::default()).ok())
+                    .map(|r| r.text.into_owned()),
+            );
             Ok(ControlFlow::Continue(()))
         })
         .unwrap();
@@ -287,7 +309,8 @@ async fn student(dir: &Path) -> (u64, f64) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let (phase, dir) = (args.first().map(String::as_str).unwrap_or("help"), PathBuf::from(args.get(1).cloned().unwrap_or_default()));
+    let (phase, dir) =
+        (args.first().map(String::as_str).unwrap_or("help"), PathBuf::from(args.get(1).cloned().unwrap_or_default()));
     match phase {
         "generate" => generate(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
         "import" => import(&dir, Path::new(args.get(2).map(String::as_str).unwrap_or("."))),

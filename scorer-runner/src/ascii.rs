@@ -91,7 +91,8 @@ mod sse2 {
         for k in 0..4 {
             let v = load(block, k);
             let letter = in_range(_mm_or_si128(v, _mm_set1_epi8(0x20)), b'a', 26);
-            let is_word = _mm_or_si128(_mm_or_si128(letter, in_range(v, b'0', 10)), _mm_cmpeq_epi8(v, _mm_set1_epi8(b'_' as i8)));
+            let is_word =
+                _mm_or_si128(_mm_or_si128(letter, in_range(v, b'0', 10)), _mm_cmpeq_epi8(v, _mm_set1_epi8(b'_' as i8)));
             let (w, s) = (_mm_movemask_epi8(is_word) as u16 as u64, _mm_movemask_epi8(space(v)) as u16 as u64);
             word |= w << (16 * k);
             other |= (!(w | s) & 0xffff) << (16 * k);

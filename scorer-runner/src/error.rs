@@ -15,7 +15,11 @@ pub enum Error {
     NotFound(String),
 
     #[error("local I/O on {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("reading shard {uri}: {message}")]
     Shard { uri: String, message: String },
@@ -24,13 +28,25 @@ pub enum Error {
     Plan(String),
 
     #[error("JSON in {what}: {source}")]
-    Json { what: String, #[source] source: serde_json::Error },
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
 
     #[error("parquet in {uri}: {source}")]
-    Parquet { uri: String, #[source] source: parquet::errors::ParquetError },
+    Parquet {
+        uri: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
 
     #[error("arrow in {uri}: {source}")]
-    Arrow { uri: String, #[source] source: arrow::error::ArrowError },
+    Arrow {
+        uri: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
 
     #[error("student artefact {uri}: {message}")]
     Student { uri: String, message: String },

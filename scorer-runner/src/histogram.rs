@@ -47,18 +47,24 @@ impl From<SparseHistogram> for Histogram {
 
 /// Where a histogram is cut: records in bins `>= bin` are kept.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Cut {
+    /// The score histogram's bin the cut falls in; records in it and above are kept.
     pub bin: usize,
-    /// The lowest aggregate score kept (the lower edge of `bin`).
+    /// Lowest aggregate score kept (the lower edge of `bin`).
     pub threshold: f64,
+    /// Tokens scored.
     pub total_tokens: u64,
+    /// Tokens the retention asks for.
     pub target_tokens: u64,
-    /// Exactly the tokens of the records kept.
+    /// Tokens kept, exactly; within `errorBoundTokens` of the target.
     pub kept_tokens: u64,
+    /// Records kept.
     pub kept_records: u64,
+    /// Records scored.
     pub total_records: u64,
-    /// `|kept - target|` is at most this: the tokens in the bin that straddles the target, which
+    /// Largest possible distance from the target: the tokens of the bin that straddles it, which
     /// the histogram's resolution cannot split.
     pub error_bound_tokens: u64,
 }

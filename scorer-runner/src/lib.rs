@@ -12,11 +12,11 @@ pub mod plan;
 pub mod prompts;
 pub mod records;
 pub mod ridge;
+pub mod sparse;
 pub mod stats;
 pub mod steps;
 pub mod storage;
 pub mod student;
-pub mod synth;
 pub mod units;
 
 pub use error::{Error, Result};

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use scorer_runner::plan::{Step, StepResult};
 use scorer_runner::steps::{self, Context};
 use scorer_runner::units::WorkerConfig;
 
@@ -10,7 +11,7 @@ use scorer_runner::units::WorkerConfig;
 #[command(name = "scorer-runner", version, about = "MIRA data-plane steps")]
 struct Cli {
     #[command(subcommand)]
-    step: Step,
+    command: Command,
     /// The stage plan: a local file, an s3:// URI, or inline JSON.
     #[arg(long, global = true, env = "MIRA_PLAN")]
     plan: Option<String>,
@@ -20,21 +21,9 @@ struct Cli {
 }
 
 #[derive(Subcommand, Clone)]
-enum Step {
-    /// Group sources into capability groups by content similarity.
-    Cluster,
-    /// Propose, cluster and anchor rubric dimensions per group with the teacher.
-    Discover,
-    /// Have the teacher score a sample of records on the anchored dimensions.
-    Label,
-    /// Train the per-group students from teacher labels; measure agreement; derive the mask.
-    Distill,
-    /// Score every record with its group's student.
-    Score,
-    /// Cut the score histograms to the retention target.
-    Threshold,
-    /// Write the kept records and the manifest.
-    Select,
+enum Command {
+    #[command(flatten)]
+    Step(Step),
     /// Serve a local model (directory or s3:// prefix) over an OpenAI-compatible API.
     #[cfg(feature = "llm")]
     Serve {
@@ -47,32 +36,22 @@ enum Step {
     },
 }
 
-async fn run(step: Step, plan: Option<&str>, scratch: PathBuf) -> scorer_runner::Result<serde_json::Value> {
-    macro_rules! step {
-        ($plan:ident, $module:ident) => {{
+async fn run(command: Command, plan: Option<&str>, scratch: PathBuf) -> scorer_runner::Result<Option<StepResult>> {
+    match command {
+        Command::Step(step) => {
             let plan = plan.ok_or_else(|| scorer_runner::Error::plan("--plan (or MIRA_PLAN) is required"))?;
-            let plan: scorer_runner::plan::$plan = steps::load_plan(plan).await?;
-            let ctx = Context::new(plan.storage.clone(), WorkerConfig::from_env(), scratch);
-            serde_json::to_value(steps::$module::run(&ctx, &plan).await?)
-        }};
-    }
-    let value = match step {
-        Step::Cluster => step!(ClusterPlan, cluster),
-        Step::Discover => step!(DiscoverPlan, discover),
-        Step::Label => step!(LabelPlan, label),
-        Step::Distill => step!(DistillPlan, distill),
-        Step::Score => step!(ScorePlan, score),
-        Step::Threshold => step!(ThresholdPlan, threshold),
-        Step::Select => step!(SelectPlan, select),
-        #[cfg(feature = "llm")]
-        Step::Serve { model, listen, max_seqs } => {
-            let ctx = Context::new(Default::default(), WorkerConfig::from_env(), scratch);
-            let dir = scorer_runner::models::model_dir(&ctx, &model).await?;
-            scorer_runner::models::serve::serve(&dir, listen, max_seqs).await?;
-            Ok(serde_json::Value::Null)
+            let plan = steps::load_plan(step, plan).await?;
+            let ctx = Context::new(plan.storage().clone(), WorkerConfig::from_env(), scratch);
+            steps::run(&ctx, &plan).await.map(Some)
         }
-    };
-    value.map_err(|e| scorer_runner::Error::json("result", e))
+        #[cfg(feature = "llm")]
+        Command::Serve { model, listen, max_seqs } => {
+            let storage = scorer_runner::storage::Storage::new(Default::default());
+            let dir = scorer_runner::models::model_dir(&storage, &scratch, &model).await?;
+            scorer_runner::models::serve::serve(&dir, listen, max_seqs).await?;
+            Ok(None)
+        }
+    }
 }
 
 #[tokio::main]
@@ -83,9 +62,11 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let scratch = cli.scratch.unwrap_or_else(|| std::env::temp_dir().join("mira-scratch"));
-    match run(cli.step, cli.plan.as_deref(), scratch).await {
+    match run(cli.command, cli.plan.as_deref(), scratch).await {
         Ok(result) => {
-            println!("{}", serde_json::to_string(&result).unwrap_or_default());
+            if let Some(result) = result {
+                println!("{}", serde_json::to_string(&result).unwrap_or_default());
+            }
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,15 +1,184 @@
-//! Stage plans (what the operator writes into a ConfigMap and a step reads) and step results
-//! (what a step writes back and the operator reads into status). All JSON, camelCase.
+//! The vocabulary shared by the operator and the data plane, defined once: the steps, stage plans
+//! (what the operator writes into a ConfigMap and a step reads) and step results (what a step
+//! writes back and the operator reads into status). All JSON, camelCase.
+//!
+//! With the `schema` feature the types that the operator's API embeds also derive `JsonSchema`,
+//! so their doc comments are the `kubectl explain` text of those fields: they are written for
+//! users.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::featurize::FeaturizerSpec;
-use crate::formats::Format;
 use crate::histogram::{Cut, Histogram};
-use crate::records::{SkipCounts, TextSpec};
-use crate::storage::StorageConfig;
+
+/// Most sources a SourceGroup may list (a status keeps a similarity row per source).
+pub const MAX_SOURCES: u32 = 128;
+/// Most capability groups, and so most per-group entries in any status list.
+pub const MAX_GROUPS: u32 = 64;
+/// Most rubric dimensions per group.
+pub const MAX_DIMENSIONS: u32 = 64;
+
+/// A data-plane step: what a stage's Job runs (`scorer-runner <step>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::Subcommand)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum Step {
+    /// Group sources into capability groups by content similarity.
+    Cluster,
+    /// Propose, cluster and anchor rubric dimensions per group with the teacher.
+    Discover,
+    /// Have the teacher score a sample of records on the anchored dimensions.
+    Label,
+    /// Train the per-group students from teacher labels; measure agreement; derive the mask.
+    Distill,
+    /// Score every record with its group's student.
+    Score,
+    /// Cut the score histograms to the retention target.
+    Threshold,
+    /// Write the kept records and the manifest.
+    Select,
+}
+
+impl Step {
+    /// The step's name on the `scorer-runner` command line and in labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Cluster => "cluster",
+            Step::Discover => "discover",
+            Step::Label => "label",
+            Step::Distill => "distill",
+            Step::Score => "score",
+            Step::Threshold => "threshold",
+            Step::Select => "select",
+        }
+    }
+
+    /// The status condition that reports this step's stages.
+    pub fn condition_type(self) -> &'static str {
+        match self {
+            Step::Cluster => "Clustered",
+            Step::Discover => "Discovered",
+            Step::Label => "Labelled",
+            Step::Distill => "Distilled",
+            Step::Score => "Scored",
+            Step::Threshold => "Thresholded",
+            Step::Select => "Selected",
+        }
+    }
+}
+
+// ---- sources and storage ----
+
+/// How to reach S3. Credentials come from the standard AWS chain (environment, profile, web
+/// identity, instance metadata) unless both explicit keys are given.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct StorageConfig {
+    /// Custom endpoint (SeaweedFS, MinIO, Ceph...). Falls back to `MIRA_S3_ENDPOINT`, then AWS.
+    pub endpoint: Option<String>,
+    /// Region; falls back to the AWS chain, then `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); the default for custom endpoints.
+    pub path_style: Option<bool>,
+    /// Explicit access key (prefer the credential chain; for local runs only).
+    pub access_key_id: Option<String>,
+    /// Explicit secret key, paired with `access_key_id`.
+    pub secret_access_key: Option<String>,
+    /// Attempts per request, retried with exponential backoff on throttling, 5xx and timeouts.
+    pub max_attempts: Option<u32>,
+}
+
+/// A shard format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jsonl,
+    #[serde(rename = "jsonl.gz")]
+    JsonlGz,
+    #[serde(rename = "jsonl.zst")]
+    JsonlZst,
+    Parquet,
+}
+
+impl Format {
+    /// The file extension of a shard written in this format. (`Format::from_uri`, which reads a
+    /// format off a shard's name, is in [`crate::formats`].)
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::JsonlGz => "jsonl.gz",
+            Format::JsonlZst => "jsonl.zst",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    /// Parquet's footer is at the end, so it is read from a local file; JSONL streams.
+    pub fn needs_local_file(self) -> bool {
+        self == Format::Parquet
+    }
+}
+
+/// Where a record's text and id are.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct TextSpec {
+    /// Field holding the text; a dotted path reaches into nested objects. Default `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Field holding a chat or agent-trace `messages` array, rendered to text whole (never
+    /// truncated). Takes precedence over `field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_field: Option<String>,
+    /// Field holding the record id (string or number); default: a hash of the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_field: Option<String>,
+}
+
+/// Skipped records per reason, with the first place each reason was seen.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SkipCounts {
+    pub counts: BTreeMap<String, u64>,
+    /// `shard#index` of the first record skipped for each reason: the earliest by shard, then by
+    /// record, whatever order shards are merged in.
+    pub first_seen: BTreeMap<String, String>,
+}
+
+impl SkipCounts {
+    pub fn add_reason(&mut self, reason: &str, shard: &str, index: u64) {
+        *self.counts.entry(reason.to_string()).or_default() += 1;
+        self.first_seen.entry(reason.to_string()).or_insert_with(|| format!("{shard}#{index}"));
+    }
+
+    pub fn merge(&mut self, other: &SkipCounts) {
+        for (reason, n) in &other.counts {
+            *self.counts.entry(reason.clone()).or_default() += n;
+        }
+        for (reason, at) in &other.first_seen {
+            match self.first_seen.get_mut(reason) {
+                Some(seen) if place(seen) <= place(at) => {}
+                Some(seen) => seen.clone_from(at),
+                None => {
+                    self.first_seen.insert(reason.clone(), at.clone());
+                }
+            }
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+fn place(at: &str) -> (&str, u64) {
+    match at.rsplit_once('#') {
+        Some((shard, index)) => (shard, index.parse().unwrap_or(u64::MAX)),
+        None => (at, 0),
+    }
+}
 
 /// One corpus source: where its shards are and how to read them.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -27,9 +196,13 @@ pub struct Source {
 
 /// A capability group: a name and its sources.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupDef {
+    /// Group name.
     pub name: String,
+    /// Its sources.
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_SOURCES)))]
     pub sources: Vec<String>,
 }
 
@@ -47,23 +220,62 @@ impl Default for ReadLimits {
     }
 }
 
-impl From<ReadLimits> for crate::formats::ReadOptions {
-    fn from(l: ReadLimits) -> Self {
-        crate::formats::ReadOptions { batch_size: l.batch_size.max(1), max_record_bytes: l.max_record_bytes, parquet_as_json: true }
-    }
-}
-
 /// The integer scale teachers score on, and students predict within.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Scale {
+    /// Lowest score.
     pub min: i32,
+    /// Highest score.
     pub max: i32,
 }
 
 impl Default for Scale {
     fn default() -> Self {
         Scale { min: 1, max: 5 }
+    }
+}
+
+// ---- featurizers ----
+
+/// Which featurizer a step uses, as named in plans and recorded in student artefacts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum FeaturizerSpec {
+    /// Signed feature hashing of word (and character) n-grams; needs no model.
+    Hashed(HashedSpec),
+    /// An embedding model's vectors.
+    Embedding { model: ModelSpec },
+}
+
+impl Default for FeaturizerSpec {
+    fn default() -> Self {
+        FeaturizerSpec::Hashed(HashedSpec::default())
+    }
+}
+
+/// The hashed featurizer's settings ([`crate::featurize::HashedFeaturizer`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HashedSpec {
+    /// log2 of the dimension (18 gives 262,144 buckets: few collisions, 1 MiB per head).
+    pub dim_log2: u32,
+    /// Word n-grams from 1 to this (2: unigrams and bigrams).
+    pub word_ngrams: u32,
+    /// Character n-gram lengths `[min, max]` over the lower-cased text; none by default.
+    pub char_ngrams: Option<[u32; 2]>,
+    /// Weight terms by `1 + ln(tf)` rather than raw counts.
+    pub sublinear_tf: bool,
+    /// Multiply by inverse document frequency learnt from the training records.
+    pub idf: bool,
+    /// Hash seed.
+    pub seed: u64,
+}
+
+impl Default for HashedSpec {
+    fn default() -> Self {
+        HashedSpec { dim_log2: 18, word_ngrams: 2, char_ngrams: None, sublinear_tf: true, idf: false, seed: 0 }
     }
 }
 
@@ -79,12 +291,12 @@ pub struct ClusterPlan {
     #[serde(default)]
     pub featurizer: FeaturizerSpec,
     /// Records sampled per source for its mean vector.
-    #[serde(default = "default_sample")]
+    #[serde(default = "defaults::sample_per_source")]
     pub sample_per_source: usize,
     /// Number of groups; chosen by silhouette over 2..=maxK when absent.
     #[serde(default)]
     pub k: Option<usize>,
-    #[serde(default = "default_max_k")]
+    #[serde(default = "defaults::max_k")]
     pub max_k: usize,
     /// Explicit groups: no clustering, similarities still reported.
     #[serde(default)]
@@ -93,14 +305,6 @@ pub struct ClusterPlan {
     pub seed: u64,
     #[serde(default)]
     pub read: ReadLimits,
-}
-
-fn default_sample() -> usize {
-    2000
-}
-
-fn default_max_k() -> usize {
-    8
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -176,12 +380,12 @@ pub struct DiscoverPlan {
     /// Embeds proposals for clustering; the hashed featurizer when absent.
     #[serde(default)]
     pub embedder: Option<ModelSpec>,
-    #[serde(default = "default_discovery_records")]
+    #[serde(default = "defaults::discovery_records_per_group")]
     pub records_per_group: usize,
-    #[serde(default = "default_dimensions")]
+    #[serde(default = "defaults::dimensions_per_group")]
     pub dimensions_per_group: usize,
     /// Proposal clusters backed by fewer records are dropped.
-    #[serde(default = "default_min_support")]
+    #[serde(default = "defaults::min_support")]
     pub min_support: usize,
     #[serde(default)]
     pub scale: Scale,
@@ -191,35 +395,34 @@ pub struct DiscoverPlan {
     pub read: ReadLimits,
 }
 
-fn default_discovery_records() -> usize {
-    64
-}
-
-fn default_dimensions() -> usize {
-    15
-}
-
-fn default_min_support() -> usize {
-    2
-}
-
-/// An anchored rubric dimension.
+/// A dimension and the records behind it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AnchoredDimension {
     #[serde(flatten)]
-    pub dimension: DimensionRef,
-    /// Records whose proposals fell in this dimension's cluster.
-    pub support: usize,
+    pub dimension: Dimension,
+    /// Records whose proposals fell in this dimension's cluster (discovered dimensions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub support: Option<u64>,
 }
 
+/// One group's rubric.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupRubric {
+    /// The group.
     pub name: String,
+    /// Whether the dimensions were pinned in the spec rather than discovered.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Its dimensions.
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_DIMENSIONS)))]
     pub dimensions: Vec<AnchoredDimension>,
-    /// The proposals behind the anchors (JSONL).
-    pub proposals: String,
+    /// The teacher's proposals behind the anchors (JSONL), when discovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposals: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -235,7 +438,7 @@ pub struct DiscoverResult {
 pub struct LabelGroup {
     pub name: String,
     pub sources: Vec<Source>,
-    pub dimensions: Vec<DimensionRef>,
+    pub dimensions: Vec<Dimension>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -246,7 +449,7 @@ pub struct LabelPlan {
     pub output: String,
     pub groups: Vec<LabelGroup>,
     pub teacher: ModelSpec,
-    #[serde(default = "default_label_records")]
+    #[serde(default = "defaults::label_records_per_group")]
     pub records_per_group: usize,
     #[serde(default)]
     pub scale: Scale,
@@ -254,10 +457,6 @@ pub struct LabelPlan {
     pub seed: u64,
     #[serde(default)]
     pub read: ReadLimits,
-}
-
-fn default_label_records() -> usize {
-    2000
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -271,14 +470,19 @@ pub struct LabelResult {
 
 // ---- distill ----
 
-/// A rubric dimension a student learns.
+/// A rubric dimension.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
-pub struct DimensionRef {
+pub struct Dimension {
+    /// Stable identifier, used in scores and masks.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 63)))]
     pub id: String,
-    #[serde(default)]
+    /// Short name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
-    #[serde(default)]
+    /// What the dimension measures.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// How to score it: what each end of the scale means.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -290,7 +494,7 @@ pub struct DimensionRef {
 pub struct DistillGroup {
     pub name: String,
     pub sources: Vec<String>,
-    pub dimensions: Vec<DimensionRef>,
+    pub dimensions: Vec<Dimension>,
 }
 
 /// When a (source, dimension) is unreliable and masked out of the aggregate.
@@ -325,7 +529,7 @@ pub struct DistillPlan {
     #[serde(default)]
     pub scale: Scale,
     /// Fraction of records (by id hash) held out for validation.
-    #[serde(default = "default_validation")]
+    #[serde(default = "defaults::validation_fraction")]
     pub validation_fraction: f64,
     #[serde(default)]
     pub split_seed: u64,
@@ -333,12 +537,12 @@ pub struct DistillPlan {
     #[serde(default)]
     pub lambdas: Vec<f64>,
     /// Training records per group, sampled by id hash above this (the dual solve is cubic).
-    #[serde(default = "default_max_train")]
+    #[serde(default = "defaults::max_train_records")]
     pub max_train_records: usize,
     #[serde(default)]
     pub mask: MaskPolicy,
     /// Also write the labels as chat-format SFT data for training an LLM judge.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::export_sft")]
     pub export_sft: bool,
     /// An LLM judge as the student (fine-tuned elsewhere, for example on the SFT export): no
     /// heads are trained; the judge is validated and masked like any student.
@@ -346,28 +550,27 @@ pub struct DistillPlan {
     pub judge: Option<ModelSpec>,
 }
 
-fn default_validation() -> f64 {
-    0.2
-}
-
-fn default_max_train() -> usize {
-    3000
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// Teacher-student agreement for one (source, dimension) on the validation split.
+/// Agreement of teacher and student on one (source, dimension), on the held-out records.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Agreement {
+    /// The source.
     pub source: String,
+    /// The dimension id.
     pub dimension: String,
-    pub n: usize,
+    /// Held-out records behind the numbers. (Not `n`: YAML 1.1 parsers, kubectl's and Helm's among
+    /// them, read a bare `n` as `false`; results written before the rename still read.)
+    #[serde(alias = "n")]
+    pub records: u64,
+    /// Mean absolute error.
     pub mae: f64,
+    /// Spearman rank correlation; absent when undefined (constant scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spearman: Option<f64>,
+    /// Whether the mask leaves this (source, dimension) out of record scores.
     pub masked: bool,
+    /// Why it is masked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -426,20 +629,12 @@ pub struct ScorePlan {
     #[serde(default)]
     pub tokens: TokenCounter,
     /// Fraction trimmed from each end of a record's unmasked dimension scores.
-    #[serde(default = "default_trim")]
+    #[serde(default = "defaults::trim")]
     pub trim: f64,
-    #[serde(default = "default_bins")]
+    #[serde(default = "defaults::histogram_bins")]
     pub histogram_bins: usize,
     #[serde(default)]
     pub read: ReadLimits,
-}
-
-fn default_trim() -> f64 {
-    0.1
-}
-
-fn default_bins() -> usize {
-    10_000
 }
 
 /// One scored shard.
@@ -482,7 +677,9 @@ pub struct ScoreResult {
 
 // ---- threshold ----
 
+/// Where retention cuts are made.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum CutPolicy {
     /// One cut per group at its own retention (the default: keeps every capability).
@@ -512,12 +709,14 @@ pub struct ThresholdPlan {
     pub group_retention: BTreeMap<String, f64>,
 }
 
-/// One cut and what it applies to.
+/// A retention cut and what it applies to.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ScopedCut {
-    /// `global`, a group name, or `group/source`.
+    /// `global`, the group, or `group/source`.
     pub scope: String,
+    /// Target fraction of tokens.
     pub retention: f64,
     #[serde(flatten)]
     pub cut: Cut,
@@ -547,13 +746,18 @@ pub struct SelectPlan {
     pub read: ReadLimits,
 }
 
-/// Kept and total counts.
+/// Kept and total records and tokens.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Kept {
+    /// Records kept.
     pub kept_records: u64,
+    /// Records read.
     pub total_records: u64,
+    /// Tokens kept.
     pub kept_tokens: u64,
+    /// Tokens read.
     pub total_tokens: u64,
 }
 
@@ -589,4 +793,450 @@ pub struct Manifest {
     pub thresholds: ThresholdResult,
     pub masked: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub shards: Vec<SelectedShard>,
+}
+
+/// The defaults of the plans' optional settings: what a plan file that leaves a field out gets,
+/// and what the plans' constructors start from.
+mod defaults {
+    pub fn sample_per_source() -> usize {
+        2000
+    }
+
+    pub fn max_k() -> usize {
+        8
+    }
+
+    pub fn discovery_records_per_group() -> usize {
+        64
+    }
+
+    pub fn dimensions_per_group() -> usize {
+        15
+    }
+
+    pub fn min_support() -> usize {
+        2
+    }
+
+    pub fn label_records_per_group() -> usize {
+        2000
+    }
+
+    pub fn validation_fraction() -> f64 {
+        0.2
+    }
+
+    pub fn max_train_records() -> usize {
+        3000
+    }
+
+    pub fn export_sft() -> bool {
+        true
+    }
+
+    pub fn trim() -> f64 {
+        0.1
+    }
+
+    pub fn histogram_bins() -> usize {
+        10_000
+    }
+}
+
+// ---- plans with their defaults ----
+//
+// Each plan's constructor takes what the plan cannot do without and gives every other field the
+// default a plan file that leaves the field out gets (the `serde(default = ...)` functions
+// above), so a builder starts from the same defaults a step reads. A test checks that the two
+// agree.
+
+impl ClusterPlan {
+    pub fn new(sources: Vec<Source>) -> Self {
+        ClusterPlan {
+            storage: StorageConfig::default(),
+            output: String::new(),
+            sources,
+            featurizer: FeaturizerSpec::default(),
+            sample_per_source: defaults::sample_per_source(),
+            k: None,
+            max_k: defaults::max_k(),
+            groups: None,
+            seed: 0,
+            read: ReadLimits::default(),
+        }
+    }
+}
+
+impl DiscoverPlan {
+    pub fn new(groups: Vec<GroupSources>, teacher: ModelSpec) -> Self {
+        DiscoverPlan {
+            storage: StorageConfig::default(),
+            output: String::new(),
+            groups,
+            teacher,
+            embedder: None,
+            records_per_group: defaults::discovery_records_per_group(),
+            dimensions_per_group: defaults::dimensions_per_group(),
+            min_support: defaults::min_support(),
+            scale: Scale::default(),
+            seed: 0,
+            read: ReadLimits::default(),
+        }
+    }
+}
+
+impl LabelPlan {
+    pub fn new(groups: Vec<LabelGroup>, teacher: ModelSpec) -> Self {
+        LabelPlan {
+            storage: StorageConfig::default(),
+            output: String::new(),
+            groups,
+            teacher,
+            records_per_group: defaults::label_records_per_group(),
+            scale: Scale::default(),
+            seed: 0,
+            read: ReadLimits::default(),
+        }
+    }
+}
+
+impl DistillPlan {
+    pub fn new(groups: Vec<DistillGroup>, labels: String) -> Self {
+        DistillPlan {
+            storage: StorageConfig::default(),
+            output: String::new(),
+            groups,
+            labels,
+            featurizer: FeaturizerSpec::default(),
+            scale: Scale::default(),
+            validation_fraction: defaults::validation_fraction(),
+            split_seed: 0,
+            lambdas: Vec::new(),
+            max_train_records: defaults::max_train_records(),
+            mask: MaskPolicy::default(),
+            export_sft: defaults::export_sft(),
+            judge: None,
+        }
+    }
+}
+
+impl ScorePlan {
+    pub fn new(groups: Vec<ScoreGroup>) -> Self {
+        ScorePlan {
+            storage: StorageConfig::default(),
+            output: String::new(),
+            groups,
+            tokens: TokenCounter::default(),
+            trim: defaults::trim(),
+            histogram_bins: defaults::histogram_bins(),
+            read: ReadLimits::default(),
+        }
+    }
+}
+
+impl ThresholdPlan {
+    pub fn new(scores: Vec<String>, retention: f64) -> Self {
+        ThresholdPlan {
+            storage: StorageConfig::default(),
+            output: String::new(),
+            scores,
+            policy: CutPolicy::default(),
+            retention,
+            group_retention: BTreeMap::new(),
+        }
+    }
+}
+
+impl SelectPlan {
+    pub fn new(groups: Vec<GroupSources>, score: String, threshold: String) -> Self {
+        SelectPlan {
+            storage: StorageConfig::default(),
+            output: String::new(),
+            groups,
+            score,
+            threshold,
+            read: ReadLimits::default(),
+        }
+    }
+}
+
+// ---- any step's plan and result ----
+
+macro_rules! steps {
+    ($($step:ident($plan:ident -> $result:ident)),* $(,)?) => {
+        /// A stage plan, whichever step runs it: what the operator builds and hands a Job, and what
+        /// the Job's runner parses back ([`StepPlan::parse`]) and runs.
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        #[serde(untagged)]
+        pub enum StepPlan {
+            $($step($plan),)*
+        }
+
+        /// A step's result, whichever step wrote it: what a Job's runner writes under the plan's
+        /// output root and the operator parses back ([`StepResult::parse`]) into status.
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        #[serde(untagged)]
+        pub enum StepResult {
+            $($step($result),)*
+        }
+
+        impl StepPlan {
+            /// The step that runs this plan.
+            pub fn step(&self) -> Step {
+                match self {
+                    $(StepPlan::$step(_) => Step::$step,)*
+                }
+            }
+
+            /// Parses the plan of `step` from its JSON.
+            pub fn parse(step: Step, json: &[u8]) -> serde_json::Result<Self> {
+                match step {
+                    $(Step::$step => serde_json::from_slice(json).map(StepPlan::$step),)*
+                }
+            }
+
+            /// Where the step writes its outputs and its result.
+            pub fn output_mut(&mut self) -> &mut String {
+                match self {
+                    $(StepPlan::$step(p) => &mut p.output,)*
+                }
+            }
+
+            /// How the step reaches storage.
+            pub fn storage(&self) -> &StorageConfig {
+                match self {
+                    $(StepPlan::$step(p) => &p.storage,)*
+                }
+            }
+        }
+
+        impl StepResult {
+            /// The step that wrote this result.
+            pub fn step(&self) -> Step {
+                match self {
+                    $(StepResult::$step(_) => Step::$step,)*
+                }
+            }
+
+            /// Parses the result of `step` from its JSON.
+            pub fn parse(step: Step, json: &[u8]) -> serde_json::Result<Self> {
+                match step {
+                    $(Step::$step => serde_json::from_slice(json).map(StepResult::$step),)*
+                }
+            }
+        }
+
+        $(
+            impl From<$plan> for StepPlan {
+                fn from(plan: $plan) -> Self {
+                    StepPlan::$step(plan)
+                }
+            }
+
+            impl From<$result> for StepResult {
+                fn from(result: $result) -> Self {
+                    StepResult::$step(result)
+                }
+            }
+
+            impl<'a> TryFrom<&'a StepResult> for &'a $result {
+                type Error = Step;
+
+                /// The result if `StepResult` is this step's; else the step it is from.
+                fn try_from(result: &'a StepResult) -> Result<Self, Step> {
+                    match result {
+                        StepResult::$step(r) => Ok(r),
+                        other => Err(other.step()),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+steps! {
+    Cluster(ClusterPlan -> ClusterResult),
+    Discover(DiscoverPlan -> DiscoverResult),
+    Label(LabelPlan -> LabelResult),
+    Distill(DistillPlan -> DistillResult),
+    Score(ScorePlan -> ScoreResult),
+    Threshold(ThresholdPlan -> ThresholdResult),
+    Select(SelectPlan -> Manifest),
+}
+
+impl StepResult {
+    /// The result without the parts that grow with the corpus and that no plan or status reads:
+    /// a score result's histograms (one per group and source, up to `histogramBins` bins each;
+    /// the threshold step reads them from storage itself) and a select result's per-shard list.
+    /// At 10,000 shards in 20 groups the full results take hundreds of MiB in memory.
+    pub fn slim(&mut self) {
+        match self {
+            StepResult::Score(score) => {
+                for totals in score.groups.iter_mut().chain(&mut score.sources) {
+                    totals.histogram = Histogram::new(totals.histogram.min, totals.histogram.max, 0);
+                }
+            }
+            StepResult::Select(manifest) => manifest.shards = Vec::new(),
+            StepResult::Cluster(_)
+            | StepResult::Discover(_)
+            | StepResult::Label(_)
+            | StepResult::Distill(_)
+            | StepResult::Threshold(_) => {}
+        }
+    }
+}
+
+impl StepPlan {
+    /// The plan as JSON with every object's keys sorted, whatever the field order in the code:
+    /// what a plan's digest (its output address) is computed from, so that reordering fields in
+    /// a refactor does not move every output.
+    pub fn canonical_json(&self) -> String {
+        fn sorted(value: serde_json::Value) -> serde_json::Value {
+            match value {
+                serde_json::Value::Object(map) => {
+                    let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+                }
+                serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(sorted).collect()),
+                other => other,
+            }
+        }
+        let value = serde_json::to_value(self).expect("plans serialize to JSON");
+        serde_json::to_string(&sorted(value)).expect("JSON values serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn local(uri: &str) -> ModelSpec {
+        ModelSpec::Local { uri: uri.into(), gguf_files: Vec::new(), max_num_seqs: None }
+    }
+
+    /// A plan built by its constructor, and the same required fields read as a step reads a plan
+    /// file, must be the same plan: defaults have one source.
+    #[test]
+    fn constructors_give_the_defaults_a_plan_file_gets() {
+        let source = Source { name: "web".into(), uri: "/data/web".into(), format: None, text: TextSpec::default() };
+        let group = GroupSources { name: "g".into(), sources: vec![source.clone()] };
+        let dims =
+            vec![Dimension { id: "d".into(), name: String::new(), description: String::new(), guide: String::new() }];
+        let label_group = LabelGroup { name: "g".into(), sources: vec![source.clone()], dimensions: dims.clone() };
+        let distill_group = DistillGroup { name: "g".into(), sources: vec!["web".into()], dimensions: dims };
+        let score_group = ScoreGroup { name: "g".into(), sources: vec![source.clone()], student: "s".into() };
+        let cases: Vec<(StepPlan, serde_json::Value)> = vec![
+            (ClusterPlan::new(vec![source.clone()]).into(), json!({"output": "", "sources": [source]})),
+            (
+                DiscoverPlan::new(vec![group.clone()], local("m")).into(),
+                json!({"output": "", "groups": [group], "teacher": local("m")}),
+            ),
+            (
+                LabelPlan::new(vec![label_group.clone()], local("m")).into(),
+                json!({"output": "", "groups": [label_group], "teacher": local("m")}),
+            ),
+            (
+                DistillPlan::new(vec![distill_group.clone()], "l".into()).into(),
+                json!({"output": "", "groups": [distill_group], "labels": "l"}),
+            ),
+            (ScorePlan::new(vec![score_group.clone()]).into(), json!({"output": "", "groups": [score_group]})),
+            (
+                ThresholdPlan::new(vec!["s".into()], 0.5).into(),
+                json!({"output": "", "scores": ["s"], "retention": 0.5}),
+            ),
+            (
+                SelectPlan::new(vec![group.clone()], "s".into(), "t".into()).into(),
+                json!({"output": "", "groups": [group], "score": "s", "threshold": "t"}),
+            ),
+        ];
+        for (built, required) in cases {
+            let read = StepPlan::parse(built.step(), &serde_json::to_vec(&required).unwrap()).unwrap();
+            assert_eq!(built, read, "{:?}", built.step());
+            // And a plan survives its JSON unchanged.
+            assert_eq!(StepPlan::parse(built.step(), &serde_json::to_vec(&built).unwrap()).unwrap(), built);
+        }
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let dims =
+            vec![Dimension { id: "d".into(), name: "n".into(), description: String::new(), guide: String::new() }];
+        let mut plan = DistillPlan::new(
+            vec![DistillGroup { name: "g".into(), sources: vec!["web".into()], dimensions: dims }],
+            "l".into(),
+        );
+        plan.lambdas = vec![2.0, 1.0];
+        let canonical = StepPlan::from(plan).canonical_json();
+        assert!(
+            canonical.starts_with(r#"{"exportSft":true,"featurizer":{"charNgrams":null,"dimLog2":18,"#),
+            "{canonical}"
+        );
+        assert!(canonical.contains(r#""groups":[{"dimensions":[{"id":"d","name":"n"}],"name":"g","sources":["web"]}],"judge":null,"labels":"l","lambdas":[2.0,1.0],"#), "{canonical}");
+    }
+
+    #[test]
+    fn slim_results_keep_the_counts_and_drop_what_grows_with_the_corpus() {
+        let mut histogram = Histogram::new(1.0, 5.0, 10_000);
+        histogram.add(3.0, 100);
+        let totals = |source: Option<&str>| ScoreTotals {
+            group: "code".into(),
+            source: source.map(Into::into),
+            shards: 2,
+            records: 10,
+            tokens: 1000,
+            skipped: SkipCounts::default(),
+            histogram: histogram.clone(),
+        };
+        let mut score = StepResult::from(ScoreResult {
+            groups: vec![totals(None)],
+            sources: vec![totals(Some("py"))],
+            masked: BTreeMap::new(),
+        });
+        score.slim();
+        let StepResult::Score(slim) = &score else { unreachable!() };
+        assert_eq!(
+            (slim.groups[0].shards, slim.groups[0].tokens, slim.sources[0].records),
+            (2, 1000, 10),
+            "counts stay"
+        );
+        assert!(slim
+            .groups
+            .iter()
+            .chain(&slim.sources)
+            .all(|t| t.histogram.tokens.is_empty() && t.histogram.records.is_empty()));
+
+        let kept = Kept { kept_records: 1, total_records: 2, kept_tokens: 10, total_tokens: 20 };
+        let shard = SelectedShard {
+            group: "code".into(),
+            source: "py".into(),
+            shard: "a".into(),
+            output: None,
+            kept: kept.clone(),
+        };
+        let mut manifest = StepResult::from(Manifest {
+            total: kept.clone(),
+            groups: BTreeMap::from([("code".to_string(), kept.clone())]),
+            sources: BTreeMap::new(),
+            thresholds: ThresholdResult { policy: CutPolicy::Group, cuts: Vec::new() },
+            masked: BTreeMap::new(),
+            shards: vec![shard],
+        });
+        manifest.slim();
+        let StepResult::Select(slim) = &manifest else { unreachable!() };
+        assert!(slim.shards.is_empty());
+        assert_eq!(slim.groups["code"], kept);
+
+        let mut cluster = StepResult::from(ClusterResult {
+            groups: Vec::new(),
+            sources: Vec::new(),
+            similarity: Vec::new(),
+            silhouette: 0.5,
+        });
+        let before = cluster.clone();
+        cluster.slim();
+        assert_eq!(cluster, before);
+    }
 }

@@ -2,27 +2,14 @@
 //! reasons a record is skipped.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use serde::de::DeserializeSeed;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::formats::RawRecord;
-
-/// How a source's records carry their text and id.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct TextSpec {
-    /// Field holding the text; a dotted path reaches into nested objects. Default `text`.
-    pub field: Option<String>,
-    /// Field holding a chat or agent-trace `messages` array, rendered with [`render_messages`].
-    /// Takes precedence over `field`.
-    pub messages_field: Option<String>,
-    /// Field holding the record id (string or number); default: a hash of the text.
-    pub id_field: Option<String>,
-}
+use crate::plan::{SkipCounts, TextSpec};
 
 /// Why a record was skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,43 +33,10 @@ impl Malformed {
     }
 }
 
-/// Skipped records per reason, with the first place each reason was seen.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct SkipCounts {
-    pub counts: BTreeMap<String, u64>,
-    /// `shard#index` of the first record skipped for each reason: the earliest by shard, then by
-    /// record, whatever order shards are merged in.
-    pub first_seen: BTreeMap<String, String>,
-}
-
 impl SkipCounts {
+    /// Counts a record skipped as malformed.
     pub fn add(&mut self, reason: Malformed, shard: &str, index: u64) {
         self.add_reason(reason.as_str(), shard, index);
-    }
-
-    pub fn add_reason(&mut self, reason: &str, shard: &str, index: u64) {
-        *self.counts.entry(reason.to_string()).or_default() += 1;
-        self.first_seen.entry(reason.to_string()).or_insert_with(|| format!("{shard}#{index}"));
-    }
-
-    pub fn merge(&mut self, other: &SkipCounts) {
-        for (reason, n) in &other.counts {
-            *self.counts.entry(reason.clone()).or_default() += n;
-        }
-        for (reason, at) in &other.first_seen {
-            match self.first_seen.get_mut(reason) {
-                Some(seen) if place(seen) <= place(at) => {}
-                Some(seen) => seen.clone_from(at),
-                None => {
-                    self.first_seen.insert(reason.clone(), at.clone());
-                }
-            }
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.counts.values().sum()
     }
 }
 
@@ -233,13 +187,6 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// A `shard#index` place as (shard, record index), which orders places by shard, then record.
-fn place(at: &str) -> (&str, u64) {
-    match at.rsplit_once('#') {
-        Some((shard, index)) => (shard, index.parse().unwrap_or(u64::MAX)),
-        None => (at, 0),
-    }
-}
-
 /// A stable id from the text itself: 128-bit xxh3, hex.
 pub fn content_id(text: &str) -> String {
     let mut digits = [0u8; 32];
@@ -340,7 +287,9 @@ mod tests {
         assert_eq!(r.id, content_id("hello"));
         // Two paths under one member, a key with an escape, the last of duplicate keys.
         let spec = TextSpec { field: Some("doc.body".into()), id_field: Some("doc.id".into()), ..Default::default() };
-        let r = extract(&raw(br#"{"doc": {"body": "old"}, "d\u006fc": {"id": "a", "body": "new"}}"#), &spec).map(TextRecord::into_owned).unwrap();
+        let r = extract(&raw(br#"{"doc": {"body": "old"}, "d\u006fc": {"id": "a", "body": "new"}}"#), &spec)
+            .map(TextRecord::into_owned)
+            .unwrap();
         assert_eq!(r, TextRecord { id: "a".into(), text: "new".into() });
         assert_ne!(content_id("hello"), content_id("hello!"));
         // Ids are stable across versions: the 128-bit hash as 32 lower-case hex digits.

@@ -8,7 +8,7 @@
 
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
-use crate::featurize::SparseVec;
+use crate::sparse::SparseVec;
 
 /// The lambdas tried when a plan names none.
 pub const DEFAULT_LAMBDAS: [f64; 7] = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0];
@@ -105,7 +105,9 @@ impl RidgeHeads {
         if let Some(row) = self.floats().get(index * self.stride) {
             // SAFETY: SSE is part of the x86-64 baseline, and a prefetch reads nothing the
             // program sees (the address is a valid one besides).
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(std::ptr::from_ref(row).cast()) };
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(std::ptr::from_ref(row).cast())
+            };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = index;
@@ -206,8 +208,7 @@ mod tests {
     #[test]
     fn recovers_a_linear_target_and_ignores_noise() {
         // Feature 0 carries the signal, features 1..40 are one-hot noise per record.
-        let xs: Vec<SparseVec> =
-            (0..40u32).map(|i| vec_of(&[(0, (i % 5) as f32 / 4.0), (1 + i, 0.3)])).collect();
+        let xs: Vec<SparseVec> = (0..40u32).map(|i| vec_of(&[(0, (i % 5) as f32 / 4.0), (1 + i, 0.3)])).collect();
         let signal: Vec<f32> = (0..40).map(|i| 1.0 + 4.0 * ((i % 5) as f32 / 4.0)).collect();
         let heads = fit(&xs, 64, std::slice::from_ref(&signal), &DEFAULT_LAMBDAS);
         let mut out = [0.0];
@@ -249,8 +250,14 @@ mod tests {
             assert!((r.floats().as_ptr() as usize).is_multiple_of(64));
             if heads > 1 {
                 let row_bytes = r.stride() * 4;
-                assert!(64 % row_bytes == 0 || row_bytes.is_multiple_of(64), "{heads} heads: no row straddles a cache line");
-                assert!(r.floats()[36 * r.stride() + heads..][..r.stride() - heads].iter().all(|&w| w == 0.0), "padding is zero");
+                assert!(
+                    64 % row_bytes == 0 || row_bytes.is_multiple_of(64),
+                    "{heads} heads: no row straddles a cache line"
+                );
+                assert!(
+                    r.floats()[36 * r.stride() + heads..][..r.stride() - heads].iter().all(|&w| w == 0.0),
+                    "padding is zero"
+                );
             }
         }
     }

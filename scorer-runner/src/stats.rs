@@ -90,11 +90,12 @@ pub fn kmeans(points: &[Vec<f32>], k: usize, seed: u64) -> Vec<usize> {
             centres.len()
         } else {
             let mut target = rng.gen::<f32>() * total;
-            d.iter().position(|&di| {
-                target -= di;
-                target <= 0.0
-            })
-            .unwrap_or(n - 1)
+            d.iter()
+                .position(|&di| {
+                    target -= di;
+                    target <= 0.0
+                })
+                .unwrap_or(n - 1)
         };
         centres.push(points[next.min(n - 1)].clone());
     }
@@ -102,9 +103,7 @@ pub fn kmeans(points: &[Vec<f32>], k: usize, seed: u64) -> Vec<usize> {
     for _ in 0..100 {
         let next: Vec<usize> = points
             .iter()
-            .map(|p| {
-                (0..k).min_by(|&a, &b| dist(p, &centres[a]).total_cmp(&dist(p, &centres[b]))).unwrap_or(0)
-            })
+            .map(|p| (0..k).min_by(|&a, &b| dist(p, &centres[a]).total_cmp(&dist(p, &centres[b]))).unwrap_or(0))
             .collect();
         if next == assign {
             break;

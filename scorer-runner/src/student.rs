@@ -17,12 +17,12 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::featurize::{self, Featurizer, FeaturizerSpec};
+use crate::featurize::{self, Featurizer};
+use crate::models::judge::JudgeRequest;
 use crate::models::Chat;
-use crate::plan::{DimensionRef, ModelSpec, Scale};
+use crate::plan::{Dimension, FeaturizerSpec, ModelSpec, Scale};
 use crate::ridge::RidgeHeads;
-use crate::steps::label::JudgeRequest;
-use crate::steps::Context;
+use crate::storage::Storage;
 
 const MAGIC: &[u8; 8] = b"MIRASTU1";
 /// The artefact format. v3: the hashed featurizer's token and n-gram hashes changed, so heads
@@ -34,7 +34,7 @@ pub const FORMAT: &str = "mira-student/v3";
 pub struct StudentHeader {
     pub format: String,
     pub group: String,
-    pub dimensions: Vec<DimensionRef>,
+    pub dimensions: Vec<Dimension>,
     pub scale: Scale,
     /// Dimensions masked out of the aggregate, per source.
     pub masked: BTreeMap<String, Vec<String>>,
@@ -55,13 +55,24 @@ pub enum StudentKind {
 /// How a student turns texts into per-dimension scores.
 pub enum Scorer {
     Heads { heads: RidgeHeads, featurizer: Arc<dyn Featurizer>, idf: Option<Vec<f32>> },
-    Judge { chat: Arc<Chat>, runtime: tokio::runtime::Handle },
+    Judge { chat: Arc<Chat>, request: JudgeRequest, runtime: tokio::runtime::Handle },
 }
 
 impl Scorer {
-    /// A judge student's scorer: the model loaded, and the runtime its requests wait on.
-    pub async fn judge(ctx: &Context, model: &ModelSpec) -> Result<Self> {
-        Ok(Scorer::Judge { chat: Arc::new(Chat::load(ctx, model).await?), runtime: tokio::runtime::Handle::current() })
+    /// A judge student's scorer: the model loaded (an `s3://` one by way of `scratch`), its
+    /// request for the group's dimensions, and the runtime its requests wait on.
+    pub async fn judge(
+        storage: &Storage,
+        scratch: &std::path::Path,
+        model: &ModelSpec,
+        dimensions: &[Dimension],
+        scale: Scale,
+    ) -> Result<Self> {
+        Ok(Scorer::Judge {
+            chat: Arc::new(Chat::load(storage, scratch, model).await?),
+            request: JudgeRequest::new(dimensions.to_vec(), scale, false),
+            runtime: tokio::runtime::Handle::current(),
+        })
     }
 }
 
@@ -133,17 +144,13 @@ impl Student {
                 out.values.extend(predicted.iter().map(|v| v.clamp(lo, hi)));
                 out.replied.push(true);
             }),
-            Scorer::Judge { chat, runtime } => {
-                let dims = &self.header.dimensions;
-                let request = JudgeRequest::new(dims, self.header.scale, false);
+            Scorer::Judge { chat, request, runtime } => {
+                let dims = request.dimensions();
                 out.values.resize(texts.len() * dims.len(), 0.0);
                 out.replied.resize(texts.len(), false);
                 runtime.block_on(async {
                     let replies: Vec<(usize, Result<_>)> = futures::stream::iter(texts.iter().enumerate())
-                        .map(|(i, text)| {
-                            let request = &request;
-                            async move { (i, request.ask(chat, text).await) }
-                        })
+                        .map(|(i, text)| async move { (i, request.ask(chat, text).await) })
                         .buffer_unordered(chat.concurrency())
                         .collect()
                         .await;
@@ -180,9 +187,10 @@ impl Student {
         zstd::bulk::compress(&raw, 3).map_err(|e| Error::Student { uri: String::new(), message: e.to_string() })
     }
 
-    /// Reads an artefact and builds its scorer (loading the featurizer's or judge's model).
-    pub async fn load(ctx: &Context, uri: &str) -> Result<Self> {
-        let bytes = ctx.storage.get(uri).await?;
+    /// Reads an artefact and builds its scorer (loading the featurizer's or judge's model, an
+    /// `s3://` one by way of `scratch`).
+    pub async fn load(storage: &Storage, scratch: &std::path::Path, uri: &str) -> Result<Self> {
+        let bytes = storage.get(uri).await?;
         let bad = |message: String| Error::Student { uri: uri.into(), message };
         let raw = zstd::stream::decode_all(&bytes[..]).map_err(|e| bad(format!("not zstd: {e}")))?;
         if raw.len() < 12 || &raw[..8] != MAGIC {
@@ -197,7 +205,9 @@ impl Student {
             return Err(bad(format!("format {:?}, this build reads {FORMAT:?}", header.format)));
         }
         let scorer = match &header.kind {
-            StudentKind::Judge { model } => Scorer::judge(ctx, model).await?,
+            StudentKind::Judge { model } => {
+                Scorer::judge(storage, scratch, model, &header.dimensions, header.scale).await?
+            }
             StudentKind::Heads { featurizer, dim, bias, lambdas, has_idf } => {
                 let n = header.dimensions.len();
                 let n_weights = dim * n;
@@ -211,7 +221,7 @@ impl Student {
                 }
                 let idf = has_idf.then(|| floats[n_weights..].to_vec());
                 let heads = RidgeHeads::new(*dim, n, &floats[..n_weights], bias.clone(), lambdas.clone());
-                let built = featurize::build(ctx, featurizer, idf.clone()).await?;
+                let built = featurize::build(storage, scratch, featurizer, idf.clone()).await?;
                 if built.dim() != *dim {
                     return Err(bad(format!("featurizer has dimension {}, heads {dim}", built.dim())));
                 }
@@ -225,7 +235,8 @@ impl Student {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::featurize::{HashedFeaturizer, HashedSpec};
+    use crate::featurize::HashedFeaturizer;
+    use crate::plan::HashedSpec;
 
     #[tokio::test]
     async fn a_student_of_another_format_is_refused_with_a_clear_error() {
@@ -235,19 +246,30 @@ mod tests {
         let header = |format: &str| StudentHeader {
             format: format.into(),
             group: "g".into(),
-            dimensions: vec![DimensionRef { id: "d".into(), name: String::new(), description: String::new(), guide: String::new() }],
+            dimensions: vec![Dimension {
+                id: "d".into(),
+                name: String::new(),
+                description: String::new(),
+                guide: String::new(),
+            }],
             scale: Scale::default(),
             masked: BTreeMap::new(),
             trained_on: 1,
-            kind: StudentKind::Heads { featurizer: FeaturizerSpec::Hashed(spec.clone()), dim: 16, bias: vec![3.0], lambdas: vec![1.0], has_idf: false },
+            kind: StudentKind::Heads {
+                featurizer: FeaturizerSpec::Hashed(spec.clone()),
+                dim: 16,
+                bias: vec![3.0],
+                lambdas: vec![1.0],
+                has_idf: false,
+            },
         };
         let dir = tempfile::tempdir().unwrap();
-        let ctx = Context::new(Default::default(), crate::units::WorkerConfig::from_env(), dir.path().join("scratch"));
+        let storage = Storage::new(Default::default());
         for format in [FORMAT, "mira-student/v2"] {
             let scorer = Scorer::Heads { heads: heads.clone(), featurizer: featurizer.clone(), idf: None };
             let path = dir.path().join("s.student");
             std::fs::write(&path, Student::new(header(format), scorer).to_bytes().unwrap()).unwrap();
-            match Student::load(&ctx, path.to_str().unwrap()).await {
+            match Student::load(&storage, &dir.path().join("scratch"), path.to_str().unwrap()).await {
                 Ok(loaded) => {
                     assert_eq!(format, FORMAT, "loaded");
                     assert_eq!(loaded.header, header(FORMAT));

@@ -156,7 +156,8 @@ impl Units {
     }
 
     fn claim_body(&self) -> Result<bytes::Bytes> {
-        let claim = Claim { worker: self.worker.id.clone(), expires_at: now_ms() + self.worker.lease.as_millis() as i64 };
+        let claim =
+            Claim { worker: self.worker.id.clone(), expires_at: now_ms() + self.worker.lease.as_millis() as i64 };
         Ok(serde_json::to_vec(&claim).map_err(|e| Error::json("claim", e))?.into())
     }
 
@@ -194,7 +195,12 @@ impl Units {
     /// its memory does not grow with the number of units. Waits for units other live workers
     /// hold; takes over those whose lease runs out. Each unit is tried at most once by this
     /// worker; if any failed, returns [`Error::UnitsFailed`] after all others are done.
-    pub async fn run_each<T, F, Fut>(&self, unit_ids: &[String], process: F, mut take: impl FnMut(usize, Commit<T>)) -> Result<()>
+    pub async fn run_each<T, F, Fut>(
+        &self,
+        unit_ids: &[String],
+        process: F,
+        mut take: impl FnMut(usize, Commit<T>),
+    ) -> Result<()>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
         F: Fn(usize) -> Fut,

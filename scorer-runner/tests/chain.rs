@@ -8,12 +8,12 @@ use std::io::Write;
 use std::path::Path;
 
 use common::{context, root, shard_lines, Backend};
-use scorer_runner::formats::Format;
+use mira_testkit::synth::{self, Generated, Kind, SynthSource};
+use scorer_runner::plan::Format;
+use scorer_runner::plan::TextSpec;
 use scorer_runner::plan::*;
-use scorer_runner::records::TextSpec;
 use scorer_runner::steps::{self, Context};
 use scorer_runner::storage::join;
-use scorer_runner::synth::{self, Generated, Kind, SynthSource};
 
 fn corpus() -> Vec<SynthSource> {
     let source = |name: &str, kind, format, malformed_every| SynthSource {
@@ -75,8 +75,18 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
     .await
     .expect("cluster");
     let dims = vec![
-        DimensionRef { id: "signal".into(), name: "Care".into(), description: "careful, justified writing".into(), guide: String::new() },
-        DimensionRef { id: "noise".into(), name: "Noise".into(), description: "a dimension the teacher scores at random".into(), guide: String::new() },
+        Dimension {
+            id: "signal".into(),
+            name: "Care".into(),
+            description: "careful, justified writing".into(),
+            guide: String::new(),
+        },
+        Dimension {
+            id: "noise".into(),
+            name: "Noise".into(),
+            description: "a dimension the teacher scores at random".into(),
+            guide: String::new(),
+        },
     ];
     let distill = steps::distill::run(
         ctx,
@@ -113,7 +123,11 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
                 .groups
                 .iter()
                 .zip(&distill.students)
-                .map(|(g, s)| ScoreGroup { name: g.name.clone(), sources: group_sources(g), student: s.student.clone() })
+                .map(|(g, s)| ScoreGroup {
+                    name: g.name.clone(),
+                    sources: group_sources(g),
+                    student: s.student.clone(),
+                })
                 .collect(),
             tokens: TokenCounter::Whitespace,
             trim: 0.0,
@@ -141,7 +155,11 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
         &SelectPlan {
             storage: Default::default(),
             output: join(out, "select"),
-            groups: cluster.groups.iter().map(|g| GroupSources { name: g.name.clone(), sources: group_sources(g) }).collect(),
+            groups: cluster
+                .groups
+                .iter()
+                .map(|g| GroupSources { name: g.name.clone(), sources: group_sources(g) })
+                .collect(),
             score: join(out, "score"),
             threshold: join(out, "threshold"),
             read: Default::default(),
@@ -252,7 +270,8 @@ async fn chain_selects_by_the_learnt_signal(backend: Backend) {
     }
     assert_eq!(kept_ids.len() as u64, chain.manifest.total.kept_records);
     let mean = |kept: bool| {
-        let q: Vec<u32> = generated.iter().filter(|g| kept_ids.contains(&g.id) == kept).map(|g| quality[g.id.as_str()]).collect();
+        let q: Vec<u32> =
+            generated.iter().filter(|g| kept_ids.contains(&g.id) == kept).map(|g| quality[g.id.as_str()]).collect();
         q.iter().sum::<u32>() as f64 / q.len() as f64
     };
     assert!(mean(true) > mean(false) + 1.0, "kept {} dropped {}", mean(true), mean(false));
@@ -303,7 +322,10 @@ async fn a_missing_source_fails_its_unit_with_a_clear_error() {
         read: Default::default(),
     };
     let err = steps::cluster::run(&ctx, &plan).await.unwrap_err().to_string();
-    assert!(err.contains("1 of 5 units failed") && err.contains("no-such-source") && err.contains("has no shards"), "{err}");
+    assert!(
+        err.contains("1 of 5 units failed") && err.contains("no-such-source") && err.contains("has no shards"),
+        "{err}"
+    );
     // The other sources' units are committed: a rerun redoes only the failed one.
     let commits = ctx.storage.list(&join(&base, "cluster/_units/")).await.unwrap();
     assert_eq!(commits.iter().filter(|o| o.uri.ends_with("/commit.json")).count(), 4);

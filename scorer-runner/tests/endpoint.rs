@@ -32,8 +32,9 @@ async fn endpoint(url: &str) -> Chat {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = common::context(&Default::default(), "t", tmp.path());
     // "default" is the name mistral.rs' server answers to for its one model.
-    let spec = ModelSpec::Endpoint { url: url.into(), model: "default".into(), api_key_env: None, max_concurrency: Some(2) };
-    Chat::load(&ctx, &spec).await.unwrap()
+    let spec =
+        ModelSpec::Endpoint { url: url.into(), model: "default".into(), api_key_env: None, max_concurrency: Some(2) };
+    Chat::load(&ctx.storage, &ctx.scratch, &spec).await.unwrap()
 }
 
 /// A server that answers each connection with the next scripted (status, body); the last one

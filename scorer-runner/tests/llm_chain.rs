@@ -9,13 +9,13 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{context, root, tiny_model, Backend};
-use scorer_runner::featurize::FeaturizerSpec;
-use scorer_runner::formats::Format;
+use mira_testkit::synth::{self, Kind, SynthSource};
+use scorer_runner::plan::FeaturizerSpec;
+use scorer_runner::plan::Format;
+use scorer_runner::plan::TextSpec;
 use scorer_runner::plan::*;
-use scorer_runner::records::TextSpec;
 use scorer_runner::steps::{self, Context};
 use scorer_runner::storage::join;
-use scorer_runner::synth::{self, Kind, SynthSource};
 
 fn local(name: &str) -> ModelSpec {
     ModelSpec::Local { uri: tiny_model(name), gguf_files: vec![], max_num_seqs: Some(8) }
@@ -25,9 +25,21 @@ async fn corpus(ctx: &Context, tmp: &std::path::Path, base: &str) -> Vec<Source>
     let local_dir = tmp.join("corpus");
     let mut sources = Vec::new();
     for (name, kind) in [("prose", Kind::Prose), ("code", Kind::Code)] {
-        let s = SynthSource { name: name.into(), kind, format: Format::Jsonl, shards: 2, records_per_shard: 12, malformed_every: Some(11) };
+        let s = SynthSource {
+            name: name.into(),
+            kind,
+            format: Format::Jsonl,
+            shards: 2,
+            records_per_shard: 12,
+            malformed_every: Some(11),
+        };
         synth::write_source(&local_dir, &s, 9).unwrap();
-        sources.push(Source { name: name.into(), uri: join(base, &format!("corpus/{name}")), format: None, text: TextSpec::default() });
+        sources.push(Source {
+            name: name.into(),
+            uri: join(base, &format!("corpus/{name}")),
+            format: None,
+            text: TextSpec::default(),
+        });
     }
     common::upload_dir(&ctx.storage, &local_dir, &join(base, "corpus")).await;
     sources
@@ -71,14 +83,14 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
     assert!(!dims.is_empty() && dims.len() <= 3, "{dims:?}");
     let ids: std::collections::BTreeSet<_> = dims.iter().map(|d| d.dimension.id.clone()).collect();
     assert_eq!(ids.len(), dims.len());
-    assert!(dims.iter().all(|d| d.support >= 1 && !d.dimension.guide.is_empty()));
-    assert!(!ctx.storage.get(&rubric.groups[0].proposals).await.unwrap().is_empty());
+    assert!(dims.iter().all(|d| d.support >= Some(1) && !d.dimension.guide.is_empty()));
+    assert!(!ctx.storage.get(rubric.groups[0].proposals.as_deref().unwrap()).await.unwrap().is_empty());
     let again = discover(&context(&config, "w2", tmp.path()), &join(&base, "again"), &groups).await;
     let strip = |r: &DiscoverResult| r.groups[0].dimensions.clone();
     assert_eq!(strip(&again), strip(&rubric));
 
     // Label: every sampled record scored on every dimension, in range, in distill's format.
-    let dimensions: Vec<DimensionRef> = dims.iter().map(|d| d.dimension.clone()).collect();
+    let dimensions: Vec<Dimension> = dims.iter().map(|d| d.dimension.clone()).collect();
     let labels = steps::label::run(
         &ctx,
         &LabelPlan {
@@ -118,7 +130,11 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
             &DistillPlan {
                 storage: Default::default(),
                 output: join(&run, "distill"),
-                groups: vec![DistillGroup { name: "all".into(), sources: vec!["prose".into(), "code".into()], dimensions: dimensions.clone() }],
+                groups: vec![DistillGroup {
+                    name: "all".into(),
+                    sources: vec!["prose".into(), "code".into()],
+                    dimensions: dimensions.clone(),
+                }],
                 labels: labels.labels.clone(),
                 featurizer,
                 scale: Scale::default(),
@@ -141,7 +157,11 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
             &ScorePlan {
                 storage: Default::default(),
                 output: join(&run, "score"),
-                groups: vec![ScoreGroup { name: "all".into(), sources: sources.clone(), student: report.student.clone() }],
+                groups: vec![ScoreGroup {
+                    name: "all".into(),
+                    sources: sources.clone(),
+                    student: report.student.clone(),
+                }],
                 tokens: TokenCounter::Tokenizer { uri: join(&tiny_model("qwen3-tiny"), "tokenizer.json") },
                 trim: 0.0,
                 histogram_bins: 100,
@@ -152,7 +172,11 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
         .expect("score");
         let totals = &score.groups[0];
         // 48 lines, 4 malformed: every good record scored (or counted if the judge failed it).
-        assert_eq!(totals.records + totals.skipped.counts.get("student_no_reply").copied().unwrap_or(0), 44, "{totals:?}");
+        assert_eq!(
+            totals.records + totals.skipped.counts.get("student_no_reply").copied().unwrap_or(0),
+            44,
+            "{totals:?}"
+        );
         steps::threshold::run(
             &ctx,
             &ThresholdPlan {

@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use scorer_runner::models::{Chat, Embedder};
 use scorer_runner::plan::ModelSpec;
+use scorer_runner::plan::StorageConfig;
 use scorer_runner::steps::Context;
-use scorer_runner::storage::StorageConfig;
 use scorer_runner::units::WorkerConfig;
 
 /// Once per process, before any model loads: mistral.rs 0.8.1 creates `$HF_HOME/hub` even for
@@ -115,7 +115,7 @@ const SYSTEM: &str = "You are a careful judge of text quality. Answer with JSON 
 async fn chat_answers_under_a_schema_deterministically() {
     let env = Env::new();
     let start = Instant::now();
-    let chat = match Chat::load(&env.ctx, &local(&env.chat)).await {
+    let chat = match Chat::load(&env.ctx.storage, &env.ctx.scratch, &local(&env.chat)).await {
         Ok(chat) => chat,
         Err(e) => panic!("loading the tiny chat model: {e}"),
     };
@@ -161,7 +161,7 @@ async fn chat_answers_under_a_schema_deterministically() {
 async fn embedder_gives_deterministic_vectors_of_the_hidden_size() {
     let env = Env::new();
     let start = Instant::now();
-    let embedder = match Embedder::load(&env.ctx, &local(&env.embedding)).await {
+    let embedder = match Embedder::load(&env.ctx.storage, &env.ctx.scratch, &local(&env.embedding)).await {
         Ok(e) => e,
         Err(e) => panic!("loading the tiny embedding model: {e}"),
     };
@@ -199,11 +199,11 @@ async fn a_missing_model_path_fails_fast_without_a_hub_lookup() {
     let spec = local(&missing);
 
     let start = Instant::now();
-    match Chat::load(&env.ctx, &spec).await {
+    match Chat::load(&env.ctx.storage, &env.ctx.scratch, &spec).await {
         Ok(_) => panic!("a missing chat model path loaded"),
         Err(e) => assert!(e.to_string().contains("does not exist"), "{e}"),
     }
-    match Embedder::load(&env.ctx, &spec).await {
+    match Embedder::load(&env.ctx.storage, &env.ctx.scratch, &spec).await {
         Ok(_) => panic!("a missing embedding model path loaded"),
         Err(e) => assert!(e.to_string().contains("does not exist"), "{e}"),
     }

@@ -9,12 +9,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{context, root, Backend};
-use scorer_runner::formats::Format;
+use mira_testkit::synth::{self, Kind, SynthSource};
+use scorer_runner::plan::Format;
+use scorer_runner::plan::StorageConfig;
+use scorer_runner::plan::TextSpec;
 use scorer_runner::plan::*;
-use scorer_runner::records::TextSpec;
 use scorer_runner::steps;
-use scorer_runner::storage::{join, Storage, StorageConfig};
-use scorer_runner::synth::{self, Kind, SynthSource};
+use scorer_runner::storage::{join, Storage};
 
 /// A corpus of `shards` shards, labels, and a trained student; returns the score plan.
 async fn scoring_setup(config: &StorageConfig, base: &str, tmp: &Path, shards: usize, records: usize) -> ScorePlan {
@@ -31,7 +32,8 @@ async fn scoring_setup(config: &StorageConfig, base: &str, tmp: &Path, shards: u
     let generated = synth::write_source(&local, &source, 3).unwrap();
     synth::write_labels(&local.join("labels.jsonl"), &generated, 3, 1).unwrap();
     common::upload_dir(&ctx.storage, &local, &join(base, "corpus")).await;
-    let dims = vec![DimensionRef { id: "signal".into(), name: String::new(), description: String::new(), guide: String::new() }];
+    let dims =
+        vec![Dimension { id: "signal".into(), name: String::new(), description: String::new(), guide: String::new() }];
     let distill = steps::distill::run(
         &ctx,
         &DistillPlan {
@@ -105,7 +107,11 @@ async fn two_workers_on_s3_commit_every_unit_exactly_once() {
 
 fn scorer(plan: &Path, worker: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scorer-runner"));
-    cmd.args(["score", "--plan"]).arg(plan).env("MIRA_WORKER_ID", worker).env("MIRA_LEASE_SECONDS", "1").env("MIRA_PARALLELISM", "1");
+    cmd.args(["score", "--plan"])
+        .arg(plan)
+        .env("MIRA_WORKER_ID", worker)
+        .env("MIRA_LEASE_SECONDS", "1")
+        .env("MIRA_PARALLELISM", "1");
     cmd
 }
 

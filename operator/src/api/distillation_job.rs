@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{JobTemplate, LocalModel, ModelSpec, PipelineStatus};
+use super::{Agreement, JobTemplate, LocalModel, ModelSpec, PipelineStatus};
 
 /// Distils a RubricSet's teacher into one student per group. Labels are made by the teacher, or
 /// imported when a team labelled records elsewhere (for example with a batch API).
@@ -243,27 +243,4 @@ pub struct MaskedSource {
     /// Its masked dimension ids.
     #[schemars(length(max = super::MAX_DIMENSIONS))]
     pub dimensions: Vec<String>,
-}
-
-/// Agreement of teacher and student on one (source, dimension).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Agreement {
-    /// The source.
-    pub source: String,
-    /// The dimension id.
-    pub dimension: String,
-    /// Held-out records behind the numbers. (Not `n`: YAML 1.1 parsers, kubectl's and Helm's among
-    /// them, read a bare `n` as `false`.)
-    pub records: u64,
-    /// Mean absolute error.
-    pub mae: f64,
-    /// Spearman rank correlation; absent when undefined (constant scores).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spearman: Option<f64>,
-    /// Whether the mask leaves this (source, dimension) out of record scores.
-    pub masked: bool,
-    /// Why it is masked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{JobTemplate, PipelineStatus};
+use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut};
 
 /// Filters the corpus with a DistillationJob's students. Each group is scored by its own Job;
 /// with the `group` and `source` policies a group is cut and selected as soon as it is scored,
@@ -66,19 +66,6 @@ pub struct FilterRunSpec {
     pub job: JobTemplate,
 }
 
-/// Where retention cuts are made.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum CutPolicy {
-    /// One cut per group at its own retention.
-    #[default]
-    Group,
-    /// One cut over all tokens.
-    Global,
-    /// One cut per source.
-    Source,
-}
-
 /// How tokens are counted.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -125,43 +112,11 @@ pub struct FilterGroupStatus {
     /// The cuts that apply to the group (one; one per source with policy `source`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
-    pub cuts: Vec<CutStatus>,
+    pub cuts: Vec<ScopedCut>,
     /// What was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<Kept>,
     /// Where the group's kept records and `manifest.json` are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
-}
-
-/// A retention cut.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CutStatus {
-    /// `global`, the group, or `group/source`.
-    pub scope: String,
-    /// Target fraction of tokens.
-    pub retention: f64,
-    /// Lowest aggregate score kept.
-    pub threshold: f64,
-    /// Tokens the retention asks for.
-    pub target_tokens: u64,
-    /// Tokens kept; within `errorBoundTokens` of the target.
-    pub kept_tokens: u64,
-    /// Largest possible distance from the target (the tokens of the bin the cut falls in).
-    pub error_bound_tokens: u64,
-}
-
-/// Kept and total records and tokens.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Kept {
-    /// Records kept.
-    pub kept_records: u64,
-    /// Records read.
-    pub total_records: u64,
-    /// Tokens kept.
-    pub kept_tokens: u64,
-    /// Tokens read.
-    pub total_tokens: u64,
 }

@@ -21,18 +21,23 @@ pub use rubric_set::*;
 pub use source_group::*;
 pub use status::*;
 
+pub use scorer_runner::histogram::Cut;
+/// Types the API embeds from the data plane's vocabulary: the plan and result types are defined
+/// once, in `scorer_runner::plan` (with `JsonSchema` behind its `schema` feature), so a status
+/// reports exactly what a step wrote. Spec types stay here: they carry what only the API has
+/// (optional fields whose defaults the planner applies, Secret references, CEL rules).
+pub use scorer_runner::plan::Format;
+pub use scorer_runner::plan::TextSpec;
+pub use scorer_runner::plan::{
+    Agreement, AnchoredDimension, CutPolicy, Dimension, GroupDef, GroupRubric, Kept, Scale, ScopedCut, Step,
+    MAX_DIMENSIONS, MAX_GROUPS, MAX_SOURCES,
+};
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 /// The API group of every MIRA resource.
 pub const GROUP: &str = "mira.dev";
-
-/// Most sources a SourceGroup may list (status keeps a similarity row per source).
-pub const MAX_SOURCES: u32 = 128;
-/// Most capability groups, and so most per-group entries in any status list.
-pub const MAX_GROUPS: u32 = 64;
-/// Most rubric dimensions per group.
-pub const MAX_DIMENSIONS: u32 = 64;
 
 /// Names that end up in Job names, labels and object paths are DNS labels. The schema's `pattern`
 /// holds on every server; the CEL rule adds a readable message where CEL runs (1.25 and later).

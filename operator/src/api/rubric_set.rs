@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{JobTemplate, ModelSpec, PipelineStatus};
+use super::{Dimension, GroupRubric, JobTemplate, ModelSpec, PipelineStatus, Scale};
 
 /// Rubrics for a SourceGroup's groups. A teacher judges sampled records of each group in free
 /// form; the proposals are clustered and the proposal nearest each cluster centre becomes an
@@ -37,7 +37,8 @@ pub struct RubricSetSpec {
     pub teacher: ModelSpec,
     /// The integer scale dimensions are scored on.
     #[serde(default)]
-    pub scale: ScaleSpec,
+    #[x_kube(validation = Rule::new("self.min < self.max").message("min must be below max"))]
+    pub scale: Scale,
     /// Discovery sizes.
     #[serde(default)]
     pub discovery: DiscoverySpec,
@@ -49,23 +50,6 @@ pub struct RubricSetSpec {
     /// The discover Job.
     #[serde(default)]
     pub job: JobTemplate,
-}
-
-/// An integer score scale.
-#[derive(KubeSchema, Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[x_kube(validation = Rule::new("self.min < self.max").message("min must be below max"))]
-#[serde(rename_all = "camelCase")]
-pub struct ScaleSpec {
-    /// Lowest score.
-    pub min: i32,
-    /// Highest score.
-    pub max: i32,
-}
-
-impl Default for ScaleSpec {
-    fn default() -> Self {
-        ScaleSpec { min: 1, max: 5 }
-    }
 }
 
 /// How much the teacher reads and proposes.
@@ -105,24 +89,6 @@ pub struct PinnedGroup {
     pub dimensions: Vec<Dimension>,
 }
 
-/// A rubric dimension.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Dimension {
-    /// Stable identifier, used in scores and masks.
-    #[schemars(length(min = 1, max = 63))]
-    pub id: String,
-    /// Short name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    /// What the dimension measures.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub description: String,
-    /// How to score it: what each end of the scale means.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub guide: String,
-}
-
 /// The rubrics.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -133,32 +99,4 @@ pub struct RubricSetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_GROUPS))]
     pub groups: Vec<GroupRubric>,
-}
-
-/// One group's rubric.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GroupRubric {
-    /// The group.
-    pub name: String,
-    /// Whether the dimensions were pinned in the spec rather than discovered.
-    #[serde(default)]
-    pub pinned: bool,
-    /// Its dimensions.
-    #[schemars(length(max = super::MAX_DIMENSIONS))]
-    pub dimensions: Vec<AnchoredDimension>,
-    /// The teacher's proposals behind the anchors (JSONL), when discovered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proposals: Option<String>,
-}
-
-/// A dimension and the records behind it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AnchoredDimension {
-    #[serde(flatten)]
-    pub dimension: Dimension,
-    /// Records whose proposals fell in this dimension's cluster (discovered dimensions only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub support: Option<u64>,
 }

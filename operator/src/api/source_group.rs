@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{JobTemplate, PipelineStatus};
+use super::{Format, GroupDef, JobTemplate, PipelineStatus, TextSpec};
 
 /// The corpus' sources, and how to group them: `k` groups by content clustering, or explicit
 /// groups. Every later stage of the chain writes under `root`.
@@ -77,39 +77,10 @@ pub struct SourceSpec {
     pub uri: String,
     /// Shard format; by default each shard's extension decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<ShardFormat>,
+    pub format: Option<Format>,
     /// How records carry their text and id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextSpec>,
-}
-
-/// A shard format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum ShardFormat {
-    #[serde(rename = "jsonl")]
-    Jsonl,
-    #[serde(rename = "jsonl.gz")]
-    JsonlGz,
-    #[serde(rename = "jsonl.zst")]
-    JsonlZst,
-    #[serde(rename = "parquet")]
-    Parquet,
-}
-
-/// Where a record's text and id are.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TextSpec {
-    /// Field holding the text; a dotted path reaches into nested objects. Default `text`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// Field holding a chat or agent-trace `messages` array, rendered to text whole (never
-    /// truncated). Takes precedence over `field`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub messages_field: Option<String>,
-    /// Field holding the record id (string or number); default: a hash of the text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id_field: Option<String>,
 }
 
 /// How sources form groups: `k` clusters, the best `k` up to `maxK`, or explicit `groups`.
@@ -161,7 +132,7 @@ pub struct SourceGroupStatus {
     /// The capability groups and their sources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_GROUPS))]
-    pub groups: Vec<GroupStatus>,
+    pub groups: Vec<GroupDef>,
     /// Per source: its group, size, sample, and content similarity to every source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
@@ -169,17 +140,6 @@ pub struct SourceGroupStatus {
     /// Silhouette of the grouping (-1..1; higher is better separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silhouette: Option<f64>,
-}
-
-/// A capability group.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GroupStatus {
-    /// Group name.
-    pub name: String,
-    /// Its sources.
-    #[schemars(length(max = super::MAX_SOURCES))]
-    pub sources: Vec<String>,
 }
 
 /// One source as clustering saw it.

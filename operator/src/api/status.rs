@@ -6,46 +6,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A data-plane step: what a stage's Job runs (`scorer-runner <step>`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum Step {
-    Cluster,
-    Discover,
-    Label,
-    Distill,
-    Score,
-    Threshold,
-    Select,
-}
-
-impl Step {
-    /// The step's name on the `scorer-runner` command line and in labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Cluster => "cluster",
-            Step::Discover => "discover",
-            Step::Label => "label",
-            Step::Distill => "distill",
-            Step::Score => "score",
-            Step::Threshold => "threshold",
-            Step::Select => "select",
-        }
-    }
-
-    /// The condition that reports this step's stages.
-    pub fn condition_type(self) -> &'static str {
-        match self {
-            Step::Cluster => "Clustered",
-            Step::Discover => "Discovered",
-            Step::Label => "Labelled",
-            Step::Distill => "Distilled",
-            Step::Score => "Scored",
-            Step::Threshold => "Thresholded",
-            Step::Select => "Selected",
-        }
-    }
-}
+use super::Step;
 
 /// Where one stage is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -205,7 +205,7 @@ fn a_teacher_is_exactly_one_model() {
                 local: Some(LocalModel { uri: "s3://models/judge/".into(), gguf_files: vec![], max_num_seqs: None }),
                 endpoint: None,
             },
-            scale: ScaleSpec::default(),
+            scale: Scale::default(),
             discovery: DiscoverySpec::default(),
             pinned: Vec::new(),
             job: JobTemplate::default(),
@@ -214,7 +214,7 @@ fn a_teacher_is_exactly_one_model() {
     validate_cel(&rs).unwrap();
     rs.spec.teacher.local = None;
     assert!(validate_cel(&rs).is_err(), "no model");
-    rs.spec.scale = ScaleSpec { min: 5, max: 1 };
+    rs.spec.scale = Scale { min: 5, max: 1 };
     rs.spec.teacher.endpoint = Some(EndpointModel {
         url: "http://t/v1".into(),
         model: "m".into(),

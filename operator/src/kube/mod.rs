@@ -3,6 +3,7 @@
 //! engine, then applies its actions (ConfigMaps by server-side apply, Jobs created once, Events)
 //! and the full status with the one field manager `mira-operator`.
 
+mod backoff;
 mod children;
 mod leader;
 mod metrics;
@@ -26,23 +27,23 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use scorer_runner::storage::StorageConfig;
+use scorer_runner::plan::StorageConfig;
 use serde::de::DeserializeOwned;
 
 use crate::api::{DistillationJob, FilterRun, RubricSet, SourceGroup, StagePhase, StorageSpec};
+use crate::error::Retry;
 use crate::reconcile::{self, Action, Input, JobState, KindStatus, Lineage, Pipeline, Upstream, UpstreamRef};
 use crate::results::Results;
 use crate::{Error, Result};
+use backoff::Backoff;
 use children::{LABEL_JOB_NAME, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
-use leader::LeaderElection;
+use leader::Leadership;
 use serve::Health;
 
 /// Reconcile again this often while stages run, as a safety net under the Job watches.
 const REQUEUE_ACTIVE: Duration = Duration::from_secs(60);
 /// ...and this often otherwise (an upstream may have changed while a watch was down).
 const REQUEUE_IDLE: Duration = Duration::from_secs(600);
-/// Retry after an error that may pass (API or storage unavailable).
-const REQUEUE_ERROR: Duration = Duration::from_secs(30);
 /// Longest Event note.
 const MAX_NOTE: usize = 1024;
 
@@ -71,28 +72,32 @@ pub async fn run(options: Options) -> Result<()> {
         .await
         .map_err(|source| Error::Serve { addr: options.listen, source })?;
     tokio::spawn(serve::serve(listener, health.clone()));
-    let client = Client::try_default().await.map_err(|e| Error::kube("connecting to the API server", e))?;
+    let client = Client::try_default().await.map_err(Error::Connect)?;
     // A standby is ready too: it serves and waits for the Lease.
     health.ready.store(true, Ordering::Relaxed);
-    let election = options.lease.map(|l| LeaderElection::new(client.clone(), &l.namespace, &l.name, &l.identity));
-    if let Some(election) = &election {
-        election.acquire().await?;
+    let leadership = match options.lease {
+        Some(l) => Some(Leadership::new(client.clone(), &l.namespace, &l.name, &l.identity).await?),
+        None => None,
+    };
+    if let Some(leadership) = &leadership {
+        leadership.acquire().await?;
     }
     health.metrics.set_leader(true);
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
+        backoff: Backoff::default(),
         health: health.clone(),
         results: Results::default(),
         runner_image: options.runner_image,
         namespace: options.namespace,
     });
     let controllers = run_controllers(ctx);
-    let outcome = match election {
-        Some(election) => tokio::select! {
+    let outcome = match &leadership {
+        Some(leadership) => tokio::select! {
             () = controllers => Ok(()),
-            lost = election.hold() => Err(lost),
+            lost = leadership.hold() => Err(lost),
         },
         None => {
             controllers.await;
@@ -100,12 +105,18 @@ pub async fn run(options: Options) -> Result<()> {
         }
     };
     health.metrics.set_leader(false);
+    // On a termination signal, free the Lease so that a standby takes over at once rather than
+    // once it expires.
+    if let (Some(leadership), Ok(())) = (&leadership, &outcome) {
+        leadership.release().await;
+    }
     outcome
 }
 
 struct Context {
     client: Client,
     recorder: Recorder,
+    backoff: Backoff,
     health: Arc<Health>,
     results: Results,
     runner_image: Option<String>,
@@ -197,11 +208,15 @@ async fn reconcile_guarded<K: Pipeline>(
     let started = Instant::now();
     let result = Reconciler { ctx: &ctx, object }.run().await;
     ctx.health.metrics.reconciled(&K::kind(&()), started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.succeeded(&backoff_key(&guard));
+    }
     result
 }
 
-/// Errors become Events whose reason is the error's category; a malformed object waits for a
-/// change instead of being retried.
+/// Errors become Events whose reason is the error's category. A transient error is retried after
+/// a delay that grows with each consecutive failure of the object; a permanent one waits for a
+/// change ([`Error::retry`]).
 fn error_policy<K: Pipeline>(guard: Arc<DeserializeGuard<K>>, error: &Error, ctx: Arc<Context>) -> controller::Action {
     ctx.health.metrics.failed(&K::kind(&()), error);
     tracing::warn!(kind = %K::kind(&()), name = %guard.name_any(), error = %error.chain(), "reconcile failed");
@@ -218,10 +233,15 @@ fn error_policy<K: Pipeline>(guard: Arc<DeserializeGuard<K>>, error: &Error, ctx
             tracing::warn!(error = %e, "publishing an Event failed");
         }
     });
-    match error {
-        Error::InvalidObject(_) => controller::Action::await_change(),
-        _ => controller::Action::requeue(REQUEUE_ERROR),
+    match error.retry() {
+        Retry::AwaitChange => controller::Action::await_change(),
+        Retry::Backoff => controller::Action::requeue(ctx.backoff.failed(&backoff_key(&guard))),
     }
+}
+
+/// An object's key in the backoff counts: its kind, namespace and name.
+fn backoff_key<K: Pipeline>(guard: &DeserializeGuard<K>) -> String {
+    format!("{}/{}/{}", K::kind(&()), guard.namespace().unwrap_or_default(), guard.name_any())
 }
 
 /// One reconcile of one object: fetch, decide (pure), apply.
@@ -290,10 +310,9 @@ impl<K: Pipeline> Reconciler<'_, K> {
         namespace: &str,
         name: &str,
     ) -> Result<Option<T>> {
-        Api::<T>::namespaced(self.ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube(format!("reading {} {namespace}/{name}", T::kind(&())), e))
+        Api::<T>::namespaced(self.ctx.client.clone(), namespace).get_opt(name).await.map_err(|source| {
+            Error::GetObject { kind: T::kind(&()).into_owned(), namespace: namespace.into(), name: name.into(), source }
+        })
     }
 
     /// The resource's Jobs, by name. A failed Job's log is its last failed worker's termination
@@ -301,8 +320,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
     async fn jobs(&self, namespace: &str) -> Result<BTreeMap<String, JobState>> {
         let api = Api::<Job>::namespaced(self.ctx.client.clone(), namespace);
         let selector = format!("{LABEL_RESOURCE}={}", self.object.name_any());
-        let jobs =
-            api.list(&ListParams::default().labels(&selector)).await.map_err(|e| Error::kube("listing Jobs", e))?;
+        let jobs = api.list(&ListParams::default().labels(&selector)).await.map_err(Error::ListJobs)?;
         let uid = self.object.uid();
         let recorded_failed = |job: &str| {
             self.object.status().is_some_and(|s| {
@@ -319,7 +337,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
                     let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), namespace)
                         .list(&ListParams::default().labels(&format!("{LABEL_JOB_NAME}={name}")))
                         .await
-                        .map_err(|e| Error::kube(format!("listing the Pods of Job {name}"), e))?;
+                        .map_err(|source| Error::ListPods { job: name.clone(), source })?;
                     if let Some(tail) = children::failure_log(&pods.items) {
                         *log = tail;
                     }
@@ -341,7 +359,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
                 tracing::debug!(secret = %name, "not allowed to read the credentials Secret; using the operator's own");
                 return Ok(config);
             }
-            Err(e) => return Err(Error::kube(format!("reading Secret {namespace}/{name}"), e)),
+            Err(source) => return Err(Error::ReadSecret { namespace: namespace.into(), name: name.clone(), source }),
         };
         let key = |k: &str| secret.data.as_ref()?.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned());
         config.access_key_id = key("AWS_ACCESS_KEY_ID");
@@ -368,7 +386,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
                 Api::<ConfigMap>::namespaced(client, namespace)
                     .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&config_map))
                     .await
-                    .map_err(|e| Error::kube(format!("applying ConfigMap {name}"), e))?;
+                    .map_err(|source| Error::ApplyConfigMap { name: name.clone(), source })?;
             }
             Action::CreateJob(request) => {
                 let job = children::job(&owner, namespace, &resource, request, self.ctx.runner_image.as_deref())?;
@@ -376,16 +394,19 @@ impl<K: Pipeline> Reconciler<'_, K> {
                 // Created once, never re-applied: Kueue owns `suspend`, and a Job is immutable in
                 // the parts that matter. An existing Job of this name is this stage's.
                 match Api::<Job>::namespaced(client, namespace).create(&params, &job).await {
-                    Ok(_) => self.ctx.health.metrics.job_created(&K::kind(&()), request.step.as_str()),
+                    Ok(_) => {
+                        tracing::info!(job = %request.name, stage = %request.stage, "created Job");
+                        self.ctx.health.metrics.job_created(&K::kind(&()), request.step.as_str())
+                    }
                     Err(kube::Error::Api(status)) if status.code == 409 => {}
-                    Err(e) => return Err(Error::kube(format!("creating Job {}", request.name), e)),
+                    Err(source) => return Err(Error::CreateJob { name: request.name.clone(), source }),
                 }
             }
             Action::DeleteJob { name } => {
-                let gone = |r: std::result::Result<_, kube::Error>, what: &str| match r {
+                let gone = |r: std::result::Result<_, kube::Error>, what: &'static str| match r {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-                    Err(e) => Err(Error::kube(format!("deleting {what} {name}"), e)),
+                    Err(source) => Err(Error::Delete { what, name: name.clone(), source }),
                 };
                 gone(
                     Api::<Job>::namespaced(client.clone(), namespace)
@@ -430,7 +451,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
         Api::<K>::namespaced(self.ctx.client.clone(), namespace)
             .patch_status(&self.object.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await
-            .map_err(|e| Error::kube("applying status", e))?;
+            .map_err(Error::ApplyStatus)?;
         Ok(())
     }
 }

@@ -52,7 +52,7 @@ pub async fn run(options: Options) -> Result<bool> {
         if local.pass(&mut resources).await? {
             busy += 1;
             if busy > MAX_BUSY_PASSES {
-                return Err(Error::Runner(format!("no progress after {MAX_BUSY_PASSES} passes")));
+                return Err(Error::NoProgress(MAX_BUSY_PASSES));
             }
             continue;
         }

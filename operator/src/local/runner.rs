@@ -27,9 +27,7 @@ pub fn locate() -> Result<PathBuf> {
         std::env::var_os("PATH")
             .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(NAME)).find(|p| p.is_file()))
     };
-    beside.or_else(on_path).ok_or_else(|| {
-        Error::Runner(format!("{NAME} is neither next to this binary nor on PATH; set MIRA_SCORER_RUNNER to its path"))
-    })
+    beside.or_else(on_path).ok_or(Error::RunnerMissing)
 }
 
 /// A Job waiting for a free slot.
@@ -88,7 +86,7 @@ impl Runner {
     /// reported: nothing waits for them.
     pub async fn next(&mut self) -> Result<Option<(String, Outcome)>> {
         while let Some(joined) = self.running.join_next().await {
-            let (job, outcome) = joined.map_err(|e| Error::Runner(format!("a worker task failed: {e}")))?;
+            let (job, outcome) = joined.map_err(Error::WorkerTask)?;
             let deleted = self.kill.remove(&job).is_none();
             self.start_queued()?;
             if !deleted {
@@ -116,7 +114,7 @@ impl Runner {
                 .stderr(err)
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| Error::Runner(format!("{}: {e}", self.program.display())))?;
+                .map_err(|source| Error::RunnerStart { program: self.program.clone(), source })?;
             let (kill, killed) = oneshot::channel();
             self.kill.insert(request.name.clone(), kill);
             let job = request.name;

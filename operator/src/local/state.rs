@@ -93,7 +93,7 @@ impl State {
         ));
         meta.generation = Some(1);
         let saved: Saved = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::state(&path, e.into()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::state_format(&path, e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::state(&path, e)),
         };
@@ -110,7 +110,7 @@ impl State {
         let saved = Saved {
             spec: spec(object, &path)?,
             generation: object.meta().generation.unwrap_or(1),
-            status: serde_json::to_value(object.status()).map_err(|e| Error::state(&path, e.into()))?,
+            status: serde_json::to_value(object.status()).map_err(|e| Error::state_format(&path, e))?,
         };
         write_json(&path, &saved)
     }
@@ -126,7 +126,7 @@ impl State {
             };
             let bytes = std::fs::read(&path).map_err(|e| Error::state(&path, e))?;
             outcomes
-                .insert(job.to_string(), serde_json::from_slice(&bytes).map_err(|e| Error::state(&path, e.into()))?);
+                .insert(job.to_string(), serde_json::from_slice(&bytes).map_err(|e| Error::state_format(&path, e))?);
         }
         Ok(outcomes)
     }
@@ -154,7 +154,7 @@ impl State {
 }
 
 fn spec<K: Pipeline>(object: &K, path: &Path) -> Result<Value> {
-    let value = serde_json::to_value(object).map_err(|e| Error::state(path, e.into()))?;
+    let value = serde_json::to_value(object).map_err(|e| Error::state_format(path, e))?;
     Ok(value.get("spec").cloned().unwrap_or_default())
 }
 
@@ -163,7 +163,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::state(parent, e))?;
     }
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::state(path, e.into()))?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::state_format(path, e))?;
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, bytes).map_err(|e| Error::state(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::state(path, e))

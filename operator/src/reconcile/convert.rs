@@ -1,25 +1,15 @@
 //! From spec types to the data plane's plan types, shared by the kinds' planners.
 
 use kube::ResourceExt;
-use scorer_runner::formats::Format;
+use scorer_runner::plan::StorageConfig;
 use scorer_runner::plan::{self, Source};
-use scorer_runner::records;
-use scorer_runner::storage::StorageConfig;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use super::{names, Pipeline, SecretEnv};
-use crate::api::{LocalModel, ModelSpec, ShardFormat, SourceGroup, SourceSpec, StorageSpec};
+use crate::api::{LocalModel, ModelSpec, SourceGroup, SourceSpec, StorageSpec};
 use crate::{Error, Result};
 
 /// Environment variables workers read S3 credentials from (the AWS standard chain).
 const AWS_KEYS: [&str; 2] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
-
-/// A plan with the data plane's own defaults for every field `required` leaves out, so that
-/// defaults live in one place. `required` holds the fields a plan cannot do without.
-pub fn with_defaults<P: DeserializeOwned>(required: Value) -> Result<P> {
-    serde_json::from_value(required).map_err(|e| Error::InvalidSpec(format!("building a plan: {e}")))
-}
 
 impl StorageSpec {
     /// The data plane's storage settings; credentials come from the environment.
@@ -42,17 +32,11 @@ pub fn storage_secrets(spec: &StorageSpec) -> Vec<SecretEnv> {
 }
 
 pub fn source(spec: &SourceSpec) -> Source {
-    let text = spec.text.clone().unwrap_or_default();
     Source {
         name: spec.name.clone(),
         uri: spec.uri.clone(),
-        format: spec.format.map(|f| match f {
-            ShardFormat::Jsonl => Format::Jsonl,
-            ShardFormat::JsonlGz => Format::JsonlGz,
-            ShardFormat::JsonlZst => Format::JsonlZst,
-            ShardFormat::Parquet => Format::Parquet,
-        }),
-        text: records::TextSpec { field: text.field, messages_field: text.messages_field, id_field: text.id_field },
+        format: spec.format,
+        text: spec.text.clone().unwrap_or_default(),
     }
 }
 

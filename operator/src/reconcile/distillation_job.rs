@@ -1,11 +1,11 @@
 //! DistillationJob: `label` (unless labels are imported), then `distill`.
 
 use kube::ResourceExt;
-use scorer_runner::featurize::{FeaturizerSpec, HashedSpec};
-use scorer_runner::plan::{DimensionRef, DistillGroup, DistillPlan, DistillResult, LabelGroup, LabelPlan, LabelResult};
-use serde_json::json;
+use scorer_runner::plan::{
+    Dimension, DistillGroup, DistillPlan, DistillResult, FeaturizerSpec, HashedSpec, LabelGroup, LabelPlan, LabelResult,
+};
 
-use super::convert::{self, upstream, with_defaults};
+use super::convert::{self, upstream};
 use super::rubric_set::TEACHER_KEY_ENV;
 use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
@@ -31,17 +31,8 @@ fn rubrics(rs: &RubricSet) -> Result<&[GroupRubric]> {
     }
 }
 
-fn dimensions(group: &GroupRubric) -> Vec<DimensionRef> {
-    group
-        .dimensions
-        .iter()
-        .map(|d| DimensionRef {
-            id: d.dimension.id.clone(),
-            name: d.dimension.name.clone(),
-            description: d.dimension.description.clone(),
-            guide: d.dimension.guide.clone(),
-        })
-        .collect()
+fn dimensions(group: &GroupRubric) -> Vec<Dimension> {
+    group.dimensions.iter().map(|d| d.dimension.clone()).collect()
 }
 
 /// The environment variable an endpoint judge student's API key reaches the distill and score
@@ -109,14 +100,14 @@ impl Pipeline for DistillationJob {
             let (teacher, secret) =
                 convert::model(self.spec.labels.teacher.as_ref().unwrap_or(&rs.spec.teacher), TEACHER_KEY_ENV)?;
             secrets.extend(secret);
-            let mut plan: LabelPlan = with_defaults(json!({ "output": "", "groups": groups, "teacher": teacher }))?;
+            let mut plan = LabelPlan::new(groups, teacher);
             plan.storage = storage;
             plan.scale = rs.scale();
             if let Some(n) = self.spec.labels.records_per_group {
                 plan.records_per_group = n as usize;
             }
             plan.seed = self.spec.seed.unwrap_or_default();
-            return Planned::new(&plan, base, secrets);
+            return Ok(Planned::new(plan, base, secrets));
         }
         let labels =
             self.labels(finished)?.ok_or_else(|| Error::InvalidSpec("distill planned before labels exist".into()))?;
@@ -130,7 +121,7 @@ impl Pipeline for DistillationJob {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut plan: DistillPlan = with_defaults(json!({ "output": "", "groups": groups, "labels": labels }))?;
+        let mut plan = DistillPlan::new(groups, labels);
         plan.storage = storage;
         plan.scale = rs.scale();
         let student = &self.spec.student;
@@ -161,39 +152,34 @@ impl Pipeline for DistillationJob {
         if let Some(v) = mask.min_validation {
             plan.mask.min_validation = v as usize;
         }
-        Planned::new(&plan, base, secrets)
+        Ok(Planned::new(plan, base, secrets))
     }
 
     fn summarize(&self, _: &Lineage, finished: &Finished<'_>, status: &mut DistillationJobStatus) -> Result<()> {
         status.labels = self.labels(finished)?;
         if let Some(labelled) = finished.result::<LabelResult>(Step::Label.as_str())? {
-            status.labelled =
-                labelled.labelled.into_iter().map(|(group, records)| GroupCount { group, records }).collect();
+            status.labelled = labelled
+                .labelled
+                .iter()
+                .map(|(group, &records)| GroupCount { group: group.clone(), records })
+                .collect();
         }
         let Some(distilled) = finished.result::<DistillResult>(Step::Distill.as_str())? else { return Ok(()) };
-        status.sft = distilled.sft;
+        status.sft.clone_from(&distilled.sft);
         status.students = distilled
             .students
-            .into_iter()
+            .iter()
             .map(|s| StudentStatus {
-                group: s.group,
-                student: s.student,
+                group: s.group.clone(),
+                student: s.student.clone(),
                 train_records: s.train_records as u64,
                 validation_records: s.validation_records as u64,
-                masked: s.masked.into_iter().map(|(source, dimensions)| MaskedSource { source, dimensions }).collect(),
-                agreement: s
-                    .agreement
-                    .into_iter()
-                    .map(|a| api::Agreement {
-                        source: a.source,
-                        dimension: a.dimension,
-                        records: a.n as u64,
-                        mae: a.mae,
-                        spearman: a.spearman,
-                        masked: a.masked,
-                        reason: a.reason,
-                    })
+                masked: s
+                    .masked
+                    .iter()
+                    .map(|(source, dimensions)| MaskedSource { source: source.clone(), dimensions: dimensions.clone() })
                     .collect(),
+                agreement: s.agreement.clone(),
             })
             .collect();
         Ok(())
@@ -210,6 +196,6 @@ impl DistillationJob {
         if let Some(uri) = &self.spec.labels.import_uri {
             return Ok(Some(uri.clone()));
         }
-        Ok(finished.result::<LabelResult>(Step::Label.as_str())?.map(|r| r.labels))
+        Ok(finished.result::<LabelResult>(Step::Label.as_str())?.map(|r| r.labels.clone()))
     }
 }

@@ -7,7 +7,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::join;
-use serde_json::Value;
 
 use super::conditions::{merge, Desired};
 use super::lineage::{gate, Lineage};
@@ -158,14 +157,19 @@ fn evaluate<'a, K: Pipeline>(input: &Input<'a, K>) -> Evaluation<'a> {
 
 /// Gives a plan its output root: `<base>/<digest of step and plan>`.
 fn address(step: Step, planned: Planned) -> crate::Result<Addressed> {
-    let Value::Object(mut plan) = planned.plan else {
-        return Err(Error::InvalidSpec(format!("the {} plan is not a JSON object", step.as_str())));
-    };
-    plan.insert("output".into(), Value::String(String::new()));
-    let digest = names::digest(&[step.as_str(), &names::canonical_json(&Value::Object(plan.clone()))]);
+    let mut plan = planned.plan;
+    if plan.step() != step {
+        return Err(Error::InvalidSpec(format!(
+            "the {} stage was planned as a {} plan",
+            step.as_str(),
+            plan.step().as_str()
+        )));
+    }
+    plan.output_mut().clear();
+    let digest = names::digest(&[step.as_str(), &plan.canonical_json()]);
     let output = join(&planned.base, &digest[..16]);
-    plan.insert("output".into(), Value::String(output.clone()));
-    let plan = serde_json::to_string_pretty(&plan).map_err(|e| Error::InvalidSpec(format!("plan: {e}")))?;
+    plan.output_mut().clone_from(&output);
+    let plan = serde_json::to_string_pretty(&plan).map_err(|source| Error::WritePlan { step, source })?;
     Ok(Addressed { plan, output, digest, secrets: planned.secrets })
 }
 
@@ -178,30 +182,6 @@ pub fn wanted_results<K: Pipeline>(input: &Input<K>) -> Vec<(String, Step)> {
             stages.into_iter().filter_map(|s| Some((s.addressed?.output, s.def.step))).collect()
         }
         Evaluation::Waiting(_) | Evaluation::Invalid(_) => Vec::new(),
-    }
-}
-
-/// A step result as the engine keeps it: without the parts that grow with the corpus and that
-/// no plan or status reads: a score result's histograms (one per group and source, up to
-/// `histogramBins` bins each; the threshold step reads them from storage itself) and a select
-/// result's per-shard list. At 10,000 shards in 20 groups the full results take hundreds of MiB
-/// as JSON values.
-pub fn slim_result(step: Step, result: &mut Value) {
-    let Value::Object(fields) = result else { return };
-    match step {
-        Step::Score => {
-            for key in ["groups", "sources"] {
-                for totals in fields.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
-                    if let Value::Object(totals) = totals {
-                        totals.remove("histogram");
-                    }
-                }
-            }
-        }
-        Step::Select => {
-            fields.remove("shards");
-        }
-        Step::Cluster | Step::Discover | Step::Label | Step::Distill | Step::Threshold => {}
     }
 }
 

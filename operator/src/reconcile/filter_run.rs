@@ -2,22 +2,19 @@
 //! policies each group is cut and selected as soon as it is scored; `global` cuts once, after
 //! every group is scored.
 
-use std::collections::BTreeMap;
-
 use kube::ResourceExt;
 use scorer_runner::plan::{
-    self, GroupSources, ScoreGroup, ScorePlan, SelectPlan, ThresholdPlan, ThresholdResult, TokenCounter,
+    GroupSources, Manifest, ScoreGroup, ScorePlan, ScoreResult, SelectPlan, ThresholdPlan, ThresholdResult,
+    TokenCounter,
 };
-use scorer_runner::records::SkipCounts;
 use scorer_runner::storage::join;
-use serde_json::json;
 
-use super::convert::{self, upstream, with_defaults};
+use super::convert::{self, upstream};
 use super::distillation_job::JUDGE_KEY_ENV;
 use super::{stage_name, Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
-    CutPolicy, CutStatus, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept,
-    PipelineStatus, SourceGroup, Step,
+    CutPolicy, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept, PipelineStatus,
+    SourceGroup, Step,
 };
 use crate::{Error, Result};
 
@@ -53,29 +50,6 @@ impl FilterRun {
             CutPolicy::Group | CutPolicy::Source => stage_name(Step::Threshold, Some(group)),
         }
     }
-}
-
-/// The part of a score result that status reads. Its histograms (one per group and per source,
-/// each up to `histogramBins` bins) are skipped.
-#[derive(serde::Deserialize)]
-struct ScoreSummary {
-    groups: Vec<GroupTotals>,
-}
-
-#[derive(serde::Deserialize)]
-struct GroupTotals {
-    group: String,
-    shards: usize,
-    records: u64,
-    tokens: u64,
-    skipped: SkipCounts,
-}
-
-/// The part of a select result (the manifest) that status reads. Its per-shard list, as long as
-/// the group has shards, is skipped.
-#[derive(serde::Deserialize)]
-struct SelectSummary {
-    groups: BTreeMap<String, plan::Kept>,
 }
 
 fn student<'a>(dj: &'a DistillationJob, group: &str) -> Result<&'a str> {
@@ -137,7 +111,7 @@ impl Pipeline for FilterRun {
                     sources: convert::group_sources(sg, group)?,
                     student: student(dj, group)?.into(),
                 }];
-                let mut plan: ScorePlan = with_defaults(json!({ "output": "", "groups": groups }))?;
+                let mut plan = ScorePlan::new(groups);
                 plan.storage = storage;
                 if let Some(uri) = &self.spec.tokens.tokenizer {
                     plan.tokens = TokenCounter::Tokenizer { uri: uri.clone() };
@@ -145,19 +119,14 @@ impl Pipeline for FilterRun {
                 if let Some(trim) = self.spec.trim {
                     plan.trim = trim;
                 }
-                Planned::new(&plan, base, secrets)
+                Ok(Planned::new(plan, base, secrets))
             }
             (Step::Threshold, group) => {
                 let scores =
                     stage.after.iter().map(|s| output(finished, s).map(str::to_string)).collect::<Result<Vec<_>>>()?;
-                let mut plan: ThresholdPlan =
-                    with_defaults(json!({ "output": "", "scores": scores, "retention": self.spec.retention }))?;
+                let mut plan = ThresholdPlan::new(scores, self.spec.retention);
                 plan.storage = storage;
-                plan.policy = match self.spec.policy {
-                    CutPolicy::Group => plan::CutPolicy::Group,
-                    CutPolicy::Global => plan::CutPolicy::Global,
-                    CutPolicy::Source => plan::CutPolicy::Source,
-                };
+                plan.policy = self.spec.policy;
                 plan.group_retention = self
                     .spec
                     .group_retention
@@ -165,16 +134,15 @@ impl Pipeline for FilterRun {
                     .filter(|(g, _)| group == Some(g.as_str()))
                     .map(|(g, r)| (g.clone(), *r))
                     .collect();
-                Planned::new(&plan, base, secrets)
+                Ok(Planned::new(plan, base, secrets))
             }
             (Step::Select, Some(group)) => {
                 let groups = vec![GroupSources { name: group.into(), sources: convert::group_sources(sg, group)? }];
                 let score = output(finished, &stage_name(Step::Score, Some(group)))?;
                 let threshold = output(finished, &self.threshold_of(group))?;
-                let mut plan: SelectPlan =
-                    with_defaults(json!({ "output": "", "groups": groups, "score": score, "threshold": threshold }))?;
+                let mut plan = SelectPlan::new(groups, score.to_string(), threshold.to_string());
                 plan.storage = storage;
-                Planned::new(&plan, join(&self.spec.output, group), secrets)
+                Ok(Planned::new(plan, join(&self.spec.output, group), secrets))
             }
             _ => Err(Error::InvalidSpec(format!("FilterRun has no stage {}", stage.name))),
         }
@@ -200,7 +168,7 @@ impl Pipeline for FilterRun {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let mut groups = Vec::new();
         // The sum over groups, once every group has selected.
-        let mut total = Some(plan::Kept::default());
+        let mut total = Some(Kept::default());
         for name in convert::group_names(sg) {
             let mut group = FilterGroupStatus {
                 name: name.clone(),
@@ -212,7 +180,7 @@ impl Pipeline for FilterRun {
                 kept: None,
                 output: None,
             };
-            if let Some(score) = finished.result::<ScoreSummary>(&stage_name(Step::Score, Some(&name)))? {
+            if let Some(score) = finished.result::<ScoreResult>(&stage_name(Step::Score, Some(&name)))? {
                 if let Some(totals) = score.groups.iter().find(|t| t.group == name) {
                     group.scored_shards = Some(totals.shards as u64);
                     group.records = Some(totals.records);
@@ -225,37 +193,21 @@ impl Pipeline for FilterRun {
                     .cuts
                     .iter()
                     .filter(|c| c.scope == "global" || c.scope == name || c.scope.starts_with(&format!("{name}/")))
-                    .map(|c| CutStatus {
-                        scope: c.scope.clone(),
-                        retention: c.retention,
-                        threshold: c.cut.threshold,
-                        target_tokens: c.cut.target_tokens,
-                        kept_tokens: c.cut.kept_tokens,
-                        error_bound_tokens: c.cut.error_bound_tokens,
-                    })
+                    .cloned()
                     .collect();
             }
             let select = stage_name(Step::Select, Some(&name));
-            let selected = finished.result::<SelectSummary>(&select)?.and_then(|mut m| m.groups.remove(&name));
+            let selected = finished.result::<Manifest>(&select)?.and_then(|m| m.groups.get(&name).cloned());
             total = total.zip(selected.as_ref()).map(|(mut total, kept)| {
                 total.add(kept);
                 total
             });
-            group.kept = selected.as_ref().map(kept);
+            group.kept = selected;
             group.output = finished.output(&select).map(str::to_string);
             groups.push(group);
         }
         status.groups = groups;
-        status.total = total.filter(|_| !status.groups.is_empty()).as_ref().map(kept);
+        status.total = total.filter(|_| !status.groups.is_empty());
         Ok(())
-    }
-}
-
-fn kept(k: &plan::Kept) -> Kept {
-    Kept {
-        kept_records: k.kept_records,
-        total_records: k.total_records,
-        kept_tokens: k.kept_tokens,
-        total_tokens: k.total_tokens,
     }
 }

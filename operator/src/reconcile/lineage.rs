@@ -33,23 +33,16 @@ pub enum Upstream {
 }
 
 impl Lineage {
-    /// Adds a fetched upstream object; returns the reference to fetch next, up the chain.
+    /// Adds a fetched upstream object; returns the reference to fetch next, up the chain (each
+    /// kind's [`Pipeline::upstream_ref`]).
     pub fn insert(&mut self, object: Upstream) -> Option<UpstreamRef> {
+        fn keep<K: Pipeline>(slot: &mut Option<K>, object: K) -> Option<UpstreamRef> {
+            slot.insert(object).upstream_ref()
+        }
         match object {
-            Upstream::SourceGroup(o) => {
-                self.source_group = Some(o);
-                None
-            }
-            Upstream::RubricSet(o) => {
-                let next = UpstreamRef::SourceGroup(o.spec.source_group_ref.clone());
-                self.rubric_set = Some(o);
-                Some(next)
-            }
-            Upstream::DistillationJob(o) => {
-                let next = UpstreamRef::RubricSet(o.spec.rubric_set_ref.clone());
-                self.distillation_job = Some(o);
-                Some(next)
-            }
+            Upstream::SourceGroup(o) => keep(&mut self.source_group, o),
+            Upstream::RubricSet(o) => keep(&mut self.rubric_set, o),
+            Upstream::DistillationJob(o) => keep(&mut self.distillation_job, o),
         }
     }
 

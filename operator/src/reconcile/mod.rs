@@ -25,12 +25,12 @@ use std::sync::Arc;
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::object::HasStatus;
 use kube::Resource;
+use scorer_runner::plan::{StepPlan, StepResult};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 
 pub use conditions::truncate;
-pub use engine::{reconcile, slim_result, wanted_results, Action, Event, Input, JobRequest, JobState, Output};
+pub use engine::{reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output};
 pub use lineage::{Lineage, Link, Upstream, UpstreamRef};
 
 use crate::api::{JobTemplate, PipelineStatus, Step, StorageSpec};
@@ -116,8 +116,8 @@ pub fn stage_name(step: Step, group: Option<&str>) -> String {
 /// A stage's plan, before the engine addresses its output.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Planned {
-    /// The plan JSON; its `output` is set by the engine.
-    pub plan: Value,
+    /// The plan; its `output` is set by the engine.
+    pub plan: StepPlan,
     /// Where outputs go; the engine appends the plan's digest.
     pub base: String,
     /// Environment variables the Job takes from Secrets.
@@ -125,10 +125,8 @@ pub struct Planned {
 }
 
 impl Planned {
-    pub fn new<P: Serialize>(plan: &P, base: String, secrets: Vec<SecretEnv>) -> Result<Self> {
-        let plan =
-            serde_json::to_value(plan).map_err(|e| Error::InvalidSpec(format!("plan does not serialize: {e}")))?;
-        Ok(Planned { plan, base, secrets })
+    pub fn new(plan: impl Into<StepPlan>, base: String, secrets: Vec<SecretEnv>) -> Self {
+        Planned { plan: plan.into(), base, secrets }
     }
 }
 
@@ -140,19 +138,19 @@ pub struct SecretEnv {
     pub key: String,
 }
 
-/// Step results by output root. Shared, not copied: a result never changes (outputs are
-/// content-addressed), and some are large (a select result lists every shard).
-pub type StepResults = BTreeMap<String, Arc<Value>>;
+/// Step results by output root, slimmed ([`StepResult::slim`]). Shared, not copied: a result
+/// never changes (outputs are content-addressed).
+pub type StepResults = BTreeMap<String, Arc<StepResult>>;
 
 /// The stages finished so far, with their output roots and results (borrowed from the pass's
 /// [`StepResults`]).
 #[derive(Clone, Debug, Default)]
 pub struct Finished<'a> {
-    stages: BTreeMap<String, (String, &'a Value)>,
+    stages: BTreeMap<String, (String, &'a StepResult)>,
 }
 
 impl<'a> Finished<'a> {
-    fn insert(&mut self, stage: &str, output: String, result: &'a Value) {
+    fn insert(&mut self, stage: &str, output: String, result: &'a StepResult) {
         self.stages.insert(stage.to_string(), (output, result));
     }
 
@@ -165,14 +163,17 @@ impl<'a> Finished<'a> {
         self.stages.get(stage).map(|(output, _)| output.as_str())
     }
 
-    /// A finished stage's result, typed.
-    pub fn result<T: DeserializeOwned>(&self, stage: &str) -> Result<Option<T>> {
+    /// A finished stage's result, as the step that writes `T` wrote it.
+    pub fn result<T>(&self, stage: &str) -> Result<Option<&'a T>>
+    where
+        for<'r> &'r T: TryFrom<&'r StepResult, Error = Step>,
+    {
         self.stages
             .get(stage)
-            .map(|(output, value)| {
-                T::deserialize(*value).map_err(|source| Error::InvalidResult {
+            .map(|(output, result)| {
+                <&T>::try_from(*result).map_err(|found| Error::UnexpectedResult {
                     uri: scorer_runner::storage::join(output, scorer_runner::steps::RESULT),
-                    source,
+                    found,
                 })
             })
             .transpose()

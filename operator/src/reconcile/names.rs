@@ -1,6 +1,5 @@
 //! Deterministic names and addresses: child Job names, stage output roots, digests.
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::api::Step;
@@ -16,23 +15,6 @@ pub fn digest(parts: &[&str]) -> String {
         hasher.update([0u8]);
     }
     hex::encode(hasher.finalize())
-}
-
-/// JSON with object keys sorted at every level, so that a digest of it does not depend on how a
-/// map happens to order its keys.
-pub fn canonical_json(value: &Value) -> String {
-    fn sorted(value: &Value) -> Value {
-        match value {
-            Value::Object(map) => {
-                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    sorted(value).to_string()
 }
 
 /// The Job of one stage: `<resource>-<step>[-<group>]-g<generation>-<digest>`, at most 63
@@ -89,12 +71,6 @@ mod tests {
     #[test]
     fn resource_names_with_dots_become_valid_job_names() {
         assert!(job_name("web.v2", Step::Cluster, None, 1, "p").starts_with("web-v2-cluster-g1-"));
-    }
-
-    #[test]
-    fn canonical_json_sorts_keys_at_every_level() {
-        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"d": [{"y": 1, "x": 2}], "c": null}}"#).unwrap();
-        assert_eq!(canonical_json(&a), r#"{"a":{"c":null,"d":[{"x":2,"y":1}]},"b":1}"#);
     }
 
     #[test]

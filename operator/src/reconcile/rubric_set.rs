@@ -3,13 +3,11 @@
 
 use kube::ResourceExt;
 use scorer_runner::plan::{DiscoverPlan, DiscoverResult, GroupSources, Scale};
-use serde_json::json;
 
-use super::convert::{self, upstream, with_defaults};
+use super::convert::{self, upstream};
 use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
-    AnchoredDimension, Dimension, GroupRubric, JobTemplate, PipelineStatus, RubricSet, RubricSetStatus, SourceGroup,
-    Step,
+    AnchoredDimension, GroupRubric, JobTemplate, PipelineStatus, RubricSet, RubricSetStatus, SourceGroup, Step,
 };
 use crate::{Error, Result};
 
@@ -43,7 +41,7 @@ impl RubricSet {
 
     /// The rubric scale, for every step that scores.
     pub fn scale(&self) -> Scale {
-        Scale { min: self.spec.scale.min, max: self.spec.scale.max }
+        self.spec.scale
     }
 }
 
@@ -72,7 +70,7 @@ impl Pipeline for RubricSet {
             .map(|name| Ok(GroupSources { sources: convert::group_sources(sg, &name)?, name }))
             .collect::<Result<Vec<_>>>()?;
         let (teacher, mut secrets) = convert::model(&self.spec.teacher, TEACHER_KEY_ENV)?;
-        let mut plan: DiscoverPlan = with_defaults(json!({ "output": "", "groups": groups, "teacher": teacher }))?;
+        let mut plan = DiscoverPlan::new(groups, teacher);
         plan.storage = sg.spec.storage.config();
         plan.scale = self.scale();
         let discovery = &self.spec.discovery;
@@ -92,7 +90,7 @@ impl Pipeline for RubricSet {
         }
         plan.seed = discovery.seed.unwrap_or_default();
         secrets.extend(convert::storage_secrets(&sg.spec.storage));
-        Planned::new(&plan, convert::stage_base(&sg.spec.root, self, &stage.name), secrets)
+        Ok(Planned::new(plan, convert::stage_base(&sg.spec.root, self, &stage.name), secrets))
     }
 
     fn summarize(&self, lineage: &Lineage, finished: &Finished<'_>, status: &mut RubricSetStatus) -> Result<()> {
@@ -109,21 +107,8 @@ impl Pipeline for RubricSet {
                         .collect();
                     return Some(GroupRubric { name, pinned: true, dimensions, proposals: None });
                 }
-                let group = discovered.as_ref()?.groups.iter().find(|g| g.name == name)?;
-                let dimensions = group
-                    .dimensions
-                    .iter()
-                    .map(|d| AnchoredDimension {
-                        dimension: Dimension {
-                            id: d.dimension.id.clone(),
-                            name: d.dimension.name.clone(),
-                            description: d.dimension.description.clone(),
-                            guide: d.dimension.guide.clone(),
-                        },
-                        support: Some(d.support as u64),
-                    })
-                    .collect();
-                Some(GroupRubric { name, pinned: false, dimensions, proposals: Some(group.proposals.clone()) })
+                let group = discovered?.groups.iter().find(|g| g.name == name)?;
+                Some(group.clone())
             })
             .collect();
         Ok(())

@@ -1,13 +1,10 @@
 //! SourceGroup: one `cluster` stage.
 
 use scorer_runner::plan::{ClusterPlan, ClusterResult, GroupDef};
-use serde_json::json;
 
-use super::convert::{self, with_defaults};
+use super::convert;
 use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
-use crate::api::{
-    GroupStatus, JobTemplate, PipelineStatus, SourceGroup, SourceGroupStatus, SourceStatus, Step, StorageSpec,
-};
+use crate::api::{JobTemplate, PipelineStatus, SourceGroup, SourceGroupStatus, SourceStatus, Step, StorageSpec};
 use crate::Result;
 
 impl KindStatus for SourceGroupStatus {
@@ -41,7 +38,7 @@ impl Pipeline for SourceGroup {
     fn plan(&self, _: &Lineage, stage: &StageDef, _: &Finished<'_>) -> Result<Planned> {
         let spec = &self.spec;
         let sources: Vec<_> = spec.sources.iter().map(convert::source).collect();
-        let mut plan: ClusterPlan = with_defaults(json!({ "output": "", "sources": sources }))?;
+        let mut plan = ClusterPlan::new(sources);
         plan.storage = spec.storage.config();
         let grouping = &spec.grouping;
         plan.k = grouping.k.map(|k| k as usize);
@@ -56,7 +53,7 @@ impl Pipeline for SourceGroup {
         });
         plan.seed = grouping.seed.unwrap_or_default();
         let base = convert::stage_base(&spec.root, self, &stage.name);
-        Planned::new(&plan, base, convert::storage_secrets(&spec.storage))
+        Ok(Planned::new(plan, base, convert::storage_secrets(&spec.storage)))
     }
 
     fn highlights(status: &SourceGroupStatus) -> Vec<String> {
@@ -67,8 +64,7 @@ impl Pipeline for SourceGroup {
         let Some(result) = finished.result::<ClusterResult>(Step::Cluster.as_str())? else { return Ok(()) };
         let group_of =
             |source: &str| result.groups.iter().find(|g| g.sources.iter().any(|s| s == source)).map(|g| g.name.clone());
-        status.groups =
-            result.groups.iter().map(|g| GroupStatus { name: g.name.clone(), sources: g.sources.clone() }).collect();
+        status.groups = result.groups.clone();
         status.sources = result
             .sources
             .iter()

@@ -1,7 +1,7 @@
 //! The stage engine, driven as the adapters drive it: a fake world of Jobs and results, one pass
 //! at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use scorer_runner::histogram::{Cut, Histogram};
 use scorer_runner::plan::{
     self, ClusterResult, DistillResult, GroupDef, LabelResult, Manifest, ScopedCut, ScoreResult, ScoreTotals,
-    SourceSample, ThresholdResult,
+    SourceSample, StepPlan, StepResult, ThresholdResult,
 };
 use serde_json::Value;
 
@@ -73,8 +73,8 @@ fn ready_source_group() -> SourceGroup {
     sg.status = Some(SourceGroupStatus {
         pipeline: ready(1, "sg-rev", None),
         groups: vec![
-            GroupStatus { name: "code".into(), sources: vec!["py".into(), "js".into()] },
-            GroupStatus { name: "prose".into(), sources: vec!["web".into()] },
+            GroupDef { name: "code".into(), sources: vec!["py".into(), "js".into()] },
+            GroupDef { name: "prose".into(), sources: vec!["web".into()] },
         ],
         ..Default::default()
     });
@@ -99,7 +99,7 @@ fn rubric_set() -> RubricSet {
         RubricSetSpec {
             source_group_ref: "corpus".into(),
             teacher: teacher(),
-            scale: ScaleSpec::default(),
+            scale: Scale::default(),
             discovery: DiscoverySpec::default(),
             pinned: Vec::new(),
             job: JobTemplate::default(),
@@ -212,8 +212,8 @@ impl World {
     fn succeed<K: Pipeline>(&mut self, resource: &K, stage: &str) {
         let record = record(resource, stage);
         self.jobs.insert(record.job.clone().expect("stage has a job"), JobState::Succeeded);
-        let mut result = result_of(&record);
-        slim_result(record.step, &mut result);
+        let mut result = StepResult::parse(record.step, &serde_json::to_vec(&result_of(&record)).unwrap()).unwrap();
+        result.slim();
         self.results.insert(record.output.clone(), Arc::new(result));
     }
 
@@ -759,10 +759,11 @@ fn a_judge_student_reaches_the_distill_and_score_plans_with_its_api_key() {
 fn an_embedding_featurizer_reaches_the_distill_plan() {
     let (mut world, mut dj) = (World::default(), distillation_job());
     dj.spec.labels.import_uri = Some("s3://bucket/labels/".into());
-    let model = LocalModel { uri: "s3://models/qwen3-embedding-0.6b/".into(), gguf_files: Vec::new(), max_num_seqs: Some(64) };
+    let model =
+        LocalModel { uri: "s3://models/qwen3-embedding-0.6b/".into(), gguf_files: Vec::new(), max_num_seqs: Some(64) };
     dj.spec.student.featurizer.embedding = Some(EmbeddingFeaturizer { model });
     let (plan, _): (plan::DistillPlan, _) = plan_and_secrets(&world.pass(&mut dj, &full_lineage()));
-    let scorer_runner::featurize::FeaturizerSpec::Embedding { model: plan::ModelSpec::Local { uri, max_num_seqs, .. } } =
+    let scorer_runner::plan::FeaturizerSpec::Embedding { model: plan::ModelSpec::Local { uri, max_num_seqs, .. } } =
         plan.featurizer
     else {
         panic!("not an embedding featurizer: {:?}", plan.featurizer)
@@ -784,7 +785,7 @@ fn a_group_is_thresholded_and_selected_as_soon_as_it_is_scored() {
     assert_eq!(condition(&fr, "Scored").message, "1/2 groups finished");
     let status = fr.status.clone().unwrap();
     assert_eq!(status.groups[0].tokens, Some(1000));
-    assert_eq!(status.groups[0].cuts[0].threshold, 3.0);
+    assert_eq!(status.groups[0].cuts[0].cut.threshold, 3.0);
     assert_eq!(status.total, None, "no total before every group is selected");
 }
 
@@ -903,20 +904,40 @@ fn run_to_completion<K: Pipeline>(world: &mut World, resource: &mut K, lineage: 
     panic!("{} did not finish", resource.name_any());
 }
 
+/// Every plan of a whole chain, as a Job receives it, parses with the runner's own parser into
+/// the plan the operator built: no field is lost, renamed or defaulted differently on the way.
 #[test]
-fn results_are_kept_without_the_parts_that_grow_with_the_corpus() {
-    let mut score = serde_json::json!({
-        "groups": [{"group": "code", "shards": 2, "records": 10, "tokens": 1000, "histogram": {"bins": 10000}}],
-        "sources": [{"group": "code", "source": "py", "shards": 1, "histogram": {"bins": 10000}}],
-        "masked": {},
-    });
-    slim_result(Step::Score, &mut score);
-    assert_eq!(score["groups"][0]["shards"], 2, "counts stay");
-    assert!(score["groups"][0].get("histogram").is_none() && score["sources"][0].get("histogram").is_none());
-    let mut manifest = serde_json::json!({"groups": {"code": {"keptRecords": 1}}, "shards": [{"shard": "a"}]});
-    slim_result(Step::Select, &mut manifest);
-    assert_eq!(manifest, serde_json::json!({"groups": {"code": {"keptRecords": 1}}}));
-    let mut cluster = serde_json::json!({"sources": [{"name": "py", "shards": 3}]});
-    slim_result(Step::Cluster, &mut cluster);
-    assert_eq!(cluster["sources"][0]["shards"], 3);
+fn every_steps_plan_reaches_the_runner_as_the_operator_built_it() {
+    let mut world = World::default();
+    let mut seen = BTreeSet::new();
+    let mut check = |actions: Vec<Action>| {
+        for action in actions {
+            if let Action::CreatePlanConfigMap { step, plan, .. } = action {
+                let parsed =
+                    StepPlan::parse(step, plan.as_bytes()).unwrap_or_else(|e| panic!("{step:?} plan: {e}\n{plan}"));
+                assert_eq!(parsed.step(), step);
+                let again: Value = serde_json::to_value(&parsed).unwrap();
+                assert_eq!(again, serde_json::from_str::<Value>(&plan).unwrap(), "{step:?} plan changed on its way");
+                seen.insert(step);
+            }
+        }
+    };
+    let mut sg = source_group();
+    check(world.pass(&mut sg, &Lineage::default()));
+    let mut rs = rubric_set();
+    let lineage = Lineage { source_group: Some(ready_source_group()), ..Default::default() };
+    check(world.pass(&mut rs, &lineage));
+    let mut dj = distillation_job();
+    let lineage = Lineage { rubric_set: Some(ready_rubric_set()), ..lineage };
+    check(world.pass(&mut dj, &lineage));
+    world.succeed(&dj, "label");
+    check(world.pass(&mut dj, &lineage));
+    let mut fr = filter_run(CutPolicy::Group);
+    let lineage = full_lineage();
+    check(world.pass(&mut fr, &lineage));
+    world.succeed(&fr, "score/code");
+    check(world.pass(&mut fr, &lineage));
+    world.succeed(&fr, "threshold/code");
+    check(world.pass(&mut fr, &lineage));
+    assert_eq!(seen.len(), 7, "every step planned once at least: {seen:?}");
 }

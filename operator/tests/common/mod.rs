@@ -17,9 +17,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
 use mira_operator::reconcile::{KindStatus, Pipeline};
-use scorer_runner::formats::Format;
-use scorer_runner::storage::{join, Storage, StorageConfig};
-use scorer_runner::synth::{self, Generated, Kind, SynthSource};
+use mira_testkit::synth::{self, Generated, Kind, SynthSource};
+use scorer_runner::plan::Format;
+use scorer_runner::plan::StorageConfig;
+use scorer_runner::storage::{join, Storage};
 
 /// The kubectl the test infrastructure uses.
 pub const KUBECTL: &str = "/usr/bin/kubectl";
@@ -216,9 +217,9 @@ pub struct Fixture {
     /// Logs, Pod work directories and the generated corpus; kept when `MIRA_E2E_KEEP` is set.
     pub dir: PathBuf,
     temp: Option<tempfile::TempDir>,
-    pub operator: Option<Process>,
+    /// The operators started, in order (several when a test runs replicas).
+    pub operators: Vec<Process>,
     pub kubelet: Option<Process>,
-    operators_started: usize,
     /// A kubeconfig of the chart's ServiceAccount, once made.
     operator_kubeconfig: Option<PathBuf>,
 }
@@ -245,9 +246,8 @@ impl Fixture {
             client,
             dir: temp.path().to_path_buf(),
             temp: Some(temp),
-            operator: None,
+            operators: Vec::new(),
             kubelet: None,
-            operators_started: 0,
             operator_kubeconfig: None,
         }
     }
@@ -338,8 +338,7 @@ impl Fixture {
     /// Starts `mira operator` watching this namespace only, by default with the chart's RBAC.
     pub fn start_operator(&mut self, options: OperatorOptions) {
         let config = if options.admin { kubeconfig() } else { self.chart_rbac_kubeconfig() };
-        self.operators_started += 1;
-        let log = self.dir.join(format!("operator-{}.log", self.operators_started));
+        let log = self.dir.join(format!("operator-{}.log", self.operators.len() + 1));
         let mut command = Command::new(env!("CARGO_BIN_EXE_mira"));
         command
             .args(["operator", "--namespace", &self.namespace])
@@ -355,7 +354,7 @@ impl Fixture {
                 command.arg("--no-leader-election");
             }
         }
-        self.operator = Some(Process::spawn("mira operator", &mut command, log));
+        self.operators.push(Process::spawn("mira operator", &mut command, log));
     }
 
     /// `kubectl apply` of manifests into this namespace.
@@ -543,7 +542,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if let Some(operator) = &mut self.operator {
+        for operator in &mut self.operators {
             operator.stop();
         }
         if let Some(kubelet) = &mut self.kubelet {

@@ -1,9 +1,10 @@
 //! Text vectors from an embedding model (mistral.rs: Qwen3-Embedding, EmbeddingGemma), dense,
 //! behind the same trait as the hashed featurizer.
 
-use super::{Featurizer, SparseVec};
+use super::Featurizer;
 use crate::error::{Error, Result};
 use crate::models::Embedder;
+use crate::sparse::SparseVec;
 
 pub struct EmbeddingFeaturizer {
     embedder: Embedder,

@@ -1,35 +1,13 @@
 //! Signed feature hashing of word n-grams (and optionally character n-grams): a fixed-dimension,
 //! model-free text vector that needs no vocabulary, so every worker featurizes identically.
 
-use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use super::{Featurizer, SparseVec};
-use crate::ridge::RidgeHeads;
+use super::Featurizer;
 use crate::error::{Error, Result};
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct HashedSpec {
-    /// log2 of the dimension (18 gives 262,144 buckets: few collisions, 1 MiB per head).
-    pub dim_log2: u32,
-    /// Word n-grams from 1 to this (2: unigrams and bigrams).
-    pub word_ngrams: u32,
-    /// Character n-gram lengths `[min, max]` over the lower-cased text; none by default.
-    pub char_ngrams: Option<[u32; 2]>,
-    /// Weight terms by `1 + ln(tf)` rather than raw counts.
-    pub sublinear_tf: bool,
-    /// Multiply by inverse document frequency learnt from the training records.
-    pub idf: bool,
-    /// Hash seed.
-    pub seed: u64,
-}
-
-impl Default for HashedSpec {
-    fn default() -> Self {
-        HashedSpec { dim_log2: 18, word_ngrams: 2, char_ngrams: None, sublinear_tf: true, idf: false, seed: 0 }
-    }
-}
+use crate::plan::HashedSpec;
+use crate::ridge::RidgeHeads;
+use crate::sparse::SparseVec;
 
 /// The longest word n-grams.
 const MAX_WORD_NGRAMS: usize = 8;
@@ -49,7 +27,10 @@ impl HashedFeaturizer {
             return Err(Error::plan(format!("hashed featurizer: dimLog2 {} not in 4..=24", spec.dim_log2)));
         }
         if spec.word_ngrams as usize > MAX_WORD_NGRAMS {
-            return Err(Error::plan(format!("hashed featurizer: wordNgrams {} above {MAX_WORD_NGRAMS}", spec.word_ngrams)));
+            return Err(Error::plan(format!(
+                "hashed featurizer: wordNgrams {} above {MAX_WORD_NGRAMS}",
+                spec.word_ngrams
+            )));
         }
         if spec.word_ngrams == 0 && spec.char_ngrams.is_none() {
             return Err(Error::plan("hashed featurizer: no word or character n-grams"));
@@ -119,7 +100,13 @@ impl HashedFeaturizer {
     }
 
     #[inline(always)]
-    fn scaled_weights(&self, counts: &mut Counts, scale: impl Fn(u32) -> f32, ahead: Option<impl FnMut(u32)>, mut f: impl FnMut(u32, f32)) -> f32 {
+    fn scaled_weights(
+        &self,
+        counts: &mut Counts,
+        scale: impl Fn(u32) -> f32,
+        ahead: Option<impl FnMut(u32)>,
+        mut f: impl FnMut(u32, f32),
+    ) -> f32 {
         let mut norm2 = 0f32;
         counts.drain_ahead(ahead, |i, count| {
             if count == 0 {
@@ -500,7 +487,11 @@ fn signed_term_weight(count: i32, sublinear: bool) -> f32 {
         true => 1.0 + magnitude.ln(),
         false => magnitude,
     };
-    if count == 0 { 0.0 } else { weight.copysign(count as f32) }
+    if count == 0 {
+        0.0
+    } else {
+        weight.copysign(count as f32)
+    }
 }
 
 /// Up to 8 bytes as a little-endian word, zero-padded; built in registers, since a word loaded
@@ -602,7 +593,9 @@ mod tests {
         let many = "x ".repeat(70) + "y";
         for sublinear_tf in [true, false] {
             let f = featurizer(HashedSpec { word_ngrams: 1, sublinear_tf, ..Default::default() });
-            for (text, count, weight) in [("x x y", 2, [1.0 + 2f32.ln(), 2.0]), (many.as_str(), 70, [1.0 + 70f32.ln(), 70.0])] {
+            for (text, count, weight) in
+                [("x x y", 2, [1.0 + 2f32.ln(), 2.0]), (many.as_str(), 70, [1.0 + 70f32.ln(), 70.0])]
+            {
                 let v = f.featurize(&[text]).unwrap().remove(0);
                 let ratio = v.values[0].abs() / v.values[1].abs();
                 let expected = weight[!sublinear_tf as usize];
@@ -651,7 +644,9 @@ mod tests {
     #[test]
     fn token_hashes_fold_case_like_to_lowercase() {
         let long = "A".repeat(40) + "b";
-        for token in ["word", "WoRd", "x_1", "Été", "ÉTÉ", "İstanbul", long.as_str(), "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345@[`{"] {
+        for token in
+            ["word", "WoRd", "x_1", "Été", "ÉTÉ", "İstanbul", long.as_str(), "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345@[`{"]
+        {
             let lower = token.to_lowercase();
             assert_eq!(token_hash(token, 7), hash_words(lower.as_bytes(), 7, |w| w), "{token}");
         }
@@ -697,7 +692,13 @@ mod tests {
     #[test]
     fn similar_texts_are_closer_than_unrelated_ones() {
         let f = featurizer(HashedSpec { char_ngrams: Some([3, 4]), ..Default::default() });
-        let v = f.featurize(&["def add(a, b): return a + b", "def sub(a, b): return a - b", "Paris is the capital of France"]).unwrap();
+        let v = f
+            .featurize(&[
+                "def add(a, b): return a + b",
+                "def sub(a, b): return a - b",
+                "Paris is the capital of France",
+            ])
+            .unwrap();
         assert!(dot(&v[0], &v[1]) > dot(&v[0], &v[2]) + 0.2);
     }
 
@@ -712,7 +713,10 @@ mod tests {
     #[test]
     fn predictions_while_featurizing_equal_predictions_from_the_vectors() {
         let texts = ["a longer text, with more words than the next", "short", "Été à Paris", "x x x y", ""];
-        let specs = [HashedSpec { dim_log2: 10, ..Default::default() }, HashedSpec { dim_log2: 10, char_ngrams: Some([2, 3]), sublinear_tf: false, ..Default::default() }];
+        let specs = [
+            HashedSpec { dim_log2: 10, ..Default::default() },
+            HashedSpec { dim_log2: 10, char_ngrams: Some([2, 3]), sublinear_tf: false, ..Default::default() },
+        ];
         // Head counts whose rows are padded to 1, 4, 8, 16 and 32 floats.
         for (spec, heads) in specs.into_iter().flat_map(|spec| [1, 3, 8, 15, 17].map(|heads| (spec.clone(), heads))) {
             let idf: Vec<f32> = (0..1024).map(|i| 1.0 + (i % 7) as f32 / 7.0).collect();
@@ -769,4 +773,3 @@ mod tests {
         assert!(HashedFeaturizer::new(HashedSpec::default(), Some(vec![1.0; 3])).is_err());
     }
 }
-

@@ -16,22 +16,11 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use arrow::record_batch::RecordBatch;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::plan::{Format, ReadLimits};
 
 pub use jsonl::JsonlLines;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Jsonl,
-    #[serde(rename = "jsonl.gz")]
-    JsonlGz,
-    #[serde(rename = "jsonl.zst")]
-    JsonlZst,
-    Parquet,
-}
 
 impl Format {
     /// The format named by a shard's extension (`.jsonl`/`.json`/`.ndjson`, `.gz`, `.zst`,
@@ -49,20 +38,6 @@ impl Format {
             plain(&name).then_some(Format::Jsonl)
         }
     }
-
-    pub fn extension(self) -> &'static str {
-        match self {
-            Format::Jsonl => "jsonl",
-            Format::JsonlGz => "jsonl.gz",
-            Format::JsonlZst => "jsonl.zst",
-            Format::Parquet => "parquet",
-        }
-    }
-
-    /// Parquet's footer is at the end, so it is read from a local file; JSONL streams.
-    pub fn needs_local_file(self) -> bool {
-        self == Format::Parquet
-    }
 }
 
 /// Limits applied while reading.
@@ -75,6 +50,12 @@ pub struct ReadOptions {
     /// Parquet rows are rendered as JSON records; a reader that needs only each row's index and
     /// its Arrow batch (`select`) turns this off and gets records with no bytes.
     pub parquet_as_json: bool,
+}
+
+impl From<ReadLimits> for ReadOptions {
+    fn from(l: ReadLimits) -> Self {
+        ReadOptions { batch_size: l.batch_size.max(1), max_record_bytes: l.max_record_bytes, parquet_as_json: true }
+    }
 }
 
 impl Default for ReadOptions {
@@ -209,7 +190,8 @@ impl ShardWriter {
                 flate2::Compression::default(),
             )))),
             Format::JsonlZst => ShardWriter::Jsonl(Box::new(buffered(
-                zstd::stream::write::Encoder::new(file, zstd::DEFAULT_COMPRESSION_LEVEL).map_err(|e| Error::io(path, e))?,
+                zstd::stream::write::Encoder::new(file, zstd::DEFAULT_COMPRESSION_LEVEL)
+                    .map_err(|e| Error::io(path, e))?,
             ))),
             Format::Parquet => ShardWriter::Parquet(parquet_io::ParquetSink::new(path)),
         })
@@ -221,7 +203,9 @@ impl ShardWriter {
         match self {
             ShardWriter::Jsonl(out) => {
                 for (record, _) in batch.records.iter().zip(keep).filter(|(_, k)| **k) {
-                    out.write_all(&record.bytes).and_then(|_| out.write_all(b"\n")).map_err(|e| Error::io("shard", e))?;
+                    out.write_all(&record.bytes)
+                        .and_then(|_| out.write_all(b"\n"))
+                        .map_err(|e| Error::io("shard", e))?;
                 }
                 Ok(())
             }

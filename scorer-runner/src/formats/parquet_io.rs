@@ -134,7 +134,11 @@ mod tests {
         let path = dir.path().join("kept.parquet");
         let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
         // Hex digits of hashes, which compress only to half: the limit is on encoded bytes.
-        let text = |i: u64| (0..250u64).map(|k| format!("{:016x}", xxhash_rust::xxh3::xxh3_64_with_seed(&k.to_le_bytes(), i))).collect::<String>();
+        let text = |i: u64| {
+            (0..250u64)
+                .map(|k| format!("{:016x}", xxhash_rust::xxh3::xxh3_64_with_seed(&k.to_le_bytes(), i)))
+                .collect::<String>()
+        };
         let texts: Vec<String> = (0..64).map(text).collect();
         let mut sink = ParquetSink { row_group_bytes: 32 << 10, ..ParquetSink::new(&path) };
         // Sixteen batches of four rows (16 KB of text, about 8 KB encoded, each): without the

@@ -14,7 +14,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayBuilder, ArrayRef, AsArray, Float32Array, Float32Builder, StringBuilder, UInt64Array, UInt64Builder};
+use arrow::array::{
+    ArrayBuilder, ArrayRef, AsArray, Float32Array, Float32Builder, StringBuilder, UInt64Array, UInt64Builder,
+};
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -204,10 +206,15 @@ impl Iterator for ScoreKeys {
 
     fn next(&mut self) -> Option<Result<ScoreKey>> {
         loop {
-            if let Some((index, tokens, aggregate)) = self.columns.as_ref().filter(|(index, ..)| self.row < index.len()) {
+            if let Some((index, tokens, aggregate)) = self.columns.as_ref().filter(|(index, ..)| self.row < index.len())
+            {
                 let row = self.row;
                 self.row += 1;
-                return Some(Ok(ScoreKey { index: index.value(row), tokens: tokens.value(row), aggregate: aggregate.value(row) }));
+                return Some(Ok(ScoreKey {
+                    index: index.value(row),
+                    tokens: tokens.value(row),
+                    aggregate: aggregate.value(row),
+                }));
             }
             let batch = match self.reader.next()? {
                 Ok(batch) => batch,
@@ -231,7 +238,8 @@ mod tests {
         let path = dir.path().join("s.parquet");
         let mut writer = ScoreShardWriter::create(&path, "prose", "web", &["clarity", "depth"]).unwrap();
         let n = ROW_GROUP_ROWS + BATCH_ROWS + 5;
-        let row = |i: usize| (3 * i as u64, format!("id-{i}"), (i % 977) as u64, i as f32 / 7.0, [i as f32, -(i as f32)]);
+        let row =
+            |i: usize| (3 * i as u64, format!("id-{i}"), (i % 977) as u64, i as f32 / 7.0, [i as f32, -(i as f32)]);
         for i in 0..n {
             let (index, id, tokens, aggregate, scores) = row(i);
             writer.push(index, &id, tokens, aggregate, &scores).unwrap();
@@ -249,7 +257,8 @@ mod tests {
         // Every column, as any Parquet reader sees it.
         let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
         let metadata = builder.metadata().file_metadata().key_value_metadata().unwrap();
-        let metadata: Vec<(&str, Option<&str>)> = metadata.iter().map(|kv| (kv.key.as_str(), kv.value.as_deref())).collect();
+        let metadata: Vec<(&str, Option<&str>)> =
+            metadata.iter().map(|kv| (kv.key.as_str(), kv.value.as_deref())).collect();
         assert!(metadata.contains(&("mira.group", Some("prose"))) && metadata.contains(&("mira.source", Some("web"))));
         // Per column: compressed, and with statistics. Only the integer columns are either.
         let chunks: Vec<(String, bool, bool)> = (builder.metadata().row_group(0).columns().iter())
@@ -257,7 +266,17 @@ mod tests {
             .collect();
         let integer = |name: &str| (name.to_string(), true, true);
         let plain = |name: &str| (name.to_string(), false, false);
-        assert_eq!(chunks, [integer("index"), plain("id"), integer("tokens"), plain("aggregate"), plain("score_clarity"), plain("score_depth")]);
+        assert_eq!(
+            chunks,
+            [
+                integer("index"),
+                plain("id"),
+                integer("tokens"),
+                plain("aggregate"),
+                plain("score_clarity"),
+                plain("score_depth")
+            ]
+        );
         let batches: Vec<RecordBatch> = builder.build().unwrap().collect::<std::result::Result<_, _>>().unwrap();
         let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, ["index", "id", "tokens", "aggregate", "score_clarity", "score_depth"]);
@@ -281,7 +300,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other.parquet");
         let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::StringArray::from(vec!["a"]))]).unwrap();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::StringArray::from(vec!["a"]))]).unwrap();
         let mut writer = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
         writer.write(&batch).unwrap();
         writer.close().unwrap();

@@ -27,7 +27,9 @@ impl Client {
     /// `base_url` is the API root (`http://host:port/v1`); the key is read from `api_key_env`.
     pub fn new(base_url: &str, model: &str, api_key_env: Option<&str>, max_concurrency: usize) -> Result<Self> {
         let api_key = match api_key_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| Error::Model(format!("API key variable {var} is not set")))?),
+            Some(var) => {
+                Some(std::env::var(var).map_err(|_| Error::Model(format!("API key variable {var} is not set")))?)
+            }
             None => None,
         };
         let timeout = std::env::var("MIRA_ENDPOINT_TIMEOUT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
@@ -68,7 +70,8 @@ impl Client {
             }
             let wait = match request.send().await {
                 Ok(response) if response.status().is_success() => {
-                    let value: Value = response.json().await.map_err(|e| Error::Model(format!("{}: reply body: {e}", self.url)))?;
+                    let value: Value =
+                        response.json().await.map_err(|e| Error::Model(format!("{}: reply body: {e}", self.url)))?;
                     return value["choices"][0]["message"]["content"]
                         .as_str()
                         .map(str::to_string)

@@ -29,7 +29,8 @@ impl LocalChat {
     pub async fn load(dir: &Path, gguf_files: &[String], max_num_seqs: usize) -> Result<Self> {
         let path = dir.to_string_lossy().into_owned();
         let model = if gguf_files.is_empty() {
-            let mut builder = TextModelBuilder::new(path).with_token_source(TokenSource::None).with_max_num_seqs(max_num_seqs);
+            let mut builder =
+                TextModelBuilder::new(path).with_token_source(TokenSource::None).with_max_num_seqs(max_num_seqs);
             if FORCE_CPU {
                 builder = builder.with_force_cpu().with_dtype(ModelDType::F32);
             }

@@ -3,20 +3,21 @@
 //! an OpenAI-compatible endpoint.
 
 pub mod endpoint;
+pub mod judge;
 #[cfg(feature = "llm")]
 pub mod local;
 #[cfg(feature = "llm")]
 pub mod serve;
 pub mod truncate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::plan::ModelSpec;
-use crate::steps::Context;
+use crate::storage::{Location, Storage};
 
 /// Replies that do not parse are asked again this many times in all, then the record is skipped.
 pub const ATTEMPTS: usize = 3;
@@ -31,19 +32,21 @@ pub enum Chat {
 }
 
 impl Chat {
-    pub async fn load(ctx: &Context, spec: &ModelSpec) -> Result<Self> {
+    /// Loads a local model (an `s3://` one is first copied under `scratch`) or connects to an
+    /// endpoint.
+    pub async fn load(storage: &Storage, scratch: &Path, spec: &ModelSpec) -> Result<Self> {
         match spec {
-            ModelSpec::Endpoint { url, model, api_key_env, max_concurrency } => {
-                Ok(Chat::Endpoint(endpoint::Client::new(url, model, api_key_env.as_deref(), max_concurrency.unwrap_or(8))?))
-            }
+            ModelSpec::Endpoint { url, model, api_key_env, max_concurrency } => Ok(Chat::Endpoint(
+                endpoint::Client::new(url, model, api_key_env.as_deref(), max_concurrency.unwrap_or(8))?,
+            )),
             #[cfg(feature = "llm")]
             ModelSpec::Local { uri, gguf_files, max_num_seqs } => {
-                let dir = model_dir(ctx, uri).await?;
+                let dir = model_dir(storage, scratch, uri).await?;
                 Ok(Chat::Local(local::LocalChat::load(&dir, gguf_files, max_num_seqs.unwrap_or(32)).await?))
             }
             #[cfg(not(feature = "llm"))]
             ModelSpec::Local { .. } => {
-                let _ = ctx;
+                let _ = (storage, scratch);
                 Err(Error::Model("this build has no in-process models (feature `llm`); use an endpoint".into()))
             }
         }
@@ -113,15 +116,16 @@ pub enum Embedder {
 }
 
 impl Embedder {
-    pub async fn load(ctx: &Context, spec: &ModelSpec) -> Result<Self> {
+    /// Loads a local embedding model (an `s3://` one is first copied under `scratch`).
+    pub async fn load(storage: &Storage, scratch: &Path, spec: &ModelSpec) -> Result<Self> {
         match spec {
             #[cfg(feature = "llm")]
             ModelSpec::Local { uri, max_num_seqs, .. } => {
-                let dir = model_dir(ctx, uri).await?;
+                let dir = model_dir(storage, scratch, uri).await?;
                 Ok(Embedder::Local(local::LocalEmbedder::load(&dir, max_num_seqs.unwrap_or(32)).await?))
             }
             _ => {
-                let _ = ctx;
+                let _ = (storage, scratch);
                 Err(Error::Model("embedders run in-process: give a local model (feature `llm`)".into()))
             }
         }
@@ -140,25 +144,25 @@ impl Embedder {
     }
 }
 
-/// A model's local directory: the path itself, or an `s3://` prefix downloaded once into the
-/// scratch cache. A local path that does not exist is an error here, never a hub lookup.
-pub async fn model_dir(ctx: &Context, uri: &str) -> Result<PathBuf> {
-    match crate::storage::Location::parse(uri)? {
-        crate::storage::Location::Local(path) => {
+/// A model's local directory: the path itself, or an `s3://` prefix downloaded once under
+/// `scratch/models`. A local path that does not exist is an error here, never a hub lookup.
+pub async fn model_dir(storage: &Storage, scratch: &Path, uri: &str) -> Result<PathBuf> {
+    match Location::parse(uri)? {
+        Location::Local(path) => {
             if tokio::fs::metadata(&path).await.is_err() {
                 return Err(Error::Model(format!("model path {} does not exist", path.display())));
             }
             Ok(path)
         }
-        crate::storage::Location::S3 { bucket, key } => {
-            let cache = ctx.scratch.join("models");
+        Location::S3 { bucket, key } => {
+            let cache = scratch.join("models");
             let prefix = format!("{}/", uri.trim_end_matches('/'));
-            let objects = ctx.storage.list(&prefix).await?;
+            let objects = storage.list(&prefix).await?;
             if objects.is_empty() {
                 return Err(Error::Model(format!("no model files under {prefix}")));
             }
             for object in objects {
-                ctx.storage.local_copy(&object.uri, &cache).await?;
+                storage.local_copy(&object.uri, &cache).await?;
             }
             Ok(cache.join(bucket).join(key.trim_end_matches('/')))
         }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use mistralrs_core::{AutoDeviceMapParams, ModelDType, ModelSelected, TokenSource};
 use mistralrs_server_core::{
-    mistralrs_for_server_builder::MistralRsForServerBuilder, mistralrs_server_router_builder::MistralRsServerRouterBuilder,
+    mistralrs_for_server_builder::MistralRsForServerBuilder,
+    mistralrs_server_router_builder::MistralRsServerRouterBuilder,
 };
 
 use crate::error::{Error, Result};

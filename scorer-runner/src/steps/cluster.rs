@@ -52,29 +52,27 @@ fn validate(plan: &ClusterPlan) -> Result<()> {
 
 pub async fn run(ctx: &Context, plan: &ClusterPlan) -> Result<ClusterResult> {
     validate(plan)?;
-    let featurizer = featurize::build(ctx, &plan.featurizer, None).await?;
+    let featurizer = featurize::build(&ctx.storage, &ctx.scratch, &plan.featurizer, None).await?;
     let ids: Vec<String> = plan.sources.iter().map(|s| unit_id(&s.name, &s.uri)).collect();
-    let commits = ctx
-        .units(&plan.output)
-        .run(&ids, |i| sample_source(ctx, plan, i, featurizer.clone()))
-        .await?;
+    let commits = ctx.units(&plan.output).run(&ids, |i| sample_source(ctx, plan, i, featurizer.clone())).await?;
     let mut samples = Vec::new();
     let mut means = Vec::new();
     for commit in commits {
         let SourceVector { sample, vector } = commit.output;
         let bytes = ctx.storage.get(&vector).await?;
-        let raw = zstd::stream::decode_all(&bytes[..]).map_err(|e| Error::Shard { uri: vector.clone(), message: e.to_string() })?;
-        means.push(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect::<Vec<f32>>());
+        let raw = zstd::stream::decode_all(&bytes[..])
+            .map_err(|e| Error::Shard { uri: vector.clone(), message: e.to_string() })?;
+        means.push(
+            raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect::<Vec<f32>>(),
+        );
         samples.push(sample);
     }
     let similarity: Vec<Vec<f64>> = means.iter().map(|a| means.iter().map(|b| stats::cosine(a, b)).collect()).collect();
     let names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
     let (groups, silhouette) = match &plan.groups {
         Some(groups) => {
-            let assign: Vec<usize> = names
-                .iter()
-                .map(|n| groups.iter().position(|g| g.sources.contains(n)).expect("validated"))
-                .collect();
+            let assign: Vec<usize> =
+                names.iter().map(|n| groups.iter().position(|g| g.sources.contains(n)).expect("validated")).collect();
             (groups.clone(), stats::silhouette(&similarity, &assign))
         }
         None => {
@@ -118,7 +116,12 @@ fn name_groups(names: &[String], assign: &[usize]) -> Vec<GroupDef> {
         .collect()
 }
 
-async fn sample_source(ctx: &Context, plan: &ClusterPlan, i: usize, featurizer: Arc<dyn Featurizer>) -> Result<SourceVector> {
+async fn sample_source(
+    ctx: &Context,
+    plan: &ClusterPlan,
+    i: usize,
+    featurizer: Arc<dyn Featurizer>,
+) -> Result<SourceVector> {
     let source = &plan.sources[i];
     let sample = super::sample::sample_source(ctx, source, plan.sample_per_source, plan.read).await?;
     let texts: Vec<String> = sample.records.iter().map(|r| r.text.to_string()).collect();

@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 use super::sample::sample_group;
 use super::{blocking, Context};
 use crate::error::{Error, Result};
-use crate::featurize::{Featurizer, HashedFeaturizer, HashedSpec};
+use crate::featurize::{Featurizer, HashedFeaturizer};
 use crate::models::{truncate, Chat, Embedder};
-use crate::plan::{AnchoredDimension, DimensionRef, DiscoverPlan, DiscoverResult, GroupRubric, GroupSources};
+use crate::plan::SkipCounts;
+use crate::plan::{AnchoredDimension, Dimension, DiscoverPlan, DiscoverResult, GroupRubric, GroupSources, HashedSpec};
 use crate::prompts;
-use crate::records::SkipCounts;
 use crate::stats;
 use crate::storage::join;
 use crate::units::unit_id;
@@ -98,9 +98,9 @@ pub async fn run(ctx: &Context, plan: &DiscoverPlan) -> Result<DiscoverResult> {
     if plan.groups.is_empty() || plan.dimensions_per_group == 0 {
         return Err(Error::plan("discover needs groups and dimensionsPerGroup > 0"));
     }
-    let teacher = Arc::new(Chat::load(ctx, &plan.teacher).await?);
+    let teacher = Arc::new(Chat::load(&ctx.storage, &ctx.scratch, &plan.teacher).await?);
     let embedder = match &plan.embedder {
-        Some(spec) => Some(Arc::new(Embedder::load(ctx, spec).await?)),
+        Some(spec) => Some(Arc::new(Embedder::load(&ctx.storage, &ctx.scratch, spec).await?)),
         None => None,
     };
     let ids: Vec<String> = plan.groups.iter().map(|g| unit_id(&g.name, &g.name)).collect();
@@ -122,36 +122,37 @@ async fn discover_group(
 ) -> Result<GroupRubric> {
     let (records, _skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.read).await?;
     let schema = proposal_schema(plan);
-    let replies: Vec<(String, String, Option<truncate::Cut>, Result<ProposalReply>)> =
-        futures::stream::iter(records)
-            .map(|(source, record)| {
-                let (teacher, schema) = (teacher.clone(), &schema);
-                async move {
-                    let (text, cut) = truncate::for_teacher(&record.text, teacher.tokenizer());
-                    let user = prompts::discover_user(&source, &text, plan.scale);
-                    let reply = teacher
-                        .json::<ProposalReply>(prompts::DISCOVER_SYSTEM, &user, schema, 1024, |r| !r.dimensions.is_empty())
-                        .await;
-                    (record.id, source, cut, reply)
-                }
-            })
-            .buffer_unordered(teacher.concurrency())
-            .collect()
-            .await;
+    let replies: Vec<(String, String, Option<truncate::Cut>, Result<ProposalReply>)> = futures::stream::iter(records)
+        .map(|(source, record)| {
+            let (teacher, schema) = (teacher.clone(), &schema);
+            async move {
+                let (text, cut) = truncate::for_teacher(&record.text, teacher.tokenizer());
+                let user = prompts::discover_user(&source, &text, plan.scale);
+                let reply = teacher
+                    .json::<ProposalReply>(prompts::DISCOVER_SYSTEM, &user, schema, 1024, |r| !r.dimensions.is_empty())
+                    .await;
+                (record.id, source, cut, reply)
+            }
+        })
+        .buffer_unordered(teacher.concurrency())
+        .collect()
+        .await;
     let mut proposals = Vec::new();
     let mut failed = SkipCounts::default();
     for (record, source, truncated, reply) in replies {
         match reply {
-            Ok(reply) => proposals.extend(reply.dimensions.into_iter().take(MAX_PROPOSALS_PER_RECORD).map(|p| Proposal {
-                record: record.clone(),
-                source: source.clone(),
-                name: p.name.trim().to_string(),
-                description: p.description.trim().to_string(),
-                why: p.why,
-                score: p.score,
-                truncated,
-                anchor: None,
-            })),
+            Ok(reply) => {
+                proposals.extend(reply.dimensions.into_iter().take(MAX_PROPOSALS_PER_RECORD).map(|p| Proposal {
+                    record: record.clone(),
+                    source: source.clone(),
+                    name: p.name.trim().to_string(),
+                    description: p.description.trim().to_string(),
+                    why: p.why,
+                    score: p.score,
+                    truncated,
+                    anchor: None,
+                }))
+            }
             Err(Error::Model(message)) => {
                 tracing::warn!(%record, %message, "no usable proposal");
                 failed.add_reason("invalid_reply", &source, 0);
@@ -160,7 +161,10 @@ async fn discover_group(
         }
     }
     if proposals.is_empty() {
-        return Err(Error::Model(format!("group {:?}: the teacher gave no usable proposal ({:?})", group.name, failed.counts)));
+        return Err(Error::Model(format!(
+            "group {:?}: the teacher gave no usable proposal ({:?})",
+            group.name, failed.counts
+        )));
     }
     // Stable input order for clustering, whatever order the replies came in.
     proposals.sort_by(|a, b| (&a.record, &a.name).cmp(&(&b.record, &b.name)));
@@ -178,7 +182,8 @@ async fn discover_group(
             continue;
         }
         let dim = vectors[0].len();
-        let centre: Vec<f32> = (0..dim).map(|d| members.iter().map(|&i| vectors[i][d]).sum::<f32>() / members.len() as f32).collect();
+        let centre: Vec<f32> =
+            (0..dim).map(|d| members.iter().map(|&i| vectors[i][d]).sum::<f32>() / members.len() as f32).collect();
         let nearest = *members
             .iter()
             .max_by(|&&a, &&b| stats::cosine(&vectors[a], &centre).total_cmp(&stats::cosine(&vectors[b], &centre)))
@@ -193,15 +198,19 @@ async fn discover_group(
     for (nearest, id, support) in anchors {
         let p = &proposals[nearest];
         let guide = teacher
-            .json::<GuideReply>(prompts::GUIDE_SYSTEM, &prompts::guide_user(&p.name, &p.description, plan.scale), &guide_schema(), 512, |g| {
-                !g.guide.trim().is_empty()
-            })
+            .json::<GuideReply>(
+                prompts::GUIDE_SYSTEM,
+                &prompts::guide_user(&p.name, &p.description, plan.scale),
+                &guide_schema(),
+                512,
+                |g| !g.guide.trim().is_empty(),
+            )
             .await
             .map(|g| g.guide)
             .unwrap_or_else(|e| format!("(no guide: {e})"));
         dimensions.push(AnchoredDimension {
-            dimension: DimensionRef { id, name: p.name.clone(), description: p.description.clone(), guide },
-            support,
+            dimension: Dimension { id, name: p.name.clone(), description: p.description.clone(), guide },
+            support: Some(support as u64),
         });
     }
     dimensions.sort_by(|a, b| b.support.cmp(&a.support).then(a.dimension.id.cmp(&b.dimension.id)));
@@ -212,7 +221,7 @@ async fn discover_group(
         body.push(b'\n');
     }
     ctx.storage.put(&uri, body.into()).await?;
-    Ok(GroupRubric { name: group.name.clone(), dimensions, proposals: uri })
+    Ok(GroupRubric { name: group.name.clone(), pinned: false, dimensions, proposals: Some(uri) })
 }
 
 /// Proposal vectors ("name: description"): the embedder's, or hashed character n-grams.

@@ -28,10 +28,12 @@ use serde_json::Value;
 use super::{blocking, Context};
 use crate::error::{Error, Result};
 use crate::featurize::{self, idf_weights};
-use crate::formats::{for_each_batch, Format, ShardWriter};
+use crate::formats::{for_each_batch, ShardWriter};
+use crate::models::judge::JudgeRequest;
+use crate::plan::Format;
 use crate::plan::{Agreement, DistillGroup, DistillPlan, DistillResult, Source, StudentReport};
-use crate::prompts;
-use crate::records::{id_fraction, SkipCounts, TextSpec};
+use crate::plan::{SkipCounts, TextSpec};
+use crate::records::id_fraction;
 use crate::ridge;
 use crate::stats;
 use crate::storage::join;
@@ -162,7 +164,11 @@ impl Samples {
     }
 
     fn finish(self) -> GroupLabels {
-        GroupLabels { train: Arc::new(self.train.into_sorted()), validation: Arc::new(self.validation.into_sorted()), skipped: self.skipped }
+        GroupLabels {
+            train: Arc::new(self.train.into_sorted()),
+            validation: Arc::new(self.validation.into_sorted()),
+            skipped: self.skipped,
+        }
     }
 }
 
@@ -177,7 +183,11 @@ struct GroupLabels {
 /// Reads every label file once, offering each label to the samples of every group its source
 /// is in. Returns each group's labels, in plan order, and the labels that belong to no group (a
 /// line that is not a label, or a source no group lists), by reason.
-async fn read_labels(ctx: &Context, plan: &DistillPlan, files: &[super::Shard]) -> Result<(Vec<GroupLabels>, SkipCounts)> {
+async fn read_labels(
+    ctx: &Context,
+    plan: &DistillPlan,
+    files: &[super::Shard],
+) -> Result<(Vec<GroupLabels>, SkipCounts)> {
     let plan = Arc::new(plan.clone());
     let mut groups_of: HashMap<String, Vec<usize>> = HashMap::new();
     for (g, group) in plan.groups.iter().enumerate() {
@@ -215,7 +225,12 @@ async fn read_labels(ctx: &Context, plan: &DistillPlan, files: &[super::Shard]) 
     Ok((samples.into_iter().map(Samples::finish).collect(), unassigned))
 }
 
-async fn train_group(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, labels: &GroupLabels) -> Result<(StudentReport, SkipCounts)> {
+async fn train_group(
+    ctx: &Context,
+    plan: &DistillPlan,
+    group: &DistillGroup,
+    labels: &GroupLabels,
+) -> Result<(StudentReport, SkipCounts)> {
     if group.dimensions.is_empty() {
         return Err(Error::plan(format!("group {:?} has no dimensions", group.name)));
     }
@@ -242,7 +257,9 @@ async fn train_group(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, la
     let student = student.with_mask(masked.clone());
     let bytes = student.to_bytes()?;
     let lambdas = match &student.scorer {
-        Scorer::Heads { heads, .. } => group.dimensions.iter().map(|d| d.id.clone()).zip(heads.lambdas.iter().copied()).collect(),
+        Scorer::Heads { heads, .. } => {
+            group.dimensions.iter().map(|d| d.id.clone()).zip(heads.lambdas.iter().copied()).collect()
+        }
         Scorer::Judge { .. } => BTreeMap::new(),
     };
     let student_uri = join(&plan.output, &format!("students/{}.student", group.name));
@@ -260,11 +277,12 @@ async fn train_group(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, la
     ctx.storage.put(&student_uri, bytes.into()).await?;
     if plan.export_sft {
         let tmp = ctx.scratch_file()?;
-        let (path, group_c, plan_c, train) = (tmp.to_path_buf(), group.clone(), plan.clone(), train.clone());
+        let request = JudgeRequest::new(group.dimensions.clone(), plan.scale, false);
+        let (path, group_c, train) = (tmp.to_path_buf(), group.clone(), train.clone());
         blocking(move || {
             let mut writer = ShardWriter::create(&path, Format::Jsonl)?;
             for example in train.iter() {
-                writer.write_line(&sft_example(&plan_c, &group_c, example))?;
+                writer.write_line(&sft_example(&request, &group_c, example))?;
             }
             writer.finish()
         })
@@ -274,14 +292,15 @@ async fn train_group(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, la
     Ok((report, skipped))
 }
 
-/// A training example as one chat-format SFT record (system, user, assistant JSON scores).
-fn sft_example(plan: &DistillPlan, group: &DistillGroup, example: &Example) -> Vec<u8> {
+/// A training example as one chat-format SFT record (system, user, assistant JSON scores): the
+/// judge student's own request, answered with the teacher's scores.
+fn sft_example(request: &JudgeRequest, group: &DistillGroup, example: &Example) -> Vec<u8> {
     let answer: serde_json::Map<String, Value> =
         group.dimensions.iter().zip(&example.scores).map(|(d, s)| (d.id.clone(), Value::from(*s as i64))).collect();
     let record = serde_json::json!({
         "messages": [
-            {"role": "system", "content": prompts::judge_system(plan.scale, false)},
-            {"role": "user", "content": prompts::judge_user(&group.dimensions, &example.text)},
+            {"role": "system", "content": request.system()},
+            {"role": "user", "content": request.user(&example.text)},
             {"role": "assistant", "content": Value::Object(answer).to_string()},
         ],
         "id": example.id,
@@ -294,21 +313,25 @@ fn sft_example(plan: &DistillPlan, group: &DistillGroup, example: &Example) -> V
 /// The group's student: the LLM judge the plan names, or ridge heads trained on the labels.
 async fn build_student(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, train: &[Example]) -> Result<Student> {
     let kind_and_scorer = match &plan.judge {
-        Some(model) => (StudentKind::Judge { model: model.clone() }, Scorer::judge(ctx, model).await?),
+        Some(model) => (
+            StudentKind::Judge { model: model.clone() },
+            Scorer::judge(&ctx.storage, &ctx.scratch, model, &group.dimensions, plan.scale).await?,
+        ),
         None => {
             let texts: Arc<Vec<String>> = Arc::new(train.iter().map(|e| e.text.clone()).collect());
             let idf = if featurize::uses_idf(&plan.featurizer) {
-                let plain = featurize::build(ctx, &plan.featurizer, None).await?;
+                let plain = featurize::build(&ctx.storage, &ctx.scratch, &plan.featurizer, None).await?;
                 let texts = texts.clone();
                 Some(blocking(move || Ok(idf_weights(plain.dim(), &plain.featurize(&refs(&texts))?))).await?)
             } else {
                 None
             };
-            let featurizer = featurize::build(ctx, &plan.featurizer, idf.clone()).await?;
+            let featurizer = featurize::build(&ctx.storage, &ctx.scratch, &plan.featurizer, idf.clone()).await?;
             let targets: Vec<Vec<f32>> =
                 (0..group.dimensions.len()).map(|h| train.iter().map(|e| e.scores[h]).collect()).collect();
             let (f, lambdas) = (featurizer.clone(), plan.lambdas.clone());
-            let heads = blocking(move || Ok(ridge::fit(&f.featurize(&refs(&texts))?, f.dim(), &targets, &lambdas))).await?;
+            let heads =
+                blocking(move || Ok(ridge::fit(&f.featurize(&refs(&texts))?, f.dim(), &targets, &lambdas))).await?;
             let kind = StudentKind::Heads {
                 featurizer: plan.featurizer.clone(),
                 dim: featurizer.dim(),
@@ -378,13 +401,25 @@ fn agreement(
             let reason = if n < plan.mask.min_validation {
                 Some(format!("{n} validation records < {}", plan.mask.min_validation))
             } else if spearman.is_none_or(|r| r < plan.mask.min_spearman) {
-                Some(format!("spearman {} < {}", spearman.map_or("undefined".into(), |r| format!("{r:.3}")), plan.mask.min_spearman))
+                Some(format!(
+                    "spearman {} < {}",
+                    spearman.map_or("undefined".into(), |r| format!("{r:.3}")),
+                    plan.mask.min_spearman
+                ))
             } else if mae > plan.mask.max_mae {
                 Some(format!("MAE {mae:.3} > {}", plan.mask.max_mae))
             } else {
                 None
             };
-            out.push(Agreement { source: source.clone(), dimension: dim.id.clone(), n, mae, spearman, masked: reason.is_some(), reason });
+            out.push(Agreement {
+                source: source.clone(),
+                dimension: dim.id.clone(),
+                records: n as u64,
+                mae,
+                spearman,
+                masked: reason.is_some(),
+                reason,
+            });
         }
     }
     Ok((out, (unscored, scored)))
@@ -393,13 +428,18 @@ fn agreement(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::Format;
-    use crate::plan::DimensionRef;
+    use crate::plan::Dimension;
+    use crate::plan::Format;
     use crate::steps::Shard;
 
     fn group(name: &str, sources: &[&str]) -> DistillGroup {
-        let dimension = DimensionRef { id: "d".into(), name: String::new(), description: String::new(), guide: String::new() };
-        DistillGroup { name: name.into(), sources: sources.iter().map(|s| s.to_string()).collect(), dimensions: vec![dimension] }
+        let dimension =
+            Dimension { id: "d".into(), name: String::new(), description: String::new(), guide: String::new() };
+        DistillGroup {
+            name: name.into(),
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            dimensions: vec![dimension],
+        }
     }
 
     fn ids(examples: &[Example]) -> Vec<(&str, &str)> {
@@ -436,7 +476,11 @@ mod tests {
         }
         let (groups, unassigned) = &read[0];
         assert_eq!(unassigned.counts, BTreeMap::from([("invalid_label".into(), 1), ("source_in_no_group".into(), 1)]));
-        assert_eq!(groups[0].skipped.counts, BTreeMap::from([("missing_score".into(), 1)]), "counted in the group of its source");
+        assert_eq!(
+            groups[0].skipped.counts,
+            BTreeMap::from([("missing_score".into(), 1)]),
+            "counted in the group of its source"
+        );
         assert!(groups[1].skipped.counts.is_empty());
         for (labels, sources) in groups.iter().zip([["web", "books"], ["code", "books"]]) {
             assert_eq!(labels.train.len(), 5, "capped");

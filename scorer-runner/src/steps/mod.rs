@@ -14,12 +14,14 @@ pub mod threshold;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::formats::{Format, ShardInput};
-use crate::plan::Source;
-use crate::storage::{join, Storage, StorageConfig};
+use crate::formats::ShardInput;
+use crate::plan::Format;
+use crate::plan::StorageConfig;
+use crate::plan::{Source, Step, StepPlan, StepResult};
+use crate::storage::{join, Storage};
 use crate::units::{Units, WorkerConfig};
 
 /// The name of the result object under a step's output root.
@@ -79,9 +81,7 @@ impl Context {
             return Ok((path, None));
         }
         let tmp = self.scratch_file()?;
-        let mut reader = self.storage.open_read(uri).await?;
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&*tmp, e))?;
-        tokio::io::copy(&mut reader, &mut file).await.map_err(|e| Error::Shard { uri: uri.into(), message: e.to_string() })?;
+        self.storage.download(uri, &tmp).await?;
         Ok((tmp.to_path_buf(), Some(tmp)))
     }
 
@@ -155,14 +155,27 @@ pub async fn list_shards(storage: &Storage, source: &Source) -> Result<Vec<Shard
     Ok(shards)
 }
 
-/// Reads a plan from a local file or an object URI.
-pub async fn load_plan<T: DeserializeOwned>(location: &str) -> Result<T> {
+/// Reads the plan of `step` from a local file, an object URI, or inline JSON.
+pub async fn load_plan(step: Step, location: &str) -> Result<StepPlan> {
     let bytes = if location.trim_start().starts_with('{') {
         location.as_bytes().to_vec().into()
     } else {
         Storage::new(StorageConfig::default()).get(location).await?
     };
-    serde_json::from_slice(&bytes).map_err(|e| Error::json(format!("plan {location}"), e))
+    StepPlan::parse(step, &bytes).map_err(|e| Error::json(format!("plan {location}"), e))
+}
+
+/// Runs a plan's step.
+pub async fn run(ctx: &Context, plan: &StepPlan) -> Result<StepResult> {
+    Ok(match plan {
+        StepPlan::Cluster(plan) => cluster::run(ctx, plan).await?.into(),
+        StepPlan::Discover(plan) => discover::run(ctx, plan).await?.into(),
+        StepPlan::Label(plan) => label::run(ctx, plan).await?.into(),
+        StepPlan::Distill(plan) => distill::run(ctx, plan).await?.into(),
+        StepPlan::Score(plan) => score::run(ctx, plan).await?.into(),
+        StepPlan::Threshold(plan) => threshold::run(ctx, plan).await?.into(),
+        StepPlan::Select(plan) => select::run(ctx, plan).await?.into(),
+    })
 }
 
 /// Runs CPU-bound work on the blocking pool.

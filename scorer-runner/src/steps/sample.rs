@@ -8,8 +8,9 @@ use std::ops::ControlFlow;
 use super::{blocking, list_shards, Context, Shard};
 use crate::error::Result;
 use crate::formats::for_each_batch;
+use crate::plan::SkipCounts;
 use crate::plan::{ReadLimits, Source};
-use crate::records::{extract, SkipCounts, TextRecord};
+use crate::records::{extract, TextRecord};
 
 /// At most this many shards of a source are opened for a sample.
 pub const MAX_SAMPLED_SHARDS: usize = 8;

@@ -12,8 +12,9 @@ use crate::error::{Error, Result};
 use crate::formats::for_each_batch;
 use crate::formats::scores::ScoreShardWriter;
 use crate::histogram::Histogram;
+use crate::plan::SkipCounts;
 use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, TokenCounter};
-use crate::records::{extract, SkipCounts};
+use crate::records::extract;
 use crate::stats::trimmed_mean;
 use crate::storage::join;
 use crate::student::{BatchScores, Student};
@@ -61,10 +62,11 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
     }
     let mut students = Vec::new();
     for group in &plan.groups {
-        students.push(Arc::new(Student::load(ctx, &group.student).await?));
+        students.push(Arc::new(Student::load(&ctx.storage, &ctx.scratch, &group.student).await?));
     }
     let tokens = Arc::new(Tokens::load(ctx, &plan.tokens).await?);
-    let (units, ids) = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
+    let (units, ids) =
+        shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
     // Each shard's commit carries a histogram of every bin (160 KiB at the default 10,000):
     // summed as they arrive, so memory follows the groups and sources, not the shards.
     let (mut groups, mut sources) = (Totals::new(), Totals::new());
@@ -83,7 +85,8 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
     for (group, student) in plan.groups.iter().zip(&students) {
         masked.insert(group.name.clone(), student.header.masked.clone());
     }
-    let result = ScoreResult { groups: groups.into_values().collect(), sources: sources.into_values().collect(), masked };
+    let result =
+        ScoreResult { groups: groups.into_values().collect(), sources: sources.into_values().collect(), masked };
     ctx.write_result(&plan.output, &result).await?;
     Ok(result)
 }
@@ -118,56 +121,58 @@ async fn score_shard(
     tokens: Arc<Tokens>,
 ) -> Result<ScoredShard> {
     let group = plan.groups[unit.group].name.clone();
-    let scores_uri = join(&plan.output, &format!("scores/group={group}/source={}/{}.parquet", unit.source.name, unit.id));
+    let scores_uri =
+        join(&plan.output, &format!("scores/group={group}/source={}/{}.parquet", unit.source.name, unit.id));
     let (input, _guard) = ctx.open_shard(&unit.shard.uri, unit.shard.format).await?;
     let tmp = ctx.scratch_file()?;
     let (path, trim, bins, read) = (tmp.to_path_buf(), plan.trim, plan.histogram_bins, plan.read.into());
     let (source, shard, group_name) = (unit.source.clone(), unit.shard.clone(), group.clone());
-    let (records, token_total, skipped, histogram) = ctx.compute(move || {
-        let scale = student.header.scale;
-        let mut histogram = Histogram::new(scale.min as f64, scale.max as f64, bins);
-        let dimensions: Vec<&str> = student.header.dimensions.iter().map(|d| d.id.as_str()).collect();
-        let mut writer = ScoreShardWriter::create(&path, &group_name, &source.name, &dimensions)?;
-        let mut skipped = SkipCounts::default();
-        let (mut records, mut token_total) = (0u64, 0u64);
-        let heads = student.header.dimensions.len();
-        let unmasked = student.unmasked(&source.name).filter(|m| m.iter().any(|&u| u));
-        let mut kept = Vec::with_capacity(heads);
-        let mut predictions = BatchScores::default();
-        for_each_batch(&shard.uri, input, shard.format, read, |batch| {
-            let mut good = Vec::with_capacity(batch.records.len());
-            for raw in &batch.records {
-                match extract(raw, &source.text) {
-                    Ok(record) => good.push((raw.index, record)),
-                    Err(reason) => skipped.add(reason, &shard.uri, raw.index),
+    let (records, token_total, skipped, histogram) = ctx
+        .compute(move || {
+            let scale = student.header.scale;
+            let mut histogram = Histogram::new(scale.min as f64, scale.max as f64, bins);
+            let dimensions: Vec<&str> = student.header.dimensions.iter().map(|d| d.id.as_str()).collect();
+            let mut writer = ScoreShardWriter::create(&path, &group_name, &source.name, &dimensions)?;
+            let mut skipped = SkipCounts::default();
+            let (mut records, mut token_total) = (0u64, 0u64);
+            let heads = student.header.dimensions.len();
+            let unmasked = student.unmasked(&source.name).filter(|m| m.iter().any(|&u| u));
+            let mut kept = Vec::with_capacity(heads);
+            let mut predictions = BatchScores::default();
+            for_each_batch(&shard.uri, input, shard.format, read, |batch| {
+                let mut good = Vec::with_capacity(batch.records.len());
+                for raw in &batch.records {
+                    match extract(raw, &source.text) {
+                        Ok(record) => good.push((raw.index, record)),
+                        Err(reason) => skipped.add(reason, &shard.uri, raw.index),
+                    }
                 }
-            }
-            let texts: Vec<&str> = good.iter().map(|(_, r)| &*r.text).collect();
-            student.score_batch(&texts, &mut predictions)?;
-            for ((index, record), predicted) in good.iter().zip(predictions.iter()) {
-                let Some(scores) = predicted else {
-                    skipped.add_reason("student_no_reply", &shard.uri, *index);
-                    continue;
-                };
-                kept.clear();
-                match unmasked {
-                    Some(mask) => kept.extend(scores.iter().zip(mask).filter(|(_, &u)| u).map(|(s, _)| *s)),
-                    // No mask for the source, or every dimension masked: all dimensions count.
-                    None => kept.extend_from_slice(scores),
+                let texts: Vec<&str> = good.iter().map(|(_, r)| &*r.text).collect();
+                student.score_batch(&texts, &mut predictions)?;
+                for ((index, record), predicted) in good.iter().zip(predictions.iter()) {
+                    let Some(scores) = predicted else {
+                        skipped.add_reason("student_no_reply", &shard.uri, *index);
+                        continue;
+                    };
+                    kept.clear();
+                    match unmasked {
+                        Some(mask) => kept.extend(scores.iter().zip(mask).filter(|(_, &u)| u).map(|(s, _)| *s)),
+                        // No mask for the source, or every dimension masked: all dimensions count.
+                        None => kept.extend_from_slice(scores),
+                    }
+                    let aggregate = trimmed_mean(&mut kept, trim).unwrap_or(f32::NAN);
+                    let t = tokens.count(&record.text)?;
+                    writer.push(*index, &record.id, t, aggregate, scores)?;
+                    histogram.add(aggregate as f64, t);
+                    records += 1;
+                    token_total += t;
                 }
-                let aggregate = trimmed_mean(&mut kept, trim).unwrap_or(f32::NAN);
-                let t = tokens.count(&record.text)?;
-                writer.push(*index, &record.id, t, aggregate, scores)?;
-                histogram.add(aggregate as f64, t);
-                records += 1;
-                token_total += t;
-            }
-            Ok(ControlFlow::Continue(()))
-        })?;
-        writer.finish()?;
-        Ok((records, token_total, skipped, histogram))
-    })
-    .await?;
+                Ok(ControlFlow::Continue(()))
+            })?;
+            writer.finish()?;
+            Ok((records, token_total, skipped, histogram))
+        })
+        .await?;
     ctx.storage.put_file(&scores_uri, &tmp).await?;
     Ok(ScoredShard {
         group,

@@ -18,7 +18,8 @@ pub const MANIFEST: &str = "manifest.json";
 pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     let thresholds: ThresholdResult = ctx.storage.get_json(&join(&plan.threshold, super::RESULT)).await?;
     let scores: ScoreResult = ctx.storage.get_json(&join(&plan.score, super::RESULT)).await?;
-    let (units, ids) = shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
+    let (units, ids) =
+        shard_units(&ctx.storage, plan.groups.iter().map(|g| (g.name.as_str(), g.sources.as_slice()))).await?;
     let score_units = ctx.units(&plan.score);
     let commits = ctx
         .units(&plan.output)
@@ -30,7 +31,9 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
                 let scored: ScoredShard = score_units
                     .commit_of(&unit.id)
                     .await?
-                    .ok_or_else(|| Error::plan(format!("shard {} has no committed scores; run score first", unit.shard.uri)))?
+                    .ok_or_else(|| {
+                        Error::plan(format!("shard {} has no committed scores; run score first", unit.shard.uri))
+                    })?
                     .output;
                 let cut = thresholds
                     .cut_for(group, &unit.source.name)
@@ -59,7 +62,13 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     Ok(manifest)
 }
 
-async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &ShardUnit, scored: &ScoredShard, cut_bin: usize) -> Result<SelectedShard> {
+async fn select_shard(
+    ctx: &Context,
+    plan: &SelectPlan,
+    unit: &ShardUnit,
+    scored: &ScoredShard,
+    cut_bin: usize,
+) -> Result<SelectedShard> {
     let group = &plan.groups[unit.group].name;
     let relative = unit.shard.uri.strip_prefix(unit.source.uri.trim_end_matches('/')).unwrap_or(&unit.shard.uri);
     let relative = if relative.is_empty() { crate::storage::file_name(&unit.shard.uri) } else { relative };
@@ -71,35 +80,36 @@ async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &ShardUnit, scored
     let read = ReadOptions { parquet_as_json: false, ..plan.read.into() };
     let (path, histogram) = (tmp.to_path_buf(), scored.histogram.clone());
     let (shard, scores_uri) = (unit.shard.clone(), scored.scores.clone());
-    let kept = ctx.compute(move || {
-        let mut keys = ScoreKeys::open(&scores_uri, &scores_path)?;
-        let mut next_key = || keys.next().transpose();
-        let mut writer = ShardWriter::create(&path, shard.format)?;
-        let mut kept = Kept::default();
-        let mut pending = next_key()?;
-        for_each_batch(&shard.uri, input, shard.format, read, |batch| {
-            let mut keep = vec![false; batch.records.len()];
-            for (slot, raw) in keep.iter_mut().zip(&batch.records) {
-                while pending.as_ref().is_some_and(|k| k.index < raw.index) {
-                    pending = next_key()?;
+    let kept = ctx
+        .compute(move || {
+            let mut keys = ScoreKeys::open(&scores_uri, &scores_path)?;
+            let mut next_key = || keys.next().transpose();
+            let mut writer = ShardWriter::create(&path, shard.format)?;
+            let mut kept = Kept::default();
+            let mut pending = next_key()?;
+            for_each_batch(&shard.uri, input, shard.format, read, |batch| {
+                let mut keep = vec![false; batch.records.len()];
+                for (slot, raw) in keep.iter_mut().zip(&batch.records) {
+                    while pending.as_ref().is_some_and(|k| k.index < raw.index) {
+                        pending = next_key()?;
+                    }
+                    // Records skipped while scoring have no score row and are not kept.
+                    let Some(key) = pending.filter(|k| k.index == raw.index) else { continue };
+                    kept.total_records += 1;
+                    kept.total_tokens += key.tokens;
+                    if histogram.bin(key.aggregate as f64) >= cut_bin {
+                        *slot = true;
+                        kept.kept_records += 1;
+                        kept.kept_tokens += key.tokens;
+                    }
                 }
-                // Records skipped while scoring have no score row and are not kept.
-                let Some(key) = pending.filter(|k| k.index == raw.index) else { continue };
-                kept.total_records += 1;
-                kept.total_tokens += key.tokens;
-                if histogram.bin(key.aggregate as f64) >= cut_bin {
-                    *slot = true;
-                    kept.kept_records += 1;
-                    kept.kept_tokens += key.tokens;
-                }
-            }
-            writer.write_kept(&batch, &keep)?;
-            Ok(ControlFlow::Continue(()))
-        })?;
-        writer.finish()?;
-        Ok(kept)
-    })
-    .await?;
+                writer.write_kept(&batch, &keep)?;
+                Ok(ControlFlow::Continue(()))
+            })?;
+            writer.finish()?;
+            Ok(kept)
+        })
+        .await?;
     // A shard with nothing kept produces no file (an empty Parquet file would need a schema).
     let output = if kept.kept_records > 0 {
         ctx.storage.put_file(&output, &tmp).await?;
@@ -107,5 +117,11 @@ async fn select_shard(ctx: &Context, plan: &SelectPlan, unit: &ShardUnit, scored
     } else {
         None
     };
-    Ok(SelectedShard { group: group.clone(), source: unit.source.name.clone(), shard: unit.shard.uri.clone(), output, kept })
+    Ok(SelectedShard {
+        group: group.clone(),
+        source: unit.source.name.clone(),
+        shard: unit.shard.uri.clone(),
+        output,
+        kept,
+    })
 }

@@ -44,7 +44,8 @@ pub fn cut(plan: &ThresholdPlan, scores: &ScoreResult) -> Result<ThresholdResult
             .groups
             .iter()
             .map(|g| {
-                let retention = check_retention(&g.group, *plan.group_retention.get(&g.group).unwrap_or(&plan.retention))?;
+                let retention =
+                    check_retention(&g.group, *plan.group_retention.get(&g.group).unwrap_or(&plan.retention))?;
                 Ok(ScopedCut { scope: g.group.clone(), retention, cut: g.histogram.cut(retention) })
             })
             .collect::<Result<Vec<_>>>()?,

@@ -78,9 +78,7 @@ async fn walk(dir: PathBuf, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
 pub async fn get(path: &Path) -> Result<Bytes> {
     match tokio::fs::read(path).await {
         Ok(data) => Ok(data.into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(Error::NotFound(path.to_string_lossy().into_owned()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(path.to_string_lossy().into_owned())),
         Err(e) => Err(Error::io(path, e)),
     }
 }
@@ -88,9 +86,7 @@ pub async fn get(path: &Path) -> Result<Bytes> {
 pub async fn open_read(path: &Path) -> Result<ByteReader> {
     match tokio::fs::File::open(path).await {
         Ok(file) => Ok(Box::new(tokio::io::BufReader::with_capacity(1 << 20, file))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(Error::NotFound(path.to_string_lossy().into_owned()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(path.to_string_lossy().into_owned())),
         Err(e) => Err(Error::io(path, e)),
     }
 }

@@ -11,29 +11,11 @@ mod s3;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::AsyncRead;
 
 use crate::error::{Error, Result};
-
-/// How to reach S3. Credentials come from the standard AWS chain (environment, profile, web
-/// identity, instance metadata) unless both explicit keys are given.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct StorageConfig {
-    /// Custom endpoint (SeaweedFS, MinIO, Ceph...). Falls back to `MIRA_S3_ENDPOINT`, then AWS.
-    pub endpoint: Option<String>,
-    /// Region; falls back to the AWS chain, then `us-east-1`.
-    pub region: Option<String>,
-    /// Path-style addressing (`endpoint/bucket/key`); the default for custom endpoints.
-    pub path_style: Option<bool>,
-    /// Explicit access key (prefer the credential chain; for local runs only).
-    pub access_key_id: Option<String>,
-    /// Explicit secret key, paired with `access_key_id`.
-    pub secret_access_key: Option<String>,
-    /// Attempts per request, retried with exponential backoff on throttling, 5xx and timeouts.
-    pub max_attempts: Option<u32>,
-}
+use crate::plan::StorageConfig;
 
 /// A parsed object address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,13 +173,18 @@ impl Storage {
             Location::Local(path) => Ok(path),
             Location::S3 { bucket, key } => {
                 let target = cache_dir.join(&bucket).join(&key);
-                if tokio::fs::metadata(&target).await.is_ok() {
-                    return Ok(target);
+                if tokio::fs::metadata(&target).await.is_err() {
+                    self.download(uri, &target).await?;
                 }
-                let mut reader = self.open_read(uri).await?;
-                local::write_stream(&target, &mut reader).await?;
                 Ok(target)
             }
         }
+    }
+
+    /// Writes the object's bytes to the local file `target`, atomically: a failed download never
+    /// leaves a partial file there. The one way objects reach local disk.
+    pub async fn download(&self, uri: &str, target: &Path) -> Result<()> {
+        let mut reader = self.open_read(uri).await?;
+        local::write_stream(target, &mut reader).await
     }
 }

@@ -15,8 +15,9 @@ use aws_sdk_s3::{
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
-use super::{ByteReader, ObjectMeta, StorageConfig};
+use super::{ByteReader, ObjectMeta};
 use crate::error::{Error, Result};
+use crate::plan::StorageConfig;
 
 /// Parts of a multipart upload. S3 needs at least 5 MiB; 16 MiB keeps a 100 GiB shard under the
 /// 10,000-part limit while bounding the memory one upload holds.
@@ -48,18 +49,13 @@ impl S3Store {
             .or_default_provider()
             .or_else(Region::new("us-east-1"));
         let retry = RetryConfig::standard().with_max_attempts(config.max_attempts.unwrap_or(8));
-        let shared = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .retry_config(retry)
-            .load()
-            .await;
+        let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).retry_config(retry).load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared);
         let endpoint = config.endpoint.clone().or_else(|| std::env::var("MIRA_S3_ENDPOINT").ok());
         if let Some(endpoint) = &endpoint {
             // S3-compatible servers often reject the newer default checksum headers.
-            builder = builder
-                .endpoint_url(endpoint)
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+            builder =
+                builder.endpoint_url(endpoint).request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
         }
         builder = builder.force_path_style(config.path_style.unwrap_or(endpoint.is_some()));
         if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
@@ -95,7 +91,9 @@ impl S3Store {
     async fn get_object(&self, bucket: &str, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
         match self.client.get_object().bucket(bucket).key(key).send().await {
             Ok(output) => Ok(output),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Err(Error::NotFound(uri(bucket, key))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                Err(Error::NotFound(uri(bucket, key)))
+            }
             Err(e) => Err(storage_error("get", bucket, key, e)),
         }
     }
@@ -162,7 +160,9 @@ impl S3Store {
                 .send()
                 .await
                 .map_err(|e| storage_error("upload part", bucket, key, e))?;
-            parts.push(CompletedPart::builder().part_number(part_number).set_e_tag(part.e_tag().map(str::to_string)).build());
+            parts.push(
+                CompletedPart::builder().part_number(part_number).set_e_tag(part.e_tag().map(str::to_string)).build(),
+            );
         }
         self.client
             .complete_multipart_upload()

@@ -6,8 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use scorer_runner::plan::StorageConfig;
 use scorer_runner::steps::Context;
-use scorer_runner::storage::{Storage, StorageConfig};
+use scorer_runner::storage::Storage;
 use scorer_runner::units::WorkerConfig;
 
 /// Where a test keeps its data.
@@ -68,7 +69,7 @@ pub async fn upload_dir(storage: &Storage, dir: &Path, root: &str) {
 /// Decompressed lines of a JSONL shard (any compression), as stored.
 pub fn shard_lines(path: &Path) -> Vec<Vec<u8>> {
     use std::io::{BufRead, Read};
-    let format = scorer_runner::formats::Format::from_uri(&path.to_string_lossy()).unwrap();
+    let format = scorer_runner::plan::Format::from_uri(&path.to_string_lossy()).unwrap();
     let file: Box<dyn Read + Send> = Box::new(std::fs::File::open(path).unwrap());
     let reader = scorer_runner::formats::decoder("test", format, file).unwrap();
     std::io::BufReader::new(reader).split(b'\n').map(|l| l.unwrap()).filter(|l| !l.is_empty()).collect()

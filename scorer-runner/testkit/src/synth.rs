@@ -12,7 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::formats::{Format, ShardWriter};
+use scorer_runner::formats::ShardWriter;
+use scorer_runner::plan::Format;
 
 /// What a source's records look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,10 +45,43 @@ pub struct Generated {
     pub quality: u32,
 }
 
-const PROSE: &[&str] = &["the", "river", "city", "market", "people", "walked", "history", "winter", "garden", "story", "light", "morning", "village", "music", "bridge"];
-const CODE: &[&str] = &["fn", "let", "mut", "return", "self", "impl", "struct", "match", "Vec", "usize", "iter", "map", "Some", "None", "Ok"];
-const MATH: &[&str] = &["let", "x", "prove", "integer", "prime", "sum", "equation", "lemma", "therefore", "n", "theorem", "divides", "mod", "2", "3"];
-const CAREFUL: &[&str] = &["precisely", "because", "verified", "explained", "rigorous", "consistent", "documented", "justified", "correctly", "clearly"];
+const PROSE: &[&str] = &[
+    "the", "river", "city", "market", "people", "walked", "history", "winter", "garden", "story", "light", "morning",
+    "village", "music", "bridge",
+];
+const CODE: &[&str] = &[
+    "fn", "let", "mut", "return", "self", "impl", "struct", "match", "Vec", "usize", "iter", "map", "Some", "None",
+    "Ok",
+];
+const MATH: &[&str] = &[
+    "let",
+    "x",
+    "prove",
+    "integer",
+    "prime",
+    "sum",
+    "equation",
+    "lemma",
+    "therefore",
+    "n",
+    "theorem",
+    "divides",
+    "mod",
+    "2",
+    "3",
+];
+const CAREFUL: &[&str] = &[
+    "precisely",
+    "because",
+    "verified",
+    "explained",
+    "rigorous",
+    "consistent",
+    "documented",
+    "justified",
+    "correctly",
+    "clearly",
+];
 const SLOPPY: &[&str] = &["stuff", "whatever", "lol", "thing", "idk", "random", "junk", "meh", "asdf", "etc"];
 
 fn sentence(rng: &mut ChaCha8Rng, vocab: &[&str], careful: bool) -> String {
@@ -77,7 +111,7 @@ fn body(rng: &mut ChaCha8Rng, kind: Kind, quality: u32) -> (String, serde_json::
                 .enumerate()
                 .map(|(i, p)| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": p}))
                 .collect();
-            let text = crate::records::render_messages(&messages);
+            let text = scorer_runner::records::render_messages(&messages);
             (text, json!({ "messages": messages }))
         }
         _ => {
@@ -130,7 +164,7 @@ pub fn write_shard(path: &Path, format: Format, lines: &[Vec<u8>]) -> std::io::R
     if format == Format::Parquet {
         return write_parquet(std::fs::File::create(path)?, lines);
     }
-    let err = |e: crate::Error| std::io::Error::other(e.to_string());
+    let err = |e: scorer_runner::Error| std::io::Error::other(e.to_string());
     let mut writer = ShardWriter::create(path, format).map_err(err)?;
     for line in lines {
         writer.write_line(line).map_err(err)?;
@@ -141,9 +175,11 @@ pub fn write_shard(path: &Path, format: Format, lines: &[Vec<u8>]) -> std::io::R
 fn write_parquet(file: std::fs::File, lines: &[Vec<u8>]) -> std::io::Result<()> {
     let err = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
     let joined: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied().chain(std::iter::once(b'\n'))).collect();
-    let (schema, _) = arrow::json::reader::infer_json_schema(std::io::Cursor::new(&joined), None).map_err(|e| err(&e))?;
+    let (schema, _) =
+        arrow::json::reader::infer_json_schema(std::io::Cursor::new(&joined), None).map_err(|e| err(&e))?;
     let schema = std::sync::Arc::new(schema);
-    let reader = arrow::json::ReaderBuilder::new(schema.clone()).build(std::io::Cursor::new(joined)).map_err(|e| err(&e))?;
+    let reader =
+        arrow::json::ReaderBuilder::new(schema.clone()).build(std::io::Cursor::new(joined)).map_err(|e| err(&e))?;
     let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(|e| err(&e))?;
     for batch in reader {
         writer.write(&batch.map_err(|e| err(&e))?).map_err(|e| err(&e))?;
@@ -158,7 +194,15 @@ pub fn write_labels(path: &Path, records: &[Generated], every: usize, seed: u64)
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     for record in records.iter().step_by(every.max(1)) {
-        let jitter: i32 = if rng.gen_bool(0.15) { if rng.gen_bool(0.5) { 1 } else { -1 } } else { 0 };
+        let jitter: i32 = if rng.gen_bool(0.15) {
+            if rng.gen_bool(0.5) {
+                1
+            } else {
+                -1
+            }
+        } else {
+            0
+        };
         let signal = (1 + record.quality as i32 + jitter).clamp(1, 5);
         let label = json!({
             "id": record.id, "source": record.source, "text": record.text,
