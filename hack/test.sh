@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # hack/test.sh - the whole test suite, as CI runs it (.ci/run calls this; so does the README).
 #
-# Installs the test tools once (cached under $MIRA_CACHE, keyed by version), starts a real S3
+# First the lint gates, which fail fast: rustfmt over the whole tree, and clippy with warnings as
+# errors, with and without the `llm` feature. Then it installs the test tools once (cached under
+# $MIRA_CACHE, keyed by version), starts a real S3
 # server (SeaweedFS) and a real Kubernetes control plane (etcd, kube-apiserver,
 # kube-controller-manager) on loopback, generates the tiny models, builds everything, runs every
 # cargo test (unit, data-plane integration on S3 and local disk, operator end to end), runs the
@@ -20,6 +22,13 @@ cleanup() {
 trap cleanup EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "lint: rustfmt"
+cargo fmt --all --check
+
+step "lint: clippy (with the llm feature, and without it)"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p scorer-runner --no-default-features --all-targets -- -D warnings
 
 step "test tools (cached after the first run)"
 use_tools all
