@@ -52,11 +52,10 @@ pub enum Error {
     #[error("connecting to the API server")]
     Connect(#[source] kube::Error),
 
-    #[error("reading {kind} {namespace}/{name}")]
+    /// Reading an upstream object (`<Kind> <namespace>/<name>`).
+    #[error("reading {object}")]
     GetObject {
-        kind: String,
-        namespace: String,
-        name: String,
+        object: String,
         #[source]
         source: kube::Error,
     },
@@ -71,10 +70,10 @@ pub enum Error {
         source: kube::Error,
     },
 
-    #[error("reading Secret {namespace}/{name}")]
+    /// Reading a credentials Secret (`<namespace>/<name>`).
+    #[error("reading Secret {secret}")]
     ReadSecret {
-        namespace: String,
-        name: String,
+        secret: String,
         #[source]
         source: kube::Error,
     },
@@ -289,10 +288,10 @@ mod tests {
             Error::UnexpectedResult { uri: "u".into(), found: Step::Score },
             Error::ReadResult(scorer_runner::Error::NotFound("u".into())),
             Error::Connect(kube()),
-            Error::GetObject { kind: "RubricSet".into(), namespace: "n".into(), name: "r".into(), source: kube() },
+            Error::GetObject { object: "RubricSet n/r".into(), source: kube() },
             Error::ListJobs(kube()),
             Error::ListPods { job: "j".into(), source: kube() },
-            Error::ReadSecret { namespace: "n".into(), name: "s".into(), source: kube() },
+            Error::ReadSecret { secret: "n/s".into(), source: kube() },
             Error::ApplyConfigMap { name: "c".into(), source: kube() },
             Error::CreateJob { name: "j".into(), source: kube() },
             Error::Delete { what: "Job", name: "j".into(), source: kube() },

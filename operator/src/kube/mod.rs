@@ -310,9 +310,10 @@ impl<K: Pipeline> Reconciler<'_, K> {
         namespace: &str,
         name: &str,
     ) -> Result<Option<T>> {
-        Api::<T>::namespaced(self.ctx.client.clone(), namespace).get_opt(name).await.map_err(|source| {
-            Error::GetObject { kind: T::kind(&()).into_owned(), namespace: namespace.into(), name: name.into(), source }
-        })
+        Api::<T>::namespaced(self.ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::GetObject { object: format!("{} {namespace}/{name}", T::kind(&())), source })
     }
 
     /// The resource's Jobs, by name. A failed Job's log is its last failed worker's termination
@@ -359,7 +360,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
                 tracing::debug!(secret = %name, "not allowed to read the credentials Secret; using the operator's own");
                 return Ok(config);
             }
-            Err(source) => return Err(Error::ReadSecret { namespace: namespace.into(), name: name.clone(), source }),
+            Err(source) => return Err(Error::ReadSecret { secret: format!("{namespace}/{name}"), source }),
         };
         let key = |k: &str| secret.data.as_ref()?.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned());
         config.access_key_id = key("AWS_ACCESS_KEY_ID");
