@@ -6,7 +6,6 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use scorer_runner::models::Chat;
 use scorer_runner::plan::ModelSpec;
@@ -114,7 +113,7 @@ async fn a_real_openai_compatible_server_answers_under_the_schema() {
             if reqwest::get(format!("{url}/models")).await.is_ok_and(|r| r.status().is_success()) {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
         false
     };
