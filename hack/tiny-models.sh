@@ -30,20 +30,27 @@ tmp=""
 cleanup() { [[ -z "$tmp" ]] || rm -rf "$tmp"; }
 trap cleanup EXIT
 
+models=(qwen3-tiny qwen3-embedding-tiny)
+
+# Every step checks its own status: with_lock runs this function where `set -e` does not apply,
+# and a stamp written after a failed step would pass missing models off as current.
 generate() {
-  if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
+  local d current=1
+  for d in "${models[@]}"; do [[ -d "$out/$d" ]] || current=0; done
+  if ((current)) && [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
     log "tiny models in $out are current"
     return 0
   fi
   log "generating tiny models into $out"
   rm -f "$stamp_file"
   # Written next to the output and moved into place, so a reader never sees half a model.
-  tmp="$(mktemp -d "$out/.tiny-models.XXXXXX")"
-  (cd "$root" && cargo run --quiet -p scorer-runner --example tiny_models -- "$tmp") >/dev/null
-  local d
-  for d in qwen3-tiny qwen3-embedding-tiny; do
-    rm -rf "${out:?}/$d"
-    mv "$tmp/$d" "$out/$d"
+  tmp="$(mktemp -d "$out/.tiny-models.XXXXXX")" || return 1
+  # Built with the whole workspace's features, as `cargo build --workspace --all-targets` builds
+  # it, so that no dependency is compiled a second time for a feature set of its own.
+  (cd "$root" && cargo build --quiet --workspace --example tiny_models) || return 1
+  "$CARGO_TARGET_DIR/debug/examples/tiny_models" "$tmp" >/dev/null || return 1
+  for d in "${models[@]}"; do
+    rm -rf "${out:?}/$d" && mv "$tmp/$d" "$out/$d" || return 1
   done
   printf '%s\n' "$stamp" >"$stamp_file"
 }
