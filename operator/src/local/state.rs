@@ -10,19 +10,21 @@ use std::path::{Path, PathBuf};
 
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::api::StagePhase;
 use crate::reconcile::{JobState, KindStatus, Pipeline};
 use crate::{Error, Result};
 
-/// One resource as last saved.
+/// One resource as last saved. Spec and status are kept as the JSON written and parsed only
+/// when read, so a file that an older `mira run` wrote, whose types no longer parse, makes the
+/// resource start over (its spec counts as changed, its status as absent) rather than fail.
 #[derive(Serialize, Deserialize)]
 struct Saved {
-    spec: Value,
+    spec: Box<RawValue>,
     generation: i64,
     #[serde(default)]
-    status: Value,
+    status: Option<Box<RawValue>>,
 }
 
 /// A finished Job's outcome. Jobs that were still running when a run stopped have none: the
@@ -97,9 +99,9 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::state(&path, e)),
         };
-        let status: Option<K::Status> = serde_json::from_value(saved.status).ok();
+        let status: Option<K::Status> = saved.status.and_then(|s| serde_json::from_str(s.get()).ok());
         let failed = status.as_ref().is_some_and(|s| s.pipeline().stages.iter().any(|r| r.phase == StagePhase::Failed));
-        let changed = spec(object, &path)? != saved.spec;
+        let changed = serde_json::from_str::<K::Spec>(saved.spec.get()).ok().as_ref() != Some(object.spec());
         object.meta_mut().generation = Some(saved.generation + i64::from(changed || failed));
         *object.status_mut() = status;
         Ok(())
@@ -108,9 +110,9 @@ impl State {
     pub fn save<K: Pipeline>(&self, object: &K) -> Result<()> {
         let path = self.resource_path(object);
         let saved = Saved {
-            spec: spec(object, &path)?,
+            spec: raw(object.spec(), &path)?,
             generation: object.meta().generation.unwrap_or(1),
-            status: serde_json::to_value(object.status()).map_err(|e| Error::state_format(&path, e))?,
+            status: object.status().map(|s| raw(s, &path)).transpose()?,
         };
         write_json(&path, &saved)
     }
@@ -153,9 +155,8 @@ impl State {
     }
 }
 
-fn spec<K: Pipeline>(object: &K, path: &Path) -> Result<Value> {
-    let value = serde_json::to_value(object).map_err(|e| Error::state_format(path, e))?;
-    Ok(value.get("spec").cloned().unwrap_or_default())
+fn raw<T: Serialize>(value: &T, path: &Path) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(|e| Error::state_format(path, e))
 }
 
 /// Writes atomically (temporary file, then rename), so an interrupted run never leaves half a file.

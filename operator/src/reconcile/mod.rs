@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::core::object::HasStatus;
+use kube::core::object::{HasSpec, HasStatus};
 use kube::Resource;
 use scorer_runner::plan::{StepPlan, StepResult};
 use serde::de::DeserializeOwned;
@@ -46,6 +46,7 @@ pub trait KindStatus: Clone + Default + PartialEq + Serialize + DeserializeOwned
 pub trait Pipeline:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + HasStatus<Status: KindStatus>
+    + HasSpec<Spec: Serialize + DeserializeOwned + PartialEq>
     + Clone
     + std::fmt::Debug
     + Serialize
