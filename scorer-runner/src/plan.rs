@@ -359,6 +359,27 @@ pub enum ModelSpec {
     },
 }
 
+/// How a step puts sampled records to the teacher: the model, the score scale, the sample's seed
+/// and the read limits. Discover and label share it (flattened into their plans' JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TeacherPass {
+    pub teacher: ModelSpec,
+    #[serde(default)]
+    pub scale: Scale,
+    /// Seeds the sample, so that a rerun asks the teacher about the same records.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub read: ReadLimits,
+}
+
+impl TeacherPass {
+    pub fn new(teacher: ModelSpec) -> Self {
+        TeacherPass { teacher, scale: Scale::default(), seed: 0, read: ReadLimits::default() }
+    }
+}
+
 // ---- discover ----
 
 /// A group and its sources, as `discover` and `select` take them.
@@ -376,7 +397,8 @@ pub struct DiscoverPlan {
     pub storage: StorageConfig,
     pub output: String,
     pub groups: Vec<GroupSources>,
-    pub teacher: ModelSpec,
+    #[serde(flatten)]
+    pub pass: TeacherPass,
     /// Embeds proposals for clustering; the hashed featurizer when absent.
     #[serde(default)]
     pub embedder: Option<ModelSpec>,
@@ -387,12 +409,6 @@ pub struct DiscoverPlan {
     /// Proposal clusters backed by fewer records are dropped.
     #[serde(default = "defaults::min_support")]
     pub min_support: usize,
-    #[serde(default)]
-    pub scale: Scale,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default)]
-    pub read: ReadLimits,
 }
 
 /// A dimension and the records behind it.
@@ -448,15 +464,10 @@ pub struct LabelPlan {
     pub storage: StorageConfig,
     pub output: String,
     pub groups: Vec<LabelGroup>,
-    pub teacher: ModelSpec,
+    #[serde(flatten)]
+    pub pass: TeacherPass,
     #[serde(default = "defaults::label_records_per_group")]
     pub records_per_group: usize,
-    #[serde(default)]
-    pub scale: Scale,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default)]
-    pub read: ReadLimits,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -873,14 +884,11 @@ impl DiscoverPlan {
             storage: StorageConfig::default(),
             output: String::new(),
             groups,
-            teacher,
+            pass: TeacherPass::new(teacher),
             embedder: None,
             records_per_group: defaults::discovery_records_per_group(),
             dimensions_per_group: defaults::dimensions_per_group(),
             min_support: defaults::min_support(),
-            scale: Scale::default(),
-            seed: 0,
-            read: ReadLimits::default(),
         }
     }
 }
@@ -891,11 +899,8 @@ impl LabelPlan {
             storage: StorageConfig::default(),
             output: String::new(),
             groups,
-            teacher,
+            pass: TeacherPass::new(teacher),
             records_per_group: defaults::label_records_per_group(),
-            scale: Scale::default(),
-            seed: 0,
-            read: ReadLimits::default(),
         }
     }
 }
@@ -962,39 +967,58 @@ impl SelectPlan {
 
 // ---- any step's plan and result ----
 
-macro_rules! steps {
-    ($($step:ident($plan:ident -> $result:ident)),* $(,)?) => {
-        /// A stage plan, whichever step runs it: what the operator builds and hands a Job, and what
-        /// the Job's runner parses back ([`StepPlan::parse`]) and runs.
+/// An enum with one variant per step, its [`Step`] and its parser: the shape [`StepPlan`] and
+/// [`StepResult`] share.
+macro_rules! step_enum {
+    ($(#[$doc:meta])* $name:ident { $($step:ident($ty:ident)),* }) => {
+        $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Serialize)]
         #[serde(untagged)]
-        pub enum StepPlan {
-            $($step($plan),)*
+        pub enum $name {
+            $($step($ty),)*
         }
 
-        /// A step's result, whichever step wrote it: what a Job's runner writes under the plan's
-        /// output root and the operator parses back ([`StepResult::parse`]) into status.
-        #[derive(Clone, Debug, PartialEq, Serialize)]
-        #[serde(untagged)]
-        pub enum StepResult {
-            $($step($result),)*
+        impl $name {
+            /// The step this belongs to.
+            pub fn step(&self) -> Step {
+                match self {
+                    $($name::$step(_) => Step::$step,)*
+                }
+            }
+
+            /// Parses the JSON of `step`'s variant.
+            pub fn parse(step: Step, json: &[u8]) -> serde_json::Result<Self> {
+                match step {
+                    $(Step::$step => serde_json::from_slice(json).map($name::$step),)*
+                }
+            }
+        }
+
+        $(
+            impl From<$ty> for $name {
+                fn from(value: $ty) -> Self {
+                    $name::$step(value)
+                }
+            }
+        )*
+    };
+}
+
+macro_rules! steps {
+    ($($step:ident($plan:ident -> $result:ident)),* $(,)?) => {
+        step_enum! {
+            /// A stage plan, whichever step runs it: what the operator builds and hands a Job, and
+            /// what the Job's runner parses back ([`StepPlan::parse`]) and runs.
+            StepPlan { $($step($plan)),* }
+        }
+
+        step_enum! {
+            /// A step's result, whichever step wrote it: what a Job's runner writes under the plan's
+            /// output root and the operator parses back ([`StepResult::parse`]) into status.
+            StepResult { $($step($result)),* }
         }
 
         impl StepPlan {
-            /// The step that runs this plan.
-            pub fn step(&self) -> Step {
-                match self {
-                    $(StepPlan::$step(_) => Step::$step,)*
-                }
-            }
-
-            /// Parses the plan of `step` from its JSON.
-            pub fn parse(step: Step, json: &[u8]) -> serde_json::Result<Self> {
-                match step {
-                    $(Step::$step => serde_json::from_slice(json).map(StepPlan::$step),)*
-                }
-            }
-
             /// Where the step writes its outputs and its result.
             pub fn output_mut(&mut self) -> &mut String {
                 match self {
@@ -1010,35 +1034,7 @@ macro_rules! steps {
             }
         }
 
-        impl StepResult {
-            /// The step that wrote this result.
-            pub fn step(&self) -> Step {
-                match self {
-                    $(StepResult::$step(_) => Step::$step,)*
-                }
-            }
-
-            /// Parses the result of `step` from its JSON.
-            pub fn parse(step: Step, json: &[u8]) -> serde_json::Result<Self> {
-                match step {
-                    $(Step::$step => serde_json::from_slice(json).map(StepResult::$step),)*
-                }
-            }
-        }
-
         $(
-            impl From<$plan> for StepPlan {
-                fn from(plan: $plan) -> Self {
-                    StepPlan::$step(plan)
-                }
-            }
-
-            impl From<$result> for StepResult {
-                fn from(result: $result) -> Self {
-                    StepResult::$step(result)
-                }
-            }
-
             impl<'a> TryFrom<&'a StepResult> for &'a $result {
                 type Error = Step;
 

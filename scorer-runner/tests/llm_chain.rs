@@ -52,14 +52,11 @@ async fn discover(ctx: &Context, out: &str, groups: &[GroupSources]) -> Discover
             storage: Default::default(),
             output: join(out, "discover"),
             groups: groups.to_vec(),
-            teacher: local("qwen3-tiny"),
+            pass: TeacherPass { seed: 3, ..TeacherPass::new(local("qwen3-tiny")) },
             embedder: Some(local("qwen3-embedding-tiny")),
             records_per_group: 6,
             dimensions_per_group: 3,
             min_support: 1,
-            scale: Scale::default(),
-            seed: 3,
-            read: Default::default(),
         },
     )
     .await
@@ -97,11 +94,8 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
             storage: Default::default(),
             output: join(&out, "label"),
             groups: vec![LabelGroup { name: "all".into(), sources: sources.clone(), dimensions: dimensions.clone() }],
-            teacher: local("qwen3-tiny"),
+            pass: TeacherPass::new(local("qwen3-tiny")),
             records_per_group: 16,
-            scale: Scale::default(),
-            seed: 0,
-            read: Default::default(),
         },
     )
     .await

@@ -102,11 +102,11 @@ impl Pipeline for DistillationJob {
             secrets.extend(secret);
             let mut plan = LabelPlan::new(groups, teacher);
             plan.storage = storage;
-            plan.scale = rs.scale();
+            plan.pass.scale = rs.scale();
             if let Some(n) = self.spec.labels.records_per_group {
                 plan.records_per_group = n as usize;
             }
-            plan.seed = self.spec.seed.unwrap_or_default();
+            plan.pass.seed = self.spec.seed.unwrap_or_default();
             return Ok(Planned::new(plan, base, secrets));
         }
         let labels =

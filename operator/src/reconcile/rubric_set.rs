@@ -72,7 +72,7 @@ impl Pipeline for RubricSet {
         let (teacher, mut secrets) = convert::model(&self.spec.teacher, TEACHER_KEY_ENV)?;
         let mut plan = DiscoverPlan::new(groups, teacher);
         plan.storage = sg.spec.storage.config();
-        plan.scale = self.scale();
+        plan.pass.scale = self.scale();
         let discovery = &self.spec.discovery;
         if let Some(embedder) = &discovery.embedder {
             let (embedder, secret) = convert::model(embedder, EMBEDDER_KEY_ENV)?;
@@ -88,7 +88,7 @@ impl Pipeline for RubricSet {
         if let Some(n) = discovery.min_support {
             plan.min_support = n as usize;
         }
-        plan.seed = discovery.seed.unwrap_or_default();
+        plan.pass.seed = discovery.seed.unwrap_or_default();
         secrets.extend(convert::storage_secrets(&sg.spec.storage));
         Ok(Planned::new(plan, convert::stage_base(&sg.spec.root, self, &stage.name), secrets))
     }

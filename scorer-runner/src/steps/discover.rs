@@ -72,7 +72,7 @@ fn proposal_schema(plan: &DiscoverPlan) -> Value {
                     "name": {"type": "string", "minLength": 1, "maxLength": 40},
                     "description": {"type": "string", "minLength": 1, "maxLength": 160},
                     "why": {"type": "string", "maxLength": 160},
-                    "score": {"type": "integer", "minimum": plan.scale.min, "maximum": plan.scale.max}
+                    "score": {"type": "integer", "minimum": plan.pass.scale.min, "maximum": plan.pass.scale.max}
                 },
                 "required": ["name", "description", "why", "score"],
                 "additionalProperties": false
@@ -98,7 +98,7 @@ pub async fn run(ctx: &Context, plan: &DiscoverPlan) -> Result<DiscoverResult> {
     if plan.groups.is_empty() || plan.dimensions_per_group == 0 {
         return Err(Error::plan("discover needs groups and dimensionsPerGroup > 0"));
     }
-    let teacher = Arc::new(Chat::load(&ctx.storage, &ctx.scratch, &plan.teacher).await?);
+    let teacher = Arc::new(Chat::load(&ctx.storage, &ctx.scratch, &plan.pass.teacher).await?);
     let embedder = match &plan.embedder {
         Some(spec) => Some(Arc::new(Embedder::load(&ctx.storage, &ctx.scratch, spec).await?)),
         None => None,
@@ -120,14 +120,14 @@ async fn discover_group(
     teacher: Arc<Chat>,
     embedder: Option<Arc<Embedder>>,
 ) -> Result<GroupRubric> {
-    let (records, _skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.read).await?;
+    let (records, _skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.pass.read).await?;
     let schema = proposal_schema(plan);
     let replies: Vec<(String, String, Option<truncate::Cut>, Result<ProposalReply>)> = futures::stream::iter(records)
         .map(|(source, record)| {
             let (teacher, schema) = (teacher.clone(), &schema);
             async move {
                 let (text, cut) = truncate::for_teacher(&record.text, teacher.tokenizer());
-                let user = prompts::discover_user(&source, &text, plan.scale);
+                let user = prompts::discover_user(&source, &text, plan.pass.scale);
                 let reply = teacher
                     .json::<ProposalReply>(prompts::DISCOVER_SYSTEM, &user, schema, 1024, |r| !r.dimensions.is_empty())
                     .await;
@@ -170,7 +170,7 @@ async fn discover_group(
     proposals.sort_by(|a, b| (&a.record, &a.name).cmp(&(&b.record, &b.name)));
     let vectors = embed_proposals(&proposals, embedder.as_deref()).await?;
     let k = plan.dimensions_per_group.min(proposals.len());
-    let seed = plan.seed;
+    let seed = plan.pass.seed;
     let vectors_c = vectors.clone();
     let assign = blocking(move || Ok(stats::kmeans(&vectors_c, k, seed))).await?;
     let mut anchors = Vec::new();
@@ -200,7 +200,7 @@ async fn discover_group(
         let guide = teacher
             .json::<GuideReply>(
                 prompts::GUIDE_SYSTEM,
-                &prompts::guide_user(&p.name, &p.description, plan.scale),
+                &prompts::guide_user(&p.name, &p.description, plan.pass.scale),
                 &guide_schema(),
                 512,
                 |g| !g.guide.trim().is_empty(),

@@ -23,7 +23,7 @@ pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
     if plan.groups.iter().any(|g| g.dimensions.is_empty()) || plan.groups.is_empty() {
         return Err(Error::plan("label needs groups, each with dimensions"));
     }
-    let teacher = Arc::new(Chat::load(&ctx.storage, &ctx.scratch, &plan.teacher).await?);
+    let teacher = Arc::new(Chat::load(&ctx.storage, &ctx.scratch, &plan.pass.teacher).await?);
     let ids: Vec<String> = plan.groups.iter().map(|g| unit_id(&g.name, &g.name)).collect();
     let commits =
         ctx.units(&plan.output).run(&ids, |i| label_group(ctx, plan, &plan.groups[i], teacher.clone())).await?;
@@ -49,8 +49,8 @@ async fn label_group(
     group: &LabelGroup,
     teacher: Arc<Chat>,
 ) -> Result<(String, u64, SkipCounts)> {
-    let (records, mut skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.read).await?;
-    let request = JudgeRequest::new(group.dimensions.clone(), plan.scale, true);
+    let (records, mut skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.pass.read).await?;
+    let request = JudgeRequest::new(group.dimensions.clone(), plan.pass.scale, true);
     let replies: Vec<Reply> = futures::stream::iter(records)
         .map(|(source, record)| {
             let (teacher, request) = (teacher.clone(), &request);
