@@ -110,7 +110,12 @@ fn rubric_set() -> RubricSet {
 }
 
 fn dimension(id: &str) -> Dimension {
-    Dimension { id: id.into(), name: id.into(), description: format!("{id} quality"), guide: String::new() }
+    Dimension {
+        id: id.into(),
+        name: id.into(),
+        description: format!("{id} quality"),
+        guide: format!("1: no {id}; 5: {id}"),
+    }
 }
 
 fn ready_rubric_set() -> RubricSet {
@@ -918,6 +923,13 @@ fn every_steps_plan_reaches_the_runner_as_the_operator_built_it() {
                 assert_eq!(parsed.step(), step);
                 let again: Value = serde_json::to_value(&parsed).unwrap();
                 assert_eq!(again, serde_json::from_str::<Value>(&plan).unwrap(), "{step:?} plan changed on its way");
+                // The anchors' guides reach the teacher's labels and the student with the rubric.
+                let dims: Vec<&Dimension> = match &parsed {
+                    StepPlan::Label(p) => p.groups.iter().flat_map(|g| &g.dimensions).collect(),
+                    StepPlan::Distill(p) => p.groups.iter().flat_map(|g| &g.dimensions).collect(),
+                    _ => Vec::new(),
+                };
+                assert!(dims.iter().all(|d| d.guide == format!("1: no {id}; 5: {id}", id = d.id)), "{dims:?}");
                 seen.insert(step);
             }
         }

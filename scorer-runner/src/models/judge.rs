@@ -77,7 +77,8 @@ impl JudgeRequest {
         &self.system
     }
 
-    /// The user prompt for one record: the rubric, then the record's text.
+    /// The user prompt for one record: the rubric, each dimension with its scoring guide (the
+    /// anchors that make a 2 mean the same on every record), then the record's text.
     pub fn user(&self, text: &str) -> String {
         let mut out = String::from("Rubric:\n");
         for d in &self.dimensions {
@@ -89,6 +90,9 @@ impl JudgeRequest {
                 out.push_str(&format!(": {}", d.description));
             }
             out.push('\n');
+            for line in d.guide.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                out.push_str(&format!("    {line}\n"));
+            }
         }
         out.push_str("\nRecord:\n");
         out.push_str(text);
@@ -149,6 +153,25 @@ fn scores_schema(dimensions: &[Dimension], scale: Scale, with_rationale: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_dimension_reaches_the_prompt_with_its_guide() {
+        let dimension = |id: &str, guide: &str| Dimension {
+            id: id.into(),
+            name: format!("{id} name"),
+            description: format!("what {id} measures"),
+            guide: guide.into(),
+        };
+        let dims = vec![dimension("clarity", "1: unreadable.\n5: crisp and precise."), dimension("depth", "")];
+        for with_rationale in [true, false] {
+            let user = JudgeRequest::new(dims.clone(), Scale::default(), with_rationale).user("THE RECORD");
+            assert_eq!(
+                user,
+                "Rubric:\n- clarity (clarity name): what clarity measures\n    1: unreadable.\n    5: crisp and \
+                 precise.\n- depth (depth name): what depth measures\n\nRecord:\nTHE RECORD"
+            );
+        }
+    }
 
     #[test]
     fn replies_parse_with_or_without_rationales() {

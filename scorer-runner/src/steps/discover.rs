@@ -207,7 +207,11 @@ async fn discover_group(
             )
             .await
             .map(|g| g.guide)
-            .unwrap_or_else(|e| format!("(no guide: {e})"));
+            .unwrap_or_else(|e| {
+                // No guide rather than an error text in every judge prompt that follows.
+                tracing::warn!(dimension = %id, error = %e, "the teacher wrote no scoring guide");
+                String::new()
+            });
         dimensions.push(AnchoredDimension {
             dimension: Dimension { id, name: p.name.clone(), description: p.description.clone(), guide },
             support: Some(support as u64),

@@ -47,6 +47,9 @@ pub struct Label {
     pub source: String,
     pub text: String,
     pub scores: BTreeMap<String, Value>,
+    /// The teacher's one-sentence reason per dimension, when it gave one.
+    #[serde(default)]
+    pub rationales: BTreeMap<String, String>,
 }
 
 /// A label checked against its group's rubric: scores in head order.
@@ -56,6 +59,7 @@ struct Example {
     source: String,
     text: String,
     scores: Vec<f32>,
+    rationales: BTreeMap<String, String>,
 }
 
 /// Keeps the `cap` examples with the smallest id hash: a deterministic, order-independent
@@ -133,7 +137,13 @@ fn to_example(label: &Label, group: &DistillGroup, plan: &DistillPlan) -> std::r
     if label.text.trim().is_empty() {
         return Err("empty_text");
     }
-    Ok(Example { id: label.id.clone(), source: label.source.clone(), text: label.text.clone(), scores })
+    Ok(Example {
+        id: label.id.clone(),
+        source: label.source.clone(),
+        text: label.text.clone(),
+        scores,
+        rationales: label.rationales.clone(),
+    })
 }
 
 /// One group's labels as they are read: bounded train and validation samples, and the labels
@@ -293,7 +303,9 @@ async fn train_group(
 }
 
 /// A training example as one chat-format SFT record (system, user, assistant JSON scores): the
-/// judge student's own request, answered with the teacher's scores.
+/// judge student's own request (rubric and scoring guides included), answered with the
+/// teacher's scores. The teacher's rationales ride beside the messages, not in the answer, so
+/// that a model tuned on the messages answers exactly what a judge student is asked for.
 fn sft_example(request: &JudgeRequest, group: &DistillGroup, example: &Example) -> Vec<u8> {
     let answer: serde_json::Map<String, Value> =
         group.dimensions.iter().zip(&example.scores).map(|(d, s)| (d.id.clone(), Value::from(*s as i64))).collect();
@@ -306,6 +318,7 @@ fn sft_example(request: &JudgeRequest, group: &DistillGroup, example: &Example) 
         "id": example.id,
         "source": example.source,
         "group": group.name,
+        "rationales": example.rationales,
     });
     serde_json::to_vec(&record).expect("JSON values serialize")
 }
@@ -494,5 +507,24 @@ mod tests {
             assert_eq!(ids(&forward.train), ids(&reverse.train));
             assert_eq!(ids(&forward.validation), ids(&reverse.validation));
         }
+    }
+
+    #[test]
+    fn sft_lines_carry_the_rubric_guides_and_the_teachers_rationales() {
+        let mut group = group("a", &["web"]);
+        group.dimensions[0].guide = "1: off-topic. 5: every claim sourced.".into();
+        let request = JudgeRequest::new(group.dimensions.clone(), crate::plan::Scale::default(), false);
+        let example = Example {
+            id: "r1".into(),
+            source: "web".into(),
+            text: "the record".into(),
+            scores: vec![4.0],
+            rationales: BTreeMap::from([("d".into(), "cites two papers".into())]),
+        };
+        let line: Value = serde_json::from_slice(&sft_example(&request, &group, &example)).unwrap();
+        let user = line["messages"][1]["content"].as_str().unwrap();
+        assert!(user.contains("1: off-topic. 5: every claim sourced.") && user.ends_with("the record"), "{user}");
+        assert_eq!(line["messages"][2]["content"], r#"{"d":4}"#);
+        assert_eq!(line["rationales"]["d"], "cites two papers");
     }
 }
