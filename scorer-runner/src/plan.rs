@@ -468,6 +468,10 @@ pub struct LabelPlan {
     pub pass: TeacherPass,
     #[serde(default = "defaults::label_records_per_group")]
     pub records_per_group: usize,
+    /// Records a work unit labels and commits together: a killed Job loses the teacher calls of
+    /// its units in flight, no more.
+    #[serde(default = "defaults::label_records_per_unit")]
+    pub records_per_unit: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -833,6 +837,10 @@ mod defaults {
         2000
     }
 
+    pub fn label_records_per_unit() -> usize {
+        1000
+    }
+
     pub fn validation_fraction() -> f64 {
         0.2
     }
@@ -901,6 +909,7 @@ impl LabelPlan {
             groups,
             pass: TeacherPass::new(teacher),
             records_per_group: defaults::label_records_per_group(),
+            records_per_unit: defaults::label_records_per_unit(),
         }
     }
 }

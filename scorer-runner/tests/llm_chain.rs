@@ -8,14 +8,14 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{context, root, tiny_model, Backend};
+use common::{commits, context, kill_after_commits, root, runner, tiny_model, Backend};
 use mira_testkit::synth::{self, Kind, SynthSource};
 use scorer_runner::plan::FeaturizerSpec;
 use scorer_runner::plan::Format;
 use scorer_runner::plan::TextSpec;
 use scorer_runner::plan::*;
 use scorer_runner::steps::{self, Context};
-use scorer_runner::storage::join;
+use scorer_runner::storage::{join, Storage};
 
 fn local(name: &str) -> ModelSpec {
     ModelSpec::Local { uri: tiny_model(name), gguf_files: vec![], max_num_seqs: Some(8) }
@@ -43,6 +43,16 @@ async fn corpus(ctx: &Context, tmp: &std::path::Path, base: &str) -> Vec<Source>
     }
     common::upload_dir(&ctx.storage, &local_dir, &join(base, "corpus")).await;
     sources
+}
+
+/// Every label line under a label run's `labels/` prefix, in file order.
+async fn label_lines(storage: &Storage, labels: &str) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    for object in storage.list(labels).await.unwrap() {
+        let body = storage.get(&object.uri).await.unwrap();
+        lines.extend(body.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+    }
+    lines
 }
 
 async fn discover(ctx: &Context, out: &str, groups: &[GroupSources]) -> DiscoverResult {
@@ -96,14 +106,16 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
             groups: vec![LabelGroup { name: "all".into(), sources: sources.clone(), dimensions: dimensions.clone() }],
             pass: TeacherPass::new(local("qwen3-tiny")),
             records_per_group: 16,
+            records_per_unit: 5,
         },
     )
     .await
     .expect("label");
     let labelled = labels.labelled["all"];
     assert!(labelled + labels.skipped.total() == 16 && labelled >= 8, "{labels:?}");
-    let body = ctx.storage.get(&join(&labels.labels, "all.jsonl")).await.unwrap();
-    for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+    let body = label_lines(&ctx.storage, &labels.labels).await;
+    assert_eq!(body.len() as u64, labelled, "one line per label, in units of at most 5");
+    for line in &body {
         let label: serde_json::Value = serde_json::from_slice(line).unwrap();
         for d in &dimensions {
             let s = label["scores"][&d.id].as_i64().unwrap();
@@ -200,5 +212,83 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
         let cut = &manifest.thresholds.cuts[0].cut;
         assert_eq!(manifest.total.kept_tokens, cut.kept_tokens);
         assert!(cut.kept_tokens.abs_diff(cut.target_tokens) <= cut.error_bound_tokens);
+    }
+}
+
+/// A label Job killed mid-run loses only the units it had in flight: the rerun asks the teacher
+/// about the records of uncommitted units alone (a committed unit's label file is not written
+/// again), and the same records are labelled, in the same units, as by an uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_label_run_asks_the_teacher_again_only_for_uncommitted_units() {
+    std::env::set_var("HF_HOME", tempfile::tempdir().unwrap().keep());
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::Local, "label-kill", tmp.path()).await;
+    let ctx = context(&config, "w1", tmp.path());
+    let sources = corpus(&ctx, tmp.path(), &base).await;
+    let dimension = |id: &str| Dimension {
+        id: id.into(),
+        name: id.into(),
+        description: format!("how much {id} the record shows"),
+        guide: "1: none. 5: throughout.".into(),
+    };
+    let group = LabelGroup { name: "all".into(), sources, dimensions: vec![dimension("clarity"), dimension("depth")] };
+    let (units, per_unit) = (8, 3);
+    let plan = LabelPlan {
+        output: join(&base, "label"),
+        records_per_group: units * per_unit,
+        records_per_unit: per_unit,
+        ..LabelPlan::new(vec![group], local("qwen3-tiny"))
+    };
+    let reference = LabelPlan { output: join(&base, "reference"), ..plan.clone() };
+    steps::label::run(&ctx, &reference).await.expect("uninterrupted label run");
+
+    let plan_file = tmp.path().join("label.json");
+    std::fs::write(&plan_file, serde_json::to_vec(&plan).unwrap()).unwrap();
+    let child = runner("label", &plan_file, "doomed").spawn().unwrap();
+    let before = kill_after_commits(child, &ctx.storage, &plan.output, 2, units).await;
+    let unit_files = |root: &str| {
+        let dir = std::path::PathBuf::from(join(root, "labels/all"));
+        let mut files: Vec<_> =
+            std::fs::read_dir(&dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+        files.sort();
+        files
+    };
+    let written_before: BTreeMap<_, _> = unit_files(&plan.output)
+        .into_iter()
+        .map(|f| (f.clone(), std::fs::metadata(&f).unwrap().modified().unwrap()))
+        .collect();
+    let rerun = runner("label", &plan_file, "survivor").output().unwrap();
+    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+
+    // Each unit committed once; the survivor committed exactly the units the doomed worker had
+    // not, and wrote no file of a committed unit again.
+    let mut by_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for uri in commits(&ctx.storage, &plan.output).await {
+        let commit: serde_json::Value = ctx.storage.get_json(&uri).await.unwrap();
+        *by_worker.entry(commit["worker"].as_str().unwrap().into()).or_default() += 1;
+        if commit["worker"] == "doomed" {
+            let file = std::path::PathBuf::from(commit["output"]["file"].as_str().unwrap());
+            let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+            assert_eq!(Some(&modified), written_before.get(&file), "{} written again", file.display());
+        }
+    }
+    assert_eq!(by_worker, BTreeMap::from([("doomed".into(), before), ("survivor".into(), units - before)]));
+    // The same records in the same units as an uninterrupted run. (Only the records: a random
+    // model's replies vary with what it is batched with.)
+    let ids = |root: &str| -> Vec<Vec<String>> {
+        let ids_of = |body: Vec<u8>| {
+            let lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+            lines.map(|l| serde_json::from_slice::<serde_json::Value>(l).unwrap()["id"].to_string()).collect()
+        };
+        unit_files(root).into_iter().map(|f| ids_of(std::fs::read(f).unwrap())).collect()
+    };
+    // A record whose replies never fit the schema is skipped, and that too varies; units that the
+    // reference labelled whole must hold the same records.
+    let (ours, theirs) = (ids(&plan.output), ids(&reference.output));
+    assert_eq!(ours.len(), units);
+    let whole: Vec<usize> = (0..units).filter(|&u| theirs[u].len() == per_unit).collect();
+    assert!(whole.len() >= units / 2, "{theirs:?}");
+    for u in whole {
+        assert!(ours[u].iter().all(|id| theirs[u].contains(id)), "unit {u}: {:?} vs {:?}", ours[u], theirs[u]);
     }
 }

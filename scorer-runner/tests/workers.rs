@@ -5,10 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{context, root, Backend};
+use common::{commits, context, kill_after_commits, root, runner, Backend};
 use mira_testkit::synth::{self, Kind, SynthSource};
 use scorer_runner::plan::Format;
 use scorer_runner::plan::StorageConfig;
@@ -74,17 +72,6 @@ async fn scoring_setup(config: &StorageConfig, base: &str, tmp: &Path, shards: u
     }
 }
 
-async fn commits(storage: &Storage, output: &str) -> Vec<String> {
-    storage
-        .list(&join(output, "_units/"))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.uri)
-        .filter(|u| u.ends_with("/commit.json"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_on_s3_commit_every_unit_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -105,16 +92,6 @@ async fn two_workers_on_s3_commit_every_unit_exactly_once() {
     assert_eq!(ra.groups[0].records, 12 * 60 - 12 * 60 / 50);
 }
 
-fn scorer(plan: &Path, worker: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scorer-runner"));
-    cmd.args(["score", "--plan"])
-        .arg(plan)
-        .env("MIRA_WORKER_ID", worker)
-        .env("MIRA_LEASE_SECONDS", "1")
-        .env("MIRA_PARALLELISM", "1");
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_step_is_redone_with_the_same_output() {
     let tmp = tempfile::tempdir().unwrap();
@@ -126,27 +103,15 @@ async fn a_worker_killed_mid_step_is_redone_with_the_same_output() {
     let reference = ScorePlan { output: join(&base, "reference"), ..plan.clone() };
     let reference_file = tmp.path().join("reference.json");
     std::fs::write(&reference_file, serde_json::to_vec(&reference).unwrap()).unwrap();
-    assert!(scorer(&reference_file, "ref").status().unwrap().success());
+    assert!(runner("score", &reference_file, "ref").status().unwrap().success());
 
     // Interrupted: kill -9 once some but not all units are committed, then run again.
     let plan_file = tmp.path().join("plan.json");
     std::fs::write(&plan_file, serde_json::to_vec(&plan).unwrap()).unwrap();
-    let mut child = scorer(&plan_file, "doomed").spawn().unwrap();
-    let started = Instant::now();
-    loop {
-        let n = commits(&storage, &plan.output).await.len();
-        assert!(n < 16, "the worker finished before it could be killed; make units slower");
-        if n >= 2 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no unit committed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let before = commits(&storage, &plan.output).await.len();
+    let child = runner("score", &plan_file, "doomed").spawn().unwrap();
+    let before = kill_after_commits(child, &storage, &plan.output, 2, 16).await;
     assert!(before < 16);
-    let rerun = scorer(&plan_file, "survivor").output().unwrap();
+    let rerun = runner("score", &plan_file, "survivor").output().unwrap();
     assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
 
     // Every unit committed once; each committed score shard equals the reference's byte for byte.

@@ -1,13 +1,20 @@
 //! `label`: the teacher scores a sample of each group's records on every anchored dimension of
-//! the group (an integer on the plan's scale and a one-sentence rationale per dimension). The
-//! labels are written in the format `distill` reads, one file per group; `distill` splits them
-//! into train and validation by id hash. One unit per group.
+//! the group (an integer on the plan's scale and a one-sentence rationale per dimension), in the
+//! format `distill` reads; `distill` splits them into train and validation by id hash.
+//!
+//! A group's sample is cut into units of at most `recordsPerUnit` records, each written to its
+//! own file (`labels/<group>/<unit>.jsonl`) and committed as soon as its replies are in. Teacher
+//! calls are the expensive part of the whole chain (money, with a paid endpoint), so a killed Job
+//! loses only the units it had in flight: a rerun samples the same records (the sample is a
+//! function of the plan) and asks the teacher only about the records of uncommitted units.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::OnceCell;
 
 use super::sample::sample_group;
 use super::Context;
@@ -15,87 +22,124 @@ use crate::error::{Error, Result};
 use crate::models::judge::{JudgeRequest, Scored};
 use crate::models::{truncate, Chat};
 use crate::plan::SkipCounts;
-use crate::plan::{LabelGroup, LabelPlan, LabelResult};
+use crate::plan::{LabelPlan, LabelResult};
+use crate::records::TextRecord;
 use crate::storage::join;
 use crate::units::unit_id;
+
+/// A sampled record and its source.
+type Sampled = (String, TextRecord<'static>);
 
 pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
     if plan.groups.iter().any(|g| g.dimensions.is_empty()) || plan.groups.is_empty() {
         return Err(Error::plan("label needs groups, each with dimensions"));
     }
+    let per_unit = plan.records_per_unit.max(1);
     let teacher = Arc::new(Chat::load(&ctx.storage, &ctx.scratch, &plan.pass.teacher).await?);
-    let ids: Vec<String> = plan.groups.iter().map(|g| unit_id(&g.name, &g.name)).collect();
-    let commits =
-        ctx.units(&plan.output).run(&ids, |i| label_group(ctx, plan, &plan.groups[i], teacher.clone())).await?;
     let mut labelled = BTreeMap::new();
     let mut skipped = SkipCounts::default();
-    for commit in commits {
-        let (group, n, s): (String, u64, SkipCounts) = commit.output;
-        labelled.insert(group, n);
-        skipped.merge(&s);
+    // Group by group, so that one group's sample is in memory at a time.
+    for group in &plan.groups {
+        let units = plan.records_per_group.div_ceil(per_unit);
+        let ids: Vec<String> = (0..units).map(|u| unit_id(&group.name, &format!("{}/{u}", group.name))).collect();
+        // Sampled once, and only if some unit of the group is not committed yet.
+        let sample: OnceCell<(Vec<Sampled>, SkipCounts)> = OnceCell::new();
+        let request = JudgeRequest::new(group.dimensions.clone(), plan.pass.scale, true);
+        let (sample, request, teacher) = (&sample, &request, &teacher);
+        let mut n = 0;
+        ctx.units(&plan.output)
+            .run_each(
+                &ids,
+                |u| async move {
+                    let (records, sampling_skips) = sample
+                        .get_or_try_init(|| sample_group(ctx, &group.sources, plan.records_per_group, plan.pass.read))
+                        .await?;
+                    let records = records.iter().skip(u * per_unit).take(per_unit);
+                    let (lines, mut skips) = label_unit(request, teacher, &group.name, records).await?;
+                    if u == 0 {
+                        // What reading the sample skipped, counted once per group.
+                        skips.merge(sampling_skips);
+                    }
+                    let file = join(&plan.output, &format!("labels/{}/{u:05}.jsonl", group.name));
+                    ctx.storage.put(&file, lines.body.into()).await?;
+                    Ok(UnitLabels { file, labelled: lines.count, skipped: skips })
+                },
+                |_, commit| {
+                    let unit: UnitLabels = commit.output;
+                    n += unit.labelled;
+                    skipped.merge(&unit.skipped);
+                },
+            )
+            .await?;
+        labelled.insert(group.name.clone(), n);
     }
     let result = LabelResult { labels: join(&plan.output, "labels/"), labelled, skipped };
     ctx.write_result(&plan.output, &result).await?;
     Ok(result)
 }
 
-/// A sampled record's source, the record, where its text was cut to fit the teacher's context
-/// (if it was), and the teacher's scores.
-type Reply = (String, crate::records::TextRecord<'static>, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>);
+/// A committed unit: its label file, how many labels it holds and what it skipped.
+#[derive(Serialize, Deserialize)]
+struct UnitLabels {
+    file: String,
+    labelled: u64,
+    skipped: SkipCounts,
+}
 
-async fn label_group(
-    ctx: &Context,
-    plan: &LabelPlan,
-    group: &LabelGroup,
-    teacher: Arc<Chat>,
-) -> Result<(String, u64, SkipCounts)> {
-    let (records, mut skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.pass.read).await?;
-    let request = JudgeRequest::new(group.dimensions.clone(), plan.pass.scale, true);
-    let replies: Vec<Reply> = futures::stream::iter(records)
-        .map(|(source, record)| {
-            let (teacher, request) = (teacher.clone(), &request);
-            async move {
-                let (text, cut) = truncate::for_teacher(&record.text, teacher.tokenizer());
-                let reply = request.ask(&teacher, &text).await;
-                (source, record, cut, reply)
-            }
-        })
-        .buffer_unordered(teacher.concurrency())
-        .collect()
-        .await;
+/// A unit's label lines (JSONL, sorted by record id) and how many there are.
+struct Lines {
+    body: Vec<u8>,
+    count: u64,
+}
+
+/// The teacher's labels of one unit's records; a record whose replies never fit the schema is
+/// counted as skipped (`invalid_reply`), any other model error fails the unit.
+async fn label_unit(
+    request: &JudgeRequest,
+    teacher: &Arc<Chat>,
+    group: &str,
+    records: impl Iterator<Item = &Sampled>,
+) -> Result<(Lines, SkipCounts)> {
+    let replies: Vec<(&Sampled, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>)> =
+        futures::stream::iter(records)
+            .map(|sampled| async move {
+                let (text, cut) = truncate::for_teacher(&sampled.1.text, teacher.tokenizer());
+                (sampled, cut, request.ask(teacher, &text).await)
+            })
+            .buffer_unordered(teacher.concurrency())
+            .collect()
+            .await;
+    let mut skipped = SkipCounts::default();
     let mut lines = Vec::new();
-    for (source, record, truncated, reply) in replies {
+    for ((source, record), truncated, reply) in replies {
         match reply {
             Ok(reply) => {
-                let scores: BTreeMap<&str, i64> =
-                    group.dimensions.iter().map(|d| (d.id.as_str(), reply[&d.id].score)).collect();
-                let rationales: BTreeMap<&str, &str> = group
-                    .dimensions
+                let dims = request.dimensions();
+                let scores: BTreeMap<&str, i64> = dims.iter().map(|d| (d.id.as_str(), reply[&d.id].score)).collect();
+                let rationales: BTreeMap<&str, &str> = dims
                     .iter()
                     .map(|d| (d.id.as_str(), reply[&d.id].rationale.as_deref().unwrap_or_default()))
                     .collect();
-                lines.push((
-                    record.id.clone(),
-                    json!({
-                        "id": record.id, "source": source, "group": group.name, "text": record.text,
-                        "scores": scores, "rationales": rationales, "truncated": truncated,
-                    }),
-                ));
+                let line = json!({
+                    "id": record.id, "source": source, "group": group, "text": record.text,
+                    "scores": scores, "rationales": rationales, "truncated": truncated,
+                });
+                lines.push((record.id.clone(), serde_json::to_vec(&line).map_err(|e| Error::json("label", e))?));
             }
             Err(Error::Model(message)) => {
                 tracing::warn!(record = %record.id, %message, "no usable label");
-                skipped.add_reason("invalid_reply", &source, 0);
+                skipped.add_reason("invalid_reply", source, 0);
             }
             Err(e) => return Err(e),
         }
     }
     // Same bytes whatever order the replies came in.
-    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    lines.sort();
+    let count = lines.len() as u64;
     let mut body = Vec::new();
-    for (_, line) in &lines {
-        body.extend(serde_json::to_vec(line).map_err(|e| Error::json("label", e))?);
+    for (_, line) in lines {
+        body.extend(line);
         body.push(b'\n');
     }
-    ctx.storage.put(&join(&plan.output, &format!("labels/{}.jsonl", group.name)), body.into()).await?;
-    Ok((group.name.clone(), lines.len() as u64, skipped))
+    Ok((Lines { body, count }, skipped))
 }

@@ -90,3 +90,46 @@ pub fn tiny_model(name: &str) -> String {
     ));
     dir.join(name).to_string_lossy().into_owned()
 }
+
+/// The committed units under a step's output root (each `commit.json`'s URI).
+pub async fn commits(storage: &Storage, output: &str) -> Vec<String> {
+    let objects = storage.list(&scorer_runner::storage::join(output, "_units/")).await.unwrap();
+    objects.into_iter().map(|o| o.uri).filter(|u| u.ends_with("/commit.json")).collect()
+}
+
+/// The runner binary running `step` on a plan file, as worker `worker`, one unit at a time, with
+/// a 1-second lease (so that a killed worker's units are free again at once).
+pub fn runner(step: &str, plan: &Path, worker: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scorer-runner"));
+    cmd.args([step, "--plan"])
+        .arg(plan)
+        .env("MIRA_WORKER_ID", worker)
+        .env("MIRA_LEASE_SECONDS", "1")
+        .env("MIRA_PARALLELISM", "1");
+    cmd
+}
+
+/// Runs `child` until `storage` holds at least `at_least` commits under `output`, then kills it
+/// (SIGKILL) and returns how many were committed; fails if it finished or never got that far.
+pub async fn kill_after_commits(
+    mut child: std::process::Child,
+    storage: &Storage,
+    output: &str,
+    at_least: usize,
+    total: usize,
+) -> usize {
+    let started = std::time::Instant::now();
+    loop {
+        let n = commits(storage, output).await.len();
+        assert!(n < total, "the worker finished before it could be killed; make units slower");
+        if n >= at_least {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the worker exited before {at_least} commits");
+        assert!(started.elapsed() < Duration::from_secs(300), "no unit committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    commits(storage, output).await.len()
+}
