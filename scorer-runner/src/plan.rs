@@ -307,24 +307,33 @@ pub struct ClusterPlan {
     pub read: ReadLimits,
 }
 
+/// What `cluster` read of one source to place it in a group.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSample {
     pub name: String,
+    /// Shards listed under the source's URI (the whole source, not only those sampled).
     pub shards: usize,
+    /// Their total size as stored.
     pub bytes: u64,
+    /// Records whose features went into the source's mean vector.
     pub sampled_records: usize,
+    /// Records of the sample that could not be read, by reason.
     pub skipped: SkipCounts,
 }
 
+/// The capability groups and the evidence behind them.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterResult {
+    /// The groups: clustered, or as the plan gave them.
     pub groups: Vec<GroupDef>,
-    /// Source names, in the order of the similarity matrix.
+    /// The sources, in the order of the similarity matrix.
     pub sources: Vec<SourceSample>,
     /// Cosine similarity of the sources' mean feature vectors.
     pub similarity: Vec<Vec<f64>>,
+    /// Mean silhouette of the grouping on those similarities (-1 to 1; higher is better
+    /// separated).
     pub silhouette: f64,
 }
 
@@ -666,6 +675,18 @@ pub struct ScoredShard {
     pub histogram: Histogram,
 }
 
+/// What scoring the corpus found, for the threshold step and the FilterRun's status.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScoreResult {
+    /// One per group.
+    pub groups: Vec<ScoreTotals>,
+    /// One per (group, source).
+    pub sources: Vec<ScoreTotals>,
+    /// Masked dimensions per group and source, as the students applied them.
+    pub masked: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+}
+
 /// Totals of one group or source.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -675,19 +696,14 @@ pub struct ScoreTotals {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     pub shards: usize,
+    /// Records scored.
     pub records: u64,
+    /// Their tokens, as the plan counts them.
     pub tokens: u64,
+    /// Records that could not be read or scored, by reason.
     pub skipped: SkipCounts,
+    /// Tokens per aggregate score: what the threshold step cuts.
     pub histogram: Histogram,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ScoreResult {
-    pub groups: Vec<ScoreTotals>,
-    pub sources: Vec<ScoreTotals>,
-    /// Masked dimensions per group and source, as the students applied them.
-    pub masked: BTreeMap<String, BTreeMap<String, Vec<String>>>,
 }
 
 // ---- threshold ----
