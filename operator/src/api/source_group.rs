@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Format, GroupDef, JobTemplate, PipelineStatus, TextSpec};
+use super::{FeaturizerSpec, Format, GroupDef, JobTemplate, PipelineStatus, TextSpec};
 
 /// The corpus' sources, and how to group them: `k` groups by content clustering, or explicit
 /// groups. Every later stage of the chain writes under `root`.
@@ -108,6 +108,11 @@ pub struct GroupingSpec {
     /// Seed of sampling and clustering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The features whose per-source means are clustered: hashed n-grams by default, or an
+    /// embedding model's vectors (better at telling code, math and agent traces apart; give the
+    /// cluster Job a GPU).
+    #[serde(default)]
+    pub featurizer: FeaturizerSpec,
 }
 
 /// An explicit group.

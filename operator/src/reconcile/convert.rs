@@ -104,3 +104,24 @@ pub fn stage_base<K: Pipeline>(root: &str, resource: &K, stage: &str) -> String 
 pub fn upstream<'a, T>(object: &'a Option<T>, kind: &str) -> Result<&'a T> {
     object.as_ref().ok_or_else(|| Error::UpstreamIncomplete(format!("{kind} not found")))
 }
+
+/// The data plane's featurizer for the API's: an embedding model, or hashed n-grams with the
+/// defaults filled in.
+pub fn featurizer(spec: &crate::api::FeaturizerSpec) -> plan::FeaturizerSpec {
+    if let Some(embedding) = &spec.embedding {
+        return plan::FeaturizerSpec::Embedding { model: local_model(&embedding.model) };
+    }
+    let Some(hashed) = &spec.hashed else { return plan::FeaturizerSpec::default() };
+    let defaults = plan::HashedSpec::default();
+    plan::FeaturizerSpec::Hashed(plan::HashedSpec {
+        dim_log2: hashed.dim_log2.unwrap_or(defaults.dim_log2),
+        word_ngrams: hashed.word_ngrams.unwrap_or(defaults.word_ngrams),
+        char_ngrams: match hashed.char_ngrams.as_deref() {
+            Some(&[min, max]) => Some([min, max]),
+            _ => defaults.char_ngrams,
+        },
+        sublinear_tf: hashed.sublinear_tf.unwrap_or(defaults.sublinear_tf),
+        idf: hashed.idf.unwrap_or(defaults.idf),
+        seed: hashed.seed.unwrap_or(defaults.seed),
+    })
+}

@@ -1,15 +1,13 @@
 //! DistillationJob: `label` (unless labels are imported), then `distill`.
 
 use kube::ResourceExt;
-use scorer_runner::plan::{
-    Dimension, DistillGroup, DistillPlan, DistillResult, FeaturizerSpec, HashedSpec, LabelGroup, LabelPlan, LabelResult,
-};
+use scorer_runner::plan::{Dimension, DistillGroup, DistillPlan, DistillResult, LabelGroup, LabelPlan, LabelResult};
 
 use super::convert::{self, upstream};
 use super::rubric_set::TEACHER_KEY_ENV;
 use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
-    self, DistillationJob, DistillationJobStatus, GroupCount, GroupRubric, JobTemplate, MaskedSource, PipelineStatus,
+    DistillationJob, DistillationJobStatus, GroupCount, GroupRubric, JobTemplate, MaskedSource, PipelineStatus,
     RubricSet, Step, StudentStatus,
 };
 use crate::{Error, Result};
@@ -38,25 +36,6 @@ fn dimensions(group: &GroupRubric) -> Vec<Dimension> {
 /// The environment variable an endpoint judge student's API key reaches the distill and score
 /// workers in.
 pub const JUDGE_KEY_ENV: &str = "MIRA_JUDGE_API_KEY";
-
-fn featurizer(spec: &api::FeaturizerSpec) -> FeaturizerSpec {
-    if let Some(embedding) = &spec.embedding {
-        return FeaturizerSpec::Embedding { model: convert::local_model(&embedding.model) };
-    }
-    let Some(hashed) = &spec.hashed else { return FeaturizerSpec::default() };
-    let defaults = HashedSpec::default();
-    FeaturizerSpec::Hashed(HashedSpec {
-        dim_log2: hashed.dim_log2.unwrap_or(defaults.dim_log2),
-        word_ngrams: hashed.word_ngrams.unwrap_or(defaults.word_ngrams),
-        char_ngrams: match hashed.char_ngrams.as_deref() {
-            Some(&[min, max]) => Some([min, max]),
-            _ => defaults.char_ngrams,
-        },
-        sublinear_tf: hashed.sublinear_tf.unwrap_or(defaults.sublinear_tf),
-        idf: hashed.idf.unwrap_or(defaults.idf),
-        seed: hashed.seed.unwrap_or(defaults.seed),
-    })
-}
 
 impl Pipeline for DistillationJob {
     const STEPS: &'static [Step] = &[Step::Label, Step::Distill];
@@ -125,7 +104,7 @@ impl Pipeline for DistillationJob {
         plan.storage = storage;
         plan.scale = rs.scale();
         let student = &self.spec.student;
-        plan.featurizer = featurizer(&student.featurizer);
+        plan.featurizer = convert::featurizer(&student.featurizer);
         if let Some(judge) = &student.judge {
             let (judge, secret) = convert::model(judge, JUDGE_KEY_ENV)?;
             plan.judge = Some(judge);

@@ -52,6 +52,7 @@ impl Pipeline for SourceGroup {
             groups.iter().map(|g| GroupDef { name: g.name.clone(), sources: g.sources.clone() }).collect()
         });
         plan.seed = grouping.seed.unwrap_or_default();
+        plan.featurizer = convert::featurizer(&grouping.featurizer);
         let base = convert::stage_base(&spec.root, self, &stage.name);
         Ok(Planned::new(plan, base, convert::storage_secrets(&spec.storage)))
     }

@@ -953,3 +953,24 @@ fn every_steps_plan_reaches_the_runner_as_the_operator_built_it() {
     check(world.pass(&mut fr, &lineage));
     assert_eq!(seen.len(), 7, "every step planned once at least: {seen:?}");
 }
+
+/// `grouping.featurizer` reaches the cluster plan: sources can be grouped by an embedding
+/// model's vectors, not only by hashed words.
+#[test]
+fn the_grouping_featurizer_reaches_the_cluster_plan() {
+    let mut world = World::default();
+    let mut sg = source_group();
+    let model = LocalModel { uri: "s3://models/embedder/".into(), gguf_files: Vec::new(), max_num_seqs: None };
+    sg.spec.grouping.featurizer.embedding = Some(EmbeddingFeaturizer { model });
+    let actions = world.pass(&mut sg, &Lineage::default());
+    let Some(Action::CreatePlanConfigMap { plan, .. }) =
+        actions.iter().find(|a| matches!(a, Action::CreatePlanConfigMap { .. }))
+    else {
+        panic!("no cluster plan: {actions:?}")
+    };
+    let plan: plan::ClusterPlan = serde_json::from_str(plan).unwrap();
+    let plan::FeaturizerSpec::Embedding { model: plan::ModelSpec::Local { uri, .. } } = plan.featurizer else {
+        panic!("{:?}", plan.featurizer)
+    };
+    assert_eq!(uri, "s3://models/embedder/");
+}
