@@ -3,9 +3,12 @@
 //!
 //! Each phase runs in its own process so its peak RSS (VmHWM) is its own; `hack/bench-score.sh`
 //! drives the phases and prints the table. Phases:
-//!   generate <dir> <megabytes>   corpus of JSONL.zst shards + teacher labels
-//!   train <dir> [dimensions]     distill a hashed student from the labels, with one dimension
-//!                                (default) or the labels' signal repeated as that many
+//!   generate <dir> <megabytes> [labels]
+//!                                corpus of JSONL.zst shards + teacher labels (default 3,000)
+//!   train <dir> [dimensions] [maxTrainRecords]
+//!                                distill a hashed student from the labels, with one dimension
+//!                                (default) or the labels' signal repeated as that many, on at
+//!                                most maxTrainRecords of them (default 3,000)
 //!   baseline <dir>               decompress + serde_json parse of every record
 //!   score <dir>                  the score step over every shard
 //!   student <dir>                the student alone (featurize + heads) on one thread, over the
@@ -61,7 +64,8 @@ fn corpus_bytes(dir: &Path) -> (u64, u64) {
     (compressed, raw)
 }
 
-fn generate(dir: &Path, megabytes: u64) {
+/// A corpus of about `megabytes` of JSON and `labels` teacher labels of its records.
+fn generate(dir: &Path, megabytes: u64, labels: usize) {
     // About 600 bytes of JSON per record.
     let records = (megabytes * 1_000_000 / 600) as usize;
     let shard_count = records.div_ceil(RECORDS_PER_SHARD);
@@ -74,7 +78,9 @@ fn generate(dir: &Path, megabytes: u64) {
         malformed_every: Some(1000),
     };
     let generated = synth::write_source(&dir.join("corpus"), &source, 11).unwrap();
-    synth::write_labels(&dir.join("labels.jsonl"), &generated, (generated.len() / 3000).max(1), 5).unwrap();
+    let every = (generated.len() / labels.max(1)).max(1);
+    let labelled: Vec<_> = generated.iter().step_by(every).take(labels).cloned().collect();
+    synth::write_labels(&dir.join("labels.jsonl"), &labelled, 1, 5).unwrap();
     // The JSON bytes as stored, decompressed.
     let raw: u64 = shards(dir)
         .iter()
@@ -174,12 +180,15 @@ fn repeat_signal(dir: &Path, ids: &[String]) -> PathBuf {
     path
 }
 
-async fn train(dir: &Path, dimensions: usize) {
+/// Distils a hashed student from the labels on at most `max_train` of them, and reports its
+/// time, peak memory and agreement with the teacher on the signal dimension.
+async fn train(dir: &Path, dimensions: usize, max_train: usize) {
     // Afresh every time: distill would otherwise take the group's committed unit, whatever
     // the dimensions asked for now (the operator addresses each plan's output by its digest;
     // this bench reuses one folder).
     let _ = std::fs::remove_dir_all(dir.join("distill"));
     let ctx = context(dir);
+    let started = Instant::now();
     let ids = dimension_ids(dimensions);
     let labels = if dimensions == 1 { dir.join("labels.jsonl") } else { repeat_signal(dir, &ids) };
     let plan = DistillPlan {
@@ -199,13 +208,21 @@ async fn train(dir: &Path, dimensions: usize) {
         validation_fraction: 0.2,
         split_seed: 0,
         lambdas: vec![],
-        max_train_records: 3000,
+        max_train_records: max_train,
         mask: MaskPolicy::default(),
         export_sft: false,
         judge: None,
     };
     let result = steps::distill::run(&ctx, &plan).await.unwrap();
-    println!("trained on {} labels, {dimensions} dimension(s)", result.students[0].train_records);
+    let student = &result.students[0];
+    let spearman = student.agreement.iter().filter_map(|a| a.spearman).fold(f64::NAN, f64::max);
+    println!(
+        "train: labels={} dimensions={dimensions} seconds={:.2} peak_rss_mib={:.1} best_spearman={spearman:.3} lambdas={:?}",
+        student.train_records,
+        started.elapsed().as_secs_f64(),
+        peak_rss_mib(),
+        student.lambdas,
+    );
 }
 
 /// Decompress and parse every record, nothing else: the floor any scorer pays.
@@ -312,9 +329,18 @@ async fn main() {
     let (phase, dir) =
         (args.first().map(String::as_str).unwrap_or("help"), PathBuf::from(args.get(1).cloned().unwrap_or_default()));
     match phase {
-        "generate" => generate(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
+        "generate" => generate(
+            &dir,
+            args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024),
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3000),
+        ),
         "import" => import(&dir, Path::new(args.get(2).map(String::as_str).unwrap_or("."))),
-        "train" => train(&dir, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1)).await,
+        "train" => train(
+            &dir,
+            args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1),
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3000),
+        )
+        .await,
         "student" => {
             let (records, secs) = student(&dir).await;
             println!("student: records={records} ns_per_record={:.0} records_per_s={:.0} (one thread)", secs * 1e9 / records as f64, records as f64 / secs);
@@ -330,6 +356,6 @@ async fn main() {
                 peak_rss_mib()
             );
         }
-        _ => eprintln!("usage: score (generate <dir> <MB> | train <dir> [dimensions] | baseline <dir> | score <dir> | student <dir> | import <dir> <root>)"),
+        _ => eprintln!("usage: score (generate <dir> <MB> [labels] | train <dir> [dimensions] [maxTrainRecords] | baseline <dir> | score <dir> | student <dir> | import <dir> <root>)"),
     }
 }

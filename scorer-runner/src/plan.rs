@@ -862,7 +862,7 @@ mod defaults {
     }
 
     pub fn max_train_records() -> usize {
-        3000
+        200_000
     }
 
     pub fn export_sft() -> bool {

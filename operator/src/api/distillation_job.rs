@@ -102,11 +102,13 @@ pub struct StudentSpec {
     /// (give their Jobs a GPU for a local judge). An endpoint's API key reaches both Jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<ModelSpec>,
-    /// Ridge strengths to choose from by leave-one-out error; defaults when empty.
+    /// Ridge strengths to choose from (by leave-one-out error up to 2,000 training records, by
+    /// error on held-out records above); defaults when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub lambdas: Vec<f64>,
-    /// Training records per group, sampled above this (the solve is cubic). Default 3000.
+    /// Training records per group, a sample by id hash above this (memory grows with it).
+    /// Default 200000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_train_records: Option<u32>,

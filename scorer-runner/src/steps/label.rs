@@ -30,6 +30,10 @@ use crate::units::unit_id;
 /// A sampled record and its source.
 type Sampled = (String, TextRecord<'static>);
 
+/// A sampled record, where its text was cut to fit the teacher's context (if it was), and the
+/// teacher's scores.
+type Reply<'a> = (&'a Sampled, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>);
+
 pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
     if plan.groups.iter().any(|g| g.dimensions.is_empty()) || plan.groups.is_empty() {
         return Err(Error::plan("label needs groups, each with dimensions"));
@@ -100,15 +104,14 @@ async fn label_unit(
     group: &str,
     records: impl Iterator<Item = &Sampled>,
 ) -> Result<(Lines, SkipCounts)> {
-    let replies: Vec<(&Sampled, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>)> =
-        futures::stream::iter(records)
-            .map(|sampled| async move {
-                let (text, cut) = truncate::for_teacher(&sampled.1.text, teacher.tokenizer());
-                (sampled, cut, request.ask(teacher, &text).await)
-            })
-            .buffer_unordered(teacher.concurrency())
-            .collect()
-            .await;
+    let replies: Vec<Reply> = futures::stream::iter(records)
+        .map(|sampled| async move {
+            let (text, cut) = truncate::for_teacher(&sampled.1.text, teacher.tokenizer());
+            (sampled, cut, request.ask(teacher, &text).await)
+        })
+        .buffer_unordered(teacher.concurrency())
+        .collect()
+        .await;
     let mut skipped = SkipCounts::default();
     let mut lines = Vec::new();
     for ((source, record), truncated, reply) in replies {
