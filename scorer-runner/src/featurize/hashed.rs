@@ -338,6 +338,8 @@ impl Tally<'_> {
 enum Class {
     Space,
     Word,
+    /// A letter of a script written without spaces between words (Chinese, Japanese, Thai, ...).
+    Unspaced,
     Other,
 }
 
@@ -358,6 +360,8 @@ fn class_at(text: &str, i: usize) -> (Class, usize) {
 fn char_class(c: char) -> Class {
     if c.is_whitespace() {
         Class::Space
+    } else if is_unspaced(c) {
+        Class::Unspaced
     } else if c.is_alphanumeric() || c == '_' {
         Class::Word
     } else {
@@ -365,9 +369,29 @@ fn char_class(c: char) -> Class {
     }
 }
 
+/// Whether `c` is a letter of a script written without spaces between words: Han, kana, Thai,
+/// Lao, Khmer, Myanmar. (Hangul is written with spaces.)
+fn is_unspaced(c: char) -> bool {
+    matches!(c as u32,
+        0x0E00..=0x0EFF // Thai, Lao
+        | 0x1000..=0x109F // Myanmar
+        | 0x1780..=0x17FF // Khmer
+        | 0x3040..=0x30FF // Hiragana, Katakana
+        | 0x31F0..=0x31FF // Katakana extensions
+        | 0x3400..=0x4DBF // CJK Extension A
+        | 0x4E00..=0x9FFF // CJK Unified Ideographs
+        | 0xF900..=0xFAFF // CJK Compatibility Ideographs
+        | 0xFF66..=0xFF9F // Halfwidth Katakana
+        | 0x20000..=0x3FFFF // CJK Extensions B and later
+    )
+}
+
 /// Calls `f` with every token of `text`: words (runs of letters, digits and `_`; case is folded
 /// when hashing) and single punctuation characters, which carry much of the signal in code and
-/// markup. Whitespace separates.
+/// markup. Whitespace separates. A run of a script written without spaces (Chinese, Japanese,
+/// Thai) has no words to find, and as one token would match only itself: it gives its
+/// overlapping character bigrams instead (a lone character, itself), the usual unit for such
+/// text in retrieval.
 fn for_each_token<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
     let mut i = 0;
     while i < text.len() {
@@ -377,6 +401,26 @@ fn for_each_token<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
         match class {
             Class::Space => {}
             Class::Other => f(&text[start..i]),
+            Class::Unspaced => {
+                // `start..i` is the run's current character; pair it with the next one.
+                let mut previous = start;
+                loop {
+                    let next = (i < text.len()).then(|| class_at(text, i));
+                    match next {
+                        Some((Class::Unspaced, len)) => {
+                            f(&text[previous..i + len]);
+                            previous = i;
+                            i += len;
+                        }
+                        _ => {
+                            if previous == start {
+                                f(&text[start..i]);
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
             Class::Word => {
                 while i < text.len() {
                     let (class, len) = class_at(text, i);
@@ -589,6 +633,26 @@ mod tests {
     }
 
     #[test]
+    fn unspaced_scripts_give_character_bigrams() {
+        for (text, expected) in [
+            ("自然语言处理 ok", &["自然", "然语", "语言", "言处", "处理", "ok"][..]),
+            ("日本語の文。", &["日本", "本語", "語の", "の文", "。"]),
+            ("สวัสดี", &["สว", "วั", "ัส", "สด", "ดี"]),
+            ("x 字 y", &["x", "字", "y"]),
+            ("한국어 문장", &["한국어", "문장"]),
+        ] {
+            let mut got = Vec::new();
+            for_each_token(text, |t| got.push(t));
+            assert_eq!(got, expected, "{text}");
+        }
+        // Two Chinese texts sharing most of their words are near; as whole-run tokens they had
+        // nothing in common.
+        let f = featurizer(HashedSpec::default());
+        let v = f.featurize(&["我们今天学习自然语言处理", "他们明天学习自然语言处理", "股票市场昨天大幅下跌"]).unwrap();
+        assert!(dot(&v[0], &v[1]) > 0.5 && dot(&v[0], &v[2]) < 0.1, "{} {}", dot(&v[0], &v[1]), dot(&v[0], &v[2]));
+    }
+
+    #[test]
     fn term_weights_are_sublinear_or_raw_counts_past_the_table_too() {
         let many = "x ".repeat(70) + "y";
         for sublinear_tf in [true, false] {
@@ -604,7 +668,8 @@ mod tests {
         }
     }
 
-    /// The definition the byte-level splitter must match, character by character.
+    /// The definition the byte-level splitter must match, character by character (for scripts
+    /// written with spaces; `unspaced_scripts_give_character_bigrams` covers the others).
     fn reference_tokens(text: &str) -> Vec<&str> {
         let word = |c: char| c.is_alphanumeric() || c == '_';
         let mut out = Vec::new();
@@ -624,7 +689,7 @@ mod tests {
             "   ",
             "plain ascii words, and punctuation!",
             "tabs\tnew\nlines\r\nvertical\x0btab\x0cfeed",
-            "naïve café — «quotes» ünïcödé_words 東京タワー 123",
+            "naïve café — «quotes» ünïcödé_words Ελληνικά 123",
             "nbsp\u{a0}and\u{2003}em space\u{3000}ideographic",
             "mixed😀emoji a😀b _x_ __ é_1 \x1cfs\x7fdel",
             "fn main() { let x_1: Vec<u8> = vec![]; }",
