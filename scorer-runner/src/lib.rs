@@ -3,6 +3,7 @@
 //! features) for the plan and result types and for reading results back from storage.
 
 pub mod ascii;
+pub mod bottom_k;
 pub mod error;
 pub mod featurize;
 pub mod formats;

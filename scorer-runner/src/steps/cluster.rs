@@ -123,7 +123,7 @@ async fn sample_source(
     featurizer: Arc<dyn Featurizer>,
 ) -> Result<SourceVector> {
     let source = &plan.sources[i];
-    let sample = super::sample::sample_source(ctx, source, plan.sample_per_source, plan.read).await?;
+    let sample = super::sample::sample_source(ctx, source, plan.sample_per_source, plan.read, plan.seed).await?;
     let texts: Vec<String> = sample.records.iter().map(|r| r.text.to_string()).collect();
     let sum = blocking(move || {
         let mut sum = vec![0f32; featurizer.dim()];

@@ -120,7 +120,8 @@ async fn discover_group(
     teacher: Arc<Chat>,
     embedder: Option<Arc<Embedder>>,
 ) -> Result<GroupRubric> {
-    let (records, _skipped) = sample_group(ctx, &group.sources, plan.records_per_group, plan.pass.read).await?;
+    let (records, _skipped) =
+        sample_group(ctx, &group.sources, plan.records_per_group, plan.pass.read, plan.pass.seed).await?;
     let schema = proposal_schema(plan);
     let replies: Vec<(String, String, Option<truncate::Cut>, Result<ProposalReply>)> = futures::stream::iter(records)
         .map(|(source, record)| {

@@ -18,7 +18,7 @@
 //! samples of the groups its source belongs to, so memory is bounded by the sample caps and not
 //! by the number of labels.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{blocking, Context};
+use crate::bottom_k::BottomK;
 use crate::error::{Error, Result};
 use crate::featurize::{self, idf_weights};
 use crate::formats::{for_each_batch, ShardWriter};
@@ -60,41 +61,6 @@ struct Example {
     text: String,
     scores: Vec<f32>,
     rationales: BTreeMap<String, String>,
-}
-
-/// Keeps the `cap` examples with the smallest id hash: a deterministic, order-independent
-/// sample in bounded memory.
-struct BottomK {
-    cap: usize,
-    heap: BinaryHeap<(u64, usize)>,
-    items: HashMap<usize, Example>,
-    next: usize,
-}
-
-impl BottomK {
-    fn new(cap: usize) -> Self {
-        BottomK { cap: cap.max(1), heap: BinaryHeap::new(), items: HashMap::new(), next: 0 }
-    }
-
-    fn offer(&mut self, key: u64, example: Example) {
-        if self.heap.len() == self.cap {
-            if self.heap.peek().is_some_and(|&(top, _)| key >= top) {
-                return;
-            }
-            if let Some((_, slot)) = self.heap.pop() {
-                self.items.remove(&slot);
-            }
-        }
-        self.heap.push((key, self.next));
-        self.items.insert(self.next, example);
-        self.next += 1;
-    }
-
-    /// The kept examples, in id-hash order.
-    fn into_sorted(self) -> Vec<Example> {
-        let mut items = self.items;
-        self.heap.into_sorted_vec().into_iter().filter_map(|(_, slot)| items.remove(&slot)).collect()
-    }
 }
 
 pub async fn run(ctx: &Context, plan: &DistillPlan) -> Result<DistillResult> {
@@ -149,13 +115,14 @@ fn to_example(label: &Label, group: &DistillGroup, plan: &DistillPlan) -> std::r
 /// One group's labels as they are read: bounded train and validation samples, and the labels
 /// its rubric refused, by reason.
 struct Samples {
-    train: BottomK,
-    validation: BottomK,
+    train: BottomK<Example>,
+    validation: BottomK<Example>,
     skipped: SkipCounts,
 }
 
 impl Samples {
     fn new(cap: usize) -> Self {
+        let cap = cap.max(1);
         Samples { train: BottomK::new(cap), validation: BottomK::new(cap), skipped: SkipCounts::default() }
     }
 

@@ -56,7 +56,9 @@ pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
                 &ids,
                 |u| async move {
                     let (records, sampling_skips) = sample
-                        .get_or_try_init(|| sample_group(ctx, &group.sources, plan.records_per_group, plan.pass.read))
+                        .get_or_try_init(|| {
+                            sample_group(ctx, &group.sources, plan.records_per_group, plan.pass.read, plan.pass.seed)
+                        })
                         .await?;
                     let records = records.iter().skip(u * per_unit).take(per_unit);
                     let (lines, mut skips) = label_unit(request, teacher, &group.name, records).await?;
