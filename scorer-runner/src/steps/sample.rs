@@ -4,6 +4,8 @@
 //! is read, and the `n` records with the smallest seeded hash of their place (shard and index)
 //! are kept (bottom-k). The place, not the id: ids are content hashes where a source names none,
 //! and a text that occurs a hundred times must be drawn as often as a hundred texts would be.
+//! A malformed record drawn is counted as skipped in the sample's place, so a sample of `n` is
+//! `n` records and skips together, as it was when samples were read from the start.
 //! Reading shards from their start, or the first shards of a listing, would follow whatever
 //! order the data was written in (by crawl date, by repository, by difficulty). The same plan
 //! and seed always yield the same sample; another seed, another one.
@@ -19,7 +21,10 @@ use crate::error::Result;
 use crate::formats::for_each_batch;
 use crate::plan::SkipCounts;
 use crate::plan::{ReadLimits, Source};
-use crate::records::{extract, TextRecord};
+use crate::records::{extract, Malformed, TextRecord};
+
+/// A place drawn: its record, or why it could not be read (with the shard and index).
+type Drawn = std::result::Result<TextRecord<'static>, (Malformed, String, u64)>;
 
 /// At most this many shards of a source are read for a sample: a source of more shards is
 /// sampled from a uniform choice of them, which bounds the read at this many shards' records.
@@ -39,22 +44,27 @@ pub async fn sample_source(ctx: &Context, source: &Source, n: usize, read: ReadL
     let mut picked: Vec<&Shard> = shards.iter().collect();
     picked.sort_by_key(|s| (xxh3_64_with_seed(s.uri.as_bytes(), seed), s.uri.clone()));
     picked.truncate(MAX_SAMPLED_SHARDS);
-    let parts: Vec<Result<(BottomK<TextRecord<'static>>, SkipCounts)>> = futures::stream::iter(picked)
+    let parts: Vec<Result<BottomK<Drawn>>> = futures::stream::iter(picked)
         .map(|shard| sample_shard(ctx, source, shard.clone(), n, read, seed))
         .buffer_unordered(ctx.worker.parallelism)
         .collect()
         .await;
     let mut sample = BottomK::new(n);
-    let mut skipped = SkipCounts::default();
     for part in parts {
-        let (part, skips) = part?;
-        sample.merge(part);
-        skipped.merge(&skips);
+        sample.merge(part?);
     }
-    Ok(Sample { shards, records: sample.into_sorted(), skipped })
+    let mut records = Vec::with_capacity(n);
+    let mut skipped = SkipCounts::default();
+    for drawn in sample.into_sorted() {
+        match drawn {
+            Ok(record) => records.push(record),
+            Err((reason, shard, index)) => skipped.add(reason, &shard, index),
+        }
+    }
+    Ok(Sample { shards, records, skipped })
 }
 
-/// The `n` records of one shard with the smallest seeded hash of their index.
+/// The `n` places of one shard with the smallest seeded hash of their index.
 async fn sample_shard(
     ctx: &Context,
     source: &Source,
@@ -62,12 +72,11 @@ async fn sample_shard(
     n: usize,
     read: ReadLimits,
     seed: u64,
-) -> Result<(BottomK<TextRecord<'static>>, SkipCounts)> {
+) -> Result<BottomK<Drawn>> {
     let (input, _guard) = ctx.open_shard(&shard.uri, shard.format).await?;
     let text = source.text.clone();
     blocking(move || {
         let mut sample = BottomK::new(n);
-        let mut skips = SkipCounts::default();
         let shard_seed = xxh3_64_with_seed(shard.uri.as_bytes(), seed);
         for_each_batch(&shard.uri, input, shard.format, read.into(), |batch| {
             for raw in &batch.records {
@@ -75,14 +84,13 @@ async fn sample_shard(
                 if !sample.would_keep(key) {
                     continue;
                 }
-                match extract(raw, &text) {
-                    Ok(record) => sample.offer(key, record.into_owned()),
-                    Err(reason) => skips.add(reason, &shard.uri, raw.index),
-                }
+                let drawn =
+                    extract(raw, &text).map(TextRecord::into_owned).map_err(|r| (r, shard.uri.clone(), raw.index));
+                sample.offer(key, drawn);
             }
             Ok(ControlFlow::Continue(()))
         })?;
-        Ok((sample, skips))
+        Ok(sample)
     })
     .await
 }
