@@ -86,12 +86,7 @@ impl System<'_> {
         let mut z = vec![0f64; heads];
         for &i in subset {
             let x = &self.xs[i];
-            z.iter_mut().for_each(|v| *v = 0.0);
-            for (&f, &v) in x.indices.iter().zip(&x.values) {
-                for (zh, ph) in z.iter_mut().zip(&p[f as usize * heads..][..heads]) {
-                    *zh += v as f64 * ph;
-                }
-            }
+            self.project(i, p, &mut z);
             for (&f, &v) in x.indices.iter().zip(&x.values) {
                 for (oh, zh) in out[f as usize * heads..][..heads].iter_mut().zip(&z) {
                     *oh += v as f64 * zh;
@@ -172,19 +167,24 @@ impl System<'_> {
         }
     }
 
+    /// `out[h] = x_i . w_h`: record `i`'s product with each head's column of `w`.
+    fn project(&self, i: usize, w: &[f64], out: &mut [f64]) {
+        let (x, heads) = (&self.xs[i], self.heads);
+        out.iter_mut().for_each(|v| *v = 0.0);
+        for (&f, &v) in x.indices.iter().zip(&x.values) {
+            for (o, wh) in out.iter_mut().zip(&w[f as usize * heads..][..heads]) {
+                *o += v as f64 * wh;
+            }
+        }
+    }
+
     /// Each head's mean squared error on the records `subset`.
     fn squared_errors(&self, subset: &[usize], w: &[f64]) -> Vec<f64> {
         let heads = self.heads;
         let mut sums = vec![0f64; heads];
         let mut predicted = vec![0f64; heads];
         for &i in subset {
-            let x = &self.xs[i];
-            predicted.iter_mut().for_each(|v| *v = 0.0);
-            for (&f, &v) in x.indices.iter().zip(&x.values) {
-                for (ph, wh) in predicted.iter_mut().zip(&w[f as usize * heads..][..heads]) {
-                    *ph += v as f64 * wh;
-                }
-            }
+            self.project(i, w, &mut predicted);
             for h in 0..heads {
                 let e = predicted[h] - self.y[i * heads + h];
                 sums[h] += e * e;
