@@ -30,7 +30,7 @@ fn dims() -> Vec<Dimension> {
 }
 
 async fn label_all(chat: &Arc<Chat>, texts: &[String], in_flight: usize) -> (usize, f64) {
-    let request = JudgeRequest::new(dims(), Scale::default(), true);
+    let request = JudgeRequest::new(dims(), Scale::default(), true, 2048);
     let started = Instant::now();
     let ok: Vec<bool> = futures::stream::iter(texts)
         .map(|text| {

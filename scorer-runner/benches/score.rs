@@ -212,6 +212,7 @@ async fn train(dir: &Path, dimensions: usize, max_train: usize) {
         mask: MaskPolicy::default(),
         export_sft: false,
         judge: None,
+        max_record_tokens: 2048,
     };
     let result = steps::distill::run(&ctx, &plan).await.unwrap();
     let student = &result.students[0];

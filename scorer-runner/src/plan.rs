@@ -381,11 +381,21 @@ pub struct TeacherPass {
     pub seed: u64,
     #[serde(default)]
     pub read: ReadLimits,
+    /// The most tokens of a record the teacher reads (its tokenizer's, where it has one); a
+    /// longer record is cut head plus tail, and the cut is recorded with its label.
+    #[serde(default = "defaults::max_record_tokens")]
+    pub max_record_tokens: usize,
 }
 
 impl TeacherPass {
     pub fn new(teacher: ModelSpec) -> Self {
-        TeacherPass { teacher, scale: Scale::default(), seed: 0, read: ReadLimits::default() }
+        TeacherPass {
+            teacher,
+            scale: Scale::default(),
+            seed: 0,
+            read: ReadLimits::default(),
+            max_record_tokens: defaults::max_record_tokens(),
+        }
     }
 }
 
@@ -572,6 +582,10 @@ pub struct DistillPlan {
     /// heads are trained; the judge is validated and masked like any student.
     #[serde(default)]
     pub judge: Option<ModelSpec>,
+    /// The most tokens of a record a judge student reads: the teacher's, so that the student
+    /// sees what the teacher saw. A longer record is cut head plus tail, never skipped.
+    #[serde(default = "defaults::max_record_tokens")]
+    pub max_record_tokens: usize,
 }
 
 /// Agreement of teacher and student on one (source, dimension), on the held-out records.
@@ -828,7 +842,7 @@ pub struct Manifest {
 
 /// The defaults of the plans' optional settings: what a plan file that leaves a field out gets,
 /// and what the plans' constructors start from.
-mod defaults {
+pub(crate) mod defaults {
     pub fn sample_per_source() -> usize {
         2000
     }
@@ -855,6 +869,10 @@ mod defaults {
 
     pub fn label_records_per_unit() -> usize {
         1000
+    }
+
+    pub fn max_record_tokens() -> usize {
+        2048
     }
 
     pub fn validation_fraction() -> f64 {
@@ -946,6 +964,7 @@ impl DistillPlan {
             mask: MaskPolicy::default(),
             export_sft: defaults::export_sft(),
             judge: None,
+            max_record_tokens: defaults::max_record_tokens(),
         }
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::featurize::{self, Featurizer};
-use crate::models::judge::JudgeRequest;
+use crate::models::judge::{JudgeRequest, Judged};
 use crate::models::Chat;
 use crate::plan::{Dimension, FeaturizerSpec, ModelSpec, Scale};
 use crate::ridge::RidgeHeads;
@@ -49,7 +49,12 @@ pub enum StudentKind {
     #[serde(rename_all = "camelCase")]
     Heads { featurizer: FeaturizerSpec, dim: usize, bias: Vec<f32>, lambdas: Vec<f64>, has_idf: bool },
     #[serde(rename_all = "camelCase")]
-    Judge { model: ModelSpec },
+    Judge {
+        model: ModelSpec,
+        /// The most tokens of a record the judge reads (the teacher's).
+        #[serde(default = "crate::plan::defaults::max_record_tokens")]
+        max_record_tokens: usize,
+    },
 }
 
 /// How a student turns texts into per-dimension scores.
@@ -67,10 +72,11 @@ impl Scorer {
         model: &ModelSpec,
         dimensions: &[Dimension],
         scale: Scale,
+        max_record_tokens: usize,
     ) -> Result<Self> {
         Ok(Scorer::Judge {
             chat: Arc::new(Chat::load(storage, scratch, model).await?),
-            request: JudgeRequest::new(dimensions.to_vec(), scale, false),
+            request: JudgeRequest::new(dimensions.to_vec(), scale, false, max_record_tokens),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -156,7 +162,7 @@ impl Student {
                         .await;
                     for (i, reply) in replies {
                         match reply {
-                            Ok(scores) => {
+                            Ok(Judged { scores, .. }) => {
                                 let row = &mut out.values[i * dims.len()..(i + 1) * dims.len()];
                                 for (value, d) in row.iter_mut().zip(dims) {
                                     *value = scores[&d.id].score as f32;
@@ -205,8 +211,8 @@ impl Student {
             return Err(bad(format!("format {:?}, this build reads {FORMAT:?}", header.format)));
         }
         let scorer = match &header.kind {
-            StudentKind::Judge { model } => {
-                Scorer::judge(storage, scratch, model, &header.dimensions, header.scale).await?
+            StudentKind::Judge { model, max_record_tokens } => {
+                Scorer::judge(storage, scratch, model, &header.dimensions, header.scale, *max_record_tokens).await?
             }
             StudentKind::Heads { featurizer, dim, bias, lambdas, has_idf } => {
                 let n = header.dimensions.len();

@@ -108,6 +108,7 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
             mask: MaskPolicy::default(),
             export_sft: true,
             judge: None,
+            max_record_tokens: 2048,
         },
     )
     .await

@@ -104,7 +104,7 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
             storage: Default::default(),
             output: join(&out, "label"),
             groups: vec![LabelGroup { name: "all".into(), sources: sources.clone(), dimensions: dimensions.clone() }],
-            pass: TeacherPass::new(local("qwen3-tiny")),
+            pass: TeacherPass { max_record_tokens: 24, ..TeacherPass::new(local("qwen3-tiny")) },
             records_per_group: 16,
             records_per_unit: 5,
         },
@@ -121,6 +121,11 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
             let s = label["scores"][&d.id].as_i64().unwrap();
             assert!((1..=5).contains(&s));
             assert!(label["rationales"][&d.id].is_string());
+        }
+        // The teacher read at most 24 of its tokens of a record, and the cut is on record.
+        let words = label["text"].as_str().unwrap().split_whitespace().count();
+        if words > 24 {
+            assert_eq!(label["truncated"]["keptTokens"], 24, "{label}");
         }
     }
 
@@ -151,6 +156,7 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
                 mask: MaskPolicy { min_validation: 1, ..Default::default() },
                 export_sft: true,
                 judge,
+                max_record_tokens: 24,
             },
         )
         .await

@@ -48,6 +48,7 @@ async fn scoring_setup(config: &StorageConfig, base: &str, tmp: &Path, shards: u
             mask: MaskPolicy::default(),
             export_sft: false,
             judge: None,
+            max_record_tokens: 2048,
         },
     )
     .await

@@ -39,6 +39,13 @@ pub struct RubricSetSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.min < self.max").message("min must be below max"))]
     pub scale: Scale,
+    /// The most tokens of a record the teacher reads, and with it a judge student: a longer
+    /// record is cut head plus tail (the cut is recorded with its label), never skipped. Counted
+    /// with the model's tokenizer where it has one, else in whitespace-separated words. Default
+    /// 2048.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16))]
+    pub max_record_tokens: Option<u32>,
     /// Discovery sizes.
     #[serde(default)]
     pub discovery: DiscoverySpec,

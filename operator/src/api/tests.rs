@@ -206,6 +206,7 @@ fn a_teacher_is_exactly_one_model() {
                 endpoint: None,
             },
             scale: Scale::default(),
+            max_record_tokens: None,
             discovery: DiscoverySpec::default(),
             pinned: Vec::new(),
             job: JobTemplate::default(),

@@ -82,6 +82,7 @@ impl Pipeline for DistillationJob {
             let mut plan = LabelPlan::new(groups, teacher);
             plan.storage = storage;
             plan.pass.scale = rs.scale();
+            plan.pass.max_record_tokens = rs.max_record_tokens(plan.pass.max_record_tokens);
             if let Some(n) = self.spec.labels.records_per_group {
                 plan.records_per_group = n as usize;
             }
@@ -103,6 +104,7 @@ impl Pipeline for DistillationJob {
         let mut plan = DistillPlan::new(groups, labels);
         plan.storage = storage;
         plan.scale = rs.scale();
+        plan.max_record_tokens = rs.max_record_tokens(plan.max_record_tokens);
         let student = &self.spec.student;
         plan.featurizer = convert::featurizer(&student.featurizer);
         if let Some(judge) = &student.judge {

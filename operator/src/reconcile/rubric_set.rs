@@ -43,6 +43,12 @@ impl RubricSet {
     pub fn scale(&self) -> Scale {
         self.spec.scale
     }
+
+    /// The most tokens of a record the teacher (and a judge student) reads, for every step that
+    /// puts records to a model.
+    pub fn max_record_tokens(&self, default: usize) -> usize {
+        self.spec.max_record_tokens.map_or(default, |n| n as usize)
+    }
 }
 
 impl Pipeline for RubricSet {
@@ -73,6 +79,7 @@ impl Pipeline for RubricSet {
         let mut plan = DiscoverPlan::new(groups, teacher);
         plan.storage = sg.spec.storage.config();
         plan.pass.scale = self.scale();
+        plan.pass.max_record_tokens = self.max_record_tokens(plan.pass.max_record_tokens);
         let discovery = &self.spec.discovery;
         if let Some(embedder) = &discovery.embedder {
             let (embedder, secret) = convert::model(embedder, EMBEDDER_KEY_ENV)?;

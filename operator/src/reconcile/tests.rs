@@ -100,6 +100,7 @@ fn rubric_set() -> RubricSet {
             source_group_ref: "corpus".into(),
             teacher: teacher(),
             scale: Scale::default(),
+            max_record_tokens: Some(777),
             discovery: DiscoverySpec::default(),
             pinned: Vec::new(),
             job: JobTemplate::default(),
@@ -930,6 +931,14 @@ fn every_steps_plan_reaches_the_runner_as_the_operator_built_it() {
                     _ => Vec::new(),
                 };
                 assert!(dims.iter().all(|d| d.guide == format!("1: no {id}; 5: {id}", id = d.id)), "{dims:?}");
+                // The teacher's cut reaches discovery, the labels and a judge student.
+                let max_record_tokens = match &parsed {
+                    StepPlan::Discover(p) => Some(p.pass.max_record_tokens),
+                    StepPlan::Label(p) => Some(p.pass.max_record_tokens),
+                    StepPlan::Distill(p) => Some(p.max_record_tokens),
+                    _ => None,
+                };
+                assert!(max_record_tokens.is_none_or(|n| n == 777), "{step:?}: {max_record_tokens:?}");
                 seen.insert(step);
             }
         }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::truncate::{self, Cut};
 use super::Chat;
 use crate::error::Result;
 use crate::plan::{Dimension, Scale};
@@ -42,9 +43,10 @@ impl From<ScoreReply> for Scored {
     }
 }
 
-/// The reply schema, system prompt and token budget for a group's dimensions, prepared once per
-/// group and reused for every record. The teacher (`label`) asks for a rationale with each
-/// score; a judge student (`score`, `distill`'s validation) and the SFT export for bare scores.
+/// The reply schema, system prompt, token budget and record cut for a group's dimensions,
+/// prepared once per group and reused for every record. The teacher (`label`) asks for a
+/// rationale with each score; a judge student (`score`, `distill`'s validation) and the SFT
+/// export for bare scores. Both cut a long record to the same number of tokens, head plus tail.
 pub struct JudgeRequest {
     dimensions: Vec<Dimension>,
     scale: Scale,
@@ -52,10 +54,17 @@ pub struct JudgeRequest {
     schema: Value,
     system: String,
     max_tokens: usize,
+    max_record_tokens: usize,
+}
+
+/// A record's scores, and where its text was cut to fit (if it was).
+pub struct Judged {
+    pub scores: BTreeMap<String, Scored>,
+    pub cut: Option<Cut>,
 }
 
 impl JudgeRequest {
-    pub fn new(dimensions: Vec<Dimension>, scale: Scale, with_rationale: bool) -> Self {
+    pub fn new(dimensions: Vec<Dimension>, scale: Scale, with_rationale: bool, max_record_tokens: usize) -> Self {
         let max_tokens = if with_rationale { 64 + 96 * dimensions.len() } else { 16 + 8 * dimensions.len() };
         JudgeRequest {
             schema: scores_schema(&dimensions, scale, with_rationale),
@@ -64,6 +73,7 @@ impl JudgeRequest {
             scale,
             with_rationale,
             max_tokens,
+            max_record_tokens,
         }
     }
 
@@ -78,8 +88,10 @@ impl JudgeRequest {
     }
 
     /// The user prompt for one record: the rubric, each dimension with its scoring guide (the
-    /// anchors that make a 2 mean the same on every record), then the record's text.
-    pub fn user(&self, text: &str) -> String {
+    /// anchors that make a 2 mean the same on every record), then the record's text cut to the
+    /// request's tokens of `tokenizer` (whitespace words without one), and where it was cut.
+    pub fn user(&self, text: &str, tokenizer: Option<&tokenizers::Tokenizer>) -> (String, Option<Cut>) {
+        let (text, cut) = truncate::for_model(text, tokenizer, self.max_record_tokens);
         let mut out = String::from("Rubric:\n");
         for d in &self.dimensions {
             out.push_str(&format!("- {}", d.id));
@@ -95,18 +107,21 @@ impl JudgeRequest {
             }
         }
         out.push_str("\nRecord:\n");
-        out.push_str(text);
-        out
+        out.push_str(&text);
+        (out, cut)
     }
 
-    /// Every dimension's score of `text`; [`crate::Error::Model`] when no reply names every
-    /// dimension with an in-scale score in the shape asked for (with or without a rationale).
-    pub async fn ask(&self, chat: &Chat, text: &str) -> Result<BTreeMap<String, Scored>> {
+    /// Every dimension's score of `text`, cut to the request's tokens of `chat`'s tokenizer;
+    /// [`crate::Error::Model`] when no reply names every dimension with an in-scale score in
+    /// the shape asked for (with or without a rationale).
+    pub async fn ask(&self, chat: &Chat, text: &str) -> Result<Judged> {
         let range = self.scale.min as i64..=self.scale.max as i64;
         let fits = |s: &Scored| range.contains(&s.score) && s.rationale.is_some() == self.with_rationale;
         let complete =
             |reply: &BTreeMap<String, Scored>| self.dimensions.iter().all(|d| reply.get(&d.id).is_some_and(fits));
-        chat.json(&self.system, &self.user(text), &self.schema, self.max_tokens, complete).await
+        let (user, cut) = self.user(text, chat.tokenizer());
+        let scores = chat.json(&self.system, &user, &self.schema, self.max_tokens, complete).await?;
+        Ok(Judged { scores, cut })
     }
 }
 
@@ -164,7 +179,8 @@ mod tests {
         };
         let dims = vec![dimension("clarity", "1: unreadable.\n5: crisp and precise."), dimension("depth", "")];
         for with_rationale in [true, false] {
-            let user = JudgeRequest::new(dims.clone(), Scale::default(), with_rationale).user("THE RECORD");
+            let user =
+                JudgeRequest::new(dims.clone(), Scale::default(), with_rationale, 100).user("THE RECORD", None).0;
             assert_eq!(
                 user,
                 "Rubric:\n- clarity (clarity name): what clarity measures\n    1: unreadable.\n    5: crisp and \

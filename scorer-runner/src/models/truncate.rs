@@ -12,13 +12,10 @@ pub struct Cut {
     pub kept_tokens: usize,
 }
 
-/// The most tokens of a record a teacher reads; longer records are cut head-plus-tail.
-pub const MAX_RECORD_TOKENS: usize = 2048;
-
-/// `text` as a teacher reads it: at most [`MAX_RECORD_TOKENS`] tokens of its tokenizer
-/// (whitespace-separated words without one).
-pub fn for_teacher(text: &str, tokenizer: Option<&tokenizers::Tokenizer>) -> (String, Option<Cut>) {
-    head_tail(text, &offsets(text, tokenizer), MAX_RECORD_TOKENS)
+/// `text` as a model reads it: at most `max_tokens` tokens of its tokenizer (whitespace-separated
+/// words without one).
+pub fn for_model(text: &str, tokenizer: Option<&tokenizers::Tokenizer>, max_tokens: usize) -> (String, Option<Cut>) {
+    head_tail(text, &offsets(text, tokenizer), max_tokens)
 }
 
 /// Keeps the first and last `max_tokens / 2` tokens of `text` (token boundaries from `offsets`,

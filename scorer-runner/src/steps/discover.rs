@@ -127,7 +127,7 @@ async fn discover_group(
         .map(|(source, record)| {
             let (teacher, schema) = (teacher.clone(), &schema);
             async move {
-                let (text, cut) = truncate::for_teacher(&record.text, teacher.tokenizer());
+                let (text, cut) = truncate::for_model(&record.text, teacher.tokenizer(), plan.pass.max_record_tokens);
                 let user = prompts::discover_user(&source, &text, plan.pass.scale);
                 let reply = teacher
                     .json::<ProposalReply>(prompts::DISCOVER_SYSTEM, &user, schema, 1024, |r| !r.dimensions.is_empty())

@@ -254,7 +254,7 @@ async fn train_group(
     ctx.storage.put(&student_uri, bytes.into()).await?;
     if plan.export_sft {
         let tmp = ctx.scratch_file()?;
-        let request = JudgeRequest::new(group.dimensions.clone(), plan.scale, false);
+        let request = JudgeRequest::new(group.dimensions.clone(), plan.scale, false, plan.max_record_tokens);
         let (path, group_c, train) = (tmp.to_path_buf(), group.clone(), train.clone());
         blocking(move || {
             let mut writer = ShardWriter::create(&path, Format::Jsonl)?;
@@ -270,8 +270,9 @@ async fn train_group(
 }
 
 /// A training example as one chat-format SFT record (system, user, assistant JSON scores): the
-/// judge student's own request (rubric and scoring guides included), answered with the
-/// teacher's scores. The teacher's rationales ride beside the messages, not in the answer, so
+/// judge student's own request (rubric and scoring guides included, a long record cut head plus
+/// tail at `maxRecordTokens` whitespace words, as the model to be tuned is not known here),
+/// answered with the teacher's scores. The teacher's rationales ride beside the messages, not in the answer, so
 /// that a model tuned on the messages answers exactly what a judge student is asked for.
 fn sft_example(request: &JudgeRequest, group: &DistillGroup, example: &Example) -> Vec<u8> {
     let answer: serde_json::Map<String, Value> =
@@ -279,7 +280,7 @@ fn sft_example(request: &JudgeRequest, group: &DistillGroup, example: &Example) 
     let record = serde_json::json!({
         "messages": [
             {"role": "system", "content": request.system()},
-            {"role": "user", "content": request.user(&example.text)},
+            {"role": "user", "content": request.user(&example.text, None).0},
             {"role": "assistant", "content": Value::Object(answer).to_string()},
         ],
         "id": example.id,
@@ -294,8 +295,9 @@ fn sft_example(request: &JudgeRequest, group: &DistillGroup, example: &Example) 
 async fn build_student(ctx: &Context, plan: &DistillPlan, group: &DistillGroup, train: &[Example]) -> Result<Student> {
     let kind_and_scorer = match &plan.judge {
         Some(model) => (
-            StudentKind::Judge { model: model.clone() },
-            Scorer::judge(&ctx.storage, &ctx.scratch, model, &group.dimensions, plan.scale).await?,
+            StudentKind::Judge { model: model.clone(), max_record_tokens: plan.max_record_tokens },
+            Scorer::judge(&ctx.storage, &ctx.scratch, model, &group.dimensions, plan.scale, plan.max_record_tokens)
+                .await?,
         ),
         None => {
             let texts: Arc<Vec<String>> = Arc::new(train.iter().map(|e| e.text.clone()).collect());
@@ -480,7 +482,7 @@ mod tests {
     fn sft_lines_carry_the_rubric_guides_and_the_teachers_rationales() {
         let mut group = group("a", &["web"]);
         group.dimensions[0].guide = "1: off-topic. 5: every claim sourced.".into();
-        let request = JudgeRequest::new(group.dimensions.clone(), crate::plan::Scale::default(), false);
+        let request = JudgeRequest::new(group.dimensions.clone(), crate::plan::Scale::default(), false, 100);
         let example = Example {
             id: "r1".into(),
             source: "web".into(),
@@ -493,5 +495,12 @@ mod tests {
         assert!(user.contains("1: off-topic. 5: every claim sourced.") && user.ends_with("the record"), "{user}");
         assert_eq!(line["messages"][2]["content"], r#"{"d":4}"#);
         assert_eq!(line["rationales"]["d"], "cites two papers");
+
+        // A record past the cut is read head plus tail, as the teacher and a judge student read it.
+        let short = JudgeRequest::new(group.dimensions.clone(), crate::plan::Scale::default(), false, 4);
+        let long = Example { text: "one two three four five six".into(), ..example };
+        let line: Value = serde_json::from_slice(&sft_example(&short, &group, &long)).unwrap();
+        let user = line["messages"][1]["content"].as_str().unwrap();
+        assert!(user.ends_with("one two\n[... 2 tokens omitted ...]\nfive six"), "{user}");
     }
 }

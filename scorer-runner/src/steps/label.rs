@@ -19,8 +19,8 @@ use tokio::sync::OnceCell;
 use super::sample::sample_group;
 use super::Context;
 use crate::error::{Error, Result};
-use crate::models::judge::{JudgeRequest, Scored};
-use crate::models::{truncate, Chat};
+use crate::models::judge::{JudgeRequest, Judged};
+use crate::models::Chat;
 use crate::plan::SkipCounts;
 use crate::plan::{LabelPlan, LabelResult};
 use crate::records::TextRecord;
@@ -30,9 +30,8 @@ use crate::units::unit_id;
 /// A sampled record and its source.
 type Sampled = (String, TextRecord<'static>);
 
-/// A sampled record, where its text was cut to fit the teacher's context (if it was), and the
-/// teacher's scores.
-type Reply<'a> = (&'a Sampled, Option<truncate::Cut>, Result<BTreeMap<String, Scored>>);
+/// A sampled record and the teacher's reply.
+type Reply<'a> = (&'a Sampled, Result<Judged>);
 
 pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
     if plan.groups.iter().any(|g| g.dimensions.is_empty()) || plan.groups.is_empty() {
@@ -48,7 +47,7 @@ pub async fn run(ctx: &Context, plan: &LabelPlan) -> Result<LabelResult> {
         let ids: Vec<String> = (0..units).map(|u| unit_id(&group.name, &format!("{}/{u}", group.name))).collect();
         // Sampled once, and only if some unit of the group is not committed yet.
         let sample: OnceCell<(Vec<Sampled>, SkipCounts)> = OnceCell::new();
-        let request = JudgeRequest::new(group.dimensions.clone(), plan.pass.scale, true);
+        let request = JudgeRequest::new(group.dimensions.clone(), plan.pass.scale, true, plan.pass.max_record_tokens);
         let (sample, request, teacher) = (&sample, &request, &teacher);
         let mut n = 0;
         ctx.units(&plan.output)
@@ -107,18 +106,15 @@ async fn label_unit(
     records: impl Iterator<Item = &Sampled>,
 ) -> Result<(Lines, SkipCounts)> {
     let replies: Vec<Reply> = futures::stream::iter(records)
-        .map(|sampled| async move {
-            let (text, cut) = truncate::for_teacher(&sampled.1.text, teacher.tokenizer());
-            (sampled, cut, request.ask(teacher, &text).await)
-        })
+        .map(|sampled| async move { (sampled, request.ask(teacher, &sampled.1.text).await) })
         .buffer_unordered(teacher.concurrency())
         .collect()
         .await;
     let mut skipped = SkipCounts::default();
     let mut lines = Vec::new();
-    for ((source, record), truncated, reply) in replies {
+    for ((source, record), reply) in replies {
         match reply {
-            Ok(reply) => {
+            Ok(Judged { scores: reply, cut: truncated }) => {
                 let dims = request.dimensions();
                 let scores: BTreeMap<&str, i64> = dims.iter().map(|d| (d.id.as_str(), reply[&d.id].score)).collect();
                 let rationales: BTreeMap<&str, &str> = dims
