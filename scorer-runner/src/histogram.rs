@@ -45,7 +45,8 @@ impl From<SparseHistogram> for Histogram {
     }
 }
 
-/// Where a histogram is cut: records in bins `>= bin` are kept.
+/// Where a histogram is cut: records in bins `>= bin` are kept, and those of the bin below that
+/// the tie draw keeps (see `tie_draw`, which settles it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
@@ -65,8 +66,35 @@ pub struct Cut {
     /// Records scored.
     pub total_records: u64,
     /// Largest possible distance from the target: the tokens of the bin that straddles it, which
-    /// the histogram's resolution cannot split.
+    /// the histogram's resolution cannot split; after a tie draw, the distance itself (at most
+    /// one record's tokens).
     pub error_bound_tokens: u64,
+    /// How the records of the bin that straddles the target are kept, when whole bins miss it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie: Option<TieDraw>,
+}
+
+impl Cut {
+    /// Whether a record of this score bin and draw key is kept.
+    pub fn keeps(&self, bin: usize, key: u64) -> bool {
+        bin >= self.bin || self.tie.as_ref().is_some_and(|t| bin == t.bin && key < t.below)
+    }
+}
+
+/// How the records of the bin just below a cut's `bin` are kept: those whose draw key is below
+/// `below`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct TieDraw {
+    /// The bin drawn from.
+    pub bin: usize,
+    /// Records of the bin whose draw key is below this are kept.
+    pub below: u64,
+    /// Records kept by the draw.
+    pub records: u64,
+    /// Tokens kept by the draw: the part of the cut's kept tokens that no score ranked.
+    pub tokens: u64,
 }
 
 impl Histogram {
@@ -136,14 +164,20 @@ impl Histogram {
         let (bin, kept_tokens, kept_records, error_bound_tokens) = chosen;
         Cut {
             bin,
-            threshold: self.min + (self.max - self.min) * bin as f64 / bins as f64,
+            threshold: self.lower_edge(bin),
             total_tokens,
             target_tokens: target,
             kept_tokens,
             kept_records,
             total_records,
             error_bound_tokens,
+            tie: None,
         }
+    }
+
+    /// The lowest score of a bin.
+    pub fn lower_edge(&self, bin: usize) -> f64 {
+        self.min + (self.max - self.min) * bin as f64 / self.tokens.len() as f64
     }
 }
 

@@ -18,6 +18,7 @@ pub mod stats;
 pub mod steps;
 pub mod storage;
 pub mod student;
+pub mod tie_draw;
 pub mod units;
 
 pub use error::{Error, Result};

@@ -280,6 +280,7 @@ fn result_of(record: &StageRecord) -> Value {
         kept_records: 5,
         total_records: 10,
         error_bound_tokens: 20,
+        tie: None,
     };
     let kept = plan::Kept { kept_records: 5, total_records: 10, kept_tokens: 510, total_tokens: 1000 };
     let value = match record.step {

@@ -1,14 +1,15 @@
 //! Score shards, the pipeline's own format between `score` and `select`: one Parquet file per
 //! input shard, a row per scored record, in the shard's record order. Columns: `index` (the
-//! record's line or row number in its shard), `id`, `tokens`, `aggregate`, and one
+//! record's line or row number in its shard), `id`, `tokens`, `aggregate`, `draw` (the key
+//! of the threshold's tie draw, a hash of the id), and one
 //! `score_<dimension id>` per dimension of the group's student. The group and source are in the
 //! file's path, Hive-style (`group=<name>/source=<name>/`), where dataset readers find them as
 //! columns, and in the footer's key-value metadata (`mira.group`, `mira.source`).
 //!
 //! Parquet rather than JSON lines because the rows are numbers and a short id: encoding them
 //! as JSON text and compressing that text cost `score` a seventh of its instructions, while typed
-//! columns are written with no text formatting at all, are smaller, and `select` reads back
-//! only the three columns it needs. They are also what a data team queries the scores with
+//! columns are written with no text formatting at all, are smaller, and `threshold` and `select`
+//! read back only the four columns they need. They are also what a data team queries the scores with
 //! (DuckDB, Polars, pandas) to look at a run's distribution per source or per dimension.
 
 use std::path::Path;
@@ -38,6 +39,8 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 const INDEX: &str = "index";
 const TOKENS: &str = "tokens";
 const AGGREGATE: &str = "aggregate";
+/// The record's tie-draw key ([`crate::tie_draw::draw_key`] of its id).
+const DRAW: &str = "draw";
 
 /// The column of one dimension's scores.
 fn dimension_column(id: &str) -> String {
@@ -53,6 +56,7 @@ pub struct ScoreShardWriter {
     id: StringBuilder,
     tokens: UInt64Builder,
     aggregate: Float32Builder,
+    draw: UInt64Builder,
     scores: Vec<Float32Builder>,
 }
 
@@ -67,11 +71,13 @@ impl ScoreShardWriter {
             Field::new(TOKENS, DataType::UInt64, false),
             // NaN when no dimension counted.
             Field::new(AGGREGATE, DataType::Float32, false),
+            Field::new(DRAW, DataType::UInt64, false),
         ];
         fields.extend(dimensions.iter().map(|d| Field::new(dimension_column(d), DataType::Float32, false)));
         let schema = Arc::new(Schema::new(fields));
         let column = |name: &str| ColumnPath::from(name);
-        // Only the integer columns are compressed or keep statistics. Ids are random digits and
+        // Only the record numbers and tokens are compressed or keep statistics. Ids are random
+        // digits, draw keys random integers and
         // scores random floats: a dictionary only costs time there, and so does compression.
         // Content-hash ids (hex digits) compress at most to half, for 3-4 % of the step's
         // instructions. Zstd took a tenth off a fifteen-dimension shard's bytes for 7 % of the
@@ -106,6 +112,7 @@ impl ScoreShardWriter {
             id: StringBuilder::with_capacity(BATCH_ROWS, 32 * BATCH_ROWS),
             tokens: UInt64Builder::with_capacity(BATCH_ROWS),
             aggregate: Float32Builder::with_capacity(BATCH_ROWS),
+            draw: UInt64Builder::with_capacity(BATCH_ROWS),
             scores: dimensions.iter().map(|_| Float32Builder::with_capacity(BATCH_ROWS)).collect(),
         })
     }
@@ -122,6 +129,7 @@ impl ScoreShardWriter {
         self.id.append_value(id);
         self.tokens.append_value(tokens);
         self.aggregate.append_value(aggregate);
+        self.draw.append_value(crate::tie_draw::draw_key(id));
         for (column, &score) in self.scores.iter_mut().zip(scores) {
             column.append_value(score);
         }
@@ -142,6 +150,7 @@ impl ScoreShardWriter {
             Arc::new(self.id.finish()),
             Arc::new(self.tokens.finish()),
             Arc::new(self.aggregate.finish()),
+            Arc::new(self.draw.finish()),
         ];
         columns.extend(self.scores.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
@@ -158,20 +167,24 @@ impl ScoreShardWriter {
     }
 }
 
-/// What `select` needs of a scored record.
+/// What `threshold` and `select` need of a scored record.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScoreKey {
     pub index: u64,
     pub tokens: u64,
     pub aggregate: f32,
+    pub draw: u64,
 }
+
+/// A batch's key columns: record number, tokens, aggregate, draw key.
+type KeyColumns = (UInt64Array, UInt64Array, Float32Array, UInt64Array);
 
 /// The [`ScoreKey`]s of a score shard in a local file, in order; the other columns are not read.
 pub struct ScoreKeys {
     uri: String,
     reader: ParquetRecordBatchReader,
     /// The current batch's columns, and the next row in it.
-    columns: Option<(UInt64Array, UInt64Array, Float32Array)>,
+    columns: Option<KeyColumns>,
     row: usize,
 }
 
@@ -181,13 +194,13 @@ impl ScoreKeys {
         let parquet_err = |source| Error::Parquet { uri: uri.into(), source };
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), [INDEX, TOKENS, AGGREGATE]);
+        let mask = ProjectionMask::columns(builder.parquet_schema(), [INDEX, TOKENS, AGGREGATE, DRAW]);
         let reader = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(parquet_err)?;
         Ok(ScoreKeys { uri: uri.into(), reader, columns: None, row: 0 })
     }
 
     /// The key columns of a batch, or which one is missing or mistyped.
-    fn columns(&self, batch: &RecordBatch) -> Result<(UInt64Array, UInt64Array, Float32Array)> {
+    fn columns(&self, batch: &RecordBatch) -> Result<KeyColumns> {
         let bad = |name: &str| Error::Shard {
             uri: self.uri.clone(),
             message: format!("not a score shard: no {name:?} column of the right type"),
@@ -197,6 +210,7 @@ impl ScoreKeys {
             column(INDEX)?.as_primitive_opt::<UInt64Type>().ok_or_else(|| bad(INDEX))?.clone(),
             column(TOKENS)?.as_primitive_opt::<UInt64Type>().ok_or_else(|| bad(TOKENS))?.clone(),
             column(AGGREGATE)?.as_primitive_opt::<Float32Type>().ok_or_else(|| bad(AGGREGATE))?.clone(),
+            column(DRAW)?.as_primitive_opt::<UInt64Type>().ok_or_else(|| bad(DRAW))?.clone(),
         ))
     }
 }
@@ -206,7 +220,8 @@ impl Iterator for ScoreKeys {
 
     fn next(&mut self) -> Option<Result<ScoreKey>> {
         loop {
-            if let Some((index, tokens, aggregate)) = self.columns.as_ref().filter(|(index, ..)| self.row < index.len())
+            if let Some((index, tokens, aggregate, draw)) =
+                self.columns.as_ref().filter(|(index, ..)| self.row < index.len())
             {
                 let row = self.row;
                 self.row += 1;
@@ -214,6 +229,7 @@ impl Iterator for ScoreKeys {
                     index: index.value(row),
                     tokens: tokens.value(row),
                     aggregate: aggregate.value(row),
+                    draw: draw.value(row),
                 }));
             }
             let batch = match self.reader.next()? {
@@ -250,8 +266,8 @@ mod tests {
         let keys: Vec<ScoreKey> = ScoreKeys::open("s", &path).unwrap().collect::<Result<_>>().unwrap();
         assert_eq!(keys.len(), n);
         for (i, key) in keys.iter().enumerate() {
-            let (index, _, tokens, aggregate, _) = row(i);
-            assert_eq!(*key, ScoreKey { index, tokens, aggregate });
+            let (index, id, tokens, aggregate, _) = row(i);
+            assert_eq!(*key, ScoreKey { index, tokens, aggregate, draw: crate::tie_draw::draw_key(&id) });
         }
 
         // Every column, as any Parquet reader sees it.
@@ -260,7 +276,7 @@ mod tests {
         let metadata: Vec<(&str, Option<&str>)> =
             metadata.iter().map(|kv| (kv.key.as_str(), kv.value.as_deref())).collect();
         assert!(metadata.contains(&("mira.group", Some("prose"))) && metadata.contains(&("mira.source", Some("web"))));
-        // Per column: compressed, and with statistics. Only the integer columns are either.
+        // Per column: compressed, and with statistics. Only record numbers and tokens are either.
         let chunks: Vec<(String, bool, bool)> = (builder.metadata().row_group(0).columns().iter())
             .map(|c| (c.column_path().string(), c.compression() != Compression::UNCOMPRESSED, c.statistics().is_some()))
             .collect();
@@ -273,18 +289,19 @@ mod tests {
                 plain("id"),
                 integer("tokens"),
                 plain("aggregate"),
+                plain("draw"),
                 plain("score_clarity"),
                 plain("score_depth")
             ]
         );
         let batches: Vec<RecordBatch> = builder.build().unwrap().collect::<std::result::Result<_, _>>().unwrap();
         let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
-        assert_eq!(names, ["index", "id", "tokens", "aggregate", "score_clarity", "score_depth"]);
+        assert_eq!(names, ["index", "id", "tokens", "aggregate", "draw", "score_clarity", "score_depth"]);
         let last = batches.last().unwrap();
         let at = last.num_rows() - 1;
         let (_, id, _, _, scores) = row(n - 1);
         assert_eq!(last.column(1).as_string::<i32>().value(at), id);
-        assert_eq!(last.column(5).as_primitive::<Float32Type>().value(at), scores[1]);
+        assert_eq!(last.column(6).as_primitive::<Float32Type>().value(at), scores[1]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `select`: writes the kept records, byte-identical (JSONL) or row-identical (Parquet), in each
 //! source's own format, and the manifest. One unit per input shard: it reads the shard and its
 //! score shard side by side (both in record order) and keeps a record when its aggregate falls in
-//! a bin at or above its scope's cut, exactly the records the threshold counted.
+//! a bin at or above its scope's cut, or in the bin below it and the tie draw keeps it: exactly
+//! the records the threshold counted.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -10,6 +11,7 @@ use super::{shard_units, Context, ShardUnit};
 use crate::error::{Error, Result};
 use crate::formats::scores::ScoreKeys;
 use crate::formats::{for_each_batch, ReadOptions, ShardWriter};
+use crate::histogram::Cut;
 use crate::plan::{Kept, Manifest, ScoreResult, ScoredShard, SelectPlan, SelectedShard, ThresholdResult};
 use crate::storage::join;
 
@@ -38,7 +40,7 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
                 let cut = thresholds
                     .cut_for(group, &unit.source.name)
                     .ok_or_else(|| Error::plan(format!("no cut for group {group:?} source {:?}", unit.source.name)))?;
-                select_shard(ctx, plan, &unit, &scored, cut.cut.bin).await
+                select_shard(ctx, plan, &unit, &scored, cut.cut.clone()).await
             }
         })
         .await?;
@@ -67,7 +69,7 @@ async fn select_shard(
     plan: &SelectPlan,
     unit: &ShardUnit,
     scored: &ScoredShard,
-    cut_bin: usize,
+    cut: Cut,
 ) -> Result<SelectedShard> {
     let group = &plan.groups[unit.group].name;
     let relative = unit.shard.uri.strip_prefix(unit.source.uri.trim_end_matches('/')).unwrap_or(&unit.shard.uri);
@@ -97,7 +99,7 @@ async fn select_shard(
                     let Some(key) = pending.filter(|k| k.index == raw.index) else { continue };
                     kept.total_records += 1;
                     kept.total_tokens += key.tokens;
-                    if histogram.bin(key.aggregate as f64) >= cut_bin {
+                    if cut.keeps(histogram.bin(key.aggregate as f64), key.draw) {
                         *slot = true;
                         kept.kept_records += 1;
                         kept.kept_tokens += key.tokens;
