@@ -231,6 +231,8 @@ async fn fake_score(plan: ScorePlan, shards: usize) -> serde_json::Value {
         tokens: (shards * sources) as u64 * RECORDS_PER_SHARD * TOKENS_PER_RECORD,
         skipped: Default::default(),
         histogram: histogram(plan.histogram_bins, seed),
+        length: Default::default(),
+        length_correlation: None,
     };
     let result = ScoreResult {
         groups: vec![totals(None, group.sources.len(), 0)],
@@ -250,7 +252,7 @@ async fn fake_threshold(plan: ThresholdPlan) -> serde_json::Value {
             cuts.push(ScopedCut { scope: totals.group.clone(), retention, cut: totals.histogram.cut(retention) });
         }
     }
-    write_result(&storage, &plan.output, ThresholdResult { policy: plan.policy, cuts }).await
+    write_result(&storage, &plan.output, ThresholdResult { policy: plan.policy, cuts, lengths: Vec::new() }).await
 }
 
 async fn fake_select(plan: SelectPlan) -> serde_json::Value {

@@ -134,6 +134,26 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
     );
     assert!(stdout.contains("FilterRun default/filter: Ready"), "{stdout}");
     assert!(dir.path().join("kept/prose").is_dir(), "kept records are written per group");
+    let saved = std::fs::read(dir.path().join(".mira/resources/default/filterruns/filter.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    let lengths: Vec<(String, u64, usize)> = saved["status"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["lengths"].as_array().unwrap().clone())
+        .map(|l| {
+            (
+                l["source"].as_str().unwrap().to_string(),
+                l["sampled"].as_u64().unwrap(),
+                l["deciles"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lengths,
+        [("web".to_string(), 120, 10), ("code".to_string(), 120, 10), ("math".to_string(), 120, 10)],
+        "each group's status says, per source, whether its cut follows length"
+    );
 
     let (ok, stdout) = mira_run(dir.path(), &runner);
     assert!(ok, "a rerun succeeds");

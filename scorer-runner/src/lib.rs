@@ -8,6 +8,7 @@ pub mod error;
 pub mod featurize;
 pub mod formats;
 pub mod histogram;
+pub mod length;
 pub mod models;
 pub mod plan;
 pub mod prompts;

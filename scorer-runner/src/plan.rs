@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::histogram::{Cut, Histogram};
+use crate::length::{LengthDecile, LengthSample};
 
 /// Most sources a SourceGroup may list (a status keeps a similarity row per source).
 pub const MAX_SOURCES: u32 = 128;
@@ -687,6 +688,9 @@ pub struct ScoredShard {
     pub tokens: u64,
     pub skipped: SkipCounts,
     pub histogram: Histogram,
+    /// A uniform sample of its records' tokens and scores.
+    #[serde(default)]
+    pub length: LengthSample,
 }
 
 /// What scoring the corpus found, for the threshold step and the FilterRun's status.
@@ -718,6 +722,13 @@ pub struct ScoreTotals {
     pub skipped: SkipCounts,
     /// Tokens per aggregate score: what the threshold step cuts.
     pub histogram: Histogram,
+    /// A uniform sample of the records' tokens and scores (sources only; empty for groups).
+    #[serde(default, skip_serializing_if = "LengthSample::is_empty")]
+    pub length: LengthSample,
+    /// Rank correlation of aggregate score with length over that sample (sources only); near
+    /// zero when the scores do not follow length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length_correlation: Option<f64>,
 }
 
 // ---- threshold ----
@@ -772,6 +783,30 @@ pub struct ScopedCut {
 pub struct ThresholdResult {
     pub policy: CutPolicy,
     pub cuts: Vec<ScopedCut>,
+    /// Per source: whether its scores, and its cut, follow length.
+    #[serde(default)]
+    pub lengths: Vec<SourceLength>,
+}
+
+/// Whether a source's scores and cut follow its records' length, from a uniform sample.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SourceLength {
+    /// The source's group.
+    pub group: String,
+    /// The source.
+    pub source: String,
+    /// Records sampled.
+    pub sampled: u64,
+    /// Rank correlation of aggregate score with tokens (so with log tokens); near zero when
+    /// the scores do not follow length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_correlation: Option<f64>,
+    /// The share of tokens kept in each tenth of the sample by length, shortest first: near the
+    /// retention everywhere when the cut does not follow length.
+    #[cfg_attr(feature = "schema", schemars(length(max = 10)))]
+    pub deciles: Vec<LengthDecile>,
 }
 
 // ---- select ----
@@ -1106,14 +1141,16 @@ steps! {
 
 impl StepResult {
     /// The result without the parts that grow with the corpus and that no plan or status reads:
-    /// a score result's histograms (one per group and source, up to `histogramBins` bins each;
-    /// the threshold step reads them from storage itself) and a select result's per-shard list.
+    /// a score result's histograms and length samples (one per group and source, up to
+    /// `histogramBins` bins and a few thousand records each; the threshold step reads them from
+    /// storage itself) and a select result's per-shard list.
     /// At 10,000 shards in 20 groups the full results take hundreds of MiB in memory.
     pub fn slim(&mut self) {
         match self {
             StepResult::Score(score) => {
                 for totals in score.groups.iter_mut().chain(&mut score.sources) {
                     totals.histogram = Histogram::new(totals.histogram.min, totals.histogram.max, 0);
+                    totals.length = LengthSample::default();
                 }
             }
             StepResult::Select(manifest) => manifest.shards = Vec::new(),
@@ -1221,6 +1258,8 @@ mod tests {
     fn slim_results_keep_the_counts_and_drop_what_grows_with_the_corpus() {
         let mut histogram = Histogram::new(1.0, 5.0, 10_000);
         histogram.add(3.0, 100);
+        let mut length = LengthSample::default();
+        (0..100).for_each(|i| length.offer(i, 1 + i, 3.0));
         let totals = |source: Option<&str>| ScoreTotals {
             group: "code".into(),
             source: source.map(Into::into),
@@ -1229,6 +1268,8 @@ mod tests {
             tokens: 1000,
             skipped: SkipCounts::default(),
             histogram: histogram.clone(),
+            length: length.clone(),
+            length_correlation: Some(0.02),
         };
         let mut score = StepResult::from(ScoreResult {
             groups: vec![totals(None)],
@@ -1246,7 +1287,8 @@ mod tests {
             .groups
             .iter()
             .chain(&slim.sources)
-            .all(|t| t.histogram.tokens.is_empty() && t.histogram.records.is_empty()));
+            .all(|t| t.histogram.tokens.is_empty() && t.histogram.records.is_empty() && t.length.is_empty()));
+        assert_eq!(slim.sources[0].length_correlation, Some(0.02), "the correlation stays");
 
         let kept = Kept { kept_records: 1, total_records: 2, kept_tokens: 10, total_tokens: 20 };
         let shard = SelectedShard {
@@ -1260,7 +1302,7 @@ mod tests {
             total: kept.clone(),
             groups: BTreeMap::from([("code".to_string(), kept.clone())]),
             sources: BTreeMap::new(),
-            thresholds: ThresholdResult { policy: CutPolicy::Group, cuts: Vec::new() },
+            thresholds: ThresholdResult { policy: CutPolicy::Group, cuts: Vec::new(), lengths: Vec::new() },
             masked: BTreeMap::new(),
             shards: vec![shard],
         });

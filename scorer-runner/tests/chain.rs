@@ -172,11 +172,11 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
 }
 
 /// Generates the corpus and labels locally and places them at `corpus_root`.
-async fn prepare(ctx: &Context, tmp: &Path, corpus_root: &str) -> (Vec<Generated>, String) {
+async fn prepare(ctx: &Context, tmp: &Path, corpus: &[SynthSource], corpus_root: &str) -> (Vec<Generated>, String) {
     let local = tmp.join("corpus");
     let mut generated = Vec::new();
-    for s in corpus() {
-        generated.extend(synth::write_source(&local, &s, 42).unwrap());
+    for s in corpus {
+        generated.extend(synth::write_source(&local, s, 42).unwrap());
     }
     let labels_local = tmp.join("labels.jsonl");
     synth::write_labels(&labels_local, &generated, 2, 7).unwrap();
@@ -193,7 +193,7 @@ async fn chain_selects_by_the_learnt_signal(backend: Backend) {
     let (config, base) = root(backend, "chain", tmp.path()).await;
     let ctx = context(&config, "w1", tmp.path());
     let corpus_root = join(&base, "corpus");
-    let (generated, labels) = prepare(&ctx, tmp.path(), &corpus_root).await;
+    let (generated, labels) = prepare(&ctx, tmp.path(), &corpus(), &corpus_root).await;
     let srcs = sources(&corpus_root, &corpus());
     let out = join(&base, "run");
     let chain = run_chain(&ctx, &srcs, &labels, &out, 0.5).await;
@@ -301,13 +301,54 @@ async fn chain_on_s3_selects_by_the_learnt_signal() {
     chain_selects_by_the_learnt_signal(Backend::S3).await;
 }
 
+/// The synthetic records' quality (the share of careful sentences) does not depend on their
+/// length (4 to 8 sentences): a student that learnt quality gives scores, and a cut, that do not
+/// follow length either, and the threshold's length report says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_and_cuts_do_not_follow_length_when_quality_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::Local, "length", tmp.path()).await;
+    let ctx = context(&config, "w1", tmp.path());
+    let corpus: Vec<SynthSource> = ["essays", "forums"]
+        .map(|name| SynthSource {
+            name: name.into(),
+            kind: Kind::Prose,
+            format: Format::Jsonl,
+            shards: 4,
+            records_per_shard: 1500,
+            malformed_every: None,
+        })
+        .into();
+    let corpus_root = join(&base, "corpus");
+    prepare(&ctx, tmp.path(), &corpus, &corpus_root).await;
+    let chain = run_chain(
+        &ctx,
+        &sources(&corpus_root, &corpus),
+        &join(&corpus_root, "_labels/labels.jsonl"),
+        &join(&base, "run"),
+        0.5,
+    )
+    .await;
+    let lengths = &chain.manifest.thresholds.lengths;
+    assert_eq!(lengths.len(), 2, "{lengths:?}");
+    for source in lengths {
+        assert_eq!(source.sampled, scorer_runner::length::SAMPLE as u64);
+        let rho = source.rank_correlation.unwrap();
+        assert!(rho.abs() < 0.1, "{}: rho {rho}", source.source);
+        assert_eq!(source.deciles.len(), 10);
+        for decile in &source.deciles {
+            assert!((decile.kept_fraction - 0.5).abs() < 0.1, "{}: {decile:?} of {:?}", source.source, source.deciles);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_source_fails_its_unit_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let (config, base) = root(Backend::Local, "missing", tmp.path()).await;
     let ctx = context(&config, "w1", tmp.path());
     let corpus_root = join(&base, "corpus");
-    prepare(&ctx, tmp.path(), &corpus_root).await;
+    prepare(&ctx, tmp.path(), &corpus(), &corpus_root).await;
     let mut srcs = sources(&corpus_root, &corpus());
     srcs[1].uri = join(&corpus_root, "no-such-source");
     let plan = ClusterPlan {

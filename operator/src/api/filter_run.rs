@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut};
+use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut, SourceLength};
 
 /// Filters the corpus with a DistillationJob's students. Each group is scored by its own Job;
 /// with the `group` and `source` policies a group is cut and selected as soon as it is scored,
@@ -113,6 +113,10 @@ pub struct FilterGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub cuts: Vec<ScopedCut>,
+    /// Per source: whether its scores and its cut follow record length.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_SOURCES))]
+    pub lengths: Vec<SourceLength>,
     /// What was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<Kept>,

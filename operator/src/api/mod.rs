@@ -29,8 +29,8 @@ pub use scorer_runner::histogram::Cut;
 pub use scorer_runner::plan::Format;
 pub use scorer_runner::plan::TextSpec;
 pub use scorer_runner::plan::{
-    Agreement, AnchoredDimension, CutPolicy, Dimension, GroupDef, GroupRubric, Kept, Scale, ScopedCut, Step,
-    MAX_DIMENSIONS, MAX_GROUPS, MAX_SOURCES,
+    Agreement, AnchoredDimension, CutPolicy, Dimension, GroupDef, GroupRubric, Kept, Scale, ScopedCut, SourceLength,
+    Step, MAX_DIMENSIONS, MAX_GROUPS, MAX_SOURCES,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -177,6 +177,7 @@ impl Pipeline for FilterRun {
                 tokens: None,
                 skipped_records: None,
                 cuts: Vec::new(),
+                lengths: Vec::new(),
                 kept: None,
                 output: None,
             };
@@ -195,6 +196,7 @@ impl Pipeline for FilterRun {
                     .filter(|c| c.scope == "global" || c.scope == name || c.scope.starts_with(&format!("{name}/")))
                     .cloned()
                     .collect();
+                group.lengths = threshold.lengths.iter().filter(|l| l.group == name).cloned().collect();
             }
             let select = stage_name(Step::Select, Some(&name));
             let selected = finished.result::<Manifest>(&select)?.and_then(|m| m.groups.get(&name).cloned());

@@ -117,8 +117,8 @@ impl ScoreShardWriter {
         })
     }
 
-    /// Appends one record's row; `scores` has one value per dimension.
-    pub fn push(&mut self, index: u64, id: &str, tokens: u64, aggregate: f32, scores: &[f32]) -> Result<()> {
+    /// Appends one record's row (`scores` has one value per dimension) and returns its draw key.
+    pub fn push(&mut self, index: u64, id: &str, tokens: u64, aggregate: f32, scores: &[f32]) -> Result<u64> {
         if scores.len() != self.scores.len() {
             return Err(Error::Shard {
                 uri: self.uri.clone(),
@@ -129,14 +129,15 @@ impl ScoreShardWriter {
         self.id.append_value(id);
         self.tokens.append_value(tokens);
         self.aggregate.append_value(aggregate);
-        self.draw.append_value(crate::tie_draw::draw_key(id));
+        let draw = crate::tie_draw::draw_key(id);
+        self.draw.append_value(draw);
         for (column, &score) in self.scores.iter_mut().zip(scores) {
             column.append_value(score);
         }
         if self.index.len() == BATCH_ROWS {
             self.flush()?;
         }
-        Ok(())
+        Ok(draw)
     }
 
     /// Hands the buffered rows to the Parquet writer.

@@ -1,7 +1,8 @@
 //! `score`: every record of every shard of every group through its group's student: per-dimension
 //! scores, the aggregate (trimmed mean over the dimensions unmasked for the record's source), and
 //! a token count, written as one score shard per input shard (Parquet, [`crate::formats::scores`]),
-//! with a token-weighted histogram of the aggregate per shard. One unit per input shard.
+//! with a token-weighted histogram of the aggregate per shard and a uniform sample of its records'
+//! lengths and scores ([`crate::length`]). One unit per input shard.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::formats::for_each_batch;
 use crate::formats::scores::ScoreShardWriter;
 use crate::histogram::Histogram;
+use crate::length::LengthSample;
 use crate::plan::SkipCounts;
 use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, TokenCounter};
 use crate::records::extract;
@@ -81,6 +83,9 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
             },
         )
         .await?;
+    for totals in sources.values_mut() {
+        totals.length_correlation = totals.length.rank_correlation();
+    }
     let mut masked = BTreeMap::new();
     for (group, student) in plan.groups.iter().zip(&students) {
         masked.insert(group.name.clone(), student.header.masked.clone());
@@ -105,12 +110,17 @@ fn add(totals: &mut Totals, shard: &ScoredShard, by_source: bool) {
         tokens: 0,
         skipped: SkipCounts::default(),
         histogram: Histogram::new(shard.histogram.min, shard.histogram.max, shard.histogram.tokens.len()),
+        length: LengthSample::default(),
+        length_correlation: None,
     });
     entry.shards += 1;
     entry.records += shard.records;
     entry.tokens += shard.tokens;
     entry.skipped.merge(&shard.skipped);
     entry.histogram.merge(&shard.histogram);
+    if by_source {
+        entry.length.merge(&shard.length);
+    }
 }
 
 async fn score_shard(
@@ -127,13 +137,14 @@ async fn score_shard(
     let tmp = ctx.scratch_file()?;
     let (path, trim, bins, read) = (tmp.to_path_buf(), plan.trim, plan.histogram_bins, plan.read.into());
     let (source, shard, group_name) = (unit.source.clone(), unit.shard.clone(), group.clone());
-    let (records, token_total, skipped, histogram) = ctx
+    let (records, token_total, skipped, histogram, length) = ctx
         .compute(move || {
             let scale = student.header.scale;
             let mut histogram = Histogram::new(scale.min as f64, scale.max as f64, bins);
             let dimensions: Vec<&str> = student.header.dimensions.iter().map(|d| d.id.as_str()).collect();
             let mut writer = ScoreShardWriter::create(&path, &group_name, &source.name, &dimensions)?;
             let mut skipped = SkipCounts::default();
+            let mut length = LengthSample::default();
             let (mut records, mut token_total) = (0u64, 0u64);
             let heads = student.header.dimensions.len();
             let unmasked = student.unmasked(&source.name).filter(|m| m.iter().any(|&u| u));
@@ -162,15 +173,17 @@ async fn score_shard(
                     }
                     let aggregate = trimmed_mean(&mut kept, trim).unwrap_or(f32::NAN);
                     let t = tokens.count(&record.text)?;
-                    writer.push(*index, &record.id, t, aggregate, scores)?;
+                    let draw = writer.push(*index, &record.id, t, aggregate, scores)?;
                     histogram.add(aggregate as f64, t);
+                    length.offer(draw, t, aggregate);
                     records += 1;
                     token_total += t;
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
             writer.finish()?;
-            Ok((records, token_total, skipped, histogram))
+            length.trim();
+            Ok((records, token_total, skipped, histogram, length))
         })
         .await?;
     ctx.storage.put_file(&scores_uri, &tmp).await?;
@@ -183,5 +196,6 @@ async fn score_shard(
         tokens: token_total,
         skipped,
         histogram,
+        length,
     })
 }

@@ -2,7 +2,7 @@
 //! per group (default), one over all tokens, or one per source. Where whole bins miss the target
 //! (ties), the records of the bin that straddles it are drawn by id ([`crate::tie_draw`]), which
 //! takes two reads of that scope's score shards. Each cut reports the exact tokens it keeps, and
-//! how many of them the draw kept.
+//! how many of them the draw kept; each source, the share of tokens kept per length decile.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use super::Context;
 use crate::error::{Error, Result};
 use crate::formats::scores::{ScoreKey, ScoreKeys};
 use crate::histogram::{Cut, Histogram};
-use crate::plan::{CutPolicy, ScopedCut, ScoreResult, ThresholdPlan, ThresholdResult};
+use crate::plan::{CutPolicy, ScopedCut, ScoreResult, SourceLength, ThresholdPlan, ThresholdResult};
 use crate::storage::join;
 use crate::tie_draw::{Buckets, Straddle};
 
@@ -46,9 +46,29 @@ pub async fn run(ctx: &Context, plan: &ThresholdPlan) -> Result<ThresholdResult>
         }
         cuts.push(ScopedCut { scope: scope.name, retention: scope.retention, cut });
     }
-    let result = ThresholdResult { policy: plan.policy, cuts };
+    let mut result = ThresholdResult { policy: plan.policy, cuts, lengths: Vec::new() };
+    result.lengths = lengths(&result, &scores);
     ctx.write_result(&plan.output, &result).await?;
     Ok(result)
+}
+
+/// Per source, whether its scores and its cut follow length (from the score step's samples).
+fn lengths(result: &ThresholdResult, scores: &ScoreResult) -> Vec<SourceLength> {
+    scores
+        .sources
+        .iter()
+        .filter_map(|totals| {
+            let source = totals.source.as_deref()?;
+            let cut = result.cut_for(&totals.group, source)?;
+            Some(SourceLength {
+                group: totals.group.clone(),
+                source: source.to_string(),
+                sampled: totals.length.len() as u64,
+                rank_correlation: totals.length_correlation,
+                deciles: totals.length.kept_by_decile(&totals.histogram, &cut.cut),
+            })
+        })
+        .collect()
 }
 
 /// What one cut applies to.
