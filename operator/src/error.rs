@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use scorer_runner::plan::Step;
+use scorer_runner::Exit;
 
 #[derive(Debug, thiserror::Error)]
 #[cfg_attr(test, derive(strum::EnumCount))]
@@ -129,6 +130,14 @@ pub enum Error {
     #[error("manifest {path}: {message}")]
     Manifest { path: PathBuf, message: String },
 
+    /// A file `mira` was asked to write (a CRD) could not be written.
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Local state could not be read or written.
     #[error("local state {path}")]
     State {
@@ -183,6 +192,10 @@ impl Error {
         Error::State { path: path.into(), source }
     }
 
+    pub fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Write { path: path.into(), source }
+    }
+
     pub fn state_format(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
         Error::StateFormat { path: path.into(), source }
     }
@@ -231,8 +244,26 @@ impl Error {
             };
         }
         match self {
-            Error::ReadResult(_) | Error::State { .. } | Error::Lease { .. } => Retry::Backoff,
+            Error::ReadResult(_) | Error::State { .. } | Error::Write { .. } | Error::Lease { .. } => Retry::Backoff,
             _ => Retry::AwaitChange,
+        }
+    }
+
+    /// The kind of cause, as `mira`'s exit code: what the operator would retry is an outage;
+    /// everything else but a failed action or a bug is input to fix (the spec, the manifests,
+    /// the local state's format, an API call the server refused as invalid).
+    pub fn exit(&self) -> Exit {
+        if self.retry() == Retry::Backoff {
+            return Exit::Unreachable;
+        }
+        match self {
+            Error::WritePlan { .. } | Error::WorkerTask(_) | Error::NoProgress(_) => Exit::Internal,
+            Error::InvalidResult { .. }
+            | Error::UnexpectedResult { .. }
+            | Error::LeadershipLost(_)
+            | Error::Serve { .. }
+            | Error::RunnerStart { .. } => Exit::Failed,
+            _ => Exit::BadInput,
         }
     }
 
@@ -259,7 +290,7 @@ impl Error {
             Error::LeadershipLost(_) => "LeadershipLost",
             Error::Serve { .. } => "ServeError",
             Error::Manifest { .. } => "ManifestError",
-            Error::State { .. } | Error::StateFormat { .. } => "StateError",
+            Error::State { .. } | Error::StateFormat { .. } | Error::Write { .. } => "StateError",
             Error::RunnerMissing | Error::RunnerStart { .. } | Error::WorkerTask(_) | Error::NoProgress(_) => {
                 "RunnerError"
             }
@@ -306,6 +337,7 @@ mod tests {
             Error::Serve { addr: "127.0.0.1:1".parse().unwrap(), source: io() },
             Error::Manifest { path: "m".into(), message: "x".into() },
             Error::State { path: "s".into(), source: io() },
+            Error::Write { path: "w".into(), source: io() },
             Error::StateFormat { path: "s".into(), source: json() },
             Error::RunnerMissing,
             Error::RunnerStart { program: "p".into(), source: io() },
@@ -377,8 +409,10 @@ mod tests {
     fn api_calls_and_storage_are_retried_and_the_rest_waits_for_a_change() {
         let invalid = kube::Error::Api(Box::new(kube::core::Status { code: 422, ..Default::default() }));
         let conflict = kube::Error::Api(Box::new(kube::core::Status { code: 409, ..Default::default() }));
-        assert_eq!(Error::CreateJob { name: "j".into(), source: invalid }.retry(), Retry::AwaitChange);
-        assert_eq!(Error::ApplyStatus(conflict).retry(), Retry::Backoff);
+        let refused = Error::CreateJob { name: "j".into(), source: invalid };
+        assert_eq!((refused.retry(), refused.exit()), (Retry::AwaitChange, Exit::BadInput));
+        let conflict = Error::ApplyStatus(conflict);
+        assert_eq!((conflict.retry(), conflict.exit()), (Retry::Backoff, Exit::Unreachable));
         for e in every_error() {
             let expected = match e.category() {
                 "KubeError" | "StorageError" | "StateError" if !matches!(e, Error::StateFormat { .. }) => {

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mira_operator::{api, kube, local};
+use mira_operator::{api, kube, local, Error};
+use scorer_runner::Exit;
 
 #[derive(Parser)]
 #[command(name = "mira", version, about = "MIRA: mid-training data selection on Kubernetes")]
@@ -64,27 +64,42 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match run(Cli::parse().command).await {
+        Ok(code) => code,
+        Err(e) => {
+            // One line a user can act on; the whole structure only when asked for (RUST_LOG=debug).
+            eprintln!("error: {}", e.chain());
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                eprintln!("{e:?}");
+            }
+            e.exit().code()
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode, Error> {
+    match command {
         Command::Crd { out_dir: None } => {
             for crd in api::crds() {
                 print!("---\n{}", api::crd_yaml(&crd));
             }
         }
         Command::Crd { out_dir: Some(dir) } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| Error::write(&dir, e))?;
             for crd in api::crds() {
                 let path = dir.join(api::crd_file_name(&crd));
-                std::fs::write(&path, api::crd_yaml(&crd)).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, api::crd_yaml(&crd)).map_err(|e| Error::write(&path, e))?;
             }
         }
         Command::Run { manifests, state, parallel } => {
             let ready = local::run(local::Options { manifests, state, parallel }).await?;
-            return Ok(if ready { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            // Every resource ran as far as it could; one that did not end Ready is a failed run.
+            return Ok(if ready { ExitCode::SUCCESS } else { Exit::Failed.code() });
         }
         Command::Operator {
             listen,

@@ -195,3 +195,68 @@ fn a_failed_stage_fails_the_run_with_the_runners_error_and_a_rerun_retries_it() 
         "a rerun retries the failed stage: {stdout}"
     );
 }
+
+/// `mira run` in `cwd` with these arguments and a runner that fails at once: (exit code, stdout,
+/// stderr).
+fn mira_in(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_mira"))
+        .current_dir(cwd)
+        .arg("run")
+        .args(args)
+        .env("MIRA_SCORER_RUNNER", "/bin/false")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("mira runs");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned());
+    assert!(!stderr.contains("stack backtrace"), "no backtrace unless asked for: {stderr}");
+    (status.code(), stdout, stderr)
+}
+
+#[test]
+fn manifests_are_found_by_bare_relative_and_directory_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("runs");
+    std::fs::create_dir(&sub).unwrap();
+    let manifest =
+        "apiVersion: mira.dev/v1alpha1\nkind: SourceGroup\nmetadata: {name: corpus}\nspec: {root: out, sources: [{name: web, uri: corpus/web}]}\n";
+    std::fs::write(sub.join("corpus.yaml"), manifest).unwrap();
+    let state = sub.canonicalize().unwrap().join(".mira");
+    for (cwd, path) in [
+        (sub.clone(), "corpus.yaml"),
+        (dir.path().to_path_buf(), "runs/corpus.yaml"),
+        (dir.path().to_path_buf(), "runs"),
+    ] {
+        let (code, stdout, stderr) = mira_in(&cwd, &["-f", path]);
+        assert_eq!(code, Some(1), "the stage fails (the runner is /bin/false), so the run does: {stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("state: {}", state.display())),
+            "{path}: state beside the manifests: {stdout}"
+        );
+        assert!(stdout.contains("stage cluster started Job corpus-cluster-"), "{path}: {stdout}");
+    }
+}
+
+#[test]
+fn errors_are_one_line_with_an_exit_code_by_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.yaml"), "apiVersion: mira.dev/v1alpha1\nkind: SourceGroup\nspec: [\n")
+        .unwrap();
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    std::fs::write(
+        dir.path().join("corpus.yaml"),
+        "apiVersion: mira.dev/v1alpha1\nkind: SourceGroup\nmetadata: {name: corpus}\nspec: {root: out, sources: [{name: web, uri: corpus/web}]}\n",
+    )
+    .unwrap();
+    for (args, code, says) in [
+        (&["-f", "missing.yaml"][..], 2, "missing.yaml"),
+        (&["-f", "broken.yaml"], 2, "broken.yaml"),
+        (&["-f", "corpus.yaml", "--state", "not-a-dir/state"], 3, "not-a-dir"),
+    ] {
+        let (exit, stdout, stderr) = mira_in(dir.path(), args);
+        assert_eq!(exit, Some(code), "{args:?}: {stdout}{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {stderr}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -66,6 +66,29 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How `mira` and `scorer-runner` exit on an error: one code per kind of cause, the same in
+/// both, so that a script or a Job's `podFailurePolicy` can tell input to fix from an outage to
+/// wait out, without reading the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The work itself failed (a stage, a model, too many units); the message says which.
+    Failed = 1,
+    /// The input must change: flags, manifests, a plan, a URI, data that cannot be read as its
+    /// format, an object that does not exist. Also what clap exits with on a bad command line.
+    BadInput = 2,
+    /// Storage or the API server could not be reached or refused the call: trying again later
+    /// may go through.
+    Unreachable = 3,
+    /// A bug: a task panicked or the engine did not converge.
+    Internal = 4,
+}
+
+impl Exit {
+    pub fn code(self) -> std::process::ExitCode {
+        std::process::ExitCode::from(self as u8)
+    }
+}
+
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
@@ -77,6 +100,24 @@ impl Error {
 
     pub fn plan(message: impl Into<String>) -> Self {
         Error::Plan(message.into())
+    }
+
+    /// The kind of cause, as an exit code.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::InvalidUri { .. }
+            | Error::NotFound(_)
+            | Error::Shard { .. }
+            | Error::Parquet { .. }
+            | Error::Arrow { .. }
+            | Error::Plan(_)
+            | Error::Json { .. } => Exit::BadInput,
+            Error::Storage { .. } | Error::Io { .. } => Exit::Unreachable,
+            Error::Student { .. } | Error::Tokenizer { .. } | Error::Model(_) | Error::UnitsFailed { .. } => {
+                Exit::Failed
+            }
+            Error::Join(_) => Exit::Internal,
+        }
     }
 
     /// Short machine-readable category, used as the reason of conditions and Events.

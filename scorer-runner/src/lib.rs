@@ -22,4 +22,4 @@ pub mod student;
 pub mod tie_draw;
 pub mod units;
 
-pub use error::{Error, Result};
+pub use error::{Error, Exit, Result};

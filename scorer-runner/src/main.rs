@@ -79,7 +79,7 @@ async fn main() -> std::process::ExitCode {
                 source = s.source();
             }
             eprintln!("error: {message}");
-            std::process::ExitCode::FAILURE
+            e.exit().code()
         }
     }
 }

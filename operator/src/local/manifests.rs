@@ -61,10 +61,13 @@ impl Resources {
     }
 }
 
-/// Loads a manifest file, or every `.yaml`/`.yml` file of a directory (not recursing).
+/// Loads a manifest file, or every `.yaml`/`.yml` file of a directory (not recursing); `path`
+/// is absolute.
 pub fn load(path: &Path) -> Result<Resources> {
+    let unreadable =
+        |path: &Path, e: std::io::Error| Error::Manifest { path: path.to_path_buf(), message: e.to_string() };
     let files = if path.is_dir() {
-        let entries = std::fs::read_dir(path).map_err(|e| Error::state(path, e))?;
+        let entries = std::fs::read_dir(path).map_err(|e| unreadable(path, e))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
@@ -76,10 +79,9 @@ pub fn load(path: &Path) -> Result<Resources> {
     };
     let mut resources = Resources::default();
     for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|e| Error::state(file, e))?;
-        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = std::path::absolute(&base).map_err(|e| Error::state(&base, e))?;
-        parse(&text, &base, &mut resources).map_err(|message| Error::Manifest { path: file.clone(), message })?;
+        let text = std::fs::read_to_string(file).map_err(|e| unreadable(file, e))?;
+        let base = file.parent().unwrap_or(file);
+        parse(&text, base, &mut resources).map_err(|message| Error::Manifest { path: file.clone(), message })?;
     }
     if resources.is_empty() {
         return Err(Error::Manifest {

@@ -36,8 +36,12 @@ pub struct Options {
 
 /// Runs every resource as far as it goes; true when all ended Ready.
 pub async fn run(options: Options) -> Result<bool> {
-    let mut resources = manifests::load(&options.manifests)?;
-    let state_dir = options.state.clone().unwrap_or_else(|| default_state_dir(&options.manifests));
+    // Against the working directory, once: a bare file name has an empty parent, which would
+    // otherwise become the base of the state directory and of the manifests' relative paths.
+    let manifests = std::path::absolute(&options.manifests)
+        .map_err(|e| Error::Manifest { path: options.manifests.clone(), message: e.to_string() })?;
+    let mut resources = manifests::load(&manifests)?;
+    let state_dir = options.state.clone().unwrap_or_else(|| default_state_dir(&manifests));
     let state = State::open(&state_dir)?;
     adopt(&state, &mut resources)?;
     println!("state: {}", state_dir.display());
@@ -74,8 +78,9 @@ pub async fn run(options: Options) -> Result<bool> {
     Ok(ready.iter().all(|r| *r))
 }
 
+/// `.mira/` in the manifests' directory (an absolute path).
 fn default_state_dir(manifests: &Path) -> PathBuf {
-    let dir = if manifests.is_dir() { manifests } else { manifests.parent().unwrap_or(Path::new(".")) };
+    let dir = if manifests.is_dir() { manifests } else { manifests.parent().unwrap_or(manifests) };
     dir.join(".mira")
 }
 
