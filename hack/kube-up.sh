@@ -119,6 +119,40 @@ wait_until() {
   ((rc != 2)) || fail_start "timed out after ${timeout}s waiting for $what" "$comp"
 }
 
+# start_etcd ETCD : start etcd on an empty data dir and wait for its health, on fresh ports each
+# time, up to 3 times. A port that was free when chosen can be bound by another process before
+# etcd binds it (etcd then exits at once: "address already in use"); choosing again mends that.
+# Sets ETCD_PORT and ETCD_PEER_PORT; each failed attempt's log is kept as etcd.attempt<N>.log.
+ETCD_PORT=""
+ETCD_PEER_PORT=""
+start_etcd() {
+  local attempt rc
+  for attempt in 1 2 3; do
+    ETCD_PORT="$(free_port)"
+    ETCD_PEER_PORT="$(free_port "$ETCD_PORT")"
+    rm -rf "$KDIR/etcd-data"
+    : >"$KDIR/etcd.log"
+    log "starting etcd on 127.0.0.1:$ETCD_PORT (attempt $attempt)"
+    start_daemon "$KDIR/etcd.pid" "$KDIR/etcd.log" "$1" \
+      --name=mira --data-dir="$KDIR/etcd-data" --unsafe-no-fsync \
+      --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
+      --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+      --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+      --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+      --initial-cluster="mira=http://127.0.0.1:$ETCD_PEER_PORT" \
+      --initial-cluster-state=new --logger=zap --log-outputs=stderr
+    rc=0
+    wait_ready 30 0.25 "$KDIR/etcd.pid" etcd \
+      curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" || rc=$?
+    ((rc == 0)) && return 0
+    printf 'kube-up: etcd did not start (attempt %d of 3)\n' "$attempt" >&2
+    log_tail "$KDIR/etcd.log"
+    cp "$KDIR/etcd.log" "$KDIR/etcd.attempt$attempt.log"
+    stop_pidfile "$KDIR/etcd.pid" etcd etcd
+  done
+  fail_start "etcd did not become healthy in 3 attempts" etcd
+}
+
 write_kubeconfig() {
   local state="$1" file="$2" ca
   ca="$(base64 -w0 <"$KDIR/pki/ca.crt")"
@@ -179,36 +213,20 @@ cmd_start() {
   fi
   TOKEN="$(cut -d, -f1 "$KDIR/tokens.csv")"
 
-  local etcd_port etcd_peer_port
-  etcd_port="$(free_port)"
-  etcd_peer_port="$(free_port "$etcd_port")"
-  API_PORT="${MIRA_KUBE_PORT:-$(free_port "$etcd_port" "$etcd_peer_port")}"
-  [[ "$API_PORT" =~ ^[0-9]+$ ]] || die "MIRA_KUBE_PORT must be a port number, got '$API_PORT'"
-  port_in_use "$API_PORT" && die "port $API_PORT on 127.0.0.1 is already in use"
-  printf 'API_PORT=%s\nETCD_PORT=%s\n' "$API_PORT" "$etcd_port" >"$KDIR/ports"
-
-  rm -rf "$KDIR/etcd-data"
   local c
   for c in etcd kube-apiserver kube-controller-manager; do : >"$KDIR/$c.log"; done
-
-  log "starting etcd on 127.0.0.1:$etcd_port"
-  start_daemon "$KDIR/etcd.pid" "$KDIR/etcd.log" "$etcd" \
-    --name=mira --data-dir="$KDIR/etcd-data" --unsafe-no-fsync \
-    --listen-client-urls="http://127.0.0.1:$etcd_port" \
-    --advertise-client-urls="http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
-    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
-    --initial-cluster="mira=http://127.0.0.1:$etcd_peer_port" \
-    --initial-cluster-state=new --logger=zap --log-outputs=stderr
-  wait_until 30 "etcd health" etcd \
-    curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$etcd_port/health"
+  start_etcd "$etcd"
+  API_PORT="${MIRA_KUBE_PORT:-$(free_port "$ETCD_PORT" "$ETCD_PEER_PORT")}"
+  [[ "$API_PORT" =~ ^[0-9]+$ ]] || die "MIRA_KUBE_PORT must be a port number, got '$API_PORT'"
+  port_in_use "$API_PORT" && die "port $API_PORT on 127.0.0.1 is already in use"
+  printf 'API_PORT=%s\nETCD_PORT=%s\n' "$API_PORT" "$ETCD_PORT" >"$KDIR/ports"
 
   local gates=()
   [[ -n "${MIRA_KUBE_FEATURE_GATES:-}" ]] && gates=(--feature-gates="$MIRA_KUBE_FEATURE_GATES")
 
   log "starting kube-apiserver on 127.0.0.1:$API_PORT"
   start_daemon "$KDIR/kube-apiserver.pid" "$KDIR/kube-apiserver.log" "$apiserver" \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
     --secure-port="$API_PORT" --insecure-port=0 \
     --cert-dir="$KDIR/pki" \

@@ -255,6 +255,38 @@ stop_test_servers() {
   "$HACK_DIR/kube-up.sh" stop "$1" >/dev/null 2>&1 || true
 }
 
+# keep_logs STATE_DIR : after a failed run, copy every log under STATE_DIR (the test servers',
+# the demo's Jobs') into a folder of its own under $MIRA_TEST_LOGS (default: the cache's
+# test-logs/, the last 10 runs kept), say where, and show the last lines of every server whose
+# pid file names a process that is no longer running: the one that failed. Call it before
+# stop_test_servers, which removes the pid files.
+keep_logs() {
+  local state="$1" base dest pidfile
+  base="${MIRA_TEST_LOGS:-$MIRA_CACHE/test-logs}"
+  dest="$base/$(date +%Y%m%d-%H%M%S)-$$"
+  mkdir -p "$dest"
+  (cd "$state" && find . -name '*.log' -type f -exec cp --parents {} "$dest" \;) || true
+  while IFS= read -r pidfile; do
+    pid_alive "$pidfile" || log_tail "${pidfile%.pid}.log"
+  done < <(find "$state" -name '*.pid' -type f)
+  printf 'logs of this run kept in %s\n' "$dest" >&2
+  find "$base" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +11 | cut -d' ' -f2- |
+    xargs -r rm -rf
+}
+
+# use_test_state NAME : set `state` to a new temporary directory for test servers and, when the
+# script exits, keep its logs if it failed (keep_logs), stop its servers and remove it.
+use_test_state() {
+  state="$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")"
+  trap end_test_state EXIT
+}
+end_test_state() {
+  local rc=$?
+  ((rc == 0)) || keep_logs "$state"
+  stop_test_servers "$state"
+  rm -rf "$state"
+}
+
 # The checks of the self-test scripts (chart-check.sh, process-kubelet-selftest.sh): each prints
 # `ok: NAME` or `FAIL: NAME` and is counted; checks_done ends the script with the totals.
 checks_passed=0

@@ -7,19 +7,15 @@
 # server (SeaweedFS) and a real Kubernetes control plane (etcd, kube-apiserver,
 # kube-controller-manager) on loopback, generates the tiny models, builds everything, runs every
 # cargo test (unit, data-plane integration on S3 and local disk, operator end to end), runs the
-# README's first command, and lints the Helm chart. Stops what it started, whatever happens.
+# README's first command, and lints the Helm chart. Stops what it started, whatever happens; on a
+# failure it first keeps every server's and Job's log in a folder it names (lib.sh keep_logs).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
 use_cargo_target
-state="$(mktemp -d "${TMPDIR:-/tmp}/mira-test.XXXXXX")"
-cleanup() {
-  stop_test_servers "$state"
-  rm -rf "$state"
-}
-trap cleanup EXIT
+use_test_state mira-test
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -36,6 +32,9 @@ use_tools all
 step "S3 server"
 hack/s3-server.sh start "$state"
 source_env "$state/s3.env"
+
+step "control plane start-ups (five in a row: a start-up race fails here, not in a test)"
+hack/kube-up-selftest.sh 5
 
 step "Kubernetes control plane"
 hack/kube-up.sh start "$state"
