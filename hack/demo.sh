@@ -9,17 +9,29 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HACK_DIR/.."
 
+# phase N TEXT : one line per phase on stderr, so a first run's long build is never silent.
+phase() { printf '[demo %s/3] %s\n' "$1" "$2" >&2; }
+
 use_cargo_target
-cargo build --workspace --bins --quiet
+if [[ -x "$CARGO_TARGET_DIR/debug/mira" ]]; then
+  phase 1 "building mira and scorer-runner (seconds when only MIRA changed)"
+else
+  phase 1 "building mira and scorer-runner; the first build compiles mistral.rs and the AWS SDK: about 25 minutes on 2 cores, once (cached in $CARGO_TARGET_DIR)"
+fi
+# The examples too: with them the build resolves features as the tests do, so the tests, the
+# tiny-model generator and these binaries share one build of every dependency.
+cargo build --workspace --bins --examples --quiet
 example=examples/quickstart
 if [[ -n "${1:-}" ]]; then
   rm -rf "$1" && mkdir -p "$1"
   cp -r "$example/mira.yaml" "$example/data" "$1/"
   example="$1"
 fi
+phase 2 "tiny random-weight models (a few seconds, once)"
 use_tiny_models   # also keeps mistral.rs' hub cache out of the user's home
 mkdir -p "$example/models"
 for m in qwen3-tiny qwen3-embedding-tiny; do
   ln -sfn "$MIRA_CACHE/tiny-models/$m" "$example/models/$m"
 done
+phase 3 "mira run -f $example/mira.yaml (about a minute)"
 exec "$CARGO_TARGET_DIR/debug/mira" run -f "$example/mira.yaml"

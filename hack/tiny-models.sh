@@ -45,8 +45,9 @@ generate() {
   rm -f "$stamp_file"
   # Written next to the output and moved into place, so a reader never sees half a model.
   tmp="$(mktemp -d "$out/.tiny-models.XXXXXX")" || return 1
-  # Built with the whole workspace's features, as `cargo build --workspace --all-targets` builds
-  # it, so that no dependency is compiled a second time for a feature set of its own.
+  # Built with the whole workspace's features, as `cargo build --workspace --all-targets` and the
+  # demo's `--bins --examples` build it, so that no dependency is compiled a second time for a
+  # feature set of its own.
   (cd "$root" && cargo build --quiet --workspace --example tiny_models) || return 1
   "$CARGO_TARGET_DIR/debug/examples/tiny_models" "$tmp" >/dev/null || return 1
   for d in "${models[@]}"; do
