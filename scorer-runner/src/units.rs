@@ -118,9 +118,17 @@ impl Units {
 
     pub async fn commit_of<T: DeserializeOwned>(&self, unit: &str) -> Result<Option<Commit<T>>> {
         let uri = self.key(unit, "commit.json");
-        match self.storage.get_opt(&uri).await? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::json(uri, e)),
+        let Some(bytes) = self.storage.get_opt(&uri).await? else { return Ok(None) };
+        match serde_json::from_slice(&bytes) {
+            Ok(commit) => Ok(Some(commit)),
+            // Commits are written whole (put-if-absent of a synced file), so one that does not
+            // parse was torn by a crash or a disk fault outside this code: the unit is not done.
+            // It is removed, so that this worker's commit can take its place.
+            Err(e) => {
+                tracing::warn!(commit = %uri, error = %e, "a unit's commit does not parse; the unit is redone");
+                self.storage.delete(&uri).await?;
+                Ok(None)
+            }
         }
     }
 
@@ -136,13 +144,11 @@ impl Units {
         let next = match latest {
             None => 0,
             Some((n, uri)) => match self.storage.get_opt(&uri).await? {
-                Some(bytes) => {
-                    let claim: Claim = serde_json::from_slice(&bytes).map_err(|e| Error::json(&uri, e))?;
-                    if claim.expires_at > now_ms() {
-                        return Ok(ClaimOutcome::HeldByOther);
-                    }
-                    n + 1
-                }
+                Some(bytes) => match serde_json::from_slice::<Claim>(&bytes) {
+                    Ok(claim) if claim.expires_at > now_ms() => return Ok(ClaimOutcome::HeldByOther),
+                    // Expired, or torn (as a commit can be): free to claim anew.
+                    _ => n + 1,
+                },
                 // Released (deleted) after a failure: free to claim anew.
                 None => n + 1,
             },
@@ -224,22 +230,27 @@ impl Units {
                     async move { (i, fut.await) }
                 })
                 .buffer_unordered(self.in_flight);
-            let mut waiting = false;
+            let mut waiting = 0;
             while let Some((i, outcome)) = outcomes.next().await {
                 match outcome {
                     Ok(Some(commit)) => {
                         committed[i] = true;
                         take(i, commit);
                     }
-                    Ok(None) => waiting = true,
+                    Ok(None) => waiting += 1,
                     Err(e) => {
                         tracing::error!(unit = %unit_ids[i], error = %e, "unit failed");
                         failed[i] = Some(e.to_string());
                     }
                 }
             }
-            if waiting {
+            if waiting > 0 {
                 // Units held by other workers: poll until they commit or their lease runs out.
+                tracing::info!(
+                    units = waiting,
+                    lease_seconds = self.worker.lease.as_secs_f64(),
+                    "waiting for units claimed by other workers to commit, or for their leases to lapse"
+                );
                 tokio::time::sleep((self.worker.lease / 4).min(Duration::from_secs(5))).await;
             }
         }
@@ -269,30 +280,42 @@ impl Units {
             return Ok(Some(commit));
         }
         let heartbeat = self.heartbeat(claim_uri.clone());
-        let result = process(index).await;
+        let result = match process(index).await {
+            Ok(output) => self.commit(unit, output).await,
+            Err(e) => Err(e),
+        };
         heartbeat.abort();
-        match result {
-            Ok(output) => {
-                let commit = Commit { unit: unit.to_string(), worker: self.worker.id.clone(), output };
-                let uri = self.key(unit, "commit.json");
-                let body = serde_json::to_vec(&commit).map_err(|e| Error::json(&uri, e))?;
-                let created = self.storage.put_if_absent(&uri, body.into()).await?;
-                self.storage.delete(&self.key(unit, "failed.json")).await?;
-                if created {
-                    return Ok(Some(commit));
-                }
-                // The commit that exists is the one every reader sees.
-                tracing::info!(unit, "unit was committed by another worker first");
-                Ok(self.commit_of(unit).await?)
-            }
-            Err(e) => {
-                let failure = Failure { unit: unit.to_string(), worker: self.worker.id.clone(), error: e.to_string() };
-                self.storage.put_json(&self.key(unit, "failed.json"), &failure).await?;
-                // Release the claim so another worker may try at once (the error may be transient).
-                self.storage.delete(&claim_uri).await?;
-                Err(e)
+        if let Err(e) = &result {
+            // Recorded for whoever reads the units (best effort: on a full disk this write can
+            // fail too).
+            let failure = Failure { unit: unit.to_string(), worker: self.worker.id.clone(), error: e.to_string() };
+            if let Err(e) = self.storage.put_json(&self.key(unit, "failed.json"), &failure).await {
+                tracing::warn!(unit, error = %e, "could not record the unit's failure");
             }
         }
+        // Released either way: after a failure so that another worker, or a rerun, may try at
+        // once (the error may pass: a full disk emptied); after a commit because a claim left
+        // behind would hold the unit, should its commit ever have to be redone, until the lease
+        // lapsed. If the release fails, the lease lapses instead.
+        if let Err(e) = self.storage.delete(&claim_uri).await {
+            tracing::warn!(unit, error = %e, "could not release the unit's claim; it lapses with its lease");
+        }
+        result
+    }
+
+    /// Commits a unit's output, unless another worker committed the unit first: then that
+    /// commit, the one every reader sees, is returned.
+    async fn commit<T: Serialize + DeserializeOwned>(&self, unit: &str, output: T) -> Result<Option<Commit<T>>> {
+        let commit = Commit { unit: unit.to_string(), worker: self.worker.id.clone(), output };
+        let uri = self.key(unit, "commit.json");
+        let body = serde_json::to_vec(&commit).map_err(|e| Error::json(&uri, e))?;
+        let created = self.storage.put_if_absent(&uri, body.into()).await?;
+        self.storage.delete(&self.key(unit, "failed.json")).await?;
+        if created {
+            return Ok(Some(commit));
+        }
+        tracing::info!(unit, "unit was committed by another worker first");
+        self.commit_of(unit).await
     }
 }
 

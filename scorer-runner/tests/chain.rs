@@ -56,7 +56,16 @@ struct Chain {
     manifest: Manifest,
 }
 
-async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, retention: f64) -> Chain {
+/// How score and select meet the disk.
+#[derive(Clone, Copy)]
+enum Disk {
+    Roomy,
+    /// Each step first runs as a process whose files cannot grow past these many bytes (score,
+    /// select), as on a disk that fills up, and must fail; then again on a roomy disk.
+    FullAt(u64, u64),
+}
+
+async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, retention: f64, disk: Disk) -> Chain {
     let cluster = steps::cluster::run(
         ctx,
         &ClusterPlan {
@@ -115,29 +124,24 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
     .expect("distill");
     let by_name: HashMap<&str, &Source> = sources.iter().map(|s| (s.name.as_str(), s)).collect();
     let group_sources = |g: &GroupDef| g.sources.iter().map(|s| by_name[s.as_str()].clone()).collect::<Vec<_>>();
-    let score = steps::score::run(
-        ctx,
-        &ScorePlan {
-            storage: Default::default(),
-            output: join(out, "score"),
-            groups: cluster
-                .groups
-                .iter()
-                .zip(&distill.students)
-                .map(|(g, s)| ScoreGroup {
-                    name: g.name.clone(),
-                    sources: group_sources(g),
-                    student: s.student.clone(),
-                })
-                .collect(),
-            tokens: TokenCounter::Whitespace,
-            trim: 0.0,
-            histogram_bins: 2000,
-            read: Default::default(),
-        },
-    )
-    .await
-    .expect("score");
+    let score_plan = ScorePlan {
+        storage: Default::default(),
+        output: join(out, "score"),
+        groups: cluster
+            .groups
+            .iter()
+            .zip(&distill.students)
+            .map(|(g, s)| ScoreGroup { name: g.name.clone(), sources: group_sources(g), student: s.student.clone() })
+            .collect(),
+        tokens: TokenCounter::Whitespace,
+        trim: 0.0,
+        histogram_bins: 2000,
+        read: Default::default(),
+    };
+    if let Disk::FullAt(score_bytes, _) = disk {
+        fail_on_a_full_disk("score", &score_plan, score_bytes, &score_plan.output);
+    }
+    let score = steps::score::run(ctx, &score_plan).await.expect("score");
     steps::threshold::run(
         ctx,
         &ThresholdPlan {
@@ -151,24 +155,73 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
     )
     .await
     .expect("threshold");
-    let manifest = steps::select::run(
-        ctx,
-        &SelectPlan {
-            storage: Default::default(),
-            output: join(out, "select"),
-            groups: cluster
-                .groups
-                .iter()
-                .map(|g| GroupSources { name: g.name.clone(), sources: group_sources(g) })
-                .collect(),
-            score: join(out, "score"),
-            threshold: join(out, "threshold"),
-            read: Default::default(),
-        },
-    )
-    .await
-    .expect("select");
+    let select_plan = SelectPlan {
+        storage: Default::default(),
+        output: join(out, "select"),
+        groups: cluster
+            .groups
+            .iter()
+            .map(|g| GroupSources { name: g.name.clone(), sources: group_sources(g) })
+            .collect(),
+        score: join(out, "score"),
+        threshold: join(out, "threshold"),
+        read: Default::default(),
+    };
+    if let Disk::FullAt(_, select_bytes) = disk {
+        let committed = fail_on_a_full_disk("select", &select_plan, select_bytes, &select_plan.output);
+        assert!(!committed.is_empty(), "some of select's units fit under the cap");
+        // A commit torn by a crash outside this code (a zero-byte file, as a short write that
+        // went unreported once left) counts as absent: its unit is redone.
+        std::fs::write(&committed[0], b"").unwrap();
+    }
+    let manifest = steps::select::run(ctx, &select_plan).await.expect("select");
     Chain { cluster, distill, score, manifest }
+}
+
+/// Runs `step` on `plan` (on local disk) as a process whose files cannot grow past `bytes` (a
+/// full disk: `mira_testkit::full_disk`). The step must fail
+/// and name the fault, leave no temporary file under `output`, and have committed only units
+/// whose commits parse, some but not all of them. Returns those commits' paths.
+fn fail_on_a_full_disk(step: &str, plan: &impl serde::Serialize, bytes: u64, output: &str) -> Vec<std::path::PathBuf> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_scorer-runner"));
+    command
+        .args([step, "--plan", &serde_json::to_string(plan).unwrap()])
+        .env("MIRA_WORKER_ID", "w1")
+        .env("MIRA_PARALLELISM", "2");
+    mira_testkit::full_disk::cap_file_size(&mut command, bytes);
+    let result = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{step} on a full disk must fail: {stderr}");
+    assert!(stderr.contains("File too large"), "{step}: the error names the fault: {stderr}");
+    let files: Vec<std::path::PathBuf> = walkdir(Path::new(output));
+    assert!(!files.iter().any(|f| f.to_string_lossy().contains(".tmp-")), "{step} left temporary files: {files:?}");
+    let failed = files.iter().filter(|f| f.ends_with("failed.json")).count();
+    let commits: Vec<std::path::PathBuf> = files.into_iter().filter(|f| f.ends_with("commit.json")).collect();
+    assert!(failed > 0, "{step}: the units that met the full disk say so");
+    assert!(!files_held_claims(output), "{step}: every claim was released");
+    for commit in &commits {
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(commit).unwrap())
+            .unwrap_or_else(|e| panic!("{step}: {} does not parse: {e}", commit.display()));
+    }
+    commits
+}
+
+fn files_held_claims(output: &str) -> bool {
+    walkdir(Path::new(output)).iter().any(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("claim.")))
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walkdir(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }
 
 /// Generates the corpus and labels locally and places them at `corpus_root`.
@@ -196,7 +249,7 @@ async fn chain_selects_by_the_learnt_signal(backend: Backend) {
     let (generated, labels) = prepare(&ctx, tmp.path(), &corpus(), &corpus_root).await;
     let srcs = sources(&corpus_root, &corpus());
     let out = join(&base, "run");
-    let chain = run_chain(&ctx, &srcs, &labels, &out, 0.5).await;
+    let chain = run_chain(&ctx, &srcs, &labels, &out, 0.5, Disk::Roomy).await;
 
     // Cluster: every source in one group; similarity symmetric, self-similarity 1; the two prose
     // sources are closer to each other than to code.
@@ -327,6 +380,7 @@ async fn scores_and_cuts_do_not_follow_length_when_quality_does_not() {
         &join(&corpus_root, "_labels/labels.jsonl"),
         &join(&base, "run"),
         0.5,
+        Disk::Roomy,
     )
     .await;
     let lengths = &chain.manifest.thresholds.lengths;
@@ -341,6 +395,37 @@ async fn scores_and_cuts_do_not_follow_length_when_quality_does_not() {
         }
     }
 }
+
+/// A disk that fills up during score and select: each fails naming the fault, leaves no partial
+/// file and no commit that does not parse; a commit torn to zero bytes counts as absent; and the
+/// rerun writes exactly what an undisturbed run writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_nothing_and_the_rerun_matches_an_undisturbed_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::Local, "full", tmp.path()).await;
+    let ctx = context(&config, "w1", tmp.path());
+    let corpus_root = join(&base, "corpus");
+    let (_, labels) = prepare(&ctx, tmp.path(), &corpus(), &corpus_root).await;
+    let srcs = sources(&corpus_root, &corpus());
+    let roomy = run_chain(&ctx, &srcs, &labels, &join(&base, "roomy"), 0.5, Disk::Roomy).await;
+    let full = run_chain(&ctx, &srcs, &labels, &join(&base, "full"), 0.5, Disk::FullAt(FULL_SCORE, FULL_SELECT)).await;
+    assert_eq!(full.manifest.total, roomy.manifest.total);
+    assert_eq!(full.manifest.shards.len(), roomy.manifest.shards.len());
+    for (a, b) in roomy.manifest.shards.iter().zip(&full.manifest.shards) {
+        assert_eq!(a.shard, b.shard);
+        assert_eq!(a.kept, b.kept);
+        if let (Some(a), Some(b)) = (&a.output, &b.output) {
+            assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{b} differs from {a}");
+        } else {
+            assert_eq!(a.output.is_some(), b.output.is_some());
+        }
+    }
+}
+
+/// File size caps for the full-disk test: no score shard fits under the first; under the second,
+/// some sources' kept records fit and others' do not.
+const FULL_SCORE: u64 = 1024;
+const FULL_SELECT: u64 = 8 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_source_fails_its_unit_with_a_clear_error() {

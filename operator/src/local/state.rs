@@ -139,7 +139,7 @@ impl State {
 
     pub fn write_plan(&self, job: &str, plan: &str) -> Result<PathBuf> {
         let path = self.plan_path(job);
-        std::fs::write(&path, plan).map_err(|e| Error::state(&path, e))?;
+        write_whole(&path, plan.as_bytes())?;
         Ok(path)
     }
 
@@ -159,13 +159,19 @@ fn raw<T: Serialize>(value: &T, path: &Path) -> Result<Box<RawValue>> {
     serde_json::value::to_raw_value(value).map_err(|e| Error::state_format(path, e))
 }
 
-/// Writes atomically (temporary file, then rename), so an interrupted run never leaves half a file.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::state(parent, e))?;
-    }
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::state_format(path, e))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::state(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::state(path, e))
+    write_whole(path, &bytes)
+}
+
+/// Writes a temporary file beside `path`, synced, then renames it there: an interrupted run or a
+/// full disk never leaves half a file, and a failed write leaves no temporary one either.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::state(parent, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::state(parent, e))?;
+    tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).map_err(|e| Error::state(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::state(path, e.error))?;
+    Ok(())
 }

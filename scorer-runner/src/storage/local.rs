@@ -8,10 +8,41 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use super::{ByteReader, ObjectMeta};
 use crate::error::{Error, Result};
 
-/// A sibling temporary path, unique per call, so concurrent writers never share one.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()))
+/// A sibling temporary file, unique per call so that concurrent writers never share one, and
+/// removed when dropped: a write that fails (a full disk) or is cancelled half-way leaves nothing
+/// behind, and one that was moved into place has nothing left to remove.
+struct Temp(PathBuf);
+
+impl Temp {
+    fn beside(path: &Path) -> Temp {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Temp(path.with_file_name(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple())))
+    }
+
+    /// Creates it, lets `fill` write it, then flushes and syncs: tokio's `File` reports a write's
+    /// error only at the next flush, so without one a short write on a full disk passes as done.
+    async fn write<F>(path: &Path, fill: F) -> Result<Temp>
+    where
+        F: AsyncFnOnce(&mut tokio::fs::File) -> std::io::Result<()>,
+    {
+        ensure_parent(path).await?;
+        let tmp = Temp::beside(path);
+        let mut file = tokio::fs::File::create(&tmp.0).await.map_err(|e| Error::io(&tmp.0, e))?;
+        fill(&mut file).await.map_err(|e| Error::io(&tmp.0, e))?;
+        file.flush().await.map_err(|e| Error::io(&tmp.0, e))?;
+        file.sync_all().await.map_err(|e| Error::io(&tmp.0, e))?;
+        Ok(tmp)
+    }
+
+    async fn rename_to(self, path: &Path) -> Result<()> {
+        tokio::fs::rename(&self.0, path).await.map_err(|e| Error::io(path, e))
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn ensure_parent(path: &Path) -> Result<()> {
@@ -23,13 +54,8 @@ async fn ensure_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn write_temp(path: &Path, data: &[u8]) -> Result<PathBuf> {
-    ensure_parent(path).await?;
-    let tmp = temp_path(path);
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(data).await.map_err(|e| Error::io(&tmp, e))?;
-    file.sync_all().await.map_err(|e| Error::io(&tmp, e))?;
-    Ok(tmp)
+async fn write_temp(path: &Path, data: &[u8]) -> Result<Temp> {
+    Temp::write(path, async |file| file.write_all(data).await).await
 }
 
 /// Lists a directory recursively, a single file, or (like an S3 key prefix) the entries of the
@@ -92,16 +118,14 @@ pub async fn open_read(path: &Path) -> Result<ByteReader> {
 }
 
 pub async fn put(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = write_temp(path, data).await?;
-    tokio::fs::rename(&tmp, path).await.map_err(|e| Error::io(path, e))
+    write_temp(path, data).await?.rename_to(path).await
 }
 
 pub async fn put_if_absent(path: &Path, data: &[u8]) -> Result<bool> {
     let tmp = write_temp(path, data).await?;
-    // link(2) fails with EEXIST when the target exists: an atomic create-if-absent.
-    let linked = tokio::fs::hard_link(&tmp, path).await;
-    let _ = tokio::fs::remove_file(&tmp).await;
-    match linked {
+    // link(2) fails with EEXIST when the target exists: an atomic create-if-absent. The
+    // temporary name is removed when `tmp` is dropped.
+    match tokio::fs::hard_link(&tmp.0, path).await {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(Error::io(path, e)),
@@ -112,20 +136,16 @@ pub async fn put_if_absent(path: &Path, data: &[u8]) -> Result<bool> {
 /// seen (or, after a crash, found) with part of its bytes.
 pub async fn put_file(path: &Path, file: &Path) -> Result<()> {
     ensure_parent(path).await?;
-    let tmp = temp_path(path);
-    tokio::fs::copy(file, &tmp).await.map_err(|e| Error::io(file, e))?;
-    let copy = tokio::fs::File::open(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
-    copy.sync_all().await.map_err(|e| Error::io(&tmp, e))?;
-    tokio::fs::rename(&tmp, path).await.map_err(|e| Error::io(path, e))
+    let tmp = Temp::beside(path);
+    // One blocking copy (copy_file_range where the kernel has it), which reports every error.
+    tokio::fs::copy(file, &tmp.0).await.map_err(|e| Error::io(file, e))?;
+    let copy = tokio::fs::File::open(&tmp.0).await.map_err(|e| Error::io(&tmp.0, e))?;
+    copy.sync_all().await.map_err(|e| Error::io(&tmp.0, e))?;
+    tmp.rename_to(path).await
 }
 
 pub async fn write_stream(path: &Path, reader: &mut (dyn AsyncRead + Send + Unpin)) -> Result<()> {
-    ensure_parent(path).await?;
-    let tmp = temp_path(path);
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
-    tokio::io::copy(reader, &mut file).await.map_err(|e| Error::io(&tmp, e))?;
-    file.sync_all().await.map_err(|e| Error::io(&tmp, e))?;
-    tokio::fs::rename(&tmp, path).await.map_err(|e| Error::io(path, e))
+    Temp::write(path, async |file| tokio::io::copy(reader, file).await.map(drop)).await?.rename_to(path).await
 }
 
 pub async fn delete(path: &Path) -> Result<()> {
@@ -133,5 +153,60 @@ pub async fn delete(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the child process that runs a test's body under a file size cap.
+    const CHILD: &str = "MIRA_TEST_FILE_SIZE_CAP";
+
+    /// Runs the test named `name` again, alone, in a child process whose files cannot grow past
+    /// `bytes` (a full disk: `mira_testkit::full_disk`), and asserts that it passed there.
+    fn in_a_child_with_file_size_cap(name: &str, bytes: u64) {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command.args([name, "--exact", "--nocapture", "--test-threads=1"]).env(CHILD, "1");
+        mira_testkit::full_disk::cap_file_size(&mut command, bytes);
+        let output = command.output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A write that meets a full disk half-way is an error, leaves no object and no temporary
+    /// file, whatever the writing call; before, tokio's `File` kept the error of a short write
+    /// to the next flush, which never came, and the partial file was moved into place.
+    #[tokio::test]
+    async fn a_write_that_meets_a_full_disk_fails_and_leaves_nothing() {
+        if std::env::var_os(CHILD).is_none() {
+            return in_a_child_with_file_size_cap(
+                "storage::local::tests::a_write_that_meets_a_full_disk_fails_and_leaves_nothing",
+                16 * 1024,
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![b'x'; 64 * 1024];
+        let source = dir.path().join("source");
+        std::fs::write(&source, &big[..8 * 1024]).unwrap();
+        let path = |name: &str| dir.path().join("out").join(name);
+
+        let error = put(&path("put"), &big).await.unwrap_err().to_string();
+        assert!(error.contains("File too large"), "{error}");
+        assert!(put_if_absent(&path("commit.json"), &big).await.is_err());
+        assert!(write_stream(&path("stream"), &mut &big[..]).await.is_err());
+        // What fits is written whole.
+        put(&path("small"), b"{}").await.unwrap();
+        put_file(&path("copy"), &source).await.unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(path(""))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["copy", "small"]);
     }
 }
