@@ -260,3 +260,35 @@ fn errors_are_one_line_with_an_exit_code_by_cause() {
         assert!(lines[0].starts_with("error: ") && lines[0].contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// What the API server would refuse, `mira run` refuses before any work, naming the field: an
+/// unknown field (a typo loses nothing silently), the CRDs' rules, and repeated list-map keys
+/// (two groups of one name once scored and selected only one of them).
+#[test]
+fn manifests_are_checked_as_the_api_server_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let source_group = |grouping: &str| {
+        format!(
+            "apiVersion: mira.dev/v1alpha1\nkind: SourceGroup\nmetadata: {{name: corpus}}\nspec:\n  root: out\n  sources: [{{name: web, uri: a}}, {{name: code, uri: b}}]\n  grouping: {grouping}\n"
+        )
+    };
+    let filter_run = |spec: &str| {
+        format!("apiVersion: mira.dev/v1alpha1\nkind: FilterRun\nmetadata: {{name: f}}\nspec: {{distillationJobRef: d, output: out, {spec}}}\n")
+    };
+    for (manifest, says) in [
+        (filter_run("retension: 0.5, retention: 0.5"), "unknown field spec.retension"),
+        (source_group("{k: 2, groups: [{name: g, sources: [web, code]}]}"), "spec.grouping: set k or groups, not both"),
+        (
+            source_group("{groups: [{name: g, sources: [web]}, {name: g, sources: [code]}]}"),
+            "spec.grouping.groups[1]: duplicate entry with name=\"g\"",
+        ),
+        (filter_run("retention: 0.5, policy: global, groupRetention: {g: 0.3}"), "groupRetention"),
+        (filter_run("retention: 1.5"), "retention must be in (0, 1]"),
+    ] {
+        std::fs::write(dir.path().join("m.yaml"), &manifest).unwrap();
+        let (code, stdout, stderr) = mira_in(dir.path(), &["-f", "m.yaml"]);
+        assert_eq!(code, Some(2), "{manifest}: {stdout}{stderr}");
+        assert!(stderr.contains(says), "{manifest}: wants {says:?}: {stderr}");
+        assert!(!dir.path().join(".mira").exists(), "nothing is run or written: {manifest}");
+    }
+}

@@ -54,3 +54,19 @@ fn storage_that_cannot_be_reached_is_an_outage() {
     assert_eq!(code, Some(3), "{line}");
     assert!(line.starts_with("error: StorageError: "), "{line}");
 }
+
+#[test]
+fn a_plan_that_lists_a_group_twice_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let group = serde_json::json!({"name": "g", "sources": [{"name": "web", "uri": tmp.path().join("web")}]});
+    let plan = serde_json::json!({
+        "output": tmp.path().join("out"),
+        "groups": [group, group],
+        "score": tmp.path().join("score"),
+        "threshold": tmp.path().join("threshold"),
+    });
+    let (code, line) = step("select", &plan.to_string());
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("group \"g\" is listed twice"), "{line}");
+    assert!(!tmp.path().join("out").exists(), "nothing is written");
+}

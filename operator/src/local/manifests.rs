@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::{Resource, ResourceExt};
+use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Deserialize as _;
+use serde::Serialize;
 
 use crate::api::{DistillationJob, FilterRun, LocalModel, RubricSet, SourceGroup};
 use crate::reconcile::{Lineage, Upstream, UpstreamRef};
@@ -142,8 +143,10 @@ fn parse(text: &str, base: &Path, resources: &mut Resources) -> Result<(), Strin
     Ok(())
 }
 
-fn object<K: DeserializeOwned + Resource>(value: serde_yaml::Value) -> Result<K, String> {
-    let mut object: K = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+fn object<K: DeserializeOwned + Serialize + CustomResourceExt + Resource>(
+    value: serde_yaml::Value,
+) -> Result<K, String> {
+    let mut object: K = super::validate::object(value)?;
     if object.meta().name.as_deref().unwrap_or_default().is_empty() {
         return Err("metadata.name is required".into());
     }

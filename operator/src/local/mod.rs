@@ -6,6 +6,7 @@
 mod manifests;
 mod runner;
 mod state;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -162,7 +162,25 @@ pub async fn load_plan(step: Step, location: &str) -> Result<StepPlan> {
     } else {
         Storage::new(StorageConfig::default()).get(location).await?
     };
-    StepPlan::parse(step, &bytes).map_err(|e| Error::json(format!("plan {location}"), e))
+    let plan = StepPlan::parse(step, &bytes).map_err(|e| Error::json(format!("plan {location}"), e))?;
+    // A group's name keys its outputs: two of one name would write into one another.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = group_names(&plan).into_iter().find(|name| !seen.insert(*name)) {
+        return Err(Error::plan(format!("group {twice:?} is listed twice")));
+    }
+    Ok(plan)
+}
+
+fn group_names(plan: &StepPlan) -> Vec<&str> {
+    match plan {
+        StepPlan::Cluster(p) => p.groups.iter().flatten().map(|g| g.name.as_str()).collect(),
+        StepPlan::Discover(p) => p.groups.iter().map(|g| g.name.as_str()).collect(),
+        StepPlan::Label(p) => p.groups.iter().map(|g| g.name.as_str()).collect(),
+        StepPlan::Distill(p) => p.groups.iter().map(|g| g.name.as_str()).collect(),
+        StepPlan::Score(p) => p.groups.iter().map(|g| g.name.as_str()).collect(),
+        StepPlan::Threshold(_) => Vec::new(),
+        StepPlan::Select(p) => p.groups.iter().map(|g| g.name.as_str()).collect(),
+    }
 }
 
 /// Runs a plan's step.
