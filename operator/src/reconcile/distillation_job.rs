@@ -3,6 +3,7 @@
 use kube::ResourceExt;
 use scorer_runner::plan::{Dimension, DistillGroup, DistillPlan, DistillResult, LabelGroup, LabelPlan, LabelResult};
 
+use super::conditions::Desired;
 use super::convert::{self, upstream};
 use super::rubric_set::TEACHER_KEY_ENV;
 use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
@@ -164,6 +165,42 @@ impl Pipeline for DistillationJob {
             })
             .collect();
         Ok(())
+    }
+
+    /// `Reliable`, once students exist: `False` (reason `NoReliableDimension`) when every
+    /// dimension of some source is masked, so that its records all score alike and the cut keeps
+    /// them by the tie draw alone, a random selection where the user expects a ranked one.
+    fn findings(status: &DistillationJobStatus) -> Vec<Desired> {
+        if status.students.is_empty() {
+            return Vec::new();
+        }
+        let unranked: Vec<String> = status
+            .students
+            .iter()
+            .flat_map(|s| {
+                let sources: std::collections::BTreeSet<&str> = s.agreement.iter().map(|a| a.source.as_str()).collect();
+                sources
+                    .into_iter()
+                    .filter(|&source| s.agreement.iter().filter(|a| a.source == source).all(|a| a.masked))
+                    .map(|source| format!("{}/{source}", s.group))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if unranked.is_empty() {
+            return vec![Desired::new(
+                "Reliable",
+                true,
+                "Reliable",
+                "every source keeps at least one dimension on which the student agrees with the teacher",
+            )];
+        }
+        let message = format!(
+            "every dimension is masked for {} (the student's held-out agreement with the teacher is below the mask's \
+             thresholds: see status.students[].agreement): their records score alike, and a FilterRun keeps them by a \
+             random draw, not by quality",
+            unranked.join(", ")
+        );
+        vec![Desired::new("Reliable", false, "NoReliableDimension", message)]
     }
 
     fn skipped(&self, _: Step) -> String {

@@ -223,6 +223,22 @@ pub fn reconcile<K: Pipeline>(input: &Input<K>, now: &Time) -> Output<K::Status>
             pipeline.upstream_revision = upstream_revision;
             let mut desired = vec![progress.ready(summary.err())];
             desired.extend(K::STEPS.iter().map(|&step| progress.step(step, || input.resource.skipped(step))));
+            for finding in K::findings(&status) {
+                // A finding that turns bad is also a Warning Event, once, where alerts look.
+                let was_bad =
+                    previous.pipeline().conditions.iter().any(|c| c.type_ == finding.type_ && c.status == "False");
+                if !finding.status && !was_bad {
+                    let (reason, note) = (finding.reason.clone(), finding.message.clone());
+                    tracker.actions.push(Action::Event(Event {
+                        warning: true,
+                        reason,
+                        note,
+                        action: "Reconcile",
+                        job: None,
+                    }));
+                }
+                desired.push(finding);
+            }
             (desired, progress.summary(K::STEPS, ready, failed))
         }
     };

@@ -158,7 +158,22 @@ impl Pipeline for FilterRun {
         let mut lines: Vec<String> = status
             .groups
             .iter()
-            .filter_map(|g| Some(format!("group {}: {} in {}", g.name, kept(g.kept.as_ref()?), g.output.as_deref()?)))
+            .filter_map(|g| {
+                // Tokens no score ranked: kept by the draw among records tied at the cut.
+                let drawn: u64 = g
+                    .cuts
+                    .iter()
+                    .filter(|c| c.scope != "global")
+                    .filter_map(|c| c.cut.tie.as_ref())
+                    .map(|t| t.tokens)
+                    .sum();
+                let drawn = if drawn > 0 {
+                    format!("; {drawn} of those tokens by a draw among tied scores")
+                } else {
+                    String::new()
+                };
+                Some(format!("group {}: {} in {}{drawn}", g.name, kept(g.kept.as_ref()?), g.output.as_deref()?))
+            })
             .collect();
         lines.extend(status.total.as_ref().map(|t| format!("total: {}", kept(t))));
         lines

@@ -78,6 +78,12 @@ pub trait Pipeline:
         lineage.source_group.as_ref().map(|sg| &sg.spec.storage)
     }
 
+    /// Conditions beyond the stages', about what the stages found (that no dimension of a
+    /// source proved reliable, say): computed from the summarized status on every reconcile.
+    fn findings(_status: &Self::Status) -> Vec<conditions::Desired> {
+        Vec::new()
+    }
+
     /// Lines that tell a user what the resource produced (printed by `mira run` at the end).
     fn highlights(_status: &Self::Status) -> Vec<String> {
         Vec::new()

@@ -987,3 +987,36 @@ fn the_grouping_featurizer_reaches_the_cluster_plan() {
     };
     assert_eq!(uri, "s3://models/embedder/");
 }
+
+#[test]
+fn a_source_with_every_dimension_masked_makes_the_distillation_job_unreliable() {
+    let agreement = |source: &str, dimension: &str, masked: bool| Agreement {
+        source: source.into(),
+        dimension: dimension.into(),
+        records: 30,
+        mae: 0.5,
+        spearman: Some(0.1),
+        masked,
+        reason: None,
+    };
+    let mut status = DistillationJobStatus::default();
+    assert!(DistillationJob::findings(&status).is_empty(), "no finding before students exist");
+    status.students = vec![StudentStatus {
+        group: "prose".into(),
+        student: "s".into(),
+        train_records: 70,
+        validation_records: 30,
+        masked: Vec::new(),
+        agreement: vec![
+            agreement("web", "signal", false),
+            agreement("web", "noise", true),
+            agreement("books", "signal", true),
+            agreement("books", "noise", true),
+        ],
+    }];
+    let [finding] = <[_; 1]>::try_from(DistillationJob::findings(&status)).unwrap();
+    assert_eq!((finding.type_, finding.status, finding.reason.as_str()), ("Reliable", false, "NoReliableDimension"));
+    assert!(finding.message.contains("prose/books") && !finding.message.contains("prose/web"), "{}", finding.message);
+    status.students[0].agreement[2].masked = false;
+    assert!(DistillationJob::findings(&status)[0].status, "one reliable dimension per source suffices");
+}
