@@ -134,6 +134,7 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
     );
     assert!(stdout.contains("FilterRun default/filter: Ready"), "{stdout}");
     assert!(stdout.contains("Reliable=True Reliable: every source keeps"), "the signal dimension is kept: {stdout}");
+    assert!(stdout.contains("Usable=True Usable: every source scored"), "{stdout}");
     assert!(dir.path().join("kept/prose").is_dir(), "kept records are written per group");
     let saved = std::fs::read(dir.path().join(".mira/resources/default/filterruns/filter.json")).unwrap();
     let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();

@@ -113,6 +113,10 @@ pub struct FilterGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub cuts: Vec<ScopedCut>,
+    /// Per source: records scored, and records skipped by reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_SOURCES))]
+    pub sources: Vec<SourceScored>,
     /// Per source: whether its scores and its cut follow record length.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
@@ -123,4 +127,23 @@ pub struct FilterGroupStatus {
     /// Where the group's kept records and `manifest.json` are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+}
+
+/// What scoring made of one source's records.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceScored {
+    /// The source.
+    pub name: String,
+    /// Records scored.
+    pub records: u64,
+    /// Records skipped, by reason (`invalid_json`, `missing_text`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped: BTreeMap<String, u64>,
+}
+
+impl SourceScored {
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped.values().sum()
+    }
 }

@@ -9,12 +9,13 @@ use scorer_runner::plan::{
 };
 use scorer_runner::storage::join;
 
+use super::conditions::Desired;
 use super::convert::{self, upstream};
 use super::distillation_job::JUDGE_KEY_ENV;
 use super::{stage_name, Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
     CutPolicy, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept, PipelineStatus,
-    SourceGroup, Step,
+    SourceGroup, SourceScored, Step,
 };
 use crate::{Error, Result};
 
@@ -148,6 +149,31 @@ impl Pipeline for FilterRun {
         }
     }
 
+    /// `Usable`, once sources are scored: `False` (reason `NoUsableRecords`) when a source gave
+    /// no usable record, or skipped more records than it scored: most often a `text.field` or a
+    /// Parquet column that matches nothing, which would otherwise end Ready with nothing kept.
+    fn findings(status: &FilterRunStatus) -> Vec<Desired> {
+        let scored: Vec<(&str, &SourceScored)> =
+            status.groups.iter().flat_map(|g| g.sources.iter().map(move |s| (g.name.as_str(), s))).collect();
+        if scored.is_empty() {
+            return Vec::new();
+        }
+        let unusable: Vec<String> = scored
+            .iter()
+            .filter(|(_, s)| s.records == 0 || s.skipped_records() > s.records)
+            .map(|(group, s)| format!("{group}/{}: {}", s.name, skip_summary(s)))
+            .collect();
+        if unusable.is_empty() {
+            return vec![Desired::new("Usable", true, "Usable", "every source scored more records than it skipped")];
+        }
+        let message = format!(
+            "sources that gave no usable record or skipped most of them (check text.field, text.messagesField and the \
+             format): {}",
+            unusable.join("; ")
+        );
+        vec![Desired::new("Usable", false, "NoUsableRecords", message)]
+    }
+
     fn highlights(status: &FilterRunStatus) -> Vec<String> {
         let kept = |k: &Kept| {
             format!(
@@ -175,6 +201,14 @@ impl Pipeline for FilterRun {
                 Some(format!("group {}: {} in {}{drawn}", g.name, kept(g.kept.as_ref()?), g.output.as_deref()?))
             })
             .collect();
+        lines.extend(
+            status
+                .groups
+                .iter()
+                .flat_map(|g| &g.sources)
+                .filter(|s| s.skipped_records() > 0)
+                .map(|s| format!("source {}: {}", s.name, skip_summary(s))),
+        );
         lines.extend(status.total.as_ref().map(|t| format!("total: {}", kept(t))));
         lines
     }
@@ -192,6 +226,7 @@ impl Pipeline for FilterRun {
                 tokens: None,
                 skipped_records: None,
                 cuts: Vec::new(),
+                sources: Vec::new(),
                 lengths: Vec::new(),
                 kept: None,
                 output: None,
@@ -203,6 +238,16 @@ impl Pipeline for FilterRun {
                     group.tokens = Some(totals.tokens);
                     group.skipped_records = Some(totals.skipped.counts.values().sum());
                 }
+                group.sources = score
+                    .sources
+                    .iter()
+                    .filter(|t| t.group == name)
+                    .map(|t| SourceScored {
+                        name: t.source.clone().unwrap_or_default(),
+                        records: t.records,
+                        skipped: t.skipped.counts.clone(),
+                    })
+                    .collect();
             }
             if let Some(threshold) = finished.result::<ThresholdResult>(&self.threshold_of(&name))? {
                 group.cuts = threshold
@@ -226,5 +271,14 @@ impl Pipeline for FilterRun {
         status.groups = groups;
         status.total = total.filter(|_| !status.groups.is_empty());
         Ok(())
+    }
+}
+
+/// `scored 351 records, skipped 9 (invalid_json 3, missing_text 6)`.
+fn skip_summary(source: &SourceScored) -> String {
+    let reasons: Vec<String> = source.skipped.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+    match source.skipped_records() {
+        0 => format!("scored {} records", source.records),
+        n => format!("scored {} records, skipped {n} ({})", source.records, reasons.join(", ")),
     }
 }

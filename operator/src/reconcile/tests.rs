@@ -1020,3 +1020,41 @@ fn a_source_with_every_dimension_masked_makes_the_distillation_job_unreliable() 
     status.students[0].agreement[2].masked = false;
     assert!(DistillationJob::findings(&status)[0].status, "one reliable dimension per source suffices");
 }
+
+#[test]
+fn a_source_that_gives_no_usable_record_makes_the_filter_run_unusable() {
+    let source = |name: &str, records: u64, skipped: &[(&str, u64)]| SourceScored {
+        name: name.into(),
+        records,
+        skipped: skipped.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+    };
+    let group = |sources: Vec<SourceScored>| FilterGroupStatus {
+        name: "prose".into(),
+        scored_shards: None,
+        records: None,
+        tokens: None,
+        skipped_records: None,
+        cuts: Vec::new(),
+        sources,
+        lengths: Vec::new(),
+        kept: None,
+        output: None,
+    };
+    let mut status = FilterRunStatus::default();
+    assert!(FilterRun::findings(&status).is_empty(), "no finding before sources are scored");
+    status.groups =
+        vec![group(vec![source("web", 0, &[("missing_text", 120)]), source("code", 100, &[("invalid_json", 2)])])];
+    let [finding] = <[_; 1]>::try_from(FilterRun::findings(&status)).unwrap();
+    assert_eq!((finding.type_, finding.status, finding.reason.as_str()), ("Usable", false, "NoUsableRecords"));
+    assert!(
+        finding.message.contains("prose/web: scored 0 records, skipped 120 (missing_text 120)"),
+        "{}",
+        finding.message
+    );
+    assert!(!finding.message.contains("prose/code"), "{}", finding.message);
+    assert!(FilterRun::highlights(&status)
+        .iter()
+        .any(|l| l == "source code: scored 100 records, skipped 2 (invalid_json 2)"));
+    status.groups[0].sources[0] = source("web", 60, &[("missing_text", 60)]);
+    assert!(FilterRun::findings(&status)[0].status, "skipping no more than it scores is usable");
+}
