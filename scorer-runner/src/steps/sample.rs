@@ -17,7 +17,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::{blocking, list_shards, Context, Shard};
 use crate::bottom_k::BottomK;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::formats::for_each_batch;
 use crate::plan::SkipCounts;
 use crate::plan::{ReadLimits, Source};
@@ -109,6 +109,22 @@ pub async fn sample_group(
     let mut skipped = SkipCounts::default();
     for source in sources {
         let sample = sample_source(ctx, source, share, read, seed).await?;
+        if sample.records.is_empty() && share > 0 {
+            // Every record drawn was skipped: the source's text is not where the spec says, and a
+            // teacher given nothing would only be blamed for proposing nothing.
+            let reasons: Vec<String> =
+                sample.skipped.counts.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+            return Err(Error::Shard {
+                uri: source.uri.clone(),
+                message: format!(
+                    "source {:?}: none of the {} records sampled is usable ({}); do text.field or \
+                     text.messagesField name the records' text, and is the format right?",
+                    source.name,
+                    sample.skipped.total(),
+                    reasons.join(", ")
+                ),
+            });
+        }
         records.extend(sample.records.into_iter().map(|r| (source.name.clone(), r)));
         skipped.merge(&sample.skipped);
     }
@@ -177,5 +193,13 @@ mod tests {
         assert_eq!(ids(&again), ids(&sample), "the same seed, the same sample");
         let other = sample_source(&ctx, &source, 500, ReadLimits::default(), 8).await.unwrap();
         assert_ne!(ids(&other), ids(&sample), "another seed, another sample");
+
+        // A text field that names nothing: the sample says so, not the teacher.
+        let wrong = Source { text: TextSpec { field: Some("body".into()), ..TextSpec::default() }, ..source };
+        let error = sample_group(&ctx, &[wrong], 100, ReadLimits::default(), 7).await.unwrap_err().to_string();
+        assert!(
+            error.contains("source \"web\": none of the 100 records sampled is usable (missing_text 100)"),
+            "{error}"
+        );
     }
 }
