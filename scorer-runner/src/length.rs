@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bottom_k::BottomK;
 use crate::histogram::{Cut, Histogram};
 use crate::stats::spearman;
 
@@ -15,42 +16,43 @@ use crate::stats::spearman;
 /// deviation) of the source's.
 pub const SAMPLE: usize = 4096;
 
-/// A uniform sample of scored records: `[draw key, tokens, aggregate]`, smallest key first
-/// once trimmed.
+/// A uniform sample of scored records: `[draw key, tokens, aggregate]`, smallest key first.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct LengthSample {
     points: Vec<(u64, u64, f32)>,
-    /// The largest key kept at the last trim, once the sample is full: a record with a larger
-    /// key can never be kept, so most records of a long shard are passed over at one comparison.
-    #[serde(skip)]
-    bound: Option<u64>,
+}
+
+/// Draws a [`LengthSample`] from a stream of scored records: the [`SAMPLE`] smallest draw keys.
+pub struct LengthSampler(BottomK<(u64, f32)>);
+
+impl Default for LengthSampler {
+    fn default() -> Self {
+        LengthSampler(BottomK::new(SAMPLE))
+    }
+}
+
+impl LengthSampler {
+    /// Offers a scored record; a record with no aggregate (every dimension failed) is not ranked.
+    pub fn offer(&mut self, key: u64, tokens: u64, aggregate: f32) {
+        if aggregate.is_finite() {
+            self.0.offer(key, (tokens, aggregate));
+        }
+    }
+
+    pub fn finish(self) -> LengthSample {
+        LengthSample { points: self.0.into_keyed().into_iter().map(|(key, (tokens, a))| (key, tokens, a)).collect() }
+    }
 }
 
 impl LengthSample {
-    /// Offers a scored record; a record with no aggregate (every dimension failed) is not ranked.
-    pub fn offer(&mut self, key: u64, tokens: u64, aggregate: f32) {
-        if aggregate.is_finite() && self.bound.is_none_or(|bound| key < bound) {
-            self.points.push((key, tokens, aggregate));
-            if self.points.len() >= 2 * SAMPLE {
-                self.trim();
-            }
-        }
-    }
-
     /// Adds another part of the same stream, sampled apart.
     pub fn merge(&mut self, other: &LengthSample) {
-        self.points.extend_from_slice(&other.points);
-        self.trim();
-    }
-
-    /// Keeps the [`SAMPLE`] smallest keys, in key order.
-    pub fn trim(&mut self) {
-        self.points.sort_unstable_by_key(|&(key, ..)| key);
-        self.points.truncate(SAMPLE);
-        if self.points.len() == SAMPLE {
-            self.bound = self.points.last().map(|&(key, ..)| key);
+        let mut sampler = LengthSampler::default();
+        for &(key, tokens, aggregate) in self.points.iter().chain(&other.points) {
+            sampler.offer(key, tokens, aggregate);
         }
+        *self = sampler.finish();
     }
 
     pub fn len(&self) -> usize {
@@ -119,15 +121,16 @@ mod tests {
         for (biased, expect) in [(true, 0.9..=1.0), (false, -0.1..=0.1)] {
             let score = |i: u64| if biased { (i % 500) as f32 } else { (key(i) % 5) as f32 };
             let (mut whole, mut left, mut right) =
-                (LengthSample::default(), LengthSample::default(), LengthSample::default());
+                (LengthSampler::default(), LengthSampler::default(), LengthSampler::default());
             for i in 0..10_000u64 {
                 let tokens = 1 + i % 500;
                 whole.offer(key(i), tokens, score(i));
-                let part: &mut LengthSample = if i % 3 == 0 { &mut left } else { &mut right };
+                let part: &mut LengthSampler = if i % 3 == 0 { &mut left } else { &mut right };
                 part.offer(key(i), tokens, score(i));
             }
-            whole.trim();
-            left.merge(&right);
+            let whole = whole.finish();
+            let mut left = left.finish();
+            left.merge(&right.finish());
             assert_eq!(left, whole);
             assert_eq!(whole.len(), SAMPLE);
             let rho = whole.rank_correlation().unwrap();
@@ -138,10 +141,11 @@ mod tests {
     #[test]
     fn deciles_report_what_the_cut_keeps_by_length() {
         // Long records score high: a cut at the middle keeps the long half.
-        let mut sample = LengthSample::default();
+        let mut sampler = LengthSampler::default();
         for i in 0..1000u64 {
-            sample.offer(i, 10 + i, if i >= 500 { 4.0 } else { 2.0 });
+            sampler.offer(i, 10 + i, if i >= 500 { 4.0 } else { 2.0 });
         }
+        let sample = sampler.finish();
         let mut histogram = Histogram::new(1.0, 5.0, 100);
         histogram.add(2.0, 1);
         histogram.add(4.0, 1);

@@ -1258,8 +1258,9 @@ mod tests {
     fn slim_results_keep_the_counts_and_drop_what_grows_with_the_corpus() {
         let mut histogram = Histogram::new(1.0, 5.0, 10_000);
         histogram.add(3.0, 100);
-        let mut length = LengthSample::default();
-        (0..100).for_each(|i| length.offer(i, 1 + i, 3.0));
+        let mut sampler = crate::length::LengthSampler::default();
+        (0..100).for_each(|i| sampler.offer(i, 1 + i, 3.0));
+        let length = sampler.finish();
         let totals = |source: Option<&str>| ScoreTotals {
             group: "code".into(),
             source: source.map(Into::into),

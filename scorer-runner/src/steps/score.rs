@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::formats::for_each_batch;
 use crate::formats::scores::ScoreShardWriter;
 use crate::histogram::Histogram;
-use crate::length::LengthSample;
+use crate::length::{LengthSample, LengthSampler};
 use crate::plan::SkipCounts;
 use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, TokenCounter};
 use crate::records::extract;
@@ -144,7 +144,7 @@ async fn score_shard(
             let dimensions: Vec<&str> = student.header.dimensions.iter().map(|d| d.id.as_str()).collect();
             let mut writer = ScoreShardWriter::create(&path, &group_name, &source.name, &dimensions)?;
             let mut skipped = SkipCounts::default();
-            let mut length = LengthSample::default();
+            let mut length = LengthSampler::default();
             let (mut records, mut token_total) = (0u64, 0u64);
             let heads = student.header.dimensions.len();
             let unmasked = student.unmasked(&source.name).filter(|m| m.iter().any(|&u| u));
@@ -182,8 +182,7 @@ async fn score_shard(
                 Ok(ControlFlow::Continue(()))
             })?;
             writer.finish()?;
-            length.trim();
-            Ok((records, token_total, skipped, histogram, length))
+            Ok((records, token_total, skipped, histogram, length.finish()))
         })
         .await?;
     ctx.storage.put_file(&scores_uri, &tmp).await?;
