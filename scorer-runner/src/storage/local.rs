@@ -8,15 +8,29 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use super::{ByteReader, ObjectMeta};
 use crate::error::{Error, Result};
 
-/// A sibling temporary file, unique per call so that concurrent writers never share one, and
-/// removed when dropped: a write that fails (a full disk) or is cancelled half-way leaves nothing
-/// behind, and one that was moved into place has nothing left to remove.
-struct Temp(PathBuf);
+/// A sibling temporary file (`tempfile`'s, unique per call so that concurrent writers never share
+/// one, hidden so that listings skip it), removed when dropped: a write that fails (a full disk)
+/// or is cancelled half-way leaves nothing behind.
+struct Temp(tempfile::TempPath);
 
 impl Temp {
-    fn beside(path: &Path) -> Temp {
+    /// Creates it beside `path`, with its parent.
+    async fn beside(path: &Path) -> Result<(Temp, tokio::fs::File)> {
+        ensure_parent(path).await?;
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Temp(path.with_file_name(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple())))
+        let created = tokio::task::spawn_blocking(move || {
+            // Readable as `File::create` makes files (0666 less the umask), not owner-only as
+            // tempfile's are: objects are read by whoever reads the store.
+            tempfile::Builder::new()
+                .prefix(&format!(".{name}.tmp-"))
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .tempfile_in(&parent)
+                .map_err(|e| Error::io(&parent, e))
+        })
+        .await??;
+        let (file, path) = created.into_parts();
+        Ok((Temp(path), tokio::fs::File::from_std(file)))
     }
 
     /// Creates it, lets `fill` write it, then flushes and syncs: tokio's `File` reports a write's
@@ -25,9 +39,7 @@ impl Temp {
     where
         F: AsyncFnOnce(&mut tokio::fs::File) -> std::io::Result<()>,
     {
-        ensure_parent(path).await?;
-        let tmp = Temp::beside(path);
-        let mut file = tokio::fs::File::create(&tmp.0).await.map_err(|e| Error::io(&tmp.0, e))?;
+        let (tmp, mut file) = Temp::beside(path).await?;
         fill(&mut file).await.map_err(|e| Error::io(&tmp.0, e))?;
         file.flush().await.map_err(|e| Error::io(&tmp.0, e))?;
         file.sync_all().await.map_err(|e| Error::io(&tmp.0, e))?;
@@ -35,13 +47,8 @@ impl Temp {
     }
 
     async fn rename_to(self, path: &Path) -> Result<()> {
-        tokio::fs::rename(&self.0, path).await.map_err(|e| Error::io(path, e))
-    }
-}
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || self.0.persist(&path).map_err(|e| Error::io(&path, e.error))).await?
     }
 }
 
@@ -135,8 +142,7 @@ pub async fn put_if_absent(path: &Path, data: &[u8]) -> Result<bool> {
 /// Copies a file into place, synced before it is renamed there, so that an object is never
 /// seen (or, after a crash, found) with part of its bytes.
 pub async fn put_file(path: &Path, file: &Path) -> Result<()> {
-    ensure_parent(path).await?;
-    let tmp = Temp::beside(path);
+    let (tmp, _) = Temp::beside(path).await?;
     // One blocking copy (copy_file_range where the kernel has it), which reports every error.
     tokio::fs::copy(file, &tmp.0).await.map_err(|e| Error::io(file, e))?;
     let copy = tokio::fs::File::open(&tmp.0).await.map_err(|e| Error::io(&tmp.0, e))?;
@@ -202,6 +208,10 @@ mod tests {
         // What fits is written whole.
         put(&path("small"), b"{}").await.unwrap();
         put_file(&path("copy"), &source).await.unwrap();
+        // With the mode `File::create` gives (tempfile's own are owner-only).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&path("small")), mode(&source));
         let mut left: Vec<String> = std::fs::read_dir(path(""))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
