@@ -174,6 +174,11 @@ impl SkipCounts {
     }
 }
 
+/// Counts by reason for a message: `invalid_json 3, missing_text 6`.
+pub fn skip_reasons(counts: &BTreeMap<String, u64>) -> String {
+    counts.iter().map(|(reason, n)| format!("{reason} {n}")).collect::<Vec<_>>().join(", ")
+}
+
 fn place(at: &str) -> (&str, u64) {
     match at.rsplit_once('#') {
         Some((shard, index)) => (shard, index.parse().unwrap_or(u64::MAX)),

@@ -3,6 +3,7 @@
 //! every group is scored.
 
 use kube::ResourceExt;
+use scorer_runner::plan::skip_reasons;
 use scorer_runner::plan::{
     GroupSources, Manifest, ScoreGroup, ScorePlan, ScoreResult, SelectPlan, ThresholdPlan, ThresholdResult,
     TokenCounter,
@@ -276,9 +277,8 @@ impl Pipeline for FilterRun {
 
 /// `scored 351 records, skipped 9 (invalid_json 3, missing_text 6)`.
 fn skip_summary(source: &SourceScored) -> String {
-    let reasons: Vec<String> = source.skipped.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
     match source.skipped_records() {
         0 => format!("scored {} records", source.records),
-        n => format!("scored {} records, skipped {n} ({})", source.records, reasons.join(", ")),
+        n => format!("scored {} records, skipped {n} ({})", source.records, skip_reasons(&source.skipped)),
     }
 }

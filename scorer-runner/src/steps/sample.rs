@@ -19,7 +19,7 @@ use super::{blocking, list_shards, Context, Shard};
 use crate::bottom_k::BottomK;
 use crate::error::{Error, Result};
 use crate::formats::for_each_batch;
-use crate::plan::SkipCounts;
+use crate::plan::{skip_reasons, SkipCounts};
 use crate::plan::{ReadLimits, Source};
 use crate::records::{extract, Malformed, TextRecord};
 
@@ -112,8 +112,6 @@ pub async fn sample_group(
         if sample.records.is_empty() && share > 0 {
             // Every record drawn was skipped: the source's text is not where the spec says, and a
             // teacher given nothing would only be blamed for proposing nothing.
-            let reasons: Vec<String> =
-                sample.skipped.counts.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
             return Err(Error::Shard {
                 uri: source.uri.clone(),
                 message: format!(
@@ -121,7 +119,7 @@ pub async fn sample_group(
                      text.messagesField name the records' text, and is the format right?",
                     source.name,
                     sample.skipped.total(),
-                    reasons.join(", ")
+                    skip_reasons(&sample.skipped.counts)
                 ),
             });
         }
