@@ -97,7 +97,12 @@ async fn walk(dir: PathBuf, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
                 continue;
             }
             let path = entry.path();
-            let meta = entry.metadata().await.map_err(|e| Error::io(&path, e))?;
+            let meta = match entry.metadata().await {
+                Ok(meta) => meta,
+                // Removed since the directory was read (a released claim, say): not an object now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&path, e)),
+            };
             if meta.is_dir() {
                 stack.push((path, None));
             } else {
