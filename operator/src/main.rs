@@ -60,6 +60,10 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "MIRA_WATCH_NAMESPACE")]
         namespace: Option<String>,
+        /// Seconds between reads of running stages' progress into status (workers report every
+        /// 10 s); each read is a status write per running resource.
+        #[arg(long, env = "MIRA_PROGRESS_REFRESH_SECONDS", default_value_t = 15.0)]
+        progress_refresh_seconds: f64,
     },
 }
 
@@ -109,6 +113,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             lease_name,
             identity,
             namespace,
+            progress_refresh_seconds,
         } => {
             let identity = identity.unwrap_or_else(|| format!("mira-operator-{}", std::process::id()));
             let lease = (!no_leader_election).then_some(kube::LeaseOptions {
@@ -116,7 +121,8 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 name: lease_name,
                 identity,
             });
-            kube::run(kube::Options { listen, runner_image, lease, namespace }).await?;
+            let progress_refresh = std::time::Duration::from_secs_f64(progress_refresh_seconds.max(0.1));
+            kube::run(kube::Options { listen, runner_image, lease, namespace, progress_refresh }).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -15,8 +15,10 @@ use scorer_runner::plan::StorageConfig;
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::{join, Storage};
 
-use crate::api::Step;
-use crate::reconcile::{wanted_results, Input, JobState, Lineage, Pipeline, StepResults};
+use scorer_runner::progress;
+
+use crate::api::{StagePhase, Step};
+use crate::reconcile::{wanted_results, Input, JobState, KindStatus, Lineage, Pipeline, StageProgress, StepResults};
 use crate::{Error, Result};
 
 /// Results kept in memory; the least recently used are read again when needed.
@@ -49,7 +51,7 @@ impl Results {
         let mut found = BTreeMap::new();
         let mut absent = BTreeSet::new();
         loop {
-            let input = Input { resource, lineage, jobs, results: &found };
+            let input = Input { resource, lineage, jobs, results: &found, progress: &StageProgress::new() };
             let wanted: Vec<(String, Step)> = wanted_results(&input)
                 .into_iter()
                 .filter(|(o, _)| !found.contains_key(o) && !absent.contains(o))
@@ -77,6 +79,37 @@ impl Results {
                 }
             }
         }
+    }
+
+    /// The workers' progress of every stage not finished at the start of the pass. Progress is
+    /// for people: a read that fails is logged and left out; it never fails the pass.
+    pub async fn progress<K: Pipeline>(&self, resource: &K, config: &StorageConfig) -> StageProgress {
+        let storage = self.storage(config);
+        let unfinished: Vec<String> = resource
+            .status()
+            .map(|s| s.pipeline().stages.iter())
+            .into_iter()
+            .flatten()
+            .filter(|r| matches!(r.phase, StagePhase::Pending | StagePhase::Running))
+            .map(|r| r.output.clone())
+            .collect();
+        futures::stream::iter(unfinished)
+            .map(|output| {
+                let storage = storage.clone();
+                async move {
+                    match progress::read(&storage, &output).await {
+                        Ok(snapshot) => snapshot.map(|s| (output, s)),
+                        Err(e) => {
+                            tracing::warn!(output, error = %e, "could not read a stage's progress");
+                            None
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENT_READS)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
     }
 
     fn storage(&self, config: &StorageConfig) -> Arc<Storage> {

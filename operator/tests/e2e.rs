@@ -10,14 +10,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Fixture, OperatorOptions};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
 use kube::ResourceExt;
-use mira_operator::api::{DistillationJob, FilterRun, RubricSet, SourceGroup};
+use mira_operator::api::{DistillationJob, FilterRun, RubricSet, SourceGroup, StagePhase, Step};
 use mira_operator::reconcile::{KindStatus, Pipeline};
 use mira_testkit::synth::Kind;
 use scorer_runner::plan::Format;
@@ -187,6 +188,54 @@ async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest(
         assert_eq!(note, format!("stage {} succeeded", stage.name));
     }
     eprintln!("full chain Ready in {:.1?}: {:?}", started.elapsed(), jobs_per_stage(&fx).await);
+}
+
+#[tokio::test]
+async fn a_running_stage_reports_its_progress_in_status_and_keeps_its_final_figures() {
+    let mut fx = Fixture::new("progress").await;
+    // One unit at a time, reported every 0.2 s, read into status every 0.3 s.
+    fx.start_kubelet(&["--env", "MIRA_PARALLELISM=1", "--env", "MIRA_PROGRESS_SECONDS=0.2"]);
+    fx.start_operator(OperatorOptions { progress_refresh: Some(0.3), ..Default::default() });
+    fx.upload_corpus(&THREE_SOURCES[..1], 24, 2000).await;
+    fx.apply(&one_source_chain(&fx).join("---\n"));
+
+    // What `kubectl get fr` shows while the per-shard stages run.
+    let seen: Mutex<BTreeMap<String, BTreeSet<u64>>> = Mutex::default();
+    let lines: Mutex<BTreeSet<String>> = Mutex::default();
+    let filter = fx
+        .wait_for("FilterRun filter to be Ready", CHAIN, || async {
+            let filter = fx.get::<FilterRun>("filter").await?;
+            let status = filter.status.as_ref()?;
+            for stage in status.pipeline.stages.iter().filter(|s| s.phase == StagePhase::Running) {
+                if let Some(progress) = &stage.progress {
+                    seen.lock().unwrap().entry(stage.name.clone()).or_default().insert(progress.units_done);
+                }
+            }
+            lines.lock().unwrap().extend(status.pipeline.progress.clone());
+            let ready = status.pipeline.ready_at(filter.metadata.generation);
+            ready.then_some(filter)
+        })
+        .await;
+    let (seen, lines) = (seen.into_inner().unwrap(), lines.into_inner().unwrap());
+    eprintln!("units done seen in status while running: {seen:?}");
+    let advancing: Vec<(&String, Vec<u64>)> = seen
+        .iter()
+        .map(|(stage, done)| (stage, done.iter().copied().filter(|&d| d > 0 && d < 24).collect::<Vec<_>>()))
+        .filter(|(_, between)| between.len() >= 2)
+        .collect();
+    assert!(!advancing.is_empty(), "a stage's progress advanced in status while it ran: {seen:?}");
+    assert!(lines.iter().any(|l| l.contains("/24 units")), "status.progress summed it up: {lines:?}");
+    let status = filter.status.as_ref().unwrap();
+    assert_eq!(status.pipeline.progress, None, "nothing runs once Ready");
+    for stage in status.pipeline.stages.iter().filter(|s| s.step == Step::Score || s.step == Step::Select) {
+        let last = stage.progress.as_ref().unwrap_or_else(|| panic!("{} kept no progress", stage.name));
+        assert_eq!(
+            (last.units_done, last.units_total, last.records, last.finished),
+            (24, 24, 48_000, true),
+            "{}",
+            stage.name
+        );
+    }
 }
 
 #[tokio::test]

@@ -83,6 +83,7 @@ fn mira_run_file(manifests: &Path, runner: &Path) -> (bool, String) {
         .arg(manifests)
         .env("MIRA_SCORER_RUNNER", runner)
         .env("MIRA_PARALLELISM", "2")
+        .env("MIRA_PROGRESS_SECONDS", "0.1")
         .output()
         .expect("mira runs");
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
@@ -136,6 +137,12 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
     assert!(stdout.contains("Reliable=True Reliable: every source keeps"), "the signal dimension is kept: {stdout}");
     assert!(stdout.contains("Usable=True Usable: every source scored"), "{stdout}");
     assert!(dir.path().join("kept/prose").is_dir(), "kept records are written per group");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("  stage score/prose: Succeeded in ") && l.ends_with("(2 units, 120 records)")),
+        "the final report says how long each stage took and what it read: {stdout}"
+    );
     let saved = std::fs::read(dir.path().join(".mira/resources/default/filterruns/filter.json")).unwrap();
     let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
     let lengths: Vec<(String, u64, usize)> = saved["status"]["groups"]

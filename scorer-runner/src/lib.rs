@@ -11,6 +11,7 @@ pub mod histogram;
 pub mod length;
 pub mod models;
 pub mod plan;
+pub mod progress;
 pub mod prompts;
 pub mod records;
 pub mod ridge;

@@ -1104,6 +1104,13 @@ macro_rules! steps {
 
         impl StepPlan {
             /// Where the step writes its outputs and its result.
+            pub fn output(&self) -> &str {
+                match self {
+                    $(StepPlan::$step(p) => &p.output,)*
+                }
+            }
+
+            /// Where the step writes its outputs and its result.
             pub fn output_mut(&mut self) -> &mut String {
                 match self {
                     $(StepPlan::$step(p) => &mut p.output,)*

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::storage::{join, Storage};
 
 /// Worker identity and lease timing.
@@ -95,11 +96,13 @@ pub struct Units {
     worker: WorkerConfig,
     /// Units processed at once.
     in_flight: usize,
+    /// Counts the units as they commit.
+    progress: Arc<Progress>,
 }
 
 impl Units {
-    pub fn new(storage: Arc<Storage>, root: &str, worker: WorkerConfig) -> Self {
-        Units { storage, root: root.to_string(), in_flight: worker.parallelism, worker }
+    pub fn new(storage: Arc<Storage>, root: &str, worker: WorkerConfig, progress: Arc<Progress>) -> Self {
+        Units { storage, root: root.to_string(), in_flight: worker.parallelism, worker, progress }
     }
 
     /// Twice `parallelism` units in flight, for a step whose units run their CPU-bound work
@@ -214,6 +217,7 @@ impl Units {
     {
         let mut committed = vec![false; unit_ids.len()];
         let mut failed: Vec<Option<String>> = vec![None; unit_ids.len()];
+        self.progress.add_units(unit_ids.len());
         // Workers start at different offsets so they rarely contend for the same claim.
         let offset = (xxhash_rust::xxh3::xxh3_64(self.worker.id.as_bytes()) as usize) % unit_ids.len().max(1);
         loop {
@@ -235,6 +239,7 @@ impl Units {
                 match outcome {
                     Ok(Some(commit)) => {
                         committed[i] = true;
+                        self.progress.unit_done();
                         take(i, commit);
                     }
                     Ok(None) => waiting += 1,

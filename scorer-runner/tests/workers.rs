@@ -12,6 +12,7 @@ use scorer_runner::plan::Format;
 use scorer_runner::plan::StorageConfig;
 use scorer_runner::plan::TextSpec;
 use scorer_runner::plan::*;
+use scorer_runner::progress;
 use scorer_runner::steps;
 use scorer_runner::storage::{join, Storage};
 
@@ -134,4 +135,39 @@ async fn a_worker_killed_mid_step_is_redone_with_the_same_output() {
         survivor += (commit["worker"] == "survivor") as usize;
     }
     assert_eq!(survivor, 16 - before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reports_its_progress_while_it_runs_and_its_final_figures_at_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::Local, "progress", tmp.path()).await;
+    let plan = scoring_setup(&config, &base, tmp.path(), 16, 1500).await;
+    let storage = Storage::new(config.clone());
+    let plan_file = tmp.path().join("plan.json");
+    std::fs::write(&plan_file, serde_json::to_vec(&plan).unwrap()).unwrap();
+    let mut child = runner("score", &plan_file, "reporter")
+        .env("MIRA_PROGRESS_SECONDS", "0.05")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What a reader (the operator, `mira run`) sees while the step runs.
+    let mut seen = std::collections::BTreeSet::new();
+    while child.try_wait().unwrap().is_none() {
+        if let Some(snapshot) = progress::read(&storage, &plan.output).await.unwrap() {
+            assert_eq!(snapshot.units_total, 16);
+            seen.insert(snapshot.units_done);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(child.wait().unwrap().success(), "{log}");
+    let between: Vec<u64> = seen.iter().copied().filter(|&d| d > 0 && d < 16).collect();
+    assert!(between.len() >= 2, "progress advanced while the step ran: saw {seen:?}");
+    let last = progress::read(&storage, &plan.output).await.unwrap().unwrap();
+    assert_eq!((last.units_done, last.units_total, last.records, last.finished), (16, 16, 16 * 1500, true));
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("progress: ")).collect();
+    assert!(lines.len() >= 2, "the log has periodic progress lines: {log}");
+    assert!(lines.last().unwrap().contains("16/16 units"), "{}", lines.last().unwrap());
 }

@@ -6,6 +6,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use scorer_runner::progress::Snapshot;
+
 use super::Step;
 
 /// Where one stage is.
@@ -49,6 +51,10 @@ pub struct StageRecord {
     /// The step's error message, or what was reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// How far its workers have got (units, records read, elapsed), as they last reported;
+    /// kept once the stage has finished as its final figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Snapshot>,
     /// When the stage started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -74,6 +80,10 @@ pub struct PipelineStatus {
     /// `Ready`, or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// The running stages' progress in one line, for `kubectl get`: `score/code 12/40 units,
+    /// 1.2k records/s, ETA 3m10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
     /// One record per stage of the current plan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 200))]

@@ -40,9 +40,7 @@ use children::{LABEL_JOB_NAME, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
 use leader::Leadership;
 use serve::Health;
 
-/// Reconcile again this often while stages run, as a safety net under the Job watches.
-const REQUEUE_ACTIVE: Duration = Duration::from_secs(60);
-/// ...and this often otherwise (an upstream may have changed while a watch was down).
+/// Reconcile this often when no stage runs (an upstream may have changed while a watch was down).
 const REQUEUE_IDLE: Duration = Duration::from_secs(600);
 /// Longest Event note.
 const MAX_NOTE: usize = 1024;
@@ -56,6 +54,9 @@ pub struct Options {
     pub lease: Option<LeaseOptions>,
     /// Watch only this namespace; `None` watches all.
     pub namespace: Option<String>,
+    /// Reconcile again this often while stages run: to refresh their progress in status, and
+    /// as a safety net under the Job watches.
+    pub progress_refresh: Duration,
 }
 
 pub struct LeaseOptions {
@@ -92,6 +93,7 @@ pub async fn run(options: Options) -> Result<()> {
         results: Results::default(),
         runner_image: options.runner_image,
         namespace: options.namespace,
+        progress_refresh: options.progress_refresh,
     });
     let controllers = run_controllers(ctx);
     let outcome = match &leadership {
@@ -121,6 +123,7 @@ struct Context {
     results: Results,
     runner_image: Option<String>,
     namespace: Option<String>,
+    progress_refresh: Duration,
 }
 
 impl Context {
@@ -256,13 +259,16 @@ impl<K: Pipeline> Reconciler<'_, K> {
             self.object.namespace().ok_or_else(|| Error::InvalidSpec("MIRA resources are namespaced".into()))?;
         let lineage = self.lineage(&namespace).await?;
         let jobs = self.jobs(&namespace).await?;
-        let results = match self.object.storage(&lineage) {
+        let (results, progress) = match self.object.storage(&lineage) {
             Some(spec) => {
-                self.ctx.results.gather(self.object, &lineage, &jobs, &self.storage(&namespace, spec).await?).await?
+                let config = self.storage(&namespace, spec).await?;
+                let results = self.ctx.results.gather(self.object, &lineage, &jobs, &config).await?;
+                (results, self.ctx.results.progress(self.object, &config).await)
             }
-            None => BTreeMap::new(),
+            None => Default::default(),
         };
-        let input = Input { resource: self.object, lineage: &lineage, jobs: &jobs, results: &results };
+        let input =
+            Input { resource: self.object, lineage: &lineage, jobs: &jobs, results: &results, progress: &progress };
         let output = reconcile::reconcile(&input, &Time(Timestamp::now()));
         for action in &output.actions {
             self.apply(&namespace, action).await?;
@@ -276,7 +282,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
         if self.object.status() != Some(&output.status) {
             self.write_status(&namespace, &output.status).await?;
         }
-        Ok(controller::Action::requeue(if active { REQUEUE_ACTIVE } else { REQUEUE_IDLE }))
+        Ok(controller::Action::requeue(if active { self.ctx.progress_refresh } else { REQUEUE_IDLE }))
     }
 
     /// The upstream chain, fetched up to the first missing object.

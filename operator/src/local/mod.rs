@@ -3,6 +3,7 @@
 //! finished stage), each Job is a local `scorer-runner` process, and Events become progress
 //! lines.
 
+mod console;
 mod manifests;
 mod runner;
 mod state;
@@ -10,14 +11,18 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use scorer_runner::progress::{self, Snapshot};
 
+use crate::api::{StagePhase, StageRecord};
 use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Pipeline};
 use crate::results::Results;
 use crate::{Error, Result};
+use console::Console;
 use manifests::Resources;
 use runner::Runner;
 use state::{Outcome, State};
@@ -25,6 +30,8 @@ use state::{Outcome, State};
 /// Passes in a row that may change something before the runner must wait for a Job; more means
 /// the engine is not converging, which is a bug worth stopping for.
 const MAX_BUSY_PASSES: usize = 100;
+/// How often the stage processes report progress unless `MIRA_PROGRESS_SECONDS` says.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Options {
     /// A manifest file, or a directory of them.
@@ -46,12 +53,20 @@ pub async fn run(options: Options) -> Result<bool> {
     let state = State::open(&state_dir)?;
     adopt(&state, &mut resources)?;
     println!("state: {}", state_dir.display());
+    let every = std::env::var("MIRA_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(PROGRESS_EVERY, Duration::from_secs_f64);
     let mut local = Local {
-        runner: Runner::new(runner::locate()?, state.clone(), options.parallel),
+        runner: Runner::new(runner::locate()?, state.clone(), options.parallel, every),
         finished: state.outcomes()?,
         state,
         results: Results::default(),
+        console: Console::new(5 * every),
     };
+    // Progress is read again at the pace the stage processes write it.
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut busy = 0;
     loop {
         if local.pass(&mut resources).await? {
@@ -62,13 +77,22 @@ pub async fn run(options: Options) -> Result<bool> {
             continue;
         }
         busy = 0;
-        let Some((job, outcome)) = local.runner.next().await? else { break };
+        local.console.show(running(&resources));
+        let (job, outcome) = tokio::select! {
+            next = local.runner.next() => match next? {
+                Some(finished) => finished,
+                None => break,
+            },
+            _ = tick.tick() => continue,
+        };
         if let Outcome::Failed { reason, .. } = &outcome {
-            println!("! job {job} failed ({reason}); log: {}", local.state.log_path(&job).display());
+            let log = local.state.log_path(&job);
+            local.console.line(&format!("! job {job} failed ({reason}); log: {}", log.display()));
         }
         local.state.save_outcome(&job, &outcome)?;
         local.finished.insert(job, outcome);
     }
+    local.console.clear();
     println!();
     let ready = [
         report(&resources.source_groups),
@@ -98,6 +122,7 @@ struct Local {
     /// Outcomes of finished Jobs, as saved in the state (read once, then kept up to date).
     finished: BTreeMap<String, Outcome>,
     results: Results,
+    console: Console,
 }
 
 impl Local {
@@ -129,12 +154,16 @@ impl Local {
         let mut jobs: BTreeMap<String, JobState> =
             self.finished.iter().map(|(job, o)| (job.clone(), o.clone().into())).collect();
         jobs.extend(self.runner.active());
-        let results = match object.storage(&lineage) {
-            Some(storage) => self.results.gather(object, &lineage, &jobs, &storage.config()).await?,
-            None => BTreeMap::new(),
+        let (results, progress) = match object.storage(&lineage) {
+            Some(storage) => {
+                let config = storage.config();
+                let results = self.results.gather(object, &lineage, &jobs, &config).await?;
+                (results, self.results.progress(object, &config).await)
+            }
+            None => Default::default(),
         };
         let output = reconcile(
-            &Input { resource: &*object, lineage: &lineage, jobs: &jobs, results: &results },
+            &Input { resource: &*object, lineage: &lineage, jobs: &jobs, results: &results, progress: &progress },
             &Time(Timestamp::now()),
         );
         let mut changed = !output.actions.is_empty();
@@ -156,10 +185,10 @@ impl Local {
             }
             Action::CreateJob(request) => {
                 for secret in request.secrets.iter().filter(|s| std::env::var_os(&s.env).is_none()) {
-                    println!(
+                    self.console.line(&format!(
                         "  note: {} reads ${} (Secret {} key {} in a cluster); it is not set",
                         request.name, secret.env, secret.secret, secret.key
-                    );
+                    ));
                 }
                 let plan = self.state.plan_path(&request.name);
                 self.runner.submit(*request, plan)?;
@@ -170,13 +199,8 @@ impl Local {
                 self.finished.remove(&name);
             }
             Action::Event(event) => {
-                println!(
-                    "{} {} {}: {}",
-                    if event.warning { "!" } else { "-" },
-                    K::kind(&()),
-                    object.name_any(),
-                    event.note
-                );
+                let mark = if event.warning { "!" } else { "-" };
+                self.console.line(&format!("{mark} {} {}: {}", K::kind(&()), object.name_any(), event.note));
             }
         }
         Ok(())
@@ -202,9 +226,52 @@ fn report<K: Pipeline>(objects: &[K]) -> bool {
             let message = if c.message.is_empty() { String::new() } else { format!(": {}", c.message) };
             println!("  {}={} {}{message}", c.type_, c.status, c.reason);
         }
+        for record in &pipeline.stages {
+            println!("  {}", stage_line(record));
+        }
         for line in K::highlights(&status) {
             println!("  {line}");
         }
     }
     all_ready
+}
+
+/// Every running stage's progress, keyed by `Kind/name stage`.
+fn running(resources: &Resources) -> BTreeMap<String, Snapshot> {
+    fn of<K: Pipeline>(objects: &[K], into: &mut BTreeMap<String, Snapshot>) {
+        for object in objects {
+            let Some(status) = object.status() else { continue };
+            for record in status.pipeline().stages.iter().filter(|r| r.phase == StagePhase::Running) {
+                if let Some(progress) = &record.progress {
+                    into.insert(format!("{}/{} {}", K::kind(&()), object.name_any(), record.name), progress.clone());
+                }
+            }
+        }
+    }
+    let mut running = BTreeMap::new();
+    of(&resources.source_groups, &mut running);
+    of(&resources.rubric_sets, &mut running);
+    of(&resources.distillation_jobs, &mut running);
+    of(&resources.filter_runs, &mut running);
+    running
+}
+
+/// `stage score/code: Succeeded in 1m03s (40 units, 120000 records)`: where a stage ended and
+/// how long it took, start to finish.
+fn stage_line(record: &StageRecord) -> String {
+    let took = match (&record.started_at, &record.finished_at) {
+        (Some(start), Some(end)) if record.job.is_some() => {
+            let seconds = end.0.as_millisecond().saturating_sub(start.0.as_millisecond()) as f64 / 1000.0;
+            format!(" in {}", progress::duration(seconds))
+        }
+        _ => String::new(),
+    };
+    let work = record
+        .progress
+        .as_ref()
+        .filter(|p| p.units_total > 0)
+        .map(|p| format!(" ({} units, {} records)", p.units_total, p.records))
+        .unwrap_or_default();
+    let reused = if record.job.is_none() { ", reused" } else { "" };
+    format!("stage {}: {:?}{took}{reused}{work}", record.name, record.phase)
 }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -44,10 +45,12 @@ pub struct Runner {
     running: JoinSet<(String, Outcome)>,
     /// Stops a running Job's process.
     kill: HashMap<String, oneshot::Sender<()>>,
+    /// How often the processes report progress.
+    progress_every: Duration,
 }
 
 impl Runner {
-    pub fn new(program: PathBuf, state: State, parallel: usize) -> Self {
+    pub fn new(program: PathBuf, state: State, parallel: usize, progress_every: Duration) -> Self {
         Runner {
             program,
             parallel: parallel.max(1),
@@ -55,6 +58,7 @@ impl Runner {
             queue: VecDeque::new(),
             running: JoinSet::new(),
             kill: HashMap::new(),
+            progress_every,
         }
     }
 
@@ -109,6 +113,7 @@ impl Runner {
                 .arg("--scratch")
                 .arg(self.state.scratch())
                 .env("MIRA_WORKER_ID", format!("{}-0", request.name))
+                .env("MIRA_PROGRESS_SECONDS", self.progress_every.as_secs_f64().to_string())
                 .stdin(Stdio::null())
                 .stdout(file)
                 .stderr(err)

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use scorer_runner::progress::Snapshot;
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::join;
 
@@ -22,7 +23,13 @@ pub struct Input<'a, K> {
     pub jobs: &'a BTreeMap<String, JobState>,
     /// Step results (`_result.json`) by stage output root; absent when not written (yet).
     pub results: &'a StepResults,
+    /// The workers' progress by stage output root, read for stages not finished at the start
+    /// of the pass.
+    pub progress: &'a StageProgress,
 }
+
+/// Progress by stage output root.
+pub type StageProgress = BTreeMap<String, Snapshot>;
 
 /// A child Job as an adapter observed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +202,7 @@ pub fn reconcile<K: Pipeline>(input: &Input<K>, now: &Time) -> Output<K::Status>
         previous: previous.pipeline(),
         jobs: input.jobs,
         results: input.results,
+        progress: input.progress,
         template: input.resource.job_template(),
         now,
         actions: Vec::new(),
@@ -219,6 +227,7 @@ pub fn reconcile<K: Pipeline>(input: &Input<K>, now: &Time) -> Output<K::Status>
             let failed = summary.is_err() || progress.first_failed(None).is_some();
             let pipeline = status.pipeline_mut();
             pipeline.stages = tracked.iter().filter_map(|t| t.record.clone()).collect();
+            pipeline.progress = running_progress(&pipeline.stages);
             pipeline.revision = ready.then(|| revision(input, &upstream_revision, &tracked));
             pipeline.upstream_revision = upstream_revision;
             let mut desired = vec![progress.ready(summary.err())];
@@ -247,6 +256,17 @@ pub fn reconcile<K: Pipeline>(input: &Input<K>, now: &Time) -> Output<K::Status>
     pipeline.stage = Some(stage);
     pipeline.observed_generation = generation;
     Output { status, actions: tracker.actions }
+}
+
+/// The progress of the stages whose workers run, in one line; `None` when none reports.
+fn running_progress(stages: &[StageRecord]) -> Option<String> {
+    let running: Vec<&StageRecord> =
+        stages.iter().filter(|r| r.phase == StagePhase::Running && r.progress.is_some()).collect();
+    let total = Snapshot::sum(running.iter().filter_map(|r| r.progress.clone()))?;
+    Some(match running.as_slice() {
+        [one] => format!("{} {}", one.name, total.summary()),
+        many => format!("{} stages: {}", many.len(), total.summary()),
+    })
 }
 
 /// Conditions while no stage can be planned: all `False` for the same reason.
@@ -282,6 +302,7 @@ struct Tracker<'a> {
     previous: &'a PipelineStatus,
     jobs: &'a BTreeMap<String, JobState>,
     results: &'a StepResults,
+    progress: &'a StageProgress,
     template: &'a JobTemplate,
     now: &'a Time,
     actions: Vec<Action>,
@@ -312,9 +333,13 @@ impl Tracker<'_> {
             phase: StagePhase::Pending,
             reason: None,
             message: None,
+            progress: None,
             started_at: Some(self.now.clone()),
             finished_at: None,
         });
+        if let Some(progress) = self.progress.get(&a.output) {
+            record.progress = Some(progress.clone());
+        }
         let job_name = || names::job_name(&self.resource, def.step, def.group.as_deref(), self.generation, &a.digest);
         if record.job.is_none() {
             // The operator stopped between creating this stage's Job and recording it: the Job of

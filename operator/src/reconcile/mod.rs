@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use conditions::truncate;
-pub use engine::{reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output};
+pub use engine::{reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output, StageProgress};
 pub use lineage::{Lineage, Link, Upstream, UpstreamRef};
 
 use crate::api::{JobTemplate, PipelineStatus, Step, StorageSpec};

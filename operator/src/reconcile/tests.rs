@@ -12,6 +12,7 @@ use scorer_runner::plan::{
     self, ClusterResult, DistillResult, GroupDef, LabelResult, Manifest, ScopedCut, ScoreResult, ScoreTotals,
     SourceSample, StepPlan, StepResult, ThresholdResult,
 };
+use scorer_runner::progress::Snapshot;
 use serde_json::Value;
 
 use super::*;
@@ -190,13 +191,22 @@ fn full_lineage() -> Lineage {
 struct World {
     jobs: BTreeMap<String, JobState>,
     results: StepResults,
+    progress: StageProgress,
 }
 
 impl World {
     /// One reconcile pass; applies the actions to the world and the status to the resource.
     fn pass<K: Pipeline>(&mut self, resource: &mut K, lineage: &Lineage) -> Vec<Action> {
-        let output =
-            reconcile(&Input { resource: &*resource, lineage, jobs: &self.jobs, results: &self.results }, &now());
+        let output = reconcile(
+            &Input {
+                resource: &*resource,
+                lineage,
+                jobs: &self.jobs,
+                results: &self.results,
+                progress: &self.progress,
+            },
+            &now(),
+        );
         for action in &output.actions {
             match action {
                 Action::CreateJob(request) => {
@@ -407,6 +417,36 @@ fn a_running_job_is_neither_recreated_nor_announced_again() {
     assert!(actions.is_empty(), "{actions:?}");
     assert_eq!(record(&sg, "cluster").phase, StagePhase::Running);
     assert_eq!(before.unwrap().pipeline.conditions, sg.status.as_ref().unwrap().pipeline.conditions);
+}
+
+#[test]
+fn a_running_stage_shows_its_workers_progress_and_keeps_the_last_figures_once_done() {
+    let (mut world, mut sg) = (World::default(), source_group());
+    world.pass(&mut sg, &Lineage::default());
+    world.pass(&mut sg, &Lineage::default());
+    assert_eq!(sg.status.as_ref().unwrap().pipeline.progress, None, "nothing reported yet");
+    let output = record(&sg, "cluster").output;
+    let reported = |done, finished| Snapshot {
+        units_done: done,
+        units_total: 3,
+        records: 600,
+        bytes: 0,
+        elapsed_seconds: 30.0,
+        workers: 1,
+        finished,
+    };
+    world.progress.insert(output.clone(), reported(1, false));
+    world.pass(&mut sg, &Lineage::default());
+    assert_eq!(record(&sg, "cluster").progress, Some(reported(1, false)));
+    assert_eq!(
+        sg.status.as_ref().unwrap().pipeline.progress.as_deref(),
+        Some("cluster 1/3 units, 20 records/s, ETA 1m00s")
+    );
+    world.progress.insert(output, reported(3, true));
+    world.succeed(&sg, "cluster");
+    world.pass(&mut sg, &Lineage::default());
+    assert_eq!(record(&sg, "cluster").progress, Some(reported(3, true)));
+    assert_eq!(sg.status.as_ref().unwrap().pipeline.progress, None, "no stage runs");
 }
 
 #[test]
@@ -889,7 +929,13 @@ fn wanted_results_are_the_outputs_of_stages_that_can_be_planned() {
     let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
     world.pass(&mut fr, &lineage);
     let input = |world: &World, fr: &FilterRun| {
-        wanted_results(&Input { resource: fr, lineage: &lineage, jobs: &world.jobs, results: &world.results })
+        wanted_results(&Input {
+            resource: fr,
+            lineage: &lineage,
+            jobs: &world.jobs,
+            results: &world.results,
+            progress: &world.progress,
+        })
     };
     let scores: Vec<(String, Step)> =
         ["score/code", "score/prose"].iter().map(|s| (record(&fr, s).output, Step::Score)).collect();

@@ -200,6 +200,8 @@ pub struct OperatorOptions {
     pub listen: Option<String>,
     /// Run as cluster admin instead of as a ServiceAccount with the Helm chart's RBAC.
     pub admin: bool,
+    /// `--progress-refresh-seconds` (default: the operator's).
+    pub progress_refresh: Option<f64>,
 }
 
 /// The Helm binary: `MIRA_HELM` (hack/install-tools.sh env), else `helm` on PATH.
@@ -346,6 +348,9 @@ impl Fixture {
             .env("MIRA_RUNNER_IMAGE", RUNNER_IMAGE)
             .env("KUBECONFIG", config)
             .env("RUST_LOG", "info,mira_operator=debug");
+        if let Some(seconds) = options.progress_refresh {
+            command.args(["--progress-refresh-seconds", &seconds.to_string()]);
+        }
         match &options.lease_identity {
             Some(identity) => {
                 command.args(["--lease-namespace", &self.namespace, "--identity", identity]);

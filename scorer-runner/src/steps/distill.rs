@@ -178,8 +178,10 @@ async fn read_labels(
     for file in files {
         let (input, _guard) = ctx.open_shard(&file.uri, file.format).await?;
         let (uri, format, plan, groups_of) = (file.uri.clone(), file.format, plan.clone(), groups_of.clone());
+        let progress = ctx.progress.clone();
         (samples, unassigned) = blocking(move || {
             for_each_batch(&uri, input, format, crate::formats::ReadOptions::default(), |batch| {
+                progress.read(&batch);
                 for raw in batch.records {
                     let Ok(label) = serde_json::from_slice::<Label>(&raw.bytes) else {
                         unassigned.add_reason("invalid_label", &uri, raw.index);

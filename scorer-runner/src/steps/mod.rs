@@ -13,6 +13,7 @@ pub mod threshold;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -21,6 +22,7 @@ use crate::formats::ShardInput;
 use crate::plan::Format;
 use crate::plan::StorageConfig;
 use crate::plan::{Source, Step, StepPlan, StepResult};
+use crate::progress::{Progress, Reporter};
 use crate::storage::{join, Storage};
 use crate::units::{Units, WorkerConfig};
 
@@ -36,16 +38,30 @@ pub struct Context {
     pub scratch: PathBuf,
     /// `worker.parallelism` permits for [`Context::compute`], shared by every unit in flight.
     cpu: Arc<tokio::sync::Semaphore>,
+    /// This worker's progress through the step, reported every `progress_every`.
+    pub progress: Arc<Progress>,
+    progress_every: Duration,
 }
 
 impl Context {
     pub fn new(storage: StorageConfig, worker: WorkerConfig, scratch: PathBuf) -> Self {
         let cpu = Arc::new(tokio::sync::Semaphore::new(worker.parallelism));
-        Context { storage: Arc::new(Storage::new(storage)), worker, scratch, cpu }
+        let progress_every = std::env::var("MIRA_PROGRESS_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(crate::progress::DEFAULT_EVERY, Duration::from_secs_f64);
+        Context {
+            storage: Arc::new(Storage::new(storage)),
+            worker,
+            scratch,
+            cpu,
+            progress: Arc::default(),
+            progress_every,
+        }
     }
 
     pub fn units(&self, output: &str) -> Units {
-        Units::new(self.storage.clone(), output, self.worker.clone())
+        Units::new(self.storage.clone(), output, self.worker.clone(), self.progress.clone())
     }
 
     /// Runs a unit's CPU-bound work on the blocking pool, at most `worker.parallelism` at once
@@ -183,8 +199,23 @@ fn group_names(plan: &StepPlan) -> Vec<&str> {
     }
 }
 
-/// Runs a plan's step.
+/// Runs a plan's step, reporting its progress under the plan's output root (see
+/// [`crate::progress`]).
 pub async fn run(ctx: &Context, plan: &StepPlan) -> Result<StepResult> {
+    let reporter = Reporter::start(
+        ctx.progress.clone(),
+        ctx.storage.clone(),
+        plan.output(),
+        &ctx.worker.id,
+        plan.step().as_str(),
+        ctx.progress_every,
+    );
+    let result = run_step(ctx, plan).await;
+    reporter.finish(result.is_ok()).await;
+    result
+}
+
+async fn run_step(ctx: &Context, plan: &StepPlan) -> Result<StepResult> {
     Ok(match plan {
         StepPlan::Cluster(plan) => cluster::run(ctx, plan).await?.into(),
         StepPlan::Discover(plan) => discover::run(ctx, plan).await?.into(),

@@ -74,11 +74,12 @@ async fn sample_shard(
     seed: u64,
 ) -> Result<BottomK<Drawn>> {
     let (input, _guard) = ctx.open_shard(&shard.uri, shard.format).await?;
-    let text = source.text.clone();
+    let (text, progress) = (source.text.clone(), ctx.progress.clone());
     blocking(move || {
         let mut sample = BottomK::new(n);
         let shard_seed = xxh3_64_with_seed(shard.uri.as_bytes(), seed);
         for_each_batch(&shard.uri, input, shard.format, read.into(), |batch| {
+            progress.read(&batch);
             for raw in &batch.records {
                 let key = xxh3_64_with_seed(&raw.index.to_le_bytes(), shard_seed);
                 if !sample.would_keep(key) {

@@ -137,6 +137,7 @@ async fn score_shard(
     let tmp = ctx.scratch_file()?;
     let (path, trim, bins, read) = (tmp.to_path_buf(), plan.trim, plan.histogram_bins, plan.read.into());
     let (source, shard, group_name) = (unit.source.clone(), unit.shard.clone(), group.clone());
+    let progress = ctx.progress.clone();
     let (records, token_total, skipped, histogram, length) = ctx
         .compute(move || {
             let scale = student.header.scale;
@@ -151,6 +152,7 @@ async fn score_shard(
             let mut kept = Vec::with_capacity(heads);
             let mut predictions = BatchScores::default();
             for_each_batch(&shard.uri, input, shard.format, read, |batch| {
+                progress.read(&batch);
                 let mut good = Vec::with_capacity(batch.records.len());
                 for raw in &batch.records {
                     match extract(raw, &source.text) {

@@ -81,7 +81,7 @@ async fn select_shard(
     // Kept Parquet rows are copied from their Arrow batch; their JSON form is never read.
     let read = ReadOptions { parquet_as_json: false, ..plan.read.into() };
     let (path, histogram) = (tmp.to_path_buf(), scored.histogram.clone());
-    let (shard, scores_uri) = (unit.shard.clone(), scored.scores.clone());
+    let (shard, scores_uri, progress) = (unit.shard.clone(), scored.scores.clone(), ctx.progress.clone());
     let kept = ctx
         .compute(move || {
             let mut keys = ScoreKeys::open(&scores_uri, &scores_path)?;
@@ -90,6 +90,7 @@ async fn select_shard(
             let mut kept = Kept::default();
             let mut pending = next_key()?;
             for_each_batch(&shard.uri, input, shard.format, read, |batch| {
+                progress.read(&batch);
                 let mut keep = vec![false; batch.records.len()];
                 for (slot, raw) in keep.iter_mut().zip(&batch.records) {
                     while pending.as_ref().is_some_and(|k| k.index < raw.index) {
