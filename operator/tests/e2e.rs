@@ -187,6 +187,17 @@ async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest(
         let note = event.and_then(|e| e.note.as_deref()).unwrap_or_else(|| panic!("no StageSucceeded Event for {job}"));
         assert_eq!(note, format!("stage {} succeeded", stage.name));
     }
+
+    // `kubectl get` tells the chain's story in its columns.
+    let table = common::kubectl_ok(&["get", "sg,rbs,dj,fr", "-n", &fx.namespace, "-o", "wide"], None);
+    for header in ["GROUPS", "SILHOUETTE", "DIMENSIONS", "STUDENTS", "MASKED", "RETENTION", "KEPT", "PROGRESS"] {
+        assert!(table.contains(header), "no {header} column:\n{table}");
+    }
+    let filter_row = table.lines().find(|l| l.starts_with("filterrun.mira.dev/filter")).unwrap_or_default();
+    let kept = total.kept_tokens as f64 / total.total_tokens as f64 * 100.0;
+    assert!(filter_row.contains(&format!("{kept:.1}% of ")), "the Kept column:\n{table}");
+    let dimensions = table.lines().find(|l| l.starts_with("rubricset.mira.dev/rubrics")).unwrap_or_default();
+    assert!(dimensions.split_whitespace().any(|cell| cell == "4"), "2 groups x 2 dimensions:\n{table}");
     eprintln!("full chain Ready in {:.1?}: {:?}", started.elapsed(), jobs_per_stage(&fx).await);
 }
 

@@ -162,7 +162,7 @@ impl Snapshot {
 }
 
 /// `950`, `12.3k`, `4.1M`.
-fn si(value: f64) -> String {
+pub fn si(value: f64) -> String {
     match value {
         v if v >= 1e6 => format!("{:.1}M", v / 1e6),
         v if v >= 1e3 => format!("{:.1}k", v / 1e3),

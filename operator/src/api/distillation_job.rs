@@ -21,7 +21,10 @@ use super::{Agreement, JobTemplate, LocalModel, ModelSpec, PipelineStatus};
     derive = "PartialEq",
     doc = "Teacher labels and one student per group, with the reliability mask.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Students", type_ = "integer", json_path = ".status.studentCount"),
+    printcolumn(name = "Masked", type_ = "string", json_path = ".status.maskedShare"),
     printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(super::NAME_LENGTH_RULE).message(super::NAME_LENGTH_MESSAGE)
 )]
@@ -202,6 +205,13 @@ pub struct DistillationJobStatus {
     /// Chat-format SFT data exported from the labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sft: Option<String>,
+    /// Students trained (the `Students` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_count: Option<u32>,
+    /// The share of (source, dimension) pairs masked for disagreeing with the teacher, over
+    /// every student: `20% (6 of 30)` (the `Masked` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked_share: Option<String>,
 }
 
 /// A count per group.

@@ -24,7 +24,10 @@ use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut, SourceLengt
     derive = "PartialEq",
     doc = "Scores, thresholds and selects a corpus with a DistillationJob's students.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Retention", type_ = "number", json_path = ".spec.retention"),
+    printcolumn(name = "Kept", type_ = "string", json_path = ".status.keptShare"),
     printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(super::NAME_LENGTH_RULE).message(super::NAME_LENGTH_MESSAGE)
 )]
@@ -89,6 +92,10 @@ pub struct FilterRunStatus {
     /// Kept and total over all groups, once every group is selected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<Kept>,
+    /// The share of tokens kept over all groups, once every group is selected: `49.8% of 1.2M
+    /// tokens` (the `Kept` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_share: Option<String>,
 }
 
 /// One group's filtering.

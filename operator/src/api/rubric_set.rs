@@ -17,12 +17,15 @@ use super::{Dimension, GroupRubric, JobTemplate, ModelSpec, PipelineStatus, Scal
     kind = "RubricSet",
     namespaced,
     status = "RubricSetStatus",
-    shortname = "rs",
+    shortname = "rbs",
     category = "mira",
     derive = "PartialEq",
     doc = "Rubric dimensions per capability group, discovered by a teacher or pinned.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Groups", type_ = "integer", json_path = ".status.groupCount"),
+    printcolumn(name = "Dimensions", type_ = "integer", json_path = ".status.dimensionCount"),
     printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(super::NAME_LENGTH_RULE).message(super::NAME_LENGTH_MESSAGE)
 )]
@@ -106,4 +109,10 @@ pub struct RubricSetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_GROUPS))]
     pub groups: Vec<GroupRubric>,
+    /// Groups with a rubric (the `Groups` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_count: Option<u32>,
+    /// Anchored dimensions over all groups (the `Dimensions` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimension_count: Option<u32>,
 }

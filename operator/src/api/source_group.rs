@@ -20,7 +20,10 @@ use super::{FeaturizerSpec, Format, GroupDef, JobTemplate, PipelineStatus, TextS
     derive = "PartialEq",
     doc = "A corpus' sources and their capability groups: the root of a MIRA chain.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Groups", type_ = "integer", json_path = ".status.groupCount"),
+    printcolumn(name = "Silhouette", type_ = "number", json_path = ".status.silhouette"),
     printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(super::NAME_LENGTH_RULE).message(super::NAME_LENGTH_MESSAGE)
 )]
@@ -142,9 +145,12 @@ pub struct SourceGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub sources: Vec<SourceStatus>,
-    /// Silhouette of the grouping (-1..1; higher is better separated).
+    /// Silhouette of the grouping (-1..1; higher is better separated; rounded to 3 decimals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silhouette: Option<f64>,
+    /// How many groups there are (the `Groups` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_count: Option<u32>,
 }
 
 /// One source as clustering saw it.

@@ -34,11 +34,30 @@ fn committed_crds_match_the_generator() {
 #[test]
 fn every_kind_has_a_short_name_printer_columns_and_a_status_subresource() {
     let short: Vec<String> = crds().iter().flat_map(|c| c.spec.names.short_names.clone().unwrap_or_default()).collect();
-    assert_eq!(short, ["sg", "rs", "dj", "fr"]);
+    assert_eq!(
+        short,
+        ["sg", "rbs", "dj", "fr"],
+        "rs would be ReplicaSets: kubectl resolves built-in short names first"
+    );
     for crd in crds() {
         let version = &crd.spec.versions[0];
-        let columns: Vec<&str> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert_eq!(columns, ["Ready", "Stage", "Age"], "{}", crd.spec.names.kind);
+        let columns = version.additional_printer_columns.as_deref().unwrap_or_default();
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        let kind = &crd.spec.names.kind;
+        assert_eq!(names.first(), Some(&"Ready"), "{kind}");
+        assert_eq!(names.last(), Some(&"Age"), "{kind}");
+        assert!(names.contains(&"Stage") && names.contains(&"Progress"), "{kind}: {names:?}");
+        // A column whose path names no field shows nothing, silently: every path must resolve.
+        let schema =
+            serde_json::to_value(version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
+        for column in columns.iter().filter(|c| !c.json_path.contains('[') && !c.json_path.starts_with(".metadata")) {
+            let field = column
+                .json_path
+                .trim_start_matches('.')
+                .split('.')
+                .try_fold(&schema, |node, part| node.get("properties")?.get(part));
+            assert!(field.is_some(), "{kind}: column {} reads {}, which is no field", column.name, column.json_path);
+        }
         assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
         assert_eq!(crd.spec.group, GROUP);
         assert_eq!(version.name, "v1alpha1");

@@ -164,6 +164,11 @@ impl Pipeline for DistillationJob {
                 agreement: s.agreement.clone(),
             })
             .collect();
+        status.student_count = Some(status.students.len() as u32);
+        let pairs = status.students.iter().flat_map(|s| &s.agreement);
+        let (masked, all) = pairs.fold((0, 0), |(m, a), p| (m + p.masked as usize, a + 1));
+        status.masked_share =
+            (all > 0).then(|| format!("{:.0}% ({masked} of {all})", 100.0 * masked as f64 / all as f64));
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use scorer_runner::plan::{
     GroupSources, Manifest, ScoreGroup, ScorePlan, ScoreResult, SelectPlan, ThresholdPlan, ThresholdResult,
     TokenCounter,
 };
+use scorer_runner::progress::si;
 use scorer_runner::storage::join;
 
 use super::conditions::Desired;
@@ -271,6 +272,10 @@ impl Pipeline for FilterRun {
         }
         status.groups = groups;
         status.total = total.filter(|_| !status.groups.is_empty());
+        status.kept_share = status.total.as_ref().map(|t| {
+            let share = if t.total_tokens > 0 { 100.0 * t.kept_tokens as f64 / t.total_tokens as f64 } else { 0.0 };
+            format!("{share:.1}% of {} tokens", si(t.total_tokens as f64))
+        });
         Ok(())
     }
 }

@@ -118,6 +118,8 @@ impl Pipeline for RubricSet {
                 Some(group.clone())
             })
             .collect();
+        status.group_count = Some(status.groups.len() as u32);
+        status.dimension_count = Some(status.groups.iter().map(|g| g.dimensions.len() as u32).sum());
         Ok(())
     }
 

@@ -84,7 +84,8 @@ impl Pipeline for SourceGroup {
                     .unwrap_or_default(),
             })
             .collect();
-        status.silhouette = Some(result.silhouette);
+        status.silhouette = Some((result.silhouette * 1000.0).round() / 1000.0);
+        status.group_count = Some(status.groups.len() as u32);
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use scorer_runner::histogram::{Cut, Histogram};
 use scorer_runner::plan::{
     self, ClusterResult, DistillResult, GroupDef, LabelResult, Manifest, ScopedCut, ScoreResult, ScoreTotals,
-    SourceSample, StepPlan, StepResult, ThresholdResult,
+    SourceSample, StepPlan, StepResult, StudentReport, ThresholdResult,
 };
 use scorer_runner::progress::Snapshot;
 use serde_json::Value;
@@ -131,6 +131,7 @@ fn ready_rubric_set() -> RubricSet {
     rs.status = Some(RubricSetStatus {
         pipeline: ready(1, "rs-rev", Some("sg-rev")),
         groups: vec![rubric("code"), rubric("prose")],
+        ..Default::default()
     });
     rs
 }
@@ -182,6 +183,19 @@ fn full_lineage() -> Lineage {
         source_group: Some(ready_source_group()),
         rubric_set: Some(ready_rubric_set()),
         distillation_job: Some(ready_distillation_job()),
+    }
+}
+
+/// Agreement on 30 held-out records, masked or not.
+fn agreement(source: &str, dimension: &str, masked: bool) -> Agreement {
+    Agreement {
+        source: source.into(),
+        dimension: dimension.into(),
+        records: 30,
+        mae: 0.5,
+        spearman: Some(0.1),
+        masked,
+        reason: None,
     }
 }
 
@@ -317,9 +331,19 @@ fn result_of(record: &StageRecord) -> Value {
             labelled: BTreeMap::from([("code".to_string(), 40), ("prose".to_string(), 40)]),
             skipped: Default::default(),
         }),
-        Step::Distill => {
-            serde_json::to_value(DistillResult { students: Vec::new(), sft: None, skipped_labels: Default::default() })
-        }
+        Step::Distill => serde_json::to_value(DistillResult {
+            students: vec![StudentReport {
+                group: "prose".into(),
+                student: "s3://bucket/students/prose".into(),
+                train_records: 70,
+                validation_records: 30,
+                lambdas: BTreeMap::new(),
+                agreement: vec![agreement("web", "signal", false), agreement("web", "noise", true)],
+                masked: BTreeMap::from([("web".into(), vec!["noise".into()])]),
+            }],
+            sft: None,
+            skipped_labels: Default::default(),
+        }),
         Step::Score => serde_json::to_value(ScoreResult {
             groups: vec![ScoreTotals {
                 group,
@@ -458,6 +482,7 @@ fn a_finished_stage_fills_status_and_makes_the_resource_ready() {
     assert_eq!(events(&actions), [(false, "StageSucceeded".to_string())]);
     let status = sg.status.clone().unwrap();
     assert_eq!(status.groups.len(), 2);
+    assert_eq!(status.group_count, Some(2), "the Groups column");
     assert_eq!(status.sources[0].group.as_deref(), Some("code"));
     assert_eq!(status.sources[0].similarity[1], 0.812);
     assert!(status.pipeline.ready_at(Some(1)));
@@ -717,6 +742,7 @@ fn a_pinned_rubric_set_is_ready_without_a_discover_job() {
     let status = rs.status.unwrap();
     assert!(status.pipeline.ready_at(Some(1)));
     assert!(status.groups.iter().all(|g| g.pinned));
+    assert_eq!((status.group_count, status.dimension_count), (Some(2), Some(2)), "the Groups and Dimensions columns");
 }
 
 #[test]
@@ -757,7 +783,15 @@ fn imported_labels_skip_the_label_stage() {
     dj.spec.labels.import_uri = Some("s3://bucket/batch-labels/".into());
     assert_eq!(created(&world.pass(&mut dj, &lineage)), ["distill"]);
     assert_eq!(condition(&dj, "Labelled").reason, "Skipped");
-    assert_eq!(dj.status.unwrap().labels.as_deref(), Some("s3://bucket/batch-labels/"));
+    assert_eq!(dj.status.as_ref().unwrap().labels.as_deref(), Some("s3://bucket/batch-labels/"));
+    world.succeed(&dj, "distill");
+    world.pass(&mut dj, &lineage);
+    let status = dj.status.unwrap();
+    assert_eq!(
+        (status.student_count, status.masked_share.as_deref()),
+        (Some(1), Some("50% (1 of 2)")),
+        "the Students and Masked columns"
+    );
 }
 
 /// The last plan the actions write, and the secrets of every Job they create.
@@ -903,6 +937,7 @@ fn a_finished_filter_run_reports_kept_tokens_per_group_and_in_total() {
     let status = fr.status.unwrap();
     assert!(status.pipeline.ready_at(Some(1)));
     assert_eq!(status.total.as_ref().unwrap().kept_tokens, 1020);
+    assert_eq!(status.kept_share.as_deref(), Some("51.0% of 2.0k tokens"), "the Kept column");
     assert_eq!(status.groups[1].kept.as_ref().unwrap().kept_records, 5);
     assert!(status.groups[1].output.as_deref().unwrap().starts_with("s3://bucket/kept/prose/"));
     assert_eq!(status.pipeline.stages.len(), 6);
@@ -1036,15 +1071,6 @@ fn the_grouping_featurizer_reaches_the_cluster_plan() {
 
 #[test]
 fn a_source_with_every_dimension_masked_makes_the_distillation_job_unreliable() {
-    let agreement = |source: &str, dimension: &str, masked: bool| Agreement {
-        source: source.into(),
-        dimension: dimension.into(),
-        records: 30,
-        mae: 0.5,
-        spearman: Some(0.1),
-        masked,
-        reason: None,
-    };
     let mut status = DistillationJobStatus::default();
     assert!(DistillationJob::findings(&status).is_empty(), "no finding before students exist");
     status.students = vec![StudentStatus {
