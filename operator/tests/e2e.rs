@@ -143,7 +143,16 @@ async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest(
     fx.upload_corpus(&THREE_SOURCES, 2, 60).await;
     fx.apply(&three_source_chain(&fx, 0.5).join("---\n"));
 
-    let filter = fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    // Status follows kstatus (a Ready condition, observedGeneration), so the generic tools wait
+    // for a chain as they would for a Deployment.
+    let timeout = format!("--timeout={}s", CHAIN.as_secs());
+    let resources = ["sg/corpus", "rbs/rubrics", "dj/students", "fr/filter"];
+    let mut wait = vec!["wait", "--for=condition=Ready", &timeout, "-n", &fx.namespace];
+    wait.extend(resources);
+    let waited = common::kubectl(&wait, None);
+    assert!(waited.status.success(), "kubectl wait: {}\n{}", String::from_utf8_lossy(&waited.stderr), fx.diagnostics());
+    assert_eq!(String::from_utf8_lossy(&waited.stdout).lines().count(), 4, "one line per resource met");
+    let filter = fx.wait_ready::<FilterRun>("filter", STEP).await;
     let sg = fx.get::<SourceGroup>("corpus").await.unwrap();
     let rs = fx.get::<RubricSet>("rubrics").await.unwrap();
     let dj = fx.get::<DistillationJob>("students").await.unwrap();
