@@ -156,6 +156,7 @@ fn source(dir: &Path) -> Source {
         uri: dir.join("corpus/web").to_string_lossy().into(),
         format: None,
         text: TextSpec::default(),
+        shard_fraction: None,
     }
 }
 

@@ -198,6 +198,9 @@ pub struct Source {
     pub format: Option<Format>,
     #[serde(default)]
     pub text: TextSpec,
+    /// Read only this fraction of the shards (a pilot run); see [`crate::steps::list_shards`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_fraction: Option<f64>,
 }
 
 /// A capability group: a name and its sources.
@@ -1210,7 +1213,13 @@ mod tests {
     /// file, must be the same plan: defaults have one source.
     #[test]
     fn constructors_give_the_defaults_a_plan_file_gets() {
-        let source = Source { name: "web".into(), uri: "/data/web".into(), format: None, text: TextSpec::default() };
+        let source = Source {
+            name: "web".into(),
+            uri: "/data/web".into(),
+            format: None,
+            text: TextSpec::default(),
+            shard_fraction: None,
+        };
         let group = GroupSources { name: "g".into(), sources: vec![source.clone()] };
         let dims =
             vec![Dimension { id: "d".into(), name: String::new(), description: String::new(), guide: String::new() }];

@@ -45,6 +45,7 @@ fn sources(corpus_root: &str, synth: &[SynthSource]) -> Vec<Source> {
                 id_field: Some("id".into()),
                 ..Default::default()
             },
+            shard_fraction: None,
         })
         .collect()
 }

@@ -39,6 +39,7 @@ async fn corpus(ctx: &Context, tmp: &std::path::Path, base: &str) -> Vec<Source>
             uri: join(base, &format!("corpus/{name}")),
             format: None,
             text: TextSpec::default(),
+            shard_fraction: None,
         });
     }
     common::upload_dir(&ctx.storage, &local_dir, &join(base, "corpus")).await;

@@ -64,6 +64,7 @@ async fn scoring_setup(config: &StorageConfig, base: &str, tmp: &Path, shards: u
                 uri: join(base, "corpus/web"),
                 format: None,
                 text: TextSpec::default(),
+                shard_fraction: None,
             }],
             student: distill.students[0].student.clone(),
         }],

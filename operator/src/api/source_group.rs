@@ -84,6 +84,12 @@ pub struct SourceSpec {
     /// How records carry their text and id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextSpec>,
+    /// Use only this fraction of the source's shards, for a pilot run: the shards whose name
+    /// hashes below it (at least one), the same on every stage and every rerun, and a subset of
+    /// those a larger fraction picks. Absent: every shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("shardFraction must be in (0, 1]"))]
+    pub shard_fraction: Option<f64>,
 }
 
 /// How sources form groups: `k` clusters, the best `k` up to `maxK`, or explicit `groups`.

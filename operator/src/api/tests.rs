@@ -146,7 +146,13 @@ fn source_group() -> SourceGroup {
         SourceGroupSpec {
             storage: StorageSpec::default(),
             root: "s3://bucket/mira".into(),
-            sources: vec![SourceSpec { name: "web".into(), uri: "s3://corpus/web/".into(), format: None, text: None }],
+            sources: vec![SourceSpec {
+                name: "web".into(),
+                uri: "s3://corpus/web/".into(),
+                format: None,
+                text: None,
+                shard_fraction: None,
+            }],
             grouping: GroupingSpec::default(),
             job: JobTemplate::default(),
         },

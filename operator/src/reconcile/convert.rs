@@ -37,6 +37,7 @@ pub fn source(spec: &SourceSpec) -> Source {
         uri: spec.uri.clone(),
         format: spec.format,
         text: spec.text.clone().unwrap_or_default(),
+        shard_fraction: spec.shard_fraction,
     }
 }
 

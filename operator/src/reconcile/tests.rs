@@ -33,7 +33,13 @@ fn meta<K: kube::Resource>(object: &mut K, name: &str, generation: i64) {
 }
 
 fn source(name: &str) -> SourceSpec {
-    SourceSpec { name: name.into(), uri: format!("s3://corpus/{name}/"), format: None, text: None }
+    SourceSpec {
+        name: name.into(),
+        uri: format!("s3://corpus/{name}/"),
+        format: None,
+        text: None,
+        shard_fraction: None,
+    }
 }
 
 /// A Ready pipeline status at `generation`.

@@ -72,7 +72,13 @@ pub async fn run(ctx: &Context, plan: &DistillPlan) -> Result<DistillResult> {
     }
     let label_files = super::list_shards(
         &ctx.storage,
-        &Source { name: "labels".into(), uri: plan.labels.clone(), format: None, text: TextSpec::default() },
+        &Source {
+            name: "labels".into(),
+            uri: plan.labels.clone(),
+            format: None,
+            text: TextSpec::default(),
+            shard_fraction: None,
+        },
     )
     .await?;
     let (samples, mut skipped_labels) = read_labels(ctx, plan, &label_files).await?;

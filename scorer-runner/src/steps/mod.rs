@@ -162,6 +162,10 @@ pub async fn list_shards(storage: &Storage, source: &Source) -> Result<Vec<Shard
             Some(Shard { uri: o.uri, format, size: o.size })
         })
         .collect();
+    let shards = match source.shard_fraction {
+        Some(fraction) if fraction < 1.0 => shard_subset(&source.uri, shards, fraction),
+        _ => shards,
+    };
     if shards.is_empty() {
         return Err(Error::Shard {
             uri: source.uri.clone(),
@@ -169,6 +173,16 @@ pub async fn list_shards(storage: &Storage, source: &Source) -> Result<Vec<Shard
         });
     }
     Ok(shards)
+}
+
+/// A pilot's shards: those whose name (relative to the source, so that a copy of the source
+/// elsewhere picks the same ones) hashes below `fraction`, and always the lowest, so that no
+/// source is empty. A larger fraction picks a superset: a pilot's outputs stand for the full
+/// run's on the same shards.
+fn shard_subset(source_uri: &str, shards: Vec<Shard>, fraction: f64) -> Vec<Shard> {
+    let key = |s: &Shard| crate::records::id_fraction(s.uri.strip_prefix(source_uri).unwrap_or(&s.uri), 0);
+    let lowest = shards.iter().map(key).fold(f64::INFINITY, f64::min);
+    shards.into_iter().filter(|s| key(s) < fraction || key(s) == lowest).collect()
 }
 
 /// Reads the plan of `step` from a local file, an object URI, or inline JSON.
@@ -230,4 +244,39 @@ async fn run_step(ctx: &Context, plan: &StepPlan) -> Result<StepResult> {
 /// Runs CPU-bound work on the blocking pool.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::TextSpec;
+
+    #[tokio::test]
+    async fn a_pilot_reads_a_stable_fraction_of_the_shards_and_a_larger_one_a_superset() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..400 {
+            std::fs::write(dir.path().join(format!("part-{i:05}.jsonl")), "{}\n").unwrap();
+        }
+        let storage = Storage::new(StorageConfig::default());
+        let source = |fraction| Source {
+            name: "web".into(),
+            uri: dir.path().display().to_string(),
+            format: None,
+            text: TextSpec::default(),
+            shard_fraction: fraction,
+        };
+        let uris = |shards: Vec<Shard>| -> std::collections::BTreeSet<String> {
+            shards.into_iter().map(|s| crate::storage::file_name(&s.uri).to_string()).collect()
+        };
+        let all = uris(list_shards(&storage, &source(None)).await.unwrap());
+        let tenth = uris(list_shards(&storage, &source(Some(0.1))).await.unwrap());
+        let half = uris(list_shards(&storage, &source(Some(0.5))).await.unwrap());
+        assert_eq!(all.len(), 400);
+        assert!((25..=55).contains(&tenth.len()), "about a tenth: {}", tenth.len());
+        assert!((170..=230).contains(&half.len()), "about half: {}", half.len());
+        assert!(tenth.is_subset(&half), "a larger pilot reads every shard a smaller one did");
+        assert_eq!(tenth, uris(list_shards(&storage, &source(Some(0.1))).await.unwrap()), "the same on every call");
+        assert_eq!(list_shards(&storage, &source(Some(1e-9))).await.unwrap().len(), 1, "never an empty source");
+        assert_eq!(uris(list_shards(&storage, &source(Some(1.0))).await.unwrap()), all);
+    }
 }

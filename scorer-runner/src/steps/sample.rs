@@ -180,6 +180,7 @@ mod tests {
             uri: corpus.to_string_lossy().into(),
             format: None,
             text: TextSpec::default(),
+            shard_fraction: None,
         };
         let full = mean(&all.iter().map(String::as_str).collect::<Vec<_>>());
         let ids = |sample: &Sample| sample.records.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
