@@ -430,3 +430,50 @@ async fn of_two_replicas_only_the_leader_creates_jobs() {
     }
     assert!(jobs > 0);
 }
+
+#[tokio::test]
+async fn the_gitops_overlays_render_with_their_references_renamed_and_the_api_server_accepts_them() {
+    use serde::Deserialize;
+    common::install_crds();
+    // The overlays' namespace; another run of this test may have made it already.
+    let _ = common::kubectl(&["create", "namespace", "data"], None);
+    for (overlay, prefix) in [("pilot", "pilot-"), ("full", "")] {
+        let dir = common::repo().join("examples/gitops/overlays").join(overlay);
+        let rendered = common::kubectl_ok(&["kustomize", &dir.to_string_lossy()], None);
+        let mut names = BTreeMap::new();
+        let mut references = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(&rendered) {
+            let object = serde_yaml::Value::deserialize(document).unwrap();
+            let kind = object["kind"].as_str().unwrap().to_string();
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            assert_eq!(object["metadata"]["namespace"].as_str(), Some("data"), "{overlay}: {kind} {name}");
+            assert!(name.starts_with(prefix), "{overlay}: {kind} {name}");
+            let typed = match kind.as_str() {
+                "SourceGroup" => serde_yaml::from_value::<SourceGroup>(object.clone()).err(),
+                "RubricSet" => serde_yaml::from_value::<RubricSet>(object.clone()).err(),
+                "DistillationJob" => serde_yaml::from_value::<DistillationJob>(object.clone()).err(),
+                "FilterRun" => serde_yaml::from_value::<FilterRun>(object.clone()).err(),
+                other => panic!("{overlay} renders a {other}"),
+            };
+            assert!(typed.is_none(), "{overlay}: {kind} {name} does not parse: {typed:?}");
+            for (field, target) in [
+                ("sourceGroupRef", "SourceGroup"),
+                ("rubricSetRef", "RubricSet"),
+                ("distillationJobRef", "DistillationJob"),
+            ] {
+                if let Some(reference) = object["spec"][field].as_str() {
+                    references.push((target, reference.to_string()));
+                }
+            }
+            names.insert(kind, name);
+        }
+        assert_eq!(names.len(), 4, "{overlay}: {names:?}");
+        for (kind, reference) in references {
+            assert_eq!(names.get(kind), Some(&reference), "{overlay}: a reference to a {kind} the overlay renamed");
+        }
+        // 1.20's OpenAPI lacks the CRDs' CEL rules, so kubectl's client-side check is off, as in
+        // install_crds; the server checks the structural schema.
+        let accepted = common::kubectl(&["apply", "--dry-run=server", "--validate=false", "-f", "-"], Some(&rendered));
+        assert!(accepted.status.success(), "{overlay}: {}", String::from_utf8_lossy(&accepted.stderr));
+    }
+}
