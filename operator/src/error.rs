@@ -173,6 +173,11 @@ pub enum Error {
     /// The local run went round without any stage moving.
     #[error("no progress after {0} passes")]
     NoProgress(usize),
+
+    // ---- the command line ----
+    /// An argument names nothing that exists, or is not of the expected form.
+    #[error("{0}")]
+    InvalidArgument(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -290,6 +295,7 @@ impl Error {
             Error::LeadershipLost(_) => "LeadershipLost",
             Error::Serve { .. } => "ServeError",
             Error::Manifest { .. } => "ManifestError",
+            Error::InvalidArgument(_) => "InvalidArgument",
             Error::State { .. } | Error::StateFormat { .. } | Error::Write { .. } => "StateError",
             Error::RunnerMissing | Error::RunnerStart { .. } | Error::WorkerTask(_) | Error::NoProgress(_) => {
                 "RunnerError"
@@ -342,6 +348,7 @@ mod tests {
             Error::RunnerMissing,
             Error::RunnerStart { program: "p".into(), source: io() },
             Error::NoProgress(3),
+            Error::InvalidArgument("deploy/x: expected <kind>/<name>".into()),
         ];
         errors
     }

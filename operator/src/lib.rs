@@ -2,7 +2,9 @@
 //! Jobs (a pure function), and its two adapters: a Kubernetes controller and a local runner.
 
 pub mod api;
+pub mod describe;
 pub mod error;
+pub mod inspect;
 pub mod kube;
 pub mod local;
 pub mod reconcile;

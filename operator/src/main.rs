@@ -37,6 +37,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         parallel: usize,
     },
+    /// A resource's chain on the cluster (upstream and downstream): each resource's conditions,
+    /// stages with their progress, and what it produced. Also `kubectl mira status` with this
+    /// binary installed as `kubectl-mira`.
+    Status {
+        /// `<kind>/<name>`: `fr/half`, `sourcegroup/corpus`, ...
+        target: String,
+        /// The namespace (default: the kubeconfig context's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
     /// Run the controllers in a cluster.
     Operator {
         /// Address of `/metrics`, `/healthz` and `/readyz`.
@@ -100,6 +110,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 std::fs::write(&path, api::crd_yaml(&crd)).map_err(|e| Error::write(&path, e))?;
             }
         }
+        Command::Status { target, namespace } => mira_operator::inspect::status(&target, namespace).await?,
         Command::Run { manifests, state, parallel } => {
             let ready = local::run(local::Options { manifests, state, parallel }).await?;
             // Every resource ran as far as it could; one that did not end Ready is a failed run.

@@ -207,6 +207,37 @@ async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest(
     assert!(filter_row.contains(&format!("{kept:.1}% of ")), "the Kept column:\n{table}");
     let dimensions = table.lines().find(|l| l.starts_with("rubricset.mira.dev/rubrics")).unwrap_or_default();
     assert!(dimensions.split_whitespace().any(|cell| cell == "4"), "2 groups x 2 dimensions:\n{table}");
+
+    // `kubectl mira status`: the chain around the DistillationJob, upstream and downstream, as
+    // kubectl runs its plugins (found on PATH as kubectl-mira).
+    let plugins = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mira"), plugins.path().join("kubectl-mira")).unwrap();
+    let path = format!("{}:{}", plugins.path().display(), std::env::var("PATH").unwrap_or_default());
+    let plugin = |args: &[&str]| {
+        std::process::Command::new(common::KUBECTL)
+            .args(args)
+            .env("PATH", &path)
+            .env("KUBECONFIG", common::kubeconfig())
+            .output()
+            .unwrap()
+    };
+    let shown = plugin(&["mira", "status", "dj/students", "-n", &fx.namespace]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{text}{}", String::from_utf8_lossy(&shown.stderr));
+    let ns = &fx.namespace;
+    for line in [
+        format!("SourceGroup {ns}/corpus: Ready"),
+        format!("RubricSet {ns}/rubrics: Ready"),
+        format!("DistillationJob {ns}/students: Ready"),
+        format!("FilterRun {ns}/filter: Ready"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?}:\n{text}");
+    }
+    assert!(text.contains("  stage score/prose: Succeeded in "), "{text}");
+    assert!(text.contains(&format!("  total: kept {} of", total.kept_tokens)), "{text}");
+    let missing = plugin(&["mira", "status", "fr/nothing", "-n", ns]);
+    assert_eq!(missing.status.code(), Some(2), "a name that is not there is bad input");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("FilterRun"), "{missing:?}");
     eprintln!("full chain Ready in {:.1?}: {:?}", started.elapsed(), jobs_per_stage(&fx).await);
 }
 

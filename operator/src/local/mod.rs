@@ -16,9 +16,10 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use scorer_runner::progress::{self, Snapshot};
+use scorer_runner::progress::Snapshot;
 
-use crate::api::{StagePhase, StageRecord};
+use crate::api::StagePhase;
+use crate::describe;
 use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Pipeline};
 use crate::results::Results;
 use crate::{Error, Result};
@@ -207,30 +208,13 @@ impl Local {
     }
 }
 
-/// Prints each resource's conditions; true when all are Ready.
+/// Prints each resource's conditions, stages and highlights; true when all are Ready.
 fn report<K: Pipeline>(objects: &[K]) -> bool {
     let mut all_ready = true;
     for object in objects {
-        let status = object.status().cloned().unwrap_or_default();
-        let pipeline = status.pipeline();
-        let ready = pipeline.ready_at(object.meta().generation);
-        all_ready &= ready;
-        println!(
-            "{} {}/{}: {}",
-            K::kind(&()),
-            object.namespace().unwrap_or_default(),
-            object.name_any(),
-            pipeline.stage.as_deref().unwrap_or("-")
-        );
-        for c in &pipeline.conditions {
-            let message = if c.message.is_empty() { String::new() } else { format!(": {}", c.message) };
-            println!("  {}={} {}{message}", c.type_, c.status, c.reason);
-        }
-        for record in &pipeline.stages {
-            println!("  {}", stage_line(record));
-        }
-        for line in K::highlights(&status) {
-            println!("  {line}");
+        all_ready &= object.status().is_some_and(|s| s.pipeline().ready_at(object.meta().generation));
+        for line in describe::describe(object) {
+            println!("{line}");
         }
     }
     all_ready
@@ -254,24 +238,4 @@ fn running(resources: &Resources) -> BTreeMap<String, Snapshot> {
     of(&resources.distillation_jobs, &mut running);
     of(&resources.filter_runs, &mut running);
     running
-}
-
-/// `stage score/code: Succeeded in 1m03s (40 units, 120000 records)`: where a stage ended and
-/// how long it took, start to finish.
-fn stage_line(record: &StageRecord) -> String {
-    let took = match (&record.started_at, &record.finished_at) {
-        (Some(start), Some(end)) if record.job.is_some() => {
-            let seconds = end.0.as_millisecond().saturating_sub(start.0.as_millisecond()) as f64 / 1000.0;
-            format!(" in {}", progress::duration(seconds))
-        }
-        _ => String::new(),
-    };
-    let work = record
-        .progress
-        .as_ref()
-        .filter(|p| p.units_total > 0)
-        .map(|p| format!(" ({} units, {} records)", p.units_total, p.records))
-        .unwrap_or_default();
-    let reused = if record.job.is_none() { ", reused" } else { "" };
-    format!("stage {}: {:?}{took}{reused}{work}", record.name, record.phase)
 }
