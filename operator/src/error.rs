@@ -174,6 +174,10 @@ pub enum Error {
     #[error("no progress after {0} passes")]
     NoProgress(usize),
 
+    /// A FilterRun would keep some sources' records at random (every dimension masked).
+    #[error("{0}")]
+    NoReliableDimension(String),
+
     // ---- the command line ----
     /// An argument names nothing that exists, or is not of the expected form.
     #[error("{0}")]
@@ -296,6 +300,7 @@ impl Error {
             Error::Serve { .. } => "ServeError",
             Error::Manifest { .. } => "ManifestError",
             Error::InvalidArgument(_) => "InvalidArgument",
+            Error::NoReliableDimension(_) => "NoReliableDimension",
             Error::State { .. } | Error::StateFormat { .. } | Error::Write { .. } => "StateError",
             Error::RunnerMissing | Error::RunnerStart { .. } | Error::WorkerTask(_) | Error::NoProgress(_) => {
                 "RunnerError"
@@ -349,6 +354,7 @@ mod tests {
             Error::RunnerStart { program: "p".into(), source: io() },
             Error::NoProgress(3),
             Error::InvalidArgument("deploy/x: expected <kind>/<name>".into()),
+            Error::NoReliableDimension("every dimension of prose/web is masked".into()),
         ];
         errors
     }

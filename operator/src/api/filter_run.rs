@@ -64,9 +64,27 @@ pub struct FilterRunSpec {
     /// URI under which the kept records are written, per group, in their source format.
     #[schemars(length(min = 1, max = 1024))]
     pub output: String,
+    /// What happens when the DistillationJob masked every dimension of some source (its
+    /// `Reliable` condition is `False`, reason `NoReliableDimension`), so that the source's
+    /// records would all score alike. `Fail` (the default) stops before scoring, `Ready=False`
+    /// with that reason and the sources named, so that a random selection never passes for a
+    /// ranked one; `KeepAtRandom` scores and cuts anyway, and such records are kept by the
+    /// seeded draw among tied scores (each group's summary says how many tokens the draw kept).
+    #[serde(default)]
+    pub on_no_reliable_dimension: NoReliableDimension,
     /// The score, threshold and select Jobs.
     #[serde(default)]
     pub job: JobTemplate,
+}
+
+/// What a FilterRun does with sources that no dimension ranks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NoReliableDimension {
+    /// Stop before scoring, and say which sources.
+    #[default]
+    Fail,
+    /// Score and cut; their records are kept by the draw among tied scores.
+    KeepAtRandom,
 }
 
 /// How tokens are counted.

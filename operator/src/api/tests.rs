@@ -133,6 +133,7 @@ fn filter_run() -> FilterRun {
             tokens: TokensSpec::default(),
             trim: None,
             output: "s3://bucket/kept".into(),
+            on_no_reliable_dimension: NoReliableDimension::default(),
             job: JobTemplate::default(),
         },
     );

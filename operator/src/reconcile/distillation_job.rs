@@ -179,18 +179,7 @@ impl Pipeline for DistillationJob {
         if status.students.is_empty() {
             return Vec::new();
         }
-        let unranked: Vec<String> = status
-            .students
-            .iter()
-            .flat_map(|s| {
-                let sources: std::collections::BTreeSet<&str> = s.agreement.iter().map(|a| a.source.as_str()).collect();
-                sources
-                    .into_iter()
-                    .filter(|&source| s.agreement.iter().filter(|a| a.source == source).all(|a| a.masked))
-                    .map(|source| format!("{}/{source}", s.group))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let unranked = unranked_sources(status);
         if unranked.is_empty() {
             return vec![Desired::new(
                 "Reliable",
@@ -211,6 +200,22 @@ impl Pipeline for DistillationJob {
     fn skipped(&self, _: Step) -> String {
         format!("labels imported from {}", self.spec.labels.import_uri.as_deref().unwrap_or_default())
     }
+}
+
+/// `group/source` of every source whose dimensions are all masked: no score ranks its records.
+pub(super) fn unranked_sources(status: &DistillationJobStatus) -> Vec<String> {
+    status
+        .students
+        .iter()
+        .flat_map(|s| {
+            let sources: std::collections::BTreeSet<&str> = s.agreement.iter().map(|a| a.source.as_str()).collect();
+            sources
+                .into_iter()
+                .filter(|&source| s.agreement.iter().filter(|a| a.source == source).all(|a| a.masked))
+                .map(|source| format!("{}/{source}", s.group))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 impl DistillationJob {

@@ -13,11 +13,11 @@ use scorer_runner::storage::join;
 
 use super::conditions::Desired;
 use super::convert::{self, upstream};
-use super::distillation_job::JUDGE_KEY_ENV;
+use super::distillation_job::{unranked_sources, JUDGE_KEY_ENV};
 use super::{stage_name, Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
-    CutPolicy, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept, PipelineStatus,
-    SourceGroup, SourceScored, Step,
+    CutPolicy, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept, NoReliableDimension,
+    PipelineStatus, SourceGroup, SourceScored, Step,
 };
 use crate::{Error, Result};
 
@@ -81,6 +81,18 @@ impl Pipeline for FilterRun {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let dj = upstream(&lineage.distillation_job, "DistillationJob")?;
         let groups = self.groups(sg, dj)?;
+        if self.spec.on_no_reliable_dimension == NoReliableDimension::Fail {
+            let unranked = dj.status.as_ref().map(unranked_sources).unwrap_or_default();
+            if !unranked.is_empty() {
+                return Err(Error::NoReliableDimension(format!(
+                    "DistillationJob {} masked every dimension of {}, so their records would be kept at random, not \
+                     by quality: improve the students (see its Reliable condition), or set \
+                     spec.onNoReliableDimension: KeepAtRandom",
+                    dj.name_any(),
+                    unranked.join(", ")
+                )));
+            }
+        }
         let score = |g: &str| stage_name(Step::Score, Some(g));
         let mut stages: Vec<StageDef> =
             groups.iter().map(|g| StageDef::new(Step::Score, Some(g), Vec::new())).collect();

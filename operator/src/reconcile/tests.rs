@@ -177,6 +177,7 @@ fn filter_run(policy: CutPolicy) -> FilterRun {
             tokens: TokensSpec::default(),
             trim: None,
             output: "s3://bucket/kept".into(),
+            on_no_reliable_dimension: NoReliableDimension::Fail,
             job: JobTemplate::default(),
         },
     );
@@ -1135,4 +1136,21 @@ fn a_source_that_gives_no_usable_record_makes_the_filter_run_unusable() {
         .any(|l| l == "source code: scored 100 records, skipped 2 (invalid_json 2)"));
     status.groups[0].sources[0] = source("web", 60, &[("missing_text", 60)]);
     assert!(FilterRun::findings(&status)[0].status, "skipping no more than it scores is usable");
+}
+
+#[test]
+fn a_filter_run_stops_before_scoring_sources_no_dimension_ranks_unless_told_to_keep_them_at_random() {
+    let mut lineage = full_lineage();
+    let students = &mut lineage.distillation_job.as_mut().unwrap().status.as_mut().unwrap().students;
+    students[1].agreement = vec![agreement("web", "signal", true), agreement("web", "noise", true)];
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    let actions = world.pass(&mut fr, &lineage);
+    assert!(created(&actions).is_empty(), "nothing is scored: {actions:?}");
+    let ready = condition(&fr, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoReliableDimension"));
+    assert!(ready.message.contains("prose/web") && ready.message.contains("KeepAtRandom"), "{}", ready.message);
+
+    fr.spec.on_no_reliable_dimension = NoReliableDimension::KeepAtRandom;
+    fr.metadata.generation = Some(2);
+    assert_eq!(created(&world.pass(&mut fr, &lineage)), ["score/code", "score/prose"]);
 }
