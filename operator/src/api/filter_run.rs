@@ -149,6 +149,11 @@ pub struct FilterGroupStatus {
     /// What was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<Kept>,
+    /// Of the kept tokens, those kept by the seeded draw among records tied at the cut rather
+    /// than ranked by their score (all of them for a source no dimension ranks). Absent under
+    /// the `global` policy, whose one draw spans every group (its cut in `cuts` has the total).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drawn_tokens: Option<u64>,
     /// Where the group's kept records and `manifest.json` are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,

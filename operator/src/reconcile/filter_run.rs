@@ -199,18 +199,9 @@ impl Pipeline for FilterRun {
             .groups
             .iter()
             .filter_map(|g| {
-                // Tokens no score ranked: kept by the draw among records tied at the cut.
-                let drawn: u64 = g
-                    .cuts
-                    .iter()
-                    .filter(|c| c.scope != "global")
-                    .filter_map(|c| c.cut.tie.as_ref())
-                    .map(|t| t.tokens)
-                    .sum();
-                let drawn = if drawn > 0 {
-                    format!("; {drawn} of those tokens by a draw among tied scores")
-                } else {
-                    String::new()
+                let drawn = match g.drawn_tokens {
+                    Some(drawn) if drawn > 0 => format!("; {drawn} of those tokens by a draw among tied scores"),
+                    _ => String::new(),
                 };
                 Some(format!("group {}: {} in {}{drawn}", g.name, kept(g.kept.as_ref()?), g.output.as_deref()?))
             })
@@ -243,6 +234,7 @@ impl Pipeline for FilterRun {
                 sources: Vec::new(),
                 lengths: Vec::new(),
                 kept: None,
+                drawn_tokens: None,
                 output: None,
             };
             if let Some(score) = finished.result::<ScoreResult>(&stage_name(Step::Score, Some(&name)))? {
@@ -278,6 +270,9 @@ impl Pipeline for FilterRun {
                 total.add(kept);
                 total
             });
+            // Tokens no score ranked: kept by the draw among records tied at the group's cuts.
+            group.drawn_tokens = (self.spec.policy != CutPolicy::Global && selected.is_some())
+                .then(|| group.cuts.iter().filter_map(|c| c.cut.tie.as_ref()).map(|t| t.tokens).sum());
             group.kept = selected;
             group.output = finished.output(&select).map(str::to_string);
             groups.push(group);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use scorer_runner::histogram::{Cut, Histogram};
+use scorer_runner::histogram::{Cut, Histogram, TieDraw};
 use scorer_runner::plan::{
     self, ClusterResult, DistillResult, GroupDef, LabelResult, Manifest, ScopedCut, ScoreResult, ScoreTotals,
     SourceSample, StepPlan, StepResult, StudentReport, ThresholdResult,
@@ -311,7 +311,8 @@ fn result_of(record: &StageRecord) -> Value {
         kept_records: 5,
         total_records: 10,
         error_bound_tokens: 20,
-        tie: None,
+        // 400 tokens ranked above the cut's bin, 110 drawn among the 2 records tied in it.
+        tie: Some(TieDraw { bin: 5, below: 400, records: 2, tokens: 110 }),
     };
     let kept = plan::Kept { kept_records: 5, total_records: 10, kept_tokens: 510, total_tokens: 1000 };
     let value = match record.step {
@@ -953,6 +954,8 @@ fn a_finished_filter_run_reports_kept_tokens_per_group_and_in_total() {
     assert!(
         highlights[0].starts_with("group code: kept 510 of 1000 tokens (5 of 10 records) in s3://bucket/kept/code/")
     );
+    assert!(highlights[0].ends_with("; 110 of those tokens by a draw among tied scores"), "{}", highlights[0]);
+    assert!(status.groups.iter().all(|g| g.drawn_tokens == Some(110)), "ranked 400, drawn 110 in each group");
 }
 
 #[test]
@@ -1117,6 +1120,7 @@ fn a_source_that_gives_no_usable_record_makes_the_filter_run_unusable() {
         sources,
         lengths: Vec::new(),
         kept: None,
+        drawn_tokens: None,
         output: None,
     };
     let mut status = FilterRunStatus::default();
