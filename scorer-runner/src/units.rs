@@ -148,7 +148,13 @@ impl Units {
             None => 0,
             Some((n, uri)) => match self.storage.get_opt(&uri).await? {
                 Some(bytes) => match serde_json::from_slice::<Claim>(&bytes) {
-                    Ok(claim) if claim.expires_at > now_ms() => return Ok(ClaimOutcome::HeldByOther),
+                    // A live claim of this worker's own id was left by an earlier life of this
+                    // worker (`mira run` names its workers after their Job, so a rerun after a
+                    // stop would otherwise wait out the lease of its own killed process). Were
+                    // that process still alive, both would run the unit and write the same bytes.
+                    Ok(claim) if claim.expires_at > now_ms() && claim.worker != self.worker.id => {
+                        return Ok(ClaimOutcome::HeldByOther)
+                    }
                     // Expired, or torn (as a commit can be): free to claim anew.
                     _ => n + 1,
                 },
@@ -329,4 +335,25 @@ pub fn unit_id(label: &str, input: &str) -> String {
     let safe: String =
         label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     format!("{safe}-{:016x}", xxhash_rust::xxh3::xxh3_64(input.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn units(storage: &Arc<Storage>, root: &str, worker: &str) -> Units {
+        let worker = WorkerConfig { id: worker.into(), lease: Duration::from_secs(600), parallelism: 1 };
+        Units::new(storage.clone(), root, worker, Arc::default())
+    }
+
+    #[tokio::test]
+    async fn a_live_claim_holds_off_other_workers_but_not_a_later_life_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::new(Default::default()));
+        let root = dir.path().display().to_string();
+        assert!(matches!(units(&storage, &root, "job-0").try_claim("u").await.unwrap(), ClaimOutcome::Claimed(_)));
+        // The holder was killed with its claim unexpired.
+        assert!(matches!(units(&storage, &root, "other").try_claim("u").await.unwrap(), ClaimOutcome::HeldByOther));
+        assert!(matches!(units(&storage, &root, "job-0").try_claim("u").await.unwrap(), ClaimOutcome::Claimed(_)));
+    }
 }
