@@ -146,6 +146,19 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Another `mira run` holds the state directory.
+    #[error(
+        "state directory {} is in use by another `mira run`; wait for it to end, or give this run its own --state",
+        dir.display()
+    )]
+    StateInUse { dir: PathBuf },
+
+    /// `mira run` was stopped by a signal; its stage processes were stopped with it.
+    #[error(
+        "stopped by {0}; the running stages' processes were stopped too, and a rerun continues where this run stopped"
+    )]
+    Interrupted(&'static str),
+
     /// A local state file is not what `mira run` wrote.
     #[error("local state {path} is not valid")]
     StateFormat {
@@ -271,7 +284,9 @@ impl Error {
             | Error::UnexpectedResult { .. }
             | Error::LeadershipLost(_)
             | Error::Serve { .. }
-            | Error::RunnerStart { .. } => Exit::Failed,
+            | Error::RunnerStart { .. }
+            | Error::StateInUse { .. }
+            | Error::Interrupted(_) => Exit::Failed,
             _ => Exit::BadInput,
         }
     }
@@ -301,7 +316,10 @@ impl Error {
             Error::Manifest { .. } => "ManifestError",
             Error::InvalidArgument(_) => "InvalidArgument",
             Error::NoReliableDimension(_) => "NoReliableDimension",
-            Error::State { .. } | Error::StateFormat { .. } | Error::Write { .. } => "StateError",
+            Error::State { .. } | Error::StateFormat { .. } | Error::StateInUse { .. } | Error::Write { .. } => {
+                "StateError"
+            }
+            Error::Interrupted(_) => "Interrupted",
             Error::RunnerMissing | Error::RunnerStart { .. } | Error::WorkerTask(_) | Error::NoProgress(_) => {
                 "RunnerError"
             }
@@ -353,6 +371,8 @@ mod tests {
             Error::RunnerMissing,
             Error::RunnerStart { program: "p".into(), source: io() },
             Error::NoProgress(3),
+            Error::StateInUse { dir: "/tmp/.mira".into() },
+            Error::Interrupted("SIGTERM"),
             Error::InvalidArgument("deploy/x: expected <kind>/<name>".into()),
             Error::NoReliableDimension("every dimension of prose/web is masked".into()),
         ];

@@ -301,3 +301,75 @@ fn manifests_are_checked_as_the_api_server_would() {
         assert!(!dir.path().join(".mira").exists(), "nothing is run or written: {manifest}");
     }
 }
+
+/// Processes whose command line mentions `needle` (the stage processes of a state directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn one_run_per_state_directory_and_a_stopped_run_stops_its_stages_and_resumes() {
+    use std::io::BufRead;
+    let runner = scorer_runner();
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = Vec::new();
+    for (name, kind) in [("web", Kind::Prose), ("code", Kind::Code), ("math", Kind::Math)] {
+        let source = SynthSource {
+            name: name.into(),
+            kind,
+            format: Format::Jsonl,
+            shards: 12,
+            records_per_shard: 1000,
+            malformed_every: None,
+        };
+        records.extend(synth::write_source(&dir.path().join("corpus"), &source, 7).unwrap());
+    }
+    synth::write_labels(&dir.path().join("labels.jsonl"), &records, 2, 7).unwrap();
+    std::fs::write(dir.path().join("mira.yaml"), manifests(0.5)).unwrap();
+    let mira = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mira"));
+        command
+            .args(["run", "-f"])
+            .arg(dir.path().join("mira.yaml"))
+            .env("MIRA_SCORER_RUNNER", &runner)
+            .env("MIRA_PARALLELISM", "1");
+        command
+    };
+
+    let mut first = mira().stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(first.stdout.take().unwrap()).lines();
+    let started = lines.by_ref().map(|l| l.unwrap()).find(|l| l.contains(" started Job "));
+    assert!(started.is_some(), "the first run starts a stage");
+
+    let second = mira().output().unwrap();
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert!(String::from_utf8_lossy(&second.stderr).contains("is in use by another `mira run`"), "{second:?}");
+
+    let state = dir.path().join(".mira").display().to_string();
+    assert!(!processes_mentioning(&state).is_empty(), "a stage process runs");
+    Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    let stopped = first.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("stopped by SIGTERM"), "{stopped:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_mentioning(&state).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stage processes outlived the run: {:?}",
+            processes_mentioning(&state)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let rerun = mira().output().unwrap();
+    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert!(String::from_utf8_lossy(&rerun.stdout).contains("FilterRun default/filter: Ready"));
+}

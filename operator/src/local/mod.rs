@@ -68,6 +68,7 @@ pub async fn run(options: Options) -> Result<bool> {
     // Progress is read again at the pace the stage processes write it.
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = Stop::new()?;
     let mut busy = 0;
     loop {
         if local.pass(&mut resources).await? {
@@ -85,6 +86,12 @@ pub async fn run(options: Options) -> Result<bool> {
                 None => break,
             },
             _ = tick.tick() => continue,
+            signal = stop.next() => {
+                // Dropping the runner kills the stage processes (they run with kill_on_drop):
+                // their committed units stay, and a rerun redoes only what was in flight.
+                drop(local);
+                return Err(Error::Interrupted(signal));
+            }
         };
         if let Outcome::Failed { reason, .. } = &outcome {
             let log = local.state.log_path(&job);
@@ -102,6 +109,29 @@ pub async fn run(options: Options) -> Result<bool> {
         report(&resources.filter_runs),
     ];
     Ok(ready.iter().all(|r| *r))
+}
+
+/// SIGINT and SIGTERM, which stop the run and its stage processes with it: without a handler
+/// the processes would outlive `mira run` and go on writing into its state directory.
+struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind| signal(kind).map_err(|e| Error::state("signal handler", e));
+        Ok(Stop { interrupt: listen(SignalKind::interrupt())?, terminate: listen(SignalKind::terminate())? })
+    }
+
+    /// The name of the next signal received.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
 }
 
 /// `.mira/` in the manifests' directory (an absolute path).

@@ -48,6 +48,10 @@ impl From<Outcome> for JobState {
 #[derive(Clone)]
 pub struct State {
     dir: PathBuf,
+    /// An exclusive lock on `lock`, held while this run lasts (the kernel drops it when the
+    /// process ends, however it ends): two runs on one state directory would start the same
+    /// Jobs twice and overwrite each other's records.
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 impl State {
@@ -57,7 +61,18 @@ impl State {
             std::fs::create_dir_all(&path).map_err(|e| Error::state(&path, e))?;
         }
         let dir = std::path::absolute(dir).map_err(|e| Error::state(dir, e))?;
-        Ok(State { dir })
+        let path = dir.join("lock");
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::state(&path, e))?;
+        match lock.try_lock() {
+            Ok(()) => Ok(State { dir, _lock: std::sync::Arc::new(lock) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::StateInUse { dir }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::state(&path, e)),
+        }
     }
 
     pub fn plan_path(&self, job: &str) -> PathBuf {
@@ -174,4 +189,21 @@ fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).map_err(|e| Error::state(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::state(path, e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_run_at_a_time_holds_a_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = State::open(dir.path()).unwrap();
+        let clone = first.clone();
+        assert!(matches!(State::open(dir.path()), Err(Error::StateInUse { .. })));
+        drop(first);
+        assert!(matches!(State::open(dir.path()), Err(Error::StateInUse { .. })), "a clone still holds it");
+        drop(clone);
+        State::open(dir.path()).expect("free once the run ends");
+    }
 }
