@@ -172,3 +172,24 @@ async fn a_worker_reports_its_progress_while_it_runs_and_its_final_figures_at_th
     assert!(lines.len() >= 2, "the log has periodic progress lines: {log}");
     assert!(lines.last().unwrap().contains("16/16 units"), "{}", lines.last().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_rewritten_between_runs_is_scored_again_not_taken_from_its_old_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, base) = root(Backend::Local, "rewritten", tmp.path()).await;
+    let plan = scoring_setup(&config, &base, tmp.path(), 4, 100).await;
+    let ctx = context(&config, "worker", tmp.path());
+    steps::score::run(&ctx, &plan).await.unwrap();
+    // Same name, same size, other records: only its modification time tells.
+    let shards = join(&base, "corpus/web");
+    std::fs::copy(format!("{shards}/part-00001.jsonl.zst"), format!("{shards}/part-00000.jsonl.zst")).unwrap();
+    let resumed = steps::score::run(&ctx, &plan).await.unwrap();
+    assert_eq!(commits(&ctx.storage, &plan.output).await.len(), 5, "the rewritten shard is a new unit");
+    let fresh = ScorePlan { output: join(&base, "fresh"), ..plan.clone() };
+    let expected = steps::score::run(&ctx, &fresh).await.unwrap();
+    assert_eq!(
+        (resumed.groups[0].tokens, &resumed.groups[0].histogram),
+        (expected.groups[0].tokens, &expected.groups[0].histogram),
+        "the resumed result is the current data's"
+    );
+}

@@ -461,7 +461,8 @@ mod tests {
         for (name, order) in [("forward", lines.clone()), ("reverse", lines.iter().rev().cloned().collect())] {
             let path = dir.path().join(format!("{name}.jsonl"));
             std::fs::write(&path, order.join("\n") + "\n").unwrap();
-            let shard = Shard { uri: path.to_string_lossy().into(), format: Format::Jsonl, size: 0 };
+            let shard =
+                Shard { uri: path.to_string_lossy().into(), format: Format::Jsonl, size: 0, version: String::new() };
             read.push(read_labels(&ctx, &plan, &[shard]).await.unwrap());
         }
         let (groups, unassigned) = &read[0];

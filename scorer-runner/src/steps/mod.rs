@@ -113,6 +113,8 @@ pub struct Shard {
     pub uri: String,
     pub format: Format,
     pub size: u64,
+    /// Its ETag or modification time ([`crate::storage::ObjectMeta::version`]).
+    pub version: String,
 }
 
 /// One unit of the per-shard steps: a shard of a source of a group. `score` and `select` list
@@ -137,7 +139,10 @@ pub async fn shard_units<'p>(
     for (g, (name, sources)) in groups.into_iter().enumerate() {
         for source in sources {
             for shard in list_shards(storage, source).await? {
-                let id = crate::units::unit_id(&format!("{name}-{}", source.name), &shard.uri);
+                // Bound to the shard's bytes, not only its name: a unit committed before the
+                // shard was rewritten is not this shard's, and a resumed run redoes it.
+                let content = format!("{}\n{}\n{}", shard.uri, shard.size, shard.version);
+                let id = crate::units::unit_id(&format!("{name}-{}", source.name), &content);
                 units.push(ShardUnit { group: g, source: source.clone(), shard, id });
             }
         }
@@ -159,7 +164,7 @@ pub async fn list_shards(storage: &Storage, source: &Source) -> Result<Vec<Shard
         })
         .filter_map(|o| {
             let format = source.format.or_else(|| Format::from_uri(&o.uri))?;
-            Some(Shard { uri: o.uri, format, size: o.size })
+            Some(Shard { uri: o.uri, format, size: o.size, version: o.version })
         })
         .collect();
     let shards = match source.shard_fraction {

@@ -33,8 +33,12 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
                 let scored: ScoredShard = score_units
                     .commit_of(&unit.id)
                     .await?
-                    .ok_or_else(|| {
-                        Error::plan(format!("shard {} has no committed scores; run score first", unit.shard.uri))
+                    .ok_or_else(|| Error::Shard {
+                        uri: unit.shard.uri.clone(),
+                        message: "no committed scores for the shard's current content: it was rewritten since \
+                                      it was scored (its size or version changed), or score has not run; rerun the \
+                                      FilterRun's score stage (bump its generation)"
+                            .into(),
                     })?
                     .output;
                 let cut = thresholds

@@ -69,9 +69,7 @@ async fn write_temp(path: &Path, data: &[u8]) -> Result<Temp> {
 /// parent directory whose names start with the last segment.
 pub async fn list(root: &Path) -> Result<Vec<ObjectMeta>> {
     match tokio::fs::metadata(root).await {
-        Ok(meta) if meta.is_file() => {
-            return Ok(vec![ObjectMeta { uri: root.to_string_lossy().into_owned(), size: meta.len() }])
-        }
+        Ok(meta) if meta.is_file() => return Ok(vec![object(root, &meta)]),
         Ok(_) => return walk(root.to_path_buf(), None).await,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(root, e)),
@@ -81,6 +79,15 @@ pub async fn list(root: &Path) -> Result<Vec<ObjectMeta>> {
     match tokio::fs::metadata(parent).await {
         Ok(meta) if meta.is_dir() => walk(parent.to_path_buf(), Some(&prefix.to_string_lossy())).await,
         _ => Ok(Vec::new()),
+    }
+}
+
+fn object(path: &Path, meta: &std::fs::Metadata) -> ObjectMeta {
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    ObjectMeta {
+        uri: path.to_string_lossy().into_owned(),
+        size: meta.len(),
+        version: modified.map(|d| d.as_nanos().to_string()).unwrap_or_default(),
     }
 }
 
@@ -106,7 +113,7 @@ async fn walk(dir: PathBuf, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
             if meta.is_dir() {
                 stack.push((path, None));
             } else {
-                out.push(ObjectMeta { uri: path.to_string_lossy().into_owned(), size: meta.len() });
+                out.push(object(&path, &meta));
             }
         }
     }

@@ -65,6 +65,9 @@ pub fn file_name(uri: &str) -> &str {
 pub struct ObjectMeta {
     pub uri: String,
     pub size: u64,
+    /// What changes when the object's bytes do: its S3 ETag, a local file's modification time
+    /// (nanoseconds since the epoch). Empty when the store gives none.
+    pub version: String,
 }
 
 /// A reader of one object's bytes, streamed.

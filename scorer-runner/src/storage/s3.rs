@@ -71,7 +71,11 @@ impl S3Store {
             let page = page.map_err(|e| storage_error("list", bucket, prefix, e))?;
             for object in page.contents() {
                 if let Some(key) = object.key() {
-                    out.push(ObjectMeta { uri: uri(bucket, key), size: object.size().unwrap_or(0).max(0) as u64 });
+                    out.push(ObjectMeta {
+                        uri: uri(bucket, key),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                        version: object.e_tag().unwrap_or_default().to_string(),
+                    });
                 }
             }
         }
