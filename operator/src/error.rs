@@ -266,7 +266,11 @@ impl Error {
             };
         }
         match self {
-            Error::ReadResult(_) | Error::State { .. } | Error::Write { .. } | Error::Lease { .. } => Retry::Backoff,
+            Error::ReadResult(_)
+            | Error::State { .. }
+            | Error::StateInUse { .. }
+            | Error::Write { .. }
+            | Error::Lease { .. } => Retry::Backoff,
             _ => Retry::AwaitChange,
         }
     }
@@ -285,7 +289,6 @@ impl Error {
             | Error::LeadershipLost(_)
             | Error::Serve { .. }
             | Error::RunnerStart { .. }
-            | Error::StateInUse { .. }
             | Error::Interrupted(_) => Exit::Failed,
             _ => Exit::BadInput,
         }

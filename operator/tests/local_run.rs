@@ -350,7 +350,7 @@ fn one_run_per_state_directory_and_a_stopped_run_stops_its_stages_and_resumes() 
     assert!(started.is_some(), "the first run starts a stage");
 
     let second = mira().output().unwrap();
-    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert_eq!(second.status.code(), Some(3), "busy: try again later {second:?}");
     assert!(String::from_utf8_lossy(&second.stderr).contains("is in use by another `mira run`"), "{second:?}");
 
     let state = dir.path().join(".mira").display().to_string();
