@@ -81,8 +81,10 @@ impl Results {
         }
     }
 
-    /// The workers' progress of every stage not finished at the start of the pass. Progress is
-    /// for people: a read that fails is logged and left out; it never fails the pass.
+    /// The workers' progress of every stage not finished at the start of the pass, and of a
+    /// finished one until its final figures are in (a step writes its result a moment before
+    /// its last progress). Progress is for people: a read that fails is logged and left out; it
+    /// never fails the pass.
     pub async fn progress<K: Pipeline>(&self, resource: &K, config: &StorageConfig) -> StageProgress {
         let storage = self.storage(config);
         let unfinished: Vec<String> = resource
@@ -90,7 +92,13 @@ impl Results {
             .map(|s| s.pipeline().stages.iter())
             .into_iter()
             .flatten()
-            .filter(|r| matches!(r.phase, StagePhase::Pending | StagePhase::Running))
+            .filter(|r| match r.phase {
+                StagePhase::Pending | StagePhase::Running => true,
+                StagePhase::Succeeded => {
+                    r.job.is_some() && r.progress.as_ref().is_none_or(|p| p.units_done < p.units_total)
+                }
+                StagePhase::Failed => false,
+            })
             .map(|r| r.output.clone())
             .collect();
         futures::stream::iter(unfinished)

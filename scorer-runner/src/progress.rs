@@ -25,6 +25,16 @@ pub const PROGRESS_DIR: &str = "_progress";
 /// How often a worker reports when `MIRA_PROGRESS_SECONDS` is unset.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(10);
 
+/// `MIRA_PROGRESS_SECONDS` when it is a number of seconds, at least 0.05 (zero, negative or
+/// infinite values would spin, or panic in a timer); `default` otherwise.
+pub fn every_from_env(default: Duration) -> Duration {
+    std::env::var("MIRA_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite())
+        .map_or(default, |s| Duration::from_secs_f64(s.max(0.05)))
+}
+
 /// One worker's live counters.
 #[derive(Debug)]
 pub struct Progress {
@@ -203,6 +213,7 @@ pub async fn read(storage: &Storage, output: &str) -> Result<Option<Snapshot>> {
 /// Reports a worker's progress every `every` until [`Reporter::finish`].
 pub struct Reporter {
     task: tokio::task::JoinHandle<()>,
+    stop: Arc<tokio::sync::Notify>,
     write: Arc<Write>,
 }
 
@@ -246,21 +257,26 @@ impl Reporter {
         let name = crate::units::unit_id(worker, worker);
         let uri = join(output, &format!("{PROGRESS_DIR}/{name}.json"));
         let write = Arc::new(Write { progress, storage, uri, step });
+        let stop = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn({
-            let write = write.clone();
+            let (write, stop) = (write.clone(), stop.clone());
             async move {
                 loop {
-                    tokio::time::sleep(every).await;
-                    write.report(false).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(every) => write.report(false).await,
+                        () = stop.notified() => break,
+                    }
                 }
             }
         });
-        Reporter { task, write }
+        Reporter { task, stop, write }
     }
 
-    /// Stops the periodic reports and writes the last one.
+    /// Stops the periodic reports, waiting for one being written (so that it cannot land after
+    /// the last), and writes the last one.
     pub async fn finish(self, finished: bool) {
-        self.task.abort();
+        self.stop.notify_one();
+        let _ = self.task.await;
         self.write.report(finished).await;
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use scorer_runner::progress::Snapshot;
+use scorer_runner::progress::{self, Snapshot};
 
 use crate::api::StagePhase;
 use crate::describe;
@@ -54,10 +54,7 @@ pub async fn run(options: Options) -> Result<bool> {
     let state = State::open(&state_dir)?;
     adopt(&state, &mut resources)?;
     println!("state: {}", state_dir.display());
-    let every = std::env::var("MIRA_PROGRESS_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(PROGRESS_EVERY, Duration::from_secs_f64);
+    let every = progress::every_from_env(PROGRESS_EVERY);
     let mut local = Local {
         runner: Runner::new(runner::locate()?, state.clone(), options.parallel, every),
         finished: state.outcomes()?,
@@ -87,9 +84,10 @@ pub async fn run(options: Options) -> Result<bool> {
             },
             _ = tick.tick() => continue,
             signal = stop.next() => {
-                // Dropping the runner kills the stage processes (they run with kill_on_drop):
+                // The stage processes are killed before the state directory's lock is released:
                 // their committed units stay, and a rerun redoes only what was in flight.
-                drop(local);
+                local.console.clear();
+                local.runner.stop().await;
                 return Err(Error::Interrupted(signal));
             }
         };
@@ -202,9 +200,11 @@ impl Local {
             self.apply(&*object, action)?;
         }
         if object.status() != Some(&output.status) {
+            // Progress moves with every report of a worker: saved, but not a change that makes
+            // the loop pass again at once rather than wait for a Job (it would never rest).
+            changed |= object.status().map(without_progress) != Some(without_progress(&output.status));
             *object.status_mut() = Some(output.status);
             self.state.save(object)?;
-            changed = true;
         }
         Ok(changed)
     }
@@ -236,6 +236,17 @@ impl Local {
         }
         Ok(())
     }
+}
+
+/// A status without its progress figures.
+fn without_progress<S: KindStatus>(status: &S) -> S {
+    let mut status = status.clone();
+    let pipeline = status.pipeline_mut();
+    pipeline.progress = None;
+    for record in &mut pipeline.stages {
+        record.progress = None;
+    }
+    status
 }
 
 /// Prints each resource's conditions, stages and highlights; true when all are Ready.

@@ -80,6 +80,14 @@ impl Runner {
         }
     }
 
+    /// Stops every Job, queued or running, and returns once their processes are killed (each
+    /// process is killed when its task is dropped).
+    pub async fn stop(&mut self) {
+        self.queue.clear();
+        self.kill.clear();
+        self.running.shutdown().await;
+    }
+
     /// Jobs not finished yet.
     pub fn active(&self) -> BTreeMap<String, JobState> {
         let queued = self.queue.iter().map(|q| (q.request.name.clone(), JobState::Pending));

@@ -340,6 +340,10 @@ impl Tracker<'_> {
         if let Some(progress) = self.progress.get(&a.output) {
             record.progress = Some(progress.clone());
         }
+        if let Some(progress) = record.progress.as_mut().filter(|_| self.results.contains_key(&a.output)) {
+            // The result is written: the step is done, whatever a worker of an earlier Job left.
+            progress.finished = true;
+        }
         let job_name = || names::job_name(&self.resource, def.step, def.group.as_deref(), self.generation, &a.digest);
         if record.job.is_none() {
             // The operator stopped between creating this stage's Job and recording it: the Job of

@@ -474,8 +474,12 @@ fn a_running_stage_shows_its_workers_progress_and_keeps_the_last_figures_once_do
         sg.status.as_ref().unwrap().pipeline.progress.as_deref(),
         Some("cluster 1/3 units, 20 records/s, ETA 1m00s")
     );
-    world.progress.insert(output, reported(3, true));
+    // The result lands a moment before the worker's last progress.
+    world.progress.insert(output.clone(), reported(2, false));
     world.succeed(&sg, "cluster");
+    world.pass(&mut sg, &Lineage::default());
+    assert_eq!(record(&sg, "cluster").progress, Some(reported(2, true)), "done, figures not final yet");
+    world.progress.insert(output, reported(3, true));
     world.pass(&mut sg, &Lineage::default());
     assert_eq!(record(&sg, "cluster").progress, Some(reported(3, true)));
     assert_eq!(sg.status.as_ref().unwrap().pipeline.progress, None, "no stage runs");

@@ -46,10 +46,7 @@ pub struct Context {
 impl Context {
     pub fn new(storage: StorageConfig, worker: WorkerConfig, scratch: PathBuf) -> Self {
         let cpu = Arc::new(tokio::sync::Semaphore::new(worker.parallelism));
-        let progress_every = std::env::var("MIRA_PROGRESS_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map_or(crate::progress::DEFAULT_EVERY, Duration::from_secs_f64);
+        let progress_every = crate::progress::every_from_env(crate::progress::DEFAULT_EVERY);
         Context {
             storage: Arc::new(Storage::new(storage)),
             worker,

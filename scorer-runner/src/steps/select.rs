@@ -35,10 +35,12 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
                     .await?
                     .ok_or_else(|| Error::Shard {
                         uri: unit.shard.uri.clone(),
-                        message: "no committed scores for the shard's current content: it was rewritten since \
-                                      it was scored (its size or version changed), or score has not run; rerun the \
-                                      FilterRun's score stage (bump its generation)"
-                            .into(),
+                        message: format!(
+                            "no committed scores for the shard's current content: it was rewritten since it was \
+                             scored (its size or version changed), or score has not run. Delete {} so that the score \
+                             stage runs again: it scores only the shards without a committed unit",
+                            join(&plan.score, super::RESULT)
+                        ),
                     })?
                     .output;
                 let cut = thresholds
