@@ -33,11 +33,24 @@ spec:
   teacher: {endpoint: {url: http://teacher/v1, model: judge}}
 ";
 
-/// The script Argo CD runs for every MIRA kind.
+/// The script Argo CD runs for every MIRA kind: one key per kind, valid as a ConfigMap key
+/// (`[-._a-zA-Z0-9]+`: the API server refuses a `*`), all four the same script.
 fn script() -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/mira-operator/argocd/argocd-cm.yaml");
     let snippet: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    snippet["data"]["resource.customizations.health.mira.dev_*"].as_str().expect("the health key").to_string()
+    let data = snippet["data"].as_mapping().expect("a data map");
+    for key in data.keys().map(|k| k.as_str().unwrap()) {
+        assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)), "{key} is no ConfigMap key");
+    }
+    let scripts: Vec<&str> = ["SourceGroup", "RubricSet", "DistillationJob", "FilterRun"]
+        .iter()
+        .map(|kind| {
+            let key = format!("resource.customizations.health.mira.dev_{kind}");
+            data.get(key.as_str()).and_then(|v| v.as_str()).unwrap_or_else(|| panic!("no {key}"))
+        })
+        .collect();
+    assert!(scripts.iter().all(|s| *s == scripts[0]), "one script for every kind");
+    scripts[0].to_string()
 }
 
 /// A JSON value as a Lua table constructor (`null` becomes `nil`, as in Argo CD).
