@@ -39,6 +39,7 @@ pub fn every_from_env(default: Duration) -> Duration {
 #[derive(Debug)]
 pub struct Progress {
     units_done: AtomicU64,
+    units_resumed: AtomicU64,
     units_total: AtomicU64,
     records: AtomicU64,
     bytes: AtomicU64,
@@ -49,6 +50,7 @@ impl Default for Progress {
     fn default() -> Self {
         Progress {
             units_done: AtomicU64::new(0),
+            units_resumed: AtomicU64::new(0),
             units_total: AtomicU64::new(0),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -63,9 +65,13 @@ impl Progress {
         self.units_total.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// A unit seen committed, by this worker or another.
-    pub fn unit_done(&self) {
+    /// A unit seen committed, by this worker or another; `resumed` when it was committed before
+    /// this worker started (by an earlier run), which says nothing of the pace.
+    pub fn unit_done(&self, resumed: bool) {
         self.units_done.fetch_add(1, Ordering::Relaxed);
+        if resumed {
+            self.units_resumed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A batch read: its records, and their bytes (uncompressed JSON; none for Parquet rows read
@@ -79,6 +85,7 @@ impl Progress {
     pub fn snapshot(&self, finished: bool) -> Snapshot {
         Snapshot {
             units_done: self.units_done.load(Ordering::Relaxed),
+            units_resumed: self.units_resumed.load(Ordering::Relaxed),
             units_total: self.units_total.load(Ordering::Relaxed),
             records: self.records.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
@@ -97,6 +104,10 @@ pub struct Snapshot {
     /// Units known committed. Each worker sees every commit eventually, so the combined figure
     /// is the most any worker has seen.
     pub units_done: u64,
+    /// Of those, units already committed when the workers started (a resumed run): left out
+    /// of the pace the ETA is computed from.
+    #[serde(default)]
+    pub units_resumed: u64,
     /// Units of the step (its shards, groups or batches of teacher calls).
     pub units_total: u64,
     /// Records read (summed over workers; a unit redone after a killed worker counts twice).
@@ -116,6 +127,7 @@ impl Snapshot {
     pub fn combine(snapshots: impl IntoIterator<Item = Snapshot>) -> Option<Snapshot> {
         snapshots.into_iter().reduce(|a, b| Snapshot {
             units_done: a.units_done.max(b.units_done),
+            units_resumed: a.units_resumed.max(b.units_resumed),
             units_total: a.units_total.max(b.units_total),
             records: a.records + b.records,
             bytes: a.bytes + b.bytes,
@@ -130,6 +142,7 @@ impl Snapshot {
     pub fn sum(snapshots: impl IntoIterator<Item = Snapshot>) -> Option<Snapshot> {
         snapshots.into_iter().reduce(|a, b| Snapshot {
             units_done: a.units_done + b.units_done,
+            units_resumed: a.units_resumed + b.units_resumed,
             units_total: a.units_total + b.units_total,
             ..Snapshot::combine([a, b]).expect("two snapshots")
         })
@@ -148,8 +161,8 @@ impl Snapshot {
         if self.finished || (self.units_total > 0 && self.units_done >= self.units_total) {
             return Some(0.0);
         }
-        (self.units_done > 0)
-            .then(|| self.elapsed_seconds * (self.units_total - self.units_done) as f64 / self.units_done as f64)
+        let fresh = self.units_done.saturating_sub(self.units_resumed);
+        (fresh > 0).then(|| self.elapsed_seconds * (self.units_total - self.units_done) as f64 / fresh as f64)
     }
 
     /// `12/40 units, 1.2k records/s, ETA 3m10s`: one line for a log, a column or a terminal.
@@ -288,6 +301,7 @@ mod tests {
     fn snapshot(done: u64, total: u64, records: u64, elapsed: f64) -> Snapshot {
         Snapshot {
             units_done: done,
+            units_resumed: 0,
             units_total: total,
             records,
             bytes: 0,
@@ -314,6 +328,9 @@ mod tests {
         assert_eq!((snapshot(0, 0, 0, 3.0).eta_seconds(), snapshot(0, 0, 0, 3.0).summary()), (None, "starting".into()));
         assert_eq!(snapshot(2, 10, 0, 30.0).eta_seconds(), Some(120.0));
         assert_eq!(snapshot(10, 10, 0, 30.0).eta_seconds(), Some(0.0));
+        let resumed = Snapshot { units_resumed: 8, ..snapshot(10, 20, 0, 30.0) };
+        assert_eq!(resumed.eta_seconds(), Some(150.0), "2 units in 30 s, 10 to go; the 8 resumed took no time");
+        assert_eq!(Snapshot { units_resumed: 2, ..snapshot(2, 10, 0, 1.0) }.eta_seconds(), None);
         assert_eq!(snapshot(2, 10, 1500, 30.0).summary(), "2/10 units, 50 records/s, ETA 2m00s");
         let done = Snapshot { finished: true, ..snapshot(10, 10, 90_000, 7300.0) };
         assert_eq!(done.summary(), "10/10 units, 12 records/s, took 2h01m");
@@ -329,11 +346,11 @@ mod tests {
         progress.add_units(4);
         let reporter =
             Reporter::start(progress.clone(), storage.clone(), &output, "w-1", "score", Duration::from_millis(20));
-        progress.unit_done();
+        progress.unit_done(false);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let running = read(&storage, &output).await.unwrap().unwrap();
         assert_eq!((running.units_done, running.units_total, running.finished), (1, 4, false));
-        progress.unit_done();
+        progress.unit_done(false);
         reporter.finish(true).await;
         let last = read(&storage, &output).await.unwrap().unwrap();
         assert_eq!((last.units_done, last.finished), (2, true));

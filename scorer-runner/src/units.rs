@@ -226,6 +226,7 @@ impl Units {
         self.progress.add_units(unit_ids.len());
         // Workers start at different offsets so they rarely contend for the same claim.
         let offset = (xxhash_rust::xxh3::xxh3_64(self.worker.id.as_bytes()) as usize) % unit_ids.len().max(1);
+        let mut first_round = true;
         loop {
             let pending: Vec<usize> = (0..unit_ids.len())
                 .map(|i| (i + offset) % unit_ids.len())
@@ -245,7 +246,8 @@ impl Units {
                 match outcome {
                     Ok(Some(commit)) => {
                         committed[i] = true;
-                        self.progress.unit_done();
+                        // Another worker's commit found on the first try: done before this run.
+                        self.progress.unit_done(first_round && commit.worker != self.worker.id);
                         take(i, commit);
                     }
                     Ok(None) => waiting += 1,
@@ -264,6 +266,7 @@ impl Units {
                 );
                 tokio::time::sleep((self.worker.lease / 4).min(Duration::from_secs(5))).await;
             }
+            first_round = false;
         }
         let errors: Vec<String> =
             failed.iter().zip(unit_ids).filter_map(|(f, id)| f.as_ref().map(|e| format!("{id}: {e}"))).collect();

@@ -136,6 +136,8 @@ async fn a_worker_killed_mid_step_is_redone_with_the_same_output() {
         survivor += (commit["worker"] == "survivor") as usize;
     }
     assert_eq!(survivor, 16 - before);
+    let progress = progress::read(&storage, &plan.output).await.unwrap().unwrap();
+    assert_eq!(progress.units_resumed, before as u64, "the survivor's pace leaves out what it found done");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -460,6 +460,7 @@ fn a_running_stage_shows_its_workers_progress_and_keeps_the_last_figures_once_do
     let output = record(&sg, "cluster").output;
     let reported = |done, finished| Snapshot {
         units_done: done,
+        units_resumed: 0,
         units_total: 3,
         records: 600,
         bytes: 0,
