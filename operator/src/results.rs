@@ -39,8 +39,20 @@ impl Default for Results {
 }
 
 impl Results {
+    /// What a pass reads from storage: every step result it can use, and the workers' progress.
+    pub async fn observe<K: Pipeline>(
+        &self,
+        resource: &K,
+        lineage: &Lineage,
+        jobs: &BTreeMap<String, JobState>,
+        config: &StorageConfig,
+    ) -> Result<(StepResults, StageProgress)> {
+        let results = self.gather(resource, lineage, jobs, config).await?;
+        Ok((results, self.progress(resource, config).await))
+    }
+
     /// Every result the pass can use, keyed by output root.
-    pub async fn gather<K: Pipeline>(
+    async fn gather<K: Pipeline>(
         &self,
         resource: &K,
         lineage: &Lineage,
@@ -85,7 +97,7 @@ impl Results {
     /// finished one until its final figures are in (a step writes its result a moment before
     /// its last progress). Progress is for people: a read that fails is logged and left out; it
     /// never fails the pass.
-    pub async fn progress<K: Pipeline>(&self, resource: &K, config: &StorageConfig) -> StageProgress {
+    async fn progress<K: Pipeline>(&self, resource: &K, config: &StorageConfig) -> StageProgress {
         let storage = self.storage(config);
         let unfinished: Vec<String> = resource
             .status()

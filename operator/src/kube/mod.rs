@@ -262,8 +262,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
         let (results, progress) = match self.object.storage(&lineage) {
             Some(spec) => {
                 let config = self.storage(&namespace, spec).await?;
-                let results = self.ctx.results.gather(self.object, &lineage, &jobs, &config).await?;
-                (results, self.ctx.results.progress(self.object, &config).await)
+                self.ctx.results.observe(self.object, &lineage, &jobs, &config).await?
             }
             None => Default::default(),
         };

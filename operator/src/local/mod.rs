@@ -184,11 +184,7 @@ impl Local {
             self.finished.iter().map(|(job, o)| (job.clone(), o.clone().into())).collect();
         jobs.extend(self.runner.active());
         let (results, progress) = match object.storage(&lineage) {
-            Some(storage) => {
-                let config = storage.config();
-                let results = self.results.gather(object, &lineage, &jobs, &config).await?;
-                (results, self.results.progress(object, &config).await)
-            }
+            Some(storage) => self.results.observe(object, &lineage, &jobs, &storage.config()).await?,
             None => Default::default(),
         };
         let output = reconcile(
