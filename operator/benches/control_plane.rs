@@ -233,6 +233,7 @@ async fn fake_score(plan: ScorePlan, shards: usize) -> serde_json::Value {
         histogram: histogram(plan.histogram_bins, seed),
         length: Default::default(),
         length_correlation: None,
+        unranked: false,
     };
     let result = ScoreResult {
         groups: vec![totals(None, group.sources.len(), 0)],

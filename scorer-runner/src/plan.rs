@@ -737,6 +737,11 @@ pub struct ScoreTotals {
     /// zero when the scores do not follow length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length_correlation: Option<f64>,
+    /// The student's mask drops every dimension of this source (sources only): each record has
+    /// the scale's midpoint as its aggregate, and the threshold step cuts the source on its own,
+    /// by the seeded draw.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unranked: bool,
 }
 
 // ---- threshold ----
@@ -1292,6 +1297,7 @@ mod tests {
             histogram: histogram.clone(),
             length: length.clone(),
             length_correlation: Some(0.02),
+            unranked: false,
         };
         let mut score = StepResult::from(ScoreResult {
             groups: vec![totals(None)],

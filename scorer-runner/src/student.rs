@@ -139,6 +139,11 @@ impl Student {
         self.unmasked.get(source).map(Vec::as_slice)
     }
 
+    /// Whether the mask drops every dimension of `source`: no score of this student ranks it.
+    pub fn ranks_none(&self, source: &str) -> bool {
+        self.unmasked(source).is_some_and(|m| !m.iter().any(|&u| u))
+    }
+
     /// Per-dimension scores for each text, clipped to the scale, into `out` (emptied first);
     /// no row where a judge gave no usable reply. Runs on the blocking pool (judges wait on
     /// their async API).

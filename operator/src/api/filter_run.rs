@@ -68,8 +68,10 @@ pub struct FilterRunSpec {
     /// `Reliable` condition is `False`, reason `NoReliableDimension`), so that the source's
     /// records would all score alike. `Fail` (the default) stops before scoring, `Ready=False`
     /// with that reason and the sources named, so that a random selection never passes for a
-    /// ranked one; `KeepAtRandom` scores and cuts anyway, and such records are kept by the
-    /// seeded draw among tied scores (each group's summary says how many tokens the draw kept).
+    /// ranked one; `KeepAtRandom` cuts such a source on its own: all its records get the same
+    /// aggregate (the scale's midpoint), and the seeded draw keeps its group's retention share of
+    /// its tokens at random by record id, without moving the ranked sources' cut (each group's
+    /// `drawnTokens` counts them).
     #[serde(default)]
     pub on_no_reliable_dimension: NoReliableDimension,
     /// The score, threshold and select Jobs.
@@ -83,7 +85,7 @@ pub enum NoReliableDimension {
     /// Stop before scoring, and say which sources.
     #[default]
     Fail,
-    /// Score and cut; their records are kept by the draw among tied scores.
+    /// Cut each such source on its own, keeping its retention share by the seeded draw.
     KeepAtRandom,
 }
 
@@ -150,8 +152,9 @@ pub struct FilterGroupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<Kept>,
     /// Of the kept tokens, those kept by the seeded draw among records tied at the cut rather
-    /// than ranked by their score (all of them for a source no dimension ranks). Absent under
-    /// the `global` policy, whose one draw spans every group (its cut in `cuts` has the total).
+    /// than ranked by their score (all of them for a source no dimension ranks). Under the
+    /// `global` policy only the latter: that cut's one draw spans every group (its cut in `cuts`
+    /// has the total).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drawn_tokens: Option<u64>,
     /// Where the group's kept records and `manifest.json` are.

@@ -270,9 +270,17 @@ impl Pipeline for FilterRun {
                 total.add(kept);
                 total
             });
-            // Tokens no score ranked: kept by the draw among records tied at the group's cuts.
-            group.drawn_tokens = (self.spec.policy != CutPolicy::Global && selected.is_some())
-                .then(|| group.cuts.iter().filter_map(|c| c.cut.tie.as_ref()).map(|t| t.tokens).sum());
+            // Tokens no score ranked: kept by the draw among records tied at the group's cuts,
+            // and every kept token of its unranked sources. A global cut's draw is no group's.
+            group.drawn_tokens = selected.is_some().then(|| {
+                group
+                    .cuts
+                    .iter()
+                    .filter(|c| c.scope != "global")
+                    .filter_map(|c| c.cut.tie.as_ref())
+                    .map(|t| t.tokens)
+                    .sum()
+            });
             group.kept = selected;
             group.output = finished.output(&select).map(str::to_string);
             groups.push(group);

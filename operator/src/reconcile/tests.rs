@@ -363,6 +363,7 @@ fn result_of(record: &StageRecord) -> Value {
                 histogram: Histogram::new(1.0, 5.0, 10),
                 length: Default::default(),
                 length_correlation: None,
+                unranked: false,
             }],
             sources: Vec::new(),
             masked: BTreeMap::new(),

@@ -85,6 +85,8 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
         .await?;
     for totals in sources.values_mut() {
         totals.length_correlation = totals.length.rank_correlation();
+        let student = plan.groups.iter().position(|g| g.name == totals.group).map(|g| &students[g]);
+        totals.unranked = student.is_some_and(|s| s.ranks_none(totals.source.as_deref().unwrap_or_default()));
     }
     let mut masked = BTreeMap::new();
     for (group, student) in plan.groups.iter().zip(&students) {
@@ -112,6 +114,7 @@ fn add(totals: &mut Totals, shard: &ScoredShard, by_source: bool) {
         histogram: Histogram::new(shard.histogram.min, shard.histogram.max, shard.histogram.tokens.len()),
         length: LengthSample::default(),
         length_correlation: None,
+        unranked: false,
     });
     entry.shards += 1;
     entry.records += shard.records;
@@ -148,7 +151,10 @@ async fn score_shard(
             let mut length = LengthSampler::default();
             let (mut records, mut token_total) = (0u64, 0u64);
             let heads = student.header.dimensions.len();
-            let unmasked = student.unmasked(&source.name).filter(|m| m.iter().any(|&u| u));
+            let unmasked = student.unmasked(&source.name);
+            // A source no reliable dimension ranks gets one aggregate, the scale's midpoint, for
+            // every record: the threshold step cuts it on its own, by the seeded draw alone.
+            let unranked = student.ranks_none(&source.name).then_some((scale.min + scale.max) as f32 / 2.0);
             let mut kept = Vec::with_capacity(heads);
             let mut predictions = BatchScores::default();
             for_each_batch(&shard.uri, input, shard.format, read, |batch| {
@@ -170,10 +176,10 @@ async fn score_shard(
                     kept.clear();
                     match unmasked {
                         Some(mask) => kept.extend(scores.iter().zip(mask).filter(|(_, &u)| u).map(|(s, _)| *s)),
-                        // No mask for the source, or every dimension masked: all dimensions count.
+                        // No mask for the source: all dimensions count.
                         None => kept.extend_from_slice(scores),
                     }
-                    let aggregate = trimmed_mean(&mut kept, trim).unwrap_or(f32::NAN);
+                    let aggregate = unranked.or_else(|| trimmed_mean(&mut kept, trim)).unwrap_or(f32::NAN);
                     let t = tokens.count(&record.text)?;
                     let draw = writer.push(*index, &record.id, t, aggregate, scores)?;
                     histogram.add(aggregate as f64, t);

@@ -2,7 +2,8 @@
 //! per group (default), one over all tokens, or one per source. Where whole bins miss the target
 //! (ties), the records of the bin that straddles it are drawn by id ([`crate::tie_draw`]), which
 //! takes two reads of that scope's score shards. Each cut reports the exact tokens it keeps, and
-//! how many of them the draw kept; each source, the share of tokens kept per length decile.
+//! how many of them the draw kept; each source, the share of tokens kept per length decile. A
+//! source that no reliable dimension ranks is cut on its own, by the draw alone.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use super::Context;
 use crate::error::{Error, Result};
 use crate::formats::scores::{ScoreKey, ScoreKeys};
 use crate::histogram::{Cut, Histogram};
-use crate::plan::{CutPolicy, ScopedCut, ScoreResult, SourceLength, ThresholdPlan, ThresholdResult};
+use crate::plan::{CutPolicy, ScopedCut, ScoreResult, ScoreTotals, SourceLength, ThresholdPlan, ThresholdResult};
 use crate::storage::join;
 use crate::tie_draw::{Buckets, Straddle};
 
@@ -78,12 +79,47 @@ struct Scope {
     retention: f64,
     /// Its tokens per aggregate score, merged over its groups or sources.
     histogram: Histogram,
-    /// Where its score shards are, under each score root (Hive-style paths, see
+    /// Where its score shards are, under each score root (Hive-style path prefixes, see
     /// [`crate::formats::scores`]).
-    shards: String,
+    shards: Vec<String>,
 }
 
-/// The scopes a plan cuts, from the score totals.
+impl Scope {
+    /// One scope over `sources` (none of them unranked), or none when there are none: the
+    /// shards of a whole group, or of every group, are listed by one prefix when nothing of it
+    /// is cut elsewhere.
+    fn over(name: String, retention: f64, sources: &[&ScoreTotals], whole: String, all: bool) -> Result<Option<Self>> {
+        let Some((first, rest)) = sources.split_first() else { return Ok(None) };
+        let mut histogram = first.histogram.clone();
+        for s in rest {
+            if !histogram.same_shape(&s.histogram) {
+                return Err(Error::plan(format!("a cut over {name} needs every group's students on the same scale")));
+            }
+            histogram.merge(&s.histogram);
+        }
+        let shards = if all { vec![whole] } else { sources.iter().map(|s| source_shards(s)).collect() };
+        Ok(Some(Scope { name, retention, histogram, shards }))
+    }
+
+    /// A source cut on its own.
+    fn source(totals: &ScoreTotals, retention: f64) -> Self {
+        Scope {
+            name: format!("{}/{}", totals.group, totals.source.as_deref().unwrap_or_default()),
+            retention,
+            histogram: totals.histogram.clone(),
+            shards: vec![source_shards(totals)],
+        }
+    }
+}
+
+fn source_shards(totals: &ScoreTotals) -> String {
+    format!("scores/group={}/source={}/", totals.group, totals.source.as_deref().unwrap_or_default())
+}
+
+/// The scopes a plan cuts, from the score totals. A source that no reliable dimension ranks
+/// (`unranked`) is always cut on its own, at its group's retention: its records all have the
+/// same aggregate, so the seeded draw keeps that share of them at random, and the ranked
+/// sources' cut is not moved by a block of tied records.
 fn scopes(plan: &ThresholdPlan, scores: &ScoreResult) -> Result<Vec<Scope>> {
     check_retention("the run", plan.retention)?;
     for group in plan.group_retention.keys() {
@@ -91,52 +127,34 @@ fn scopes(plan: &ThresholdPlan, scores: &ScoreResult) -> Result<Vec<Scope>> {
             return Err(Error::plan(format!("groupRetention names unknown group {group:?}")));
         }
     }
-    Ok(match plan.policy {
-        CutPolicy::Group => scores
-            .groups
-            .iter()
-            .map(|g| {
-                let retention =
-                    check_retention(&g.group, *plan.group_retention.get(&g.group).unwrap_or(&plan.retention))?;
-                Ok(Scope {
-                    name: g.group.clone(),
-                    retention,
-                    histogram: g.histogram.clone(),
-                    shards: format!("scores/group={}/", g.group),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?,
-        CutPolicy::Source => scores
-            .sources
-            .iter()
-            .map(|s| {
-                let source = s.source.as_deref().unwrap_or_default();
-                Scope {
-                    name: format!("{}/{source}", s.group),
-                    retention: plan.retention,
-                    histogram: s.histogram.clone(),
-                    shards: format!("scores/group={}/source={source}/", s.group),
-                }
-            })
-            .collect(),
-        CutPolicy::Global => {
-            let mut groups = scores.groups.iter();
-            let first = groups.next().ok_or_else(|| Error::plan("no scored groups"))?;
-            let mut merged = first.histogram.clone();
-            for g in groups {
-                if !merged.same_shape(&g.histogram) {
-                    return Err(Error::plan("a global cut needs every group's students on the same scale"));
-                }
-                merged.merge(&g.histogram);
+    let retention_of = |group: &str| match plan.policy {
+        CutPolicy::Group => check_retention(group, *plan.group_retention.get(group).unwrap_or(&plan.retention)),
+        CutPolicy::Global | CutPolicy::Source => Ok(plan.retention),
+    };
+    let (unranked, ranked): (Vec<&ScoreTotals>, Vec<&ScoreTotals>) = scores.sources.iter().partition(|s| s.unranked);
+    let mut scopes = Vec::new();
+    match plan.policy {
+        CutPolicy::Group => {
+            for g in &scores.groups {
+                let of_group: Vec<&ScoreTotals> = ranked.iter().copied().filter(|s| s.group == g.group).collect();
+                let all = !unranked.iter().any(|s| s.group == g.group);
+                let whole = format!("scores/group={}/", g.group);
+                scopes.extend(Scope::over(g.group.clone(), retention_of(&g.group)?, &of_group, whole, all)?);
             }
-            vec![Scope {
-                name: "global".into(),
-                retention: plan.retention,
-                histogram: merged,
-                shards: "scores/".into(),
-            }]
         }
-    })
+        CutPolicy::Source => scopes.extend(ranked.iter().map(|s| Scope::source(s, plan.retention))),
+        CutPolicy::Global => {
+            if scores.groups.is_empty() {
+                return Err(Error::plan("no scored groups"));
+            }
+            let all = unranked.is_empty();
+            scopes.extend(Scope::over("global".into(), plan.retention, &ranked, "scores/".into(), all)?);
+        }
+    }
+    for s in unranked {
+        scopes.push(Scope::source(s, retention_of(&s.group)?));
+    }
+    Ok(scopes)
 }
 
 /// Settles a cut's tie draw: the first read of the scope's score shards sums the straddling
@@ -145,7 +163,9 @@ fn scopes(plan: &ThresholdPlan, scores: &ScoreResult) -> Result<Vec<Scope>> {
 async fn draw(ctx: &Context, plan: &ThresholdPlan, scope: &Scope, cut: &Cut, straddle: Straddle) -> Result<Cut> {
     let mut shards = Vec::new();
     for root in &plan.scores {
-        shards.extend(ctx.storage.list(&join(root, &scope.shards)).await?.into_iter().map(|o| o.uri));
+        for prefix in &scope.shards {
+            shards.extend(ctx.storage.list(&join(root, prefix)).await?.into_iter().map(|o| o.uri));
+        }
     }
     let histogram = Arc::new(scope.histogram.clone());
     let in_bin = {
@@ -223,13 +243,116 @@ impl Merge for Vec<(u64, u64)> {
 }
 
 impl ThresholdResult {
-    /// The cut that applies to a record of `source` in `group`.
+    /// The cut that applies to a record of `source` in `group`: the source's own, where it has
+    /// one (every source under the source policy, an unranked source under any), else the
+    /// policy's.
     pub fn cut_for(&self, group: &str, source: &str) -> Option<&ScopedCut> {
-        let scope = match self.policy {
-            CutPolicy::Group => group.to_string(),
-            CutPolicy::Global => "global".to_string(),
-            CutPolicy::Source => format!("{group}/{source}"),
+        let find = |scope: &str| self.cuts.iter().find(|c| c.scope == scope);
+        find(&format!("{group}/{source}")).or_else(|| match self.policy {
+            CutPolicy::Group => find(group),
+            CutPolicy::Global => find("global"),
+            CutPolicy::Source => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::length::LengthSample;
+    use crate::plan::SkipCounts;
+
+    fn totals(group: &str, source: Option<&str>, scores: &[(f64, u64)], unranked: bool) -> ScoreTotals {
+        let mut histogram = Histogram::new(1.0, 5.0, 40);
+        for &(score, tokens) in scores {
+            histogram.add(score, tokens);
+        }
+        ScoreTotals {
+            group: group.into(),
+            source: source.map(str::to_string),
+            shards: 1,
+            records: scores.len() as u64,
+            tokens: scores.iter().map(|s| s.1).sum(),
+            skipped: SkipCounts::default(),
+            histogram,
+            length: LengthSample::default(),
+            length_correlation: None,
+            unranked,
+        }
+    }
+
+    fn plan(policy: CutPolicy) -> ThresholdPlan {
+        ThresholdPlan {
+            storage: Default::default(),
+            output: "out".into(),
+            scores: vec!["score".into()],
+            policy,
+            retention: 0.5,
+            group_retention: [("prose".to_string(), 0.25)].into(),
+        }
+    }
+
+    /// prose: web ranked (scores spread), forum unranked (every record at the midpoint); code:
+    /// one ranked source.
+    fn scores() -> ScoreResult {
+        let web: Vec<(f64, u64)> = (0..40).map(|i| (1.0 + i as f64 / 10.0, 10)).collect();
+        let forum = vec![(3.0, 7); 30];
+        let code: Vec<(f64, u64)> = (0..20).map(|i| (1.0 + i as f64 / 5.0, 5)).collect();
+        let all: Vec<(f64, u64)> = web.iter().chain(&forum).copied().collect();
+        ScoreResult {
+            groups: vec![totals("code", None, &code, false), totals("prose", None, &all, false)],
+            sources: vec![
+                totals("code", Some("repo"), &code, false),
+                totals("prose", Some("forum"), &forum, true),
+                totals("prose", Some("web"), &web, false),
+            ],
+            masked: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_unranked_source_is_cut_on_its_own_at_its_groups_retention() {
+        let scores = scores();
+        let by_name = |policy| {
+            let scopes = scopes(&plan(policy), &scores).unwrap();
+            scopes.into_iter().map(|s| (s.name.clone(), s)).collect::<BTreeMap<_, _>>()
         };
-        self.cuts.iter().find(|c| c.scope == scope)
+        let group = by_name(CutPolicy::Group);
+        assert_eq!(group.keys().collect::<Vec<_>>(), ["code", "prose", "prose/forum"]);
+        // The group's cut ranks web alone, and lists only web's shards for its draw.
+        assert_eq!(group["prose"].histogram.total_tokens(), 400);
+        assert_eq!(group["prose"].shards, ["scores/group=prose/source=web/"]);
+        assert_eq!(group["code"].shards, ["scores/group=code/"], "a group with no unranked source: one prefix");
+        // forum: the prose group's retention, its own shards, all its tokens in one bin.
+        let forum = &group["prose/forum"];
+        assert_eq!(forum.retention, 0.25);
+        assert_eq!(forum.shards, ["scores/group=prose/source=forum/"]);
+        assert!(forum.histogram.cut(forum.retention).straddle(&forum.histogram).is_some(), "the draw decides");
+
+        let global = by_name(CutPolicy::Global);
+        assert_eq!(global.keys().collect::<Vec<_>>(), ["global", "prose/forum"]);
+        assert_eq!(global["global"].histogram.total_tokens(), 500);
+        assert_eq!(global["prose/forum"].retention, 0.5);
+
+        let source = by_name(CutPolicy::Source);
+        assert_eq!(source.keys().collect::<Vec<_>>(), ["code/repo", "prose/forum", "prose/web"]);
+    }
+
+    #[test]
+    fn a_source_with_its_own_cut_takes_it_under_every_policy() {
+        let cut =
+            |scope: &str| ScopedCut { scope: scope.into(), retention: 0.5, cut: Histogram::new(1.0, 5.0, 4).cut(0.5) };
+        let result = ThresholdResult {
+            policy: CutPolicy::Group,
+            cuts: vec![cut("prose"), cut("prose/forum")],
+            lengths: Vec::new(),
+        };
+        assert_eq!(result.cut_for("prose", "forum").unwrap().scope, "prose/forum");
+        assert_eq!(result.cut_for("prose", "web").unwrap().scope, "prose");
+        assert!(result.cut_for("code", "repo").is_none());
+        let global = ThresholdResult { policy: CutPolicy::Global, cuts: vec![cut("global")], lengths: Vec::new() };
+        assert_eq!(global.cut_for("code", "repo").unwrap().scope, "global");
     }
 }
