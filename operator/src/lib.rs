@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod kube;
 pub mod local;
 pub mod reconcile;
+pub mod report;
 pub mod results;
 
 pub use error::{Error, Result};

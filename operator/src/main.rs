@@ -47,6 +47,27 @@ enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Write a FilterRun's report: one self-contained HTML file of what its chain found and
+    /// kept (groups, dimensions, agreement and masks, score distributions and cuts, kept tokens
+    /// per source), of a cluster's run, or of a local one with `-f`. `mira run` writes it for
+    /// each FilterRun that ends Ready.
+    Report {
+        /// `fr/<name>`.
+        target: String,
+        /// A local run's manifests, as given to `mira run -f`: report on that run.
+        #[arg(short = 'f', long = "filename")]
+        manifests: Option<PathBuf>,
+        /// The local run's state directory (default: `.mira/` next to the manifests).
+        #[arg(long, requires = "manifests")]
+        state: Option<PathBuf>,
+        /// The namespace on the cluster (default: the kubeconfig context's).
+        #[arg(short = 'n', long, conflicts_with = "manifests")]
+        namespace: Option<String>,
+        /// The HTML file (default: `<state>/reports/<namespace>/<name>.html` for a local run,
+        /// `<name>-report.html` for a cluster's).
+        #[arg(short = 'o', long)]
+        out: Option<PathBuf>,
+    },
     /// Run the controllers in a cluster.
     Operator {
         /// Address of `/metrics`, `/healthz` and `/readyz`.
@@ -111,6 +132,16 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             }
         }
         Command::Status { target, namespace } => mira_operator::inspect::status(&target, namespace).await?,
+        Command::Report { target, manifests, state, namespace, out } => {
+            let path = match manifests {
+                Some(manifests) => {
+                    let name = mira_operator::inspect::filter_run_name(&target)?;
+                    local::report(&manifests, state, &name, out).await?
+                }
+                None => mira_operator::inspect::report(&target, namespace, out).await?,
+            };
+            println!("{}", path.display());
+        }
         Command::Run { manifests, state, parallel } => {
             let ready = local::run(local::Options { manifests, state, parallel }).await?;
             // Every resource ran as far as it could; one that did not end Ready is a failed run.

@@ -164,6 +164,28 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
         "each group's status says, per source, whether its cut follows length"
     );
 
+    assert!(
+        stdout.contains("group prose: scores by signal; masked noise (web)"),
+        "the run says which dimensions each group's scores use: {stdout}"
+    );
+
+    // The report: written when the FilterRun is Ready, and again on demand by `mira report`;
+    // every figure laid out with its marks in a real browser.
+    let report = stdout.lines().find_map(|l| l.strip_prefix("report: ")).map(PathBuf::from).expect("a report line");
+    assert_eq!(report, dir.path().join(".mira/reports/default/filter.html").canonicalize().unwrap());
+    check_report_renders(&report, &["prose", "technical"]);
+    let again = dir.path().join("again.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_mira"))
+        .args(["report", "fr/filter", "-f"])
+        .arg(dir.path().join("mira.yaml"))
+        .arg("-o")
+        .arg(&again)
+        .output()
+        .expect("mira report runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(&again).unwrap();
+    assert!(html.contains("FilterRun default/filter") && html.contains("id=\"scores-prose\""), "{html}");
+
     let (ok, stdout) = mira_run(dir.path(), &runner);
     assert!(ok, "a rerun succeeds");
     assert!(started(&stdout).is_empty(), "a rerun redoes nothing: {stdout}");
@@ -172,6 +194,66 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
     let (ok, stdout) = mira_run(dir.path(), &runner);
     assert!(ok, "a run with a new retention succeeds");
     assert_eq!(started(&stdout), ["select/prose", "select/technical", "threshold/prose", "threshold/technical"]);
+}
+
+/// Renders `report` in headless Chromium (`MIRA_CHROMIUM`, from `hack/install-tools.sh
+/// chromium`) and checks that every figure the report must have was laid out at a visible size
+/// with marks in it (SVG shapes, table cells), as the browser measured them; keeps a screenshot
+/// as a test artefact under the target directory's `tmp/`.
+fn check_report_renders(report: &Path, groups: &[&str]) {
+    let chromium =
+        std::env::var("MIRA_CHROMIUM").expect("MIRA_CHROMIUM: run `eval \"$(hack/install-tools.sh env chromium)\"`");
+    let dir = tempfile::tempdir().unwrap();
+    let headless = |args: &[&str], page: &Path| {
+        let out = Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"])
+            .args(args)
+            .arg(format!("file://{}", page.display()))
+            .env("HOME", dir.path())
+            .output()
+            .expect("chromium runs");
+        assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A copy of the page with a probe that writes, once laid out, each figure's size and how
+    // many of its marks have a size.
+    let probe = r#"<script>window.addEventListener('load', () => {
+        const out = {};
+        for (const f of document.querySelectorAll('figure.plot')) {
+            const r = f.getBoundingClientRect();
+            const marks = [...f.querySelectorAll('svg rect, svg path, svg polyline, svg circle, td')]
+                .filter(e => { const b = e.getBoundingClientRect(); return b.width > 0 && b.height > 0; }).length;
+            out[f.id] = {width: r.width, height: r.height, marks: marks};
+        }
+        const pre = document.createElement('pre');
+        pre.id = 'layout';
+        pre.textContent = JSON.stringify(out);
+        document.body.appendChild(pre);
+    });</script>"#;
+    let probed = dir.path().join("probed.html");
+    std::fs::write(&probed, std::fs::read_to_string(report).unwrap().replace("</body>", &format!("{probe}</body>")))
+        .unwrap();
+    let dom = headless(&["--dump-dom"], &probed);
+    let layout =
+        dom.split_once("<pre id=\"layout\">").and_then(|(_, rest)| rest.split_once("</pre>")).expect("the probe ran").0;
+    let layout: serde_json::Value = serde_json::from_str(&layout.replace("&amp;", "&")).unwrap();
+    let mut figures = vec!["similarity".to_string(), "kept".to_string()];
+    for g in groups {
+        figures.extend(["dimensions", "agreement", "scores", "length", "unranked"].map(|f| format!("{f}-{g}")));
+    }
+    for id in &figures {
+        let f = &layout[id.as_str()];
+        let (height, marks) = (f["height"].as_f64().unwrap_or(0.0), f["marks"].as_u64().unwrap_or(0));
+        assert!(height > 20.0 && marks > 0, "figure {id} is missing or empty: {f} of {layout}");
+    }
+    for chart in figures.iter().filter(|id| id.starts_with("scores-") || id.starts_with("length-") || *id == "kept") {
+        assert!(layout[chart.as_str()]["marks"].as_u64().unwrap() >= 5, "chart {chart} has too few marks: {layout}");
+    }
+    let artefacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report");
+    std::fs::create_dir_all(&artefacts).unwrap();
+    let png = artefacts.join("local-run-report.png");
+    headless(&[&format!("--screenshot={}", png.display()), "--window-size=1200,5000"], report);
+    assert!(std::fs::metadata(&png).unwrap().len() > 10_000, "the screenshot has content");
 }
 
 #[test]

@@ -1,14 +1,26 @@
 //! Writes the small corpus of `examples/quickstart/`: three sources (web prose as JSONL, code as
 //! JSONL.zst, agent traces as a `messages` array in JSONL.gz), with a few malformed lines that
-//! the steps count and skip.
+//! the steps count and skip; and, given a second path, the labels its curated chain imports
+//! (gzipped JSON lines).
 //!
-//! `cargo run --example quickstart_corpus -- examples/quickstart/data`
+//! The labels follow a stated rule, so that the quickstart shows a real cut without a real
+//! model: every record gets `signal` = 1 + its hidden quality (0..=4, the
+//! share of its sentences written with care: "verified", "justified", ... against "idk",
+//! "asdf", ...), moved by one in 15 % of records, and `noise` drawn uniformly from 1..=5. A
+//! student can learn `signal` from the words and nothing of `noise`, so the mask keeps the
+//! first and drops the second.
+//!
+//! `cargo run --example quickstart_corpus -- examples/quickstart/data examples/quickstart/labels.jsonl.gz`
 
-use mira_testkit::synth::{write_source, Kind, SynthSource};
+use std::io::Write;
+
+use mira_testkit::synth::{write_labels, write_source, Kind, SynthSource};
 use scorer_runner::plan::Format;
 
 fn main() {
-    let out = std::path::PathBuf::from(std::env::args().nth(1).expect("usage: quickstart_corpus <dir>"));
+    let mut args = std::env::args().skip(1);
+    let out = std::path::PathBuf::from(args.next().expect("usage: quickstart_corpus <dir> [labels.jsonl.gz]"));
+    let mut records = Vec::new();
     for (name, kind, format) in [
         ("web", Kind::Prose, Format::Jsonl),
         ("code", Kind::Code, Format::JsonlZst),
@@ -22,7 +34,19 @@ fn main() {
             records_per_shard: 60,
             malformed_every: Some(37),
         };
-        let records = write_source(&out, &source, 2026).expect("write source");
-        println!("{name}: {} records", records.len());
+        let written = write_source(&out, &source, 2026).expect("write source");
+        println!("{name}: {} records", written.len());
+        records.extend(written);
+    }
+    if let Some(labels) = args.next() {
+        let tmp = tempfile::NamedTempFile::new().expect("temporary file");
+        write_labels(tmp.path(), &records, 1, 2026).expect("write labels");
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&labels).expect("create labels"),
+            flate2::Compression::best(),
+        );
+        gz.write_all(&std::fs::read(tmp.path()).expect("read labels")).expect("compress labels");
+        gz.finish().expect("finish labels");
+        println!("labels: {}", records.len());
     }
 }

@@ -59,6 +59,11 @@ impl LengthSample {
         self.points.len()
     }
 
+    /// The sampled records as `(draw key, tokens, aggregate)`, smallest key first.
+    pub fn points(&self) -> &[(u64, u64, f32)] {
+        &self.points
+    }
+
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }

@@ -284,41 +284,8 @@ impl<K: Pipeline> Reconciler<'_, K> {
         Ok(controller::Action::requeue(if active { self.ctx.progress_refresh } else { REQUEUE_IDLE }))
     }
 
-    /// The upstream chain, fetched up to the first missing object.
     async fn lineage(&self, namespace: &str) -> Result<Lineage> {
-        let mut lineage = Lineage::default();
-        let mut next = self.object.upstream_ref();
-        while let Some(reference) = next.take() {
-            let found = match &reference {
-                UpstreamRef::SourceGroup(name) => {
-                    self.get::<SourceGroup>(namespace, name).await?.map(Upstream::SourceGroup)
-                }
-                UpstreamRef::RubricSet(name) => self.get::<RubricSet>(namespace, name).await?.map(Upstream::RubricSet),
-                UpstreamRef::DistillationJob(name) => {
-                    self.get::<DistillationJob>(namespace, name).await?.map(Upstream::DistillationJob)
-                }
-            };
-            if let Some(found) = found {
-                next = lineage.insert(found);
-            }
-        }
-        Ok(lineage)
-    }
-
-    async fn get<
-        T: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
-    >(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<T>> {
-        Api::<T>::namespaced(self.ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|source| Error::GetObject { object: format!("{} {namespace}/{name}", T::kind(&())), source })
+        fetch_lineage(&self.ctx.client, namespace, self.object.upstream_ref()).await
     }
 
     /// The resource's Jobs, by name. A failed Job's log is its last failed worker's termination
@@ -460,4 +427,42 @@ impl<K: Pipeline> Reconciler<'_, K> {
             .map_err(Error::ApplyStatus)?;
         Ok(())
     }
+}
+
+/// The upstream chain from `first`, fetched up to the first missing object.
+pub async fn fetch_lineage(client: &Client, namespace: &str, first: Option<UpstreamRef>) -> Result<Lineage> {
+    let mut lineage = Lineage::default();
+    let mut next = first;
+    while let Some(reference) = next.take() {
+        let found = match &reference {
+            UpstreamRef::SourceGroup(name) => {
+                get::<SourceGroup>(client, namespace, name).await?.map(Upstream::SourceGroup)
+            }
+            UpstreamRef::RubricSet(name) => get::<RubricSet>(client, namespace, name).await?.map(Upstream::RubricSet),
+            UpstreamRef::DistillationJob(name) => {
+                get::<DistillationJob>(client, namespace, name).await?.map(Upstream::DistillationJob)
+            }
+        };
+        if let Some(found) = found {
+            next = lineage.insert(found);
+        }
+    }
+    Ok(lineage)
+}
+
+/// An object, or None where there is none.
+pub async fn get<
+    T: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<T>> {
+    Api::<T>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::GetObject { object: format!("{} {namespace}/{name}", T::kind(&())), source })
 }

@@ -18,9 +18,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use scorer_runner::progress::{self, Snapshot};
 
-use crate::api::StagePhase;
+use crate::api::{FilterRun, StagePhase};
 use crate::describe;
 use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Pipeline};
+use crate::report;
 use crate::results::Results;
 use crate::{Error, Result};
 use console::Console;
@@ -101,12 +102,43 @@ pub async fn run(options: Options) -> Result<bool> {
     local.console.clear();
     println!();
     let ready = [
-        report(&resources.source_groups),
-        report(&resources.rubric_sets),
-        report(&resources.distillation_jobs),
-        report(&resources.filter_runs),
+        describe_all(&resources.source_groups),
+        describe_all(&resources.rubric_sets),
+        describe_all(&resources.distillation_jobs),
+        describe_all(&resources.filter_runs),
     ];
+    for filter_run in &resources.filter_runs {
+        if filter_run.status.as_ref().is_some_and(|s| s.pipeline.ready_at(filter_run.metadata.generation)) {
+            let path = report::local_path(&state_dir, filter_run);
+            write_report(&resources, filter_run, &path).await?;
+            println!("report: {}", path.display());
+        }
+    }
     Ok(ready.iter().all(|r| *r))
+}
+
+/// `mira report -f <manifests>`: the report of the FilterRun `name` as a local run (perhaps
+/// still going) left it, written to `out` (by default where `mira run` writes it); its path.
+pub async fn report(manifests: &Path, state: Option<PathBuf>, name: &str, out: Option<PathBuf>) -> Result<PathBuf> {
+    let manifests = std::path::absolute(manifests)
+        .map_err(|e| Error::Manifest { path: manifests.to_path_buf(), message: e.to_string() })?;
+    let mut resources = manifests::load(&manifests)?;
+    let state_dir = state.unwrap_or_else(|| default_state_dir(&manifests));
+    adopt(&State::read_only(&state_dir)?, &mut resources)?;
+    let filter_run = resources
+        .filter_runs
+        .iter()
+        .find(|f| f.name_any() == name)
+        .ok_or_else(|| Error::InvalidArgument(format!("no FilterRun {name:?} in {}", manifests.display())))?;
+    let path = out.unwrap_or_else(|| report::local_path(&state_dir, filter_run));
+    write_report(&resources, filter_run, &path).await?;
+    Ok(path)
+}
+
+async fn write_report(resources: &Resources, filter_run: &FilterRun, path: &Path) -> Result<()> {
+    let lineage = resources.lineage(&filter_run.namespace().unwrap_or_default(), filter_run.upstream_ref());
+    let storage = lineage.source_group.as_ref().map(|sg| sg.spec.storage.config()).unwrap_or_default();
+    report::Run::gather(filter_run.clone(), lineage, &storage).await?.write(path)
 }
 
 /// SIGINT and SIGTERM, which stop the run and its stage processes with it: without a handler
@@ -246,7 +278,7 @@ fn without_progress<S: KindStatus>(status: &S) -> S {
 }
 
 /// Prints each resource's conditions, stages and highlights; true when all are Ready.
-fn report<K: Pipeline>(objects: &[K]) -> bool {
+fn describe_all<K: Pipeline>(objects: &[K]) -> bool {
     let mut all_ready = true;
     for object in objects {
         all_ready &= object.status().is_some_and(|s| s.pipeline().ready_at(object.meta().generation));

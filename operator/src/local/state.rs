@@ -50,8 +50,8 @@ pub struct State {
     dir: PathBuf,
     /// An exclusive lock on `lock`, held while this run lasts (the kernel drops it when the
     /// process ends, however it ends): two runs on one state directory would start the same
-    /// Jobs twice and overwrite each other's records.
-    _lock: std::sync::Arc<std::fs::File>,
+    /// Jobs twice and overwrite each other's records. None for a reader (`mira report`).
+    _lock: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl State {
@@ -69,10 +69,20 @@ impl State {
             .open(&path)
             .map_err(|e| Error::state(&path, e))?;
         match lock.try_lock() {
-            Ok(()) => Ok(State { dir, _lock: std::sync::Arc::new(lock) }),
+            Ok(()) => Ok(State { dir, _lock: Some(std::sync::Arc::new(lock)) }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::StateInUse { dir }),
             Err(std::fs::TryLockError::Error(e)) => Err(Error::state(&path, e)),
         }
+    }
+
+    /// The state a run left, to read while that run may still go on: no lock, nothing created.
+    pub fn read_only(dir: &Path) -> Result<Self> {
+        let dir = std::path::absolute(dir).map_err(|e| Error::state(dir, e))?;
+        if !dir.join("resources").is_dir() {
+            let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no run has saved its state here");
+            return Err(Error::state(&dir, missing));
+        }
+        Ok(State { dir, _lock: None })
     }
 
     pub fn plan_path(&self, job: &str) -> PathBuf {

@@ -200,6 +200,38 @@ impl Pipeline for DistillationJob {
     fn skipped(&self, _: Step) -> String {
         format!("labels imported from {}", self.spec.labels.import_uri.as_deref().unwrap_or_default())
     }
+
+    /// Per group, the dimensions its scores use and those masked, with the sources they are
+    /// masked for: `group prose: scores by signal; masked noise (web, agent)`.
+    fn highlights(status: &DistillationJobStatus) -> Vec<String> {
+        status
+            .students
+            .iter()
+            .map(|s| {
+                let mut dimensions: Vec<&str> = s.agreement.iter().map(|a| a.dimension.as_str()).collect();
+                dimensions.sort_unstable();
+                dimensions.dedup();
+                let masked_for = |d: &str| -> Vec<&str> {
+                    s.agreement.iter().filter(|a| a.dimension == d && a.masked).map(|a| a.source.as_str()).collect()
+                };
+                let used: Vec<&str> = dimensions
+                    .iter()
+                    .copied()
+                    .filter(|d| s.agreement.iter().any(|a| a.dimension == *d && !a.masked))
+                    .collect();
+                let masked: Vec<String> = dimensions
+                    .iter()
+                    .filter_map(|d| {
+                        let sources = masked_for(d);
+                        (!sources.is_empty()).then(|| format!("{d} ({})", sources.join(", ")))
+                    })
+                    .collect();
+                let used = if used.is_empty() { "no dimension".to_string() } else { used.join(", ") };
+                let masked = if masked.is_empty() { String::new() } else { format!("; masked {}", masked.join(", ")) };
+                format!("group {}: scores by {used}{masked}", s.group)
+            })
+            .collect()
+    }
 }
 
 /// `group/source` of every source whose dimensions are all masked: no score ranks its records.

@@ -1,0 +1,349 @@
+//! The report page: the figures of a [`Run`] arranged for the template `report.html`
+//! (minijinja, which escapes every value unless marked safe: only the charts' SVG is).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+use minijinja::{context, Environment};
+use scorer_runner::histogram::Histogram;
+use scorer_runner::plan::{Agreement, ScoreTotals};
+use serde::Serialize;
+
+use super::charts::{self, Chart};
+use super::Run;
+
+const TEMPLATE: &str = include_str!("report.html");
+
+/// The page, or, should the template fail, a page that says why.
+pub fn render(run: &Run) -> String {
+    let mut env = Environment::new();
+    let page = env.add_template("report.html", TEMPLATE).and_then(|()| {
+        env.get_template("report.html")?.render(context! {
+            name => run.filter_run.name_any(),
+            namespace => run.filter_run.namespace().unwrap_or_default(),
+            generated => jiff_now(),
+            summary => summary(run),
+            similarity => similarity(run),
+            groups => groups(run),
+            kept => kept(run),
+        })
+    });
+    page.unwrap_or_else(|e| {
+        format!("<!doctype html><title>MIRA report</title><p>The report could not be rendered: {e}")
+    })
+}
+
+fn jiff_now() -> String {
+    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+#[derive(Serialize)]
+struct Summary {
+    policy: String,
+    retention: f64,
+    kept: Option<String>,
+    ready: Option<String>,
+}
+
+fn summary(run: &Run) -> Summary {
+    let spec = &run.filter_run.spec;
+    let status = run.filter_run.status.as_ref();
+    let total = status.and_then(|s| s.total.as_ref());
+    Summary {
+        policy: format!("{:?}", spec.policy).to_lowercase(),
+        retention: spec.retention,
+        kept: total.map(|t| {
+            format!("kept {} of {} tokens ({})", t.kept_tokens, t.total_tokens, share(t.kept_tokens, t.total_tokens))
+        }),
+        ready: status
+            .and_then(|s| s.pipeline.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| format!("{} ({}): {}", c.status, c.reason, c.message)),
+    }
+}
+
+fn share(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", 100.0 * part as f64 / whole as f64)
+}
+
+/// A colour from white (0) to `rgb` (1).
+fn shade(value: f64, rgb: (u8, u8, u8)) -> String {
+    let v = value.clamp(0.0, 1.0);
+    let mix = |c: u8| (255.0 - (255.0 - c as f64) * v).round() as u8;
+    format!("rgb({},{},{})", mix(rgb.0), mix(rgb.1), mix(rgb.2))
+}
+
+#[derive(Serialize)]
+struct Cell {
+    text: String,
+    color: String,
+    title: String,
+    class: &'static str,
+}
+
+#[derive(Serialize)]
+struct Similarity {
+    /// Sources in group order, with their group.
+    sources: Vec<(String, String)>,
+    rows: Vec<Vec<Cell>>,
+    silhouette: Option<f64>,
+}
+
+/// The source-by-source similarity, sources ordered by group, so groups show as blocks.
+fn similarity(run: &Run) -> Option<Similarity> {
+    let status = run.source_group.status.as_ref()?;
+    let mut order: Vec<usize> = (0..status.sources.len()).collect();
+    order.sort_by_key(|&i| (status.sources[i].group.clone().unwrap_or_default(), status.sources[i].name.clone()));
+    let group = |i: usize| status.sources[i].group.clone().unwrap_or_else(|| "-".into());
+    let rows = order
+        .iter()
+        .map(|&i| {
+            order
+                .iter()
+                .map(|&j| {
+                    let s = status.sources[i].similarity.get(j).copied().unwrap_or(f64::NAN);
+                    let same = group(i) == group(j);
+                    Cell {
+                        text: format!("{s:.2}"),
+                        color: shade(s, if same { (46, 117, 182) } else { (120, 120, 120) }),
+                        title: format!("{} ~ {}: {s:.3}", status.sources[i].name, status.sources[j].name),
+                        class: if same { "same" } else { "" },
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Some(Similarity {
+        sources: order.iter().map(|&i| (status.sources[i].name.clone(), group(i))).collect(),
+        rows,
+        silhouette: status.silhouette,
+    })
+}
+
+#[derive(Serialize)]
+struct Dimension {
+    id: String,
+    name: String,
+    description: String,
+    support: Option<u64>,
+    proposals: Vec<String>,
+    masked_for: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Group {
+    name: String,
+    sources: Vec<String>,
+    pinned: bool,
+    dimensions: Vec<Dimension>,
+    /// The agreement table's columns (dimension names) and rows: per source, a cell per column.
+    columns: Vec<String>,
+    agreement: Vec<(String, Vec<Cell>)>,
+    train_records: Option<u64>,
+    validation_records: Option<u64>,
+    scores: Option<Chart>,
+    length: Option<Chart>,
+    tokens: Option<u64>,
+    kept: Option<u64>,
+    drawn: Option<u64>,
+    unranked: Vec<String>,
+    ties: Vec<String>,
+}
+
+fn groups(run: &Run) -> Vec<Group> {
+    let Some(sg) = run.source_group.status.as_ref() else { return Vec::new() };
+    let rubrics = run.rubric_set.status.as_ref().map(|s| s.groups.as_slice()).unwrap_or_default();
+    let students = run.distillation_job.status.as_ref().map(|s| s.students.as_slice()).unwrap_or_default();
+    let filter = run.filter_run.status.as_ref().map(|s| s.groups.as_slice()).unwrap_or_default();
+    let score_sources: Vec<&ScoreTotals> = run.scores.iter().flat_map(|s| &s.sources).collect();
+    sg.groups
+        .iter()
+        .map(|g| {
+            let rubric = rubrics.iter().find(|r| r.name == g.name);
+            let student = students.iter().find(|s| s.group == g.name);
+            let filtered = filter.iter().find(|f| f.name == g.name);
+            let agreement = student.map(|s| s.agreement.as_slice()).unwrap_or_default();
+            let dimension_ids: Vec<String> = match rubric {
+                Some(r) => r.dimensions.iter().map(|d| d.dimension.id.clone()).collect(),
+                None => agreement.iter().map(|a| a.dimension.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
+            };
+            let proposals = run.proposals.get(&g.name);
+            let dimensions = rubric
+                .map(|r| &r.dimensions[..])
+                .unwrap_or_default()
+                .iter()
+                .map(|d| Dimension {
+                    id: d.dimension.id.clone(),
+                    name: d.dimension.name.clone(),
+                    description: d.dimension.description.clone(),
+                    support: d.support,
+                    proposals: proposals
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p.anchor.as_deref() == Some(&d.dimension.id))
+                        .map(|p| format!("{} ({}): {}", p.name, p.source, p.description))
+                        .collect(),
+                    masked_for: agreement
+                        .iter()
+                        .filter(|a| a.dimension == d.dimension.id && a.masked)
+                        .map(|a| a.source.clone())
+                        .collect(),
+                })
+                .collect();
+            let of_group: Vec<&&ScoreTotals> = score_sources.iter().filter(|s| s.group == g.name).collect();
+            let unranked: Vec<String> =
+                of_group.iter().filter(|s| s.unranked).filter_map(|s| s.source.clone()).collect();
+            let cuts = filtered.map(|f| f.cuts.as_slice()).unwrap_or_default();
+            Group {
+                name: g.name.clone(),
+                sources: g.sources.clone(),
+                pinned: rubric.is_some_and(|r| r.pinned),
+                columns: dimension_ids
+                    .iter()
+                    .map(|id| {
+                        let named = rubric.and_then(|r| r.dimensions.iter().find(|d| &d.dimension.id == id));
+                        named.map_or(id.clone(), |d| d.dimension.name.clone())
+                    })
+                    .collect(),
+                dimensions,
+                agreement: g
+                    .sources
+                    .iter()
+                    .map(|source| {
+                        let cells = dimension_ids
+                            .iter()
+                            .map(|d| {
+                                agreement_cell(agreement.iter().find(|a| &a.source == source && &a.dimension == d))
+                            })
+                            .collect();
+                        (source.clone(), cells)
+                    })
+                    .collect(),
+                train_records: student.map(|s| s.train_records),
+                validation_records: student.map(|s| s.validation_records),
+                scores: (!of_group.is_empty()).then(|| {
+                    let merged = |unranked: bool| {
+                        merge(of_group.iter().filter(|s| s.unranked == unranked).map(|s| &s.histogram))
+                    };
+                    let lines: Vec<(String, f64)> = cuts
+                        .iter()
+                        .filter(|c| !unranked.iter().any(|u| c.scope == format!("{}/{u}", g.name)))
+                        .map(|c| (c.scope.clone(), c.cut.threshold))
+                        .collect();
+                    match merged(false).or_else(|| merged(true).map(|h| Histogram::new(h.min, h.max, h.tokens.len()))) {
+                        Some(ranked) => charts::score_histogram(&ranked, merged(true).as_ref(), &lines),
+                        None => Err("no scored records".into()),
+                    }
+                }),
+                length: (!of_group.is_empty()).then(|| length_chart(&of_group)),
+                tokens: filtered.and_then(|f| f.tokens),
+                kept: filtered.and_then(|f| f.kept.as_ref()).map(|k| k.kept_tokens),
+                drawn: filtered.and_then(|f| f.drawn_tokens),
+                unranked,
+                ties: cuts
+                    .iter()
+                    .filter_map(|c| {
+                        let tie = c.cut.tie.as_ref()?;
+                        Some(format!(
+                            "{}: {} records ({} tokens) tied at the cut, kept by the seeded draw",
+                            c.scope, tie.records, tie.tokens
+                        ))
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn merge<'a>(mut histograms: impl Iterator<Item = &'a Histogram>) -> Option<Histogram> {
+    let mut merged = histograms.next()?.clone();
+    for h in histograms {
+        if merged.same_shape(h) {
+            merged.merge(h);
+        }
+    }
+    Some(merged)
+}
+
+fn agreement_cell(a: Option<&Agreement>) -> Cell {
+    let Some(a) = a else {
+        return Cell { text: "-".into(), color: "#fff".into(), title: "not measured".into(), class: "" };
+    };
+    let rho = a.spearman.map_or("-".to_string(), |r| format!("{r:.2}"));
+    let mut title = format!(
+        "{} on {}: Spearman {rho}, MAE {:.2} over {} held-out records",
+        a.dimension, a.source, a.mae, a.records
+    );
+    if a.masked {
+        title.push_str(&format!("; masked: {}", a.reason.as_deref().unwrap_or("unreliable")));
+    }
+    Cell {
+        text: format!("ρ {rho} · MAE {:.2}", a.mae),
+        color: if a.masked { "#eee".into() } else { shade(a.spearman.unwrap_or(0.0), (56, 142, 60)) },
+        title,
+        class: if a.masked { "masked" } else { "" },
+    }
+}
+
+/// Mean aggregate per length decile of each source's sample.
+fn length_chart(sources: &[&&ScoreTotals]) -> Chart {
+    let mut scale = (f64::INFINITY, f64::NEG_INFINITY);
+    let series: Vec<(String, Vec<(f64, f64)>)> = sources
+        .iter()
+        .filter_map(|s| {
+            scale = (scale.0.min(s.histogram.min), scale.1.max(s.histogram.max));
+            let mut points: Vec<(u64, f32)> =
+                s.length.points().iter().filter(|p| p.2.is_finite()).map(|p| (p.1, p.2)).collect();
+            if points.is_empty() {
+                return None;
+            }
+            points.sort_by_key(|p| p.0);
+            let per = points.len().div_ceil(10);
+            let deciles = points
+                .chunks(per)
+                .map(|c| (c[c.len() / 2].0 as f64, c.iter().map(|p| p.1 as f64).sum::<f64>() / c.len() as f64))
+                .collect();
+            let name = s.source.clone().unwrap_or_default();
+            Some((if s.unranked { format!("{name} (unranked)") } else { name }, deciles))
+        })
+        .collect();
+    if series.is_empty() {
+        return Err("no length sample".into());
+    }
+    charts::score_by_length(&series, scale)
+}
+
+#[derive(Serialize)]
+struct KeptRow {
+    source: String,
+    total: u64,
+    kept: u64,
+    share: String,
+}
+
+#[derive(Serialize)]
+struct KeptView {
+    rows: Vec<KeptRow>,
+    chart: Chart,
+}
+
+/// Kept and total tokens per `group/source`, from the select manifests.
+fn kept(run: &Run) -> Option<KeptView> {
+    let sources: BTreeMap<&String, _> = run.manifests.iter().flat_map(|m| &m.sources).collect();
+    if sources.is_empty() {
+        return None;
+    }
+    let rows: Vec<KeptRow> = sources
+        .iter()
+        .map(|(source, k)| KeptRow {
+            source: source.to_string(),
+            total: k.total_tokens,
+            kept: k.kept_tokens,
+            share: share(k.kept_tokens, k.total_tokens),
+        })
+        .collect();
+    let chart = charts::kept_bars(&rows.iter().map(|r| (r.source.clone(), r.total, r.kept)).collect::<Vec<_>>());
+    Some(KeptView { rows, chart })
+}
