@@ -2,8 +2,8 @@
 # hack/install-tools.sh - install the external tools MIRA's tests need into a cache.
 #
 # Usage:
-#   hack/install-tools.sh [s3|kube|helm|lua|chromium|all]...   install (default: all); silent unless an error
-#   hack/install-tools.sh env [s3|kube|helm|lua|chromium|all]  print `export ...` lines for installed tools
+#   hack/install-tools.sh [s3|kube|helm|lua|chromium|cuda|all]...   install (default: all); silent unless an error
+#   hack/install-tools.sh env [s3|kube|helm|lua|chromium|cuda|all]  print `export ...` lines for installed tools
 #                                                 (eval "$(hack/install-tools.sh env)")
 #
 # Why: the integration tests need a real S3 server, a real Kubernetes API server with the
@@ -20,6 +20,11 @@
 #   chromium  Debian's chromium, installed into the system (it needs some fifty libraries of the
 #         desktop stack, which only the system's dpkg tracks well), for the test that renders
 #         the run report headless
+#   cuda  (not in `all`; only for building the GPU image's binaries) the CUDA 13.0 build
+#         toolkit from NVIDIA's PyPI wheels: nvcc, cicc, ptxas, headers, and the libraries
+#         cudarc links against (cuBLAS, cuBLASLt, cuRAND, NVRTC, the runtime), plus a stub
+#         libcuda.so (soname libcuda.so.1, every driver symbol cudarc binds) so a machine
+#         without a GPU driver can link; the GPU machine's driver provides the real one
 #   kube  etcd (Debian etcd-server .deb, extracted, never started as a service) and
 #         kube-apiserver + kube-controller-manager built from Debian's `kubernetes`
 #         source package (full upstream tree with vendor/, builds offline) using Debian's
@@ -47,6 +52,10 @@ KUBE_SRC_VERSION="${KUBE_SRC_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"  # Debia
 KUBE_GIT_VERSION="${KUBE_GIT_VERSION:-v1.20.2}"  # what that source really is
 GO_MINOR="${GO_MINOR:-1.19}"                     # Debian golang-<minor>-go
 LUA_VERSION="${LUA_VERSION:-5.4.4}"              # upstream version of Debian's lua5.4
+CUDA_WHEELS="${CUDA_WHEELS:-nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
+nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14 nvidia-curand==10.4.5.25 \
+nvidia-cuda-nvrtc==13.0.88}"
+CUDA_VERSION="${CUDA_VERSION:-13.0}"             # the toolkit those wheels make up
 PYTHON="${PYTHON:-python3}"
 
 WEED_DIR="$MIRA_CACHE/seaweedfs/$SEAWEEDFS_VERSION"
@@ -55,6 +64,7 @@ ETCD_DIR="$MIRA_CACHE/etcd/$ETCD_VERSION"
 KUBE_DIR="$MIRA_CACHE/kube/$KUBE_SRC_VERSION"
 GO_DIR="$MIRA_CACHE/go/$GO_MINOR"
 LUA_DIR="$MIRA_CACHE/lua/$LUA_VERSION"
+CUDA_DIR="$MIRA_CACHE/cuda/$CUDA_VERSION-$(sha256sum <<<"$CUDA_WHEELS" | cut -c1-12)"
 APT_DIR="$MIRA_CACHE/apt"
 
 # The binaries each component provides (a component is installed when its .complete
@@ -276,6 +286,53 @@ install_chromium() {
   with_lock chromium system_install chromium "the run report's test renders it headless"
 }
 
+# ---------------------------------------------------------------- cuda
+
+install_cuda() { install_once cuda "$CUDA_DIR" _install_cuda; }
+_install_cuda() {
+  need_cmd cc cargo
+  local tmp w lib
+  tmp="$(stage_dir cuda)"
+  log "downloading the CUDA $CUDA_VERSION wheels"
+  # shellcheck disable=SC2086  # CUDA_WHEELS is a list of requirement specifiers
+  pip_logged "$tmp/pip.log" download --only-binary=:all: --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_12_x86_64 \
+    --python-version 3.12 --implementation cp -d "$tmp/wheels" $CUDA_WHEELS
+  mkdir -p "$tmp/x"
+  for w in "$tmp"/wheels/*.whl; do
+    "$PYTHON" -m zipfile -e "$w" "$tmp/x" || die "cannot unpack $w"
+  done
+  # Each wheel holds a slice of one toolkit tree (nvidia/cu13/{bin,include,lib,nvvm}); nvcc finds
+  # cicc and libdevice relative to itself, so the slices are merged into one root.
+  mv "$tmp/x/nvidia/cu${CUDA_VERSION%%.*}" "$tmp/root"
+  chmod +x "$tmp"/root/bin/* "$tmp"/root/nvvm/bin/*
+  # The linker wants the unversioned names the wheels leave out.
+  for lib in "$tmp"/root/lib/lib*.so.*; do
+    ln -sf "${lib##*/}" "$tmp/root/lib/$(basename "$lib" | sed -E 's/\.so\..*/.so/')"
+  done
+  cuda_driver_stub "$tmp/root/lib/stubs"
+  check_runs "nvcc from the wheels" "$tmp/root/bin/nvcc" --version
+  move_into_place "$tmp/root" "$CUDA_DIR"
+  rm -rf "$tmp"
+  touch "$CUDA_DIR/.complete"
+}
+
+# cuda_driver_stub DIR : DIR/libcuda.so, a library with soname libcuda.so.1 that defines every
+# driver function the fetched cudarc versions declare, as NVIDIA's own stub in a full toolkit
+# does: enough to link, and at run time the loader binds the real driver by that soname.
+cuda_driver_stub() {
+  local registry sources
+  (cd "$HACK_DIR/.." && cargo fetch --quiet) || die "cargo fetch failed"
+  registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
+  sources="$(find "$registry" -path '*/cudarc-*/src/driver/sys/mod.rs' 2>/dev/null)"
+  [[ -n "$sources" ]] || die "no cudarc sources under $registry to take the driver's symbols from"
+  mkdir -p "$1"
+  # shellcheck disable=SC2086  # one path per cudarc version
+  grep -ohE '\bfn cu[A-Za-z0-9_]+\(' $sources | sed -E 's/^fn (.*)\($/void \1(void) {}/' | sort -u >"$1/cuda_stub.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$1/libcuda.so" "$1/cuda_stub.c" || die "cannot build the libcuda stub"
+  rm "$1/cuda_stub.c"
+}
+
 # ---------------------------------------------------------------- kube: etcd
 
 install_etcd() { install_once etcd "$ETCD_DIR" _install_etcd; }
@@ -398,6 +455,7 @@ print_env() {
       s3) component_env s3 "s3 tools" "$WEED_DIR" -- "MIRA_WEED=$(weed_bin)" ;;
       helm) component_env helm helm "$HELM_DIR" -- "MIRA_HELM=$(helm_bin)" ;;
       lua) component_env lua lua "$LUA_DIR" -- "MIRA_LUA=$(lua_bin)" ;;
+      cuda) component_env cuda "the CUDA build toolkit" "$CUDA_DIR" -- "CUDA_HOME=$CUDA_DIR" ;;
       chromium)
         if command -v chromium >/dev/null 2>&1; then
           print_export "MIRA_CHROMIUM=$(command -v chromium)"
@@ -408,7 +466,7 @@ print_env() {
         component_env kube "kube tools" "$ETCD_DIR" "$KUBE_DIR" -- "MIRA_ETCD=$(etcd_bin)" \
           "MIRA_KUBE_APISERVER=$(kube_bin kube-apiserver)" \
           "MIRA_KUBE_CONTROLLER_MANAGER=$(kube_bin kube-controller-manager)" ;;
-      *) die "unknown component '$c' (expected s3, kube, helm, lua, chromium or all)" ;;
+      *) die "unknown component '$c' (expected s3, kube, helm, lua, chromium, cuda or all)" ;;
     esac
   done
   if ((${#paths[@]})); then
@@ -455,7 +513,7 @@ main() {
   ((${#comps[@]})) || comps=(all)
   for c in "${comps[@]}"; do
     case "$c" in
-      s3|kube|helm|lua|chromium|all) ;;
+      s3|kube|helm|lua|chromium|cuda|all) ;;
       *) printf '%s: error: unknown component %q\n' "${0##*/}" "$c" >&2; usage ;;
     esac
   done
@@ -465,6 +523,7 @@ main() {
       s3) install_s3 ;;
       helm) install_helm ;;
       lua) install_lua ;;
+      cuda) install_cuda ;;
       chromium) install_chromium ;;
       kube) install_kube ;;
       all) install_s3; install_helm; install_lua; install_chromium; install_kube ;;
