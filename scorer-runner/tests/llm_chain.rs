@@ -63,7 +63,17 @@ async fn discover(ctx: &Context, out: &str, groups: &[GroupSources]) -> Discover
             storage: Default::default(),
             output: join(out, "discover"),
             groups: groups.to_vec(),
-            pass: TeacherPass { seed: 3, ..TeacherPass::new(local("qwen3-tiny")) },
+            // One sequence at a time: batched sequences are padded to each other, and on a
+            // random-weight model the slightly different logits of another batching can flip
+            // a reply, so only unbatched replies repeat exactly (under any CPU load).
+            pass: TeacherPass {
+                seed: 3,
+                ..TeacherPass::new(ModelSpec::Local {
+                    uri: tiny_model("qwen3-tiny"),
+                    gguf_files: vec![],
+                    max_num_seqs: Some(1),
+                })
+            },
             embedder: Some(local("qwen3-embedding-tiny")),
             records_per_group: 6,
             dimensions_per_group: 3,
