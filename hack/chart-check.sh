@@ -36,7 +36,9 @@ all_options=(
   --set 'extraEnv[0].name=FOO' --set 'extraEnv[0].value=bar' --set 'extraArgs[0]=--help'
   --set 'tolerations[0].key=dedicated' --set 'tolerations[0].operator=Exists'
   --set nodeSelector.pool=system --set podAnnotations.a=b --set podLabels.c=d
-  --set priorityClassName=system-cluster-critical
+  --set priorityClassName=system-cluster-critical --set watchNamespace=default
+  --set 'policy.allowedImages[0]=registry.example.test/mira/*' --set 'policy.allowedServiceAccounts[0]=mira-worker'
+  --set 'policy.allowedEndpointHosts[0]=*.models.svc.cluster.local' --set 'policy.allowedEndpointHosts[1]=api.example.test'
 )
 no_crds_no_le=(--set crds.enabled=false --set leaderElection.enabled=false
   --set metrics.service.enabled=false --set serviceAccount.create=false --set rbac.create=false)
@@ -53,6 +55,13 @@ check "replicas > 1 need leader election" \
 check "defaults: hardened container securityContext" bash -c \
   "helm template mira '$chart' | grep -q 'readOnlyRootFilesystem: true' && helm template mira '$chart' | grep -q 'allowPrivilegeEscalation: false'"
 check "defaults: Deployment strategy Recreate" bash -c "helm template mira '$chart' | grep -q 'type: Recreate'"
+check "watchNamespace: a Role and RoleBinding in that namespace, no ClusterRole" bash -c \
+  "out=\$(helm template mira '$chart' --set watchNamespace=team-a -s templates/clusterrole.yaml) &&
+   grep -q '^kind: Role\$' <<<\"\$out\" && grep -q '^kind: RoleBinding\$' <<<\"\$out\" &&
+   ! grep -q ClusterRole <<<\"\$out\" && grep -q 'namespace: team-a' <<<\"\$out\""
+check "policy: the allowlists reach the operator's environment" bash -c \
+  "helm template mira '$chart' --set 'policy.allowedEndpointHosts={a.example.test,*.svc}' |
+   grep -A1 MIRA_ALLOWED_ENDPOINT_HOSTS | grep -q 'value: \"a.example.test,\\*.svc\"'"
 check "defaults: no access to Secrets" bash -c \
   "! helm template mira '$chart' -s templates/clusterrole.yaml | grep -q 'secrets'"
 

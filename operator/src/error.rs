@@ -72,8 +72,9 @@ pub enum Error {
         source: kube::Error,
     },
 
-    /// Reading a credentials Secret (`<namespace>/<name>`).
-    #[error("reading Secret {secret}")]
+    /// Reading a credentials Secret (`<namespace>/<name>`): the operator reads a resource's
+    /// results with the keys the resource names, never its own instead.
+    #[error("reading Secret {secret} (the operator reads this resource's results with its keys; let it get Secrets: rbac.readSecrets)")]
     ReadSecret {
         secret: String,
         #[source]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mira_operator::reconcile::Policy;
 use mira_operator::{api, kube, local, Error};
 use scorer_runner::Exit;
 
@@ -95,6 +96,17 @@ enum Command {
         /// 10 s); each read is a status write per running resource.
         #[arg(long, env = "MIRA_PROGRESS_REFRESH_SECONDS", default_value_t = 15.0)]
         progress_refresh_seconds: f64,
+        /// Images a resource's `spec.job.image` may name (comma-separated; `prefix*` or
+        /// `*suffix` patterns); empty allows any. The default runner image is always allowed.
+        #[arg(long, env = "MIRA_ALLOWED_IMAGES", value_delimiter = ',')]
+        allowed_images: Vec<String>,
+        /// ServiceAccounts a resource's `spec.job.serviceAccountName` may name; empty allows any.
+        #[arg(long, env = "MIRA_ALLOWED_SERVICE_ACCOUNTS", value_delimiter = ',')]
+        allowed_service_accounts: Vec<String>,
+        /// Hosts of the model endpoints a resource may send records to (`*.models.svc` style
+        /// patterns allowed); empty allows any.
+        #[arg(long, env = "MIRA_ALLOWED_ENDPOINT_HOSTS", value_delimiter = ',')]
+        allowed_endpoint_hosts: Vec<String>,
     },
 }
 
@@ -156,6 +168,9 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             identity,
             namespace,
             progress_refresh_seconds,
+            allowed_images,
+            allowed_service_accounts,
+            allowed_endpoint_hosts,
         } => {
             let identity = identity.unwrap_or_else(|| format!("mira-operator-{}", std::process::id()));
             let lease = (!no_leader_election).then_some(kube::LeaseOptions {
@@ -164,7 +179,13 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 identity,
             });
             let progress_refresh = std::time::Duration::from_secs_f64(progress_refresh_seconds.max(0.1));
-            kube::run(kube::Options { listen, runner_image, lease, namespace, progress_refresh }).await?;
+            let nonempty = |list: Vec<String>| list.into_iter().filter(|s| !s.is_empty()).collect();
+            let policy = Policy {
+                images: nonempty(allowed_images),
+                service_accounts: nonempty(allowed_service_accounts),
+                endpoint_hosts: nonempty(allowed_endpoint_hosts),
+            };
+            kube::run(kube::Options { listen, runner_image, lease, namespace, progress_refresh, policy }).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

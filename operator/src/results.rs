@@ -18,7 +18,9 @@ use scorer_runner::storage::{join, Storage};
 use scorer_runner::progress;
 
 use crate::api::{StagePhase, Step};
-use crate::reconcile::{wanted_results, Input, JobState, KindStatus, Lineage, Pipeline, StageProgress, StepResults};
+use crate::reconcile::{
+    wanted_results, Input, JobState, KindStatus, Lineage, Pipeline, Policy, StageProgress, StepResults,
+};
 use crate::{Error, Result};
 
 /// Results kept in memory; the least recently used are read again when needed.
@@ -63,7 +65,14 @@ impl Results {
         let mut found = BTreeMap::new();
         let mut absent = BTreeSet::new();
         loop {
-            let input = Input { resource, lineage, jobs, results: &found, progress: &StageProgress::new() };
+            let input = Input {
+                resource,
+                lineage,
+                jobs,
+                results: &found,
+                progress: &StageProgress::new(),
+                policy: &Policy::default(),
+            };
             let wanted: Vec<(String, Step)> = wanted_results(&input)
                 .into_iter()
                 .filter(|(o, _)| !found.contains_key(o) && !absent.contains(o))

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use mira_operator::api::{RubricSet, SourceGroup};
-use mira_operator::reconcile::{reconcile, Input, JobState, Lineage, Pipeline, StageProgress};
+use mira_operator::reconcile::{reconcile, Input, JobState, Lineage, Pipeline, Policy, StageProgress};
 use scorer_runner::plan::{ClusterResult, GroupDef, StepResult};
 use serde_json::Value;
 
@@ -93,7 +93,14 @@ fn pass<K: Pipeline>(
     jobs: &BTreeMap<String, JobState>,
     results: &BTreeMap<String, Arc<StepResult>>,
 ) {
-    let input = Input { resource: &*object, lineage, jobs, results, progress: &StageProgress::new() };
+    let input = Input {
+        resource: &*object,
+        lineage,
+        jobs,
+        results,
+        progress: &StageProgress::new(),
+        policy: &Policy::default(),
+    };
     let output = reconcile(&input, &Time(Timestamp::now()));
     *object.status_mut() = Some(output.status);
 }

@@ -377,6 +377,26 @@ pub enum ModelSpec {
     },
 }
 
+/// The `url` of every endpoint model spec in a serialized plan (its teacher, embedder, judge,
+/// wherever it names one): what the operator checks against its allowed endpoint hosts.
+pub fn endpoint_urls(plan: &serde_json::Value) -> Vec<String> {
+    let mut urls = Vec::new();
+    let mut stack = vec![plan];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("kind").and_then(|k| k.as_str()) == Some("endpoint") {
+                    urls.extend(map.get("url").and_then(|u| u.as_str()).map(str::to_string));
+                }
+                stack.extend(map.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    urls
+}
+
 /// How a step puts sampled records to the teacher: the model, the score scale, the sample's seed
 /// and the read limits. Discover and label share it (flattened into their plans' JSON).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -54,6 +54,11 @@ pub struct JobTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
+    /// Most disk a worker's scratch space (models copied from S3, shard copies) may fill before
+    /// the kubelet evicts the worker, for example `200Gi` for a large local teacher. Default
+    /// `100Gi`: a runaway worker cannot fill its node's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_size_limit: Option<Quantity>,
 }
 
 /// Compute resources of one worker. Requests equal limits for memory, so a worker is never

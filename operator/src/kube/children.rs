@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Volume, VolumeMount,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -32,6 +32,12 @@ const PLAN_KEY: &str = "plan.json";
 const SCRATCH: &str = "/scratch";
 const DEFAULT_BACKOFF_LIMIT: i32 = 3;
 const DEFAULT_TTL_SECONDS: i32 = 86_400;
+const DEFAULT_SCRATCH_LIMIT: &str = "100Gi";
+/// `/tmp` holds only small spills: the runner writes large files under the scratch volume.
+const TMP_LIMIT: &str = "1Gi";
+/// The workers' user and group (the one the runner images declare): never root, whatever image
+/// a resource names.
+const WORKER_UID: i64 = 65532;
 
 /// The project's own labels on every child: never the resource's labels, which GitOps tools
 /// would then claim and prune.
@@ -142,11 +148,12 @@ pub fn job(
         }),
         ..Default::default()
     };
-    let empty_dir = |name: &str| Volume {
+    let empty_dir = |name: &str, limit: Quantity| Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(limit), ..Default::default() }),
         ..Default::default()
     };
+    let scratch_limit = template.scratch_size_limit.clone().unwrap_or_else(|| Quantity(DEFAULT_SCRATCH_LIMIT.into()));
     let pod = PodSpec {
         restart_policy: Some("Never".into()),
         containers: vec![container],
@@ -156,9 +163,18 @@ pub fn job(
                 config_map: Some(ConfigMapVolumeSource { name: request.name.clone(), ..Default::default() }),
                 ..Default::default()
             },
-            empty_dir("scratch"),
-            empty_dir("tmp"),
+            empty_dir("scratch", scratch_limit),
+            empty_dir("tmp", Quantity(TMP_LIMIT.into())),
         ]),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(WORKER_UID),
+            run_as_group: Some(WORKER_UID),
+            fs_group: Some(WORKER_UID),
+            ..Default::default()
+        }),
+        // Workers talk to storage and models, never to the API server.
+        automount_service_account_token: Some(false),
         service_account_name: template.service_account_name.clone(),
         priority_class_name: template.priority_class_name.clone(),
         node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
@@ -298,6 +314,25 @@ mod tests {
         assert!(env.iter().any(|e| e.name == "AWS_ACCESS_KEY_ID"
             && e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name == "s3"));
         assert_eq!(pod.volumes.unwrap()[0].config_map.as_ref().unwrap().name, "filter-score-code-g1-abcd1234");
+    }
+
+    #[test]
+    fn workers_run_as_non_root_without_an_api_token_on_bounded_scratch() {
+        let pod = |template: JobTemplate| {
+            let job = job(&owner(), "ns", "filter", &request(template), Some("default:1")).unwrap();
+            job.spec.unwrap().template.spec.unwrap()
+        };
+        let default = pod(JobTemplate::default());
+        let security = default.security_context.clone().unwrap();
+        assert_eq!((security.run_as_non_root, security.run_as_user), (Some(true), Some(WORKER_UID)));
+        assert_eq!(default.automount_service_account_token, Some(false));
+        let limit = |pod: &PodSpec, name: &str| {
+            let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == name).unwrap();
+            volume.empty_dir.as_ref().unwrap().size_limit.clone().unwrap().0
+        };
+        assert_eq!((limit(&default, "scratch"), limit(&default, "tmp")), ("100Gi".into(), "1Gi".into()));
+        let large = pod(JobTemplate { scratch_size_limit: Some(Quantity("400Gi".into())), ..Default::default() });
+        assert_eq!(limit(&large, "scratch"), "400Gi");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{DistillationJob, FilterRun, RubricSet, SourceGroup, StagePhase, StorageSpec};
 use crate::error::Retry;
-use crate::reconcile::{self, Action, Input, JobState, KindStatus, Lineage, Pipeline, Upstream, UpstreamRef};
+use crate::reconcile::{self, Action, Input, JobState, KindStatus, Lineage, Pipeline, Policy, Upstream, UpstreamRef};
 use crate::results::Results;
 use crate::{Error, Result};
 use backoff::Backoff;
@@ -57,6 +57,8 @@ pub struct Options {
     /// Reconcile again this often while stages run: to refresh their progress in status, and
     /// as a safety net under the Job watches.
     pub progress_refresh: Duration,
+    /// The images, ServiceAccounts and endpoint hosts resources may name.
+    pub policy: Policy,
 }
 
 pub struct LeaseOptions {
@@ -94,6 +96,7 @@ pub async fn run(options: Options) -> Result<()> {
         runner_image: options.runner_image,
         namespace: options.namespace,
         progress_refresh: options.progress_refresh,
+        policy: options.policy,
     });
     let controllers = run_controllers(ctx);
     let outcome = match &leadership {
@@ -124,6 +127,7 @@ struct Context {
     runner_image: Option<String>,
     namespace: Option<String>,
     progress_refresh: Duration,
+    policy: Policy,
 }
 
 impl Context {
@@ -266,8 +270,14 @@ impl<K: Pipeline> Reconciler<'_, K> {
             }
             None => Default::default(),
         };
-        let input =
-            Input { resource: self.object, lineage: &lineage, jobs: &jobs, results: &results, progress: &progress };
+        let input = Input {
+            resource: self.object,
+            lineage: &lineage,
+            jobs: &jobs,
+            results: &results,
+            progress: &progress,
+            policy: &self.ctx.policy,
+        };
         let output = reconcile::reconcile(&input, &Time(Timestamp::now()));
         for action in &output.actions {
             self.apply(&namespace, action).await?;
@@ -321,19 +331,18 @@ impl<K: Pipeline> Reconciler<'_, K> {
         Ok(states)
     }
 
-    /// Storage settings, with the credentials Secret's keys when one is named and the operator
-    /// may read it; otherwise the operator's own credentials (its environment) read the results.
+    /// Storage settings, with the credentials Secret's keys when one is named. A resource that
+    /// names none has its results read with the operator's own credentials (its environment);
+    /// one that names a Secret the operator may not read is not: its results are read with its
+    /// own keys or not at all (the Secret's `get` is refused: `rbac.readSecrets`, or a namespaced
+    /// install), so that no resource reads, through the operator, what its own keys could not.
     async fn storage(&self, namespace: &str, spec: &StorageSpec) -> Result<StorageConfig> {
         let mut config = spec.config();
         let Some(name) = &spec.credentials_secret else { return Ok(config) };
-        let secret = match Api::<Secret>::namespaced(self.ctx.client.clone(), namespace).get(name).await {
-            Ok(secret) => secret,
-            Err(kube::Error::Api(status)) if status.code == 403 => {
-                tracing::debug!(secret = %name, "not allowed to read the credentials Secret; using the operator's own");
-                return Ok(config);
-            }
-            Err(source) => return Err(Error::ReadSecret { secret: format!("{namespace}/{name}"), source }),
-        };
+        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), namespace)
+            .get(name)
+            .await
+            .map_err(|source| Error::ReadSecret { secret: format!("{namespace}/{name}"), source })?;
         let key = |k: &str| secret.data.as_ref()?.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned());
         config.access_key_id = key("AWS_ACCESS_KEY_ID");
         config.secret_access_key = key("AWS_SECRET_ACCESS_KEY");

@@ -20,7 +20,7 @@ use scorer_runner::progress::{self, Snapshot};
 
 use crate::api::{FilterRun, StagePhase};
 use crate::describe;
-use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Pipeline};
+use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Pipeline, Policy};
 use crate::report;
 use crate::results::Results;
 use crate::{Error, Result};
@@ -220,7 +220,15 @@ impl Local {
             None => Default::default(),
         };
         let output = reconcile(
-            &Input { resource: &*object, lineage: &lineage, jobs: &jobs, results: &results, progress: &progress },
+            &Input {
+                resource: &*object,
+                lineage: &lineage,
+                jobs: &jobs,
+                results: &results,
+                progress: &progress,
+                // Whoever runs `mira run` is also who would set an operator's allowlists.
+                policy: &Policy::default(),
+            },
             &Time(Timestamp::now()),
         );
         let mut changed = !output.actions.is_empty();

@@ -11,7 +11,7 @@ use scorer_runner::storage::join;
 
 use super::conditions::{merge, Desired};
 use super::lineage::{gate, Lineage};
-use super::{names, Finished, KindStatus, Pipeline, Planned, SecretEnv, StageDef, StepResults};
+use super::{names, Finished, KindStatus, Pipeline, Planned, Policy, SecretEnv, StageDef, StepResults};
 use crate::api::{JobTemplate, PipelineStatus, StagePhase, StageRecord, Step};
 use crate::Error;
 
@@ -26,6 +26,8 @@ pub struct Input<'a, K> {
     /// The workers' progress by stage output root, read for stages not finished at the start
     /// of the pass.
     pub progress: &'a StageProgress,
+    /// What the resource may ask of the cluster; stages that ask for more fail `NotAllowed`.
+    pub policy: &'a Policy,
 }
 
 /// Progress by stage output root.
@@ -204,6 +206,7 @@ pub fn reconcile<K: Pipeline>(input: &Input<K>, now: &Time) -> Output<K::Status>
         results: input.results,
         progress: input.progress,
         template: input.resource.job_template(),
+        policy: input.policy,
         now,
         actions: Vec::new(),
     };
@@ -304,6 +307,7 @@ struct Tracker<'a> {
     results: &'a StepResults,
     progress: &'a StageProgress,
     template: &'a JobTemplate,
+    policy: &'a Policy,
     now: &'a Time,
     actions: Vec<Action>,
 }
@@ -386,6 +390,10 @@ impl Tracker<'_> {
                 return self.fail(record, reason, message);
             }
             None => {
+                if let Some(refusal) = self.policy.refusal(self.template, &a.plan) {
+                    record.job = None;
+                    return self.fail(record, "NotAllowed".into(), refusal);
+                }
                 self.actions.push(Action::CreatePlanConfigMap {
                     name: job.clone(),
                     step: def.step,

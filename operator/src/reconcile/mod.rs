@@ -16,6 +16,7 @@ mod engine;
 mod filter_run;
 mod lineage;
 pub mod names;
+mod policy;
 mod rubric_set;
 mod source_group;
 
@@ -32,6 +33,7 @@ use serde::Serialize;
 pub use conditions::truncate;
 pub use engine::{reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output, StageProgress};
 pub use lineage::{Lineage, Link, Upstream, UpstreamRef};
+pub use policy::Policy;
 
 use crate::api::{JobTemplate, PipelineStatus, Step, StorageSpec};
 use crate::{Error, Result};

@@ -213,6 +213,7 @@ struct World {
     jobs: BTreeMap<String, JobState>,
     results: StepResults,
     progress: StageProgress,
+    policy: Policy,
 }
 
 impl World {
@@ -225,6 +226,7 @@ impl World {
                 jobs: &self.jobs,
                 results: &self.results,
                 progress: &self.progress,
+                policy: &self.policy,
             },
             &now(),
         );
@@ -408,6 +410,36 @@ fn a_new_source_group_starts_one_cluster_job() {
     );
     assert_eq!(condition(&sg, "Clustered").reason, "Running");
     assert_eq!(sg.status.as_ref().unwrap().pipeline.stage.as_deref(), Some("cluster"));
+}
+
+#[test]
+fn a_stage_asking_for_what_the_policy_refuses_fails_not_allowed_without_a_job() {
+    let mut world = World {
+        policy: Policy { images: vec!["registry.example.com/mira/*".into()], ..Default::default() },
+        ..Default::default()
+    };
+    let mut sg = source_group();
+    sg.spec.job.image = Some("evil.example.org/miner:1".into());
+    let actions = world.pass(&mut sg, &Lineage::default());
+    assert!(created(&actions).is_empty(), "no Job for a refused image");
+    let cluster = record(&sg, "cluster");
+    assert_eq!((cluster.phase, cluster.reason.as_deref()), (StagePhase::Failed, Some("NotAllowed")));
+    assert!(cluster.message.unwrap().contains("evil.example.org/miner:1"));
+    assert_eq!(events(&actions), [(true, "NotAllowed".to_string())]);
+    assert_eq!(condition(&sg, "Clustered").reason, "NotAllowed");
+
+    // The teacher's endpoint host is checked in the plan the stage would run.
+    world.policy = Policy { endpoint_hosts: vec!["*.models.svc.cluster.local".into()], ..Default::default() };
+    let lineage = Lineage { source_group: Some(ready_source_group()), ..Default::default() };
+    let mut rs = rubric_set();
+    let actions = world.pass(&mut rs, &lineage);
+    assert!(created(&actions).is_empty());
+    let refused = stages(&rs).into_iter().find(|r| r.phase == StagePhase::Failed).expect("a refused stage");
+    assert!(refused.message.unwrap().contains("\"teacher\""), "the host is named");
+    world.policy.endpoint_hosts.push("teacher".into());
+    let mut rs = rubric_set();
+    rs.metadata.generation = Some(2);
+    assert!(!created(&world.pass(&mut rs, &lineage)).is_empty(), "an allowed host runs");
 }
 
 #[test]
@@ -986,6 +1018,7 @@ fn wanted_results_are_the_outputs_of_stages_that_can_be_planned() {
             jobs: &world.jobs,
             results: &world.results,
             progress: &world.progress,
+            policy: &world.policy,
         })
     };
     let scores: Vec<(String, Step)> =
