@@ -349,6 +349,27 @@ async fn a_failing_step_shows_the_runners_message_while_a_neighbour_reaches_read
 }
 
 #[tokio::test]
+async fn a_stage_outside_the_operators_allowlists_fails_not_allowed_and_creates_no_job() {
+    let mut fx = Fixture::new("policy").await;
+    fx.start_operator(OperatorOptions {
+        args: vec!["--allowed-images=registry.example.test/mira/*".into()],
+        ..Default::default()
+    });
+    let web = fx.uri("corpus/web/");
+    let manifest = source_group(&fx, "miner", &[("web", &web)], &[("prose", &["web"])])
+        .replace("job: {backoffLimit: 0}", "job: {backoffLimit: 0, image: \"evil.example.org/miner:1\"}");
+    fx.apply(&manifest);
+    let clustered =
+        fx.wait_condition::<SourceGroup>("miner", "Clustered", "False", "NotAllowed", "evil.example.org", STEP).await;
+    assert!(
+        clustered.message.contains("registry.example.test/mira/*"),
+        "the allowlist is named: {}",
+        clustered.message
+    );
+    assert!(fx.jobs("mira.dev/resource=miner").await.is_empty(), "no Job was created");
+}
+
+#[tokio::test]
 async fn invalid_manifests_are_rejected_by_kubectl_apply_with_the_schema_message() {
     let fx = Fixture::new("invalid").await;
     let error = fx.apply_rejected(

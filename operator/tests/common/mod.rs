@@ -202,6 +202,8 @@ pub struct OperatorOptions {
     pub admin: bool,
     /// `--progress-refresh-seconds` (default: the operator's).
     pub progress_refresh: Option<f64>,
+    /// More arguments of `mira operator` (its allowlists, say).
+    pub args: Vec<String>,
 }
 
 /// The Helm binary: `MIRA_HELM` (hack/install-tools.sh env), else `helm` on PATH.
@@ -351,6 +353,7 @@ impl Fixture {
         if let Some(seconds) = options.progress_refresh {
             command.args(["--progress-refresh-seconds", &seconds.to_string()]);
         }
+        command.args(&options.args);
         match &options.lease_identity {
             Some(identity) => {
                 command.args(["--lease-namespace", &self.namespace, "--identity", identity]);
