@@ -33,6 +33,13 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long, default_value_t = 32)]
         max_seqs: usize,
+        /// A file holding the key every request must bear (`Authorization: Bearer <key>`), for
+        /// example a mounted Secret; required to listen beyond loopback.
+        #[arg(long, conflicts_with = "api_key")]
+        api_key_file: Option<PathBuf>,
+        /// The key itself, from the environment (a Secret's env in a Pod).
+        #[arg(long = "api-key-env", env = "MIRA_SERVE_API_KEY", hide_env_values = true, hide = true)]
+        api_key: Option<String>,
     },
 }
 
@@ -45,10 +52,17 @@ async fn run(command: Command, plan: Option<&str>, scratch: PathBuf) -> scorer_r
             steps::run(&ctx, &plan).await.map(Some)
         }
         #[cfg(feature = "llm")]
-        Command::Serve { model, listen, max_seqs } => {
+        Command::Serve { model, listen, max_seqs, api_key_file, api_key } => {
+            let api_key = match api_key_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| scorer_runner::Error::io(path.display().to_string(), e))?,
+                ),
+                None => api_key,
+            };
             let storage = scorer_runner::storage::Storage::new(Default::default());
             let dir = scorer_runner::models::model_dir(&storage, &scratch, &model).await?;
-            scorer_runner::models::serve::serve(&dir, listen, max_seqs).await?;
+            scorer_runner::models::serve::serve(&dir, listen, max_seqs, api_key).await?;
             Ok(None)
         }
     }

@@ -28,11 +28,20 @@ struct Reply {
 }
 
 async fn endpoint(url: &str) -> Chat {
+    endpoint_with_key(url, None).await
+}
+
+/// An endpoint teacher that sends the key in `api_key_env` (an environment variable's name).
+async fn endpoint_with_key(url: &str, api_key_env: Option<&str>) -> Chat {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = common::context(&Default::default(), "t", tmp.path());
     // "default" is the name mistral.rs' server answers to for its one model.
-    let spec =
-        ModelSpec::Endpoint { url: url.into(), model: "default".into(), api_key_env: None, max_concurrency: Some(2) };
+    let spec = ModelSpec::Endpoint {
+        url: url.into(),
+        model: "default".into(),
+        api_key_env: api_key_env.map(str::to_string),
+        max_concurrency: Some(2),
+    };
     Chat::load(&ctx.storage, &ctx.scratch, &spec).await.unwrap()
 }
 
@@ -96,21 +105,34 @@ async fn client_errors_are_not_retried() {
 
 #[cfg(feature = "llm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_openai_compatible_server_answers_under_the_schema() {
+async fn a_real_openai_compatible_server_answers_under_the_schema_to_requests_bearing_its_key() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let hf_home = tempfile::tempdir().unwrap();
+    let key_file = hf_home.path().join("key");
+    std::fs::write(&key_file, "s3cret-teacher-key\n").unwrap();
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_scorer-runner"))
         .args(["serve", "--model", &common::tiny_model("qwen3-tiny"), "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--api-key-file")
+        .arg(&key_file)
         .env("HF_HOME", hf_home.path())
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/v1");
+    let client = reqwest::Client::new();
+    let models = |key: Option<&'static str>| {
+        let request = client.get(format!("{url}/models"));
+        let request = match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        async move { request.send().await.ok().map(|r| r.status().as_u16()) }
+    };
     let ready = async {
         for _ in 0..240 {
-            if reqwest::get(format!("{url}/models")).await.is_ok_and(|r| r.status().is_success()) {
+            if models(Some("s3cret-teacher-key")).await == Some(200) {
                 return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -118,8 +140,11 @@ async fn a_real_openai_compatible_server_answers_under_the_schema() {
         false
     };
     let up = ready.await;
+    let (without, wrong) = (models(None).await, models(Some("guess")).await);
+    // The teacher's spec names the variable that holds the key, as a Job gets it from a Secret.
+    std::env::set_var("MIRA_TEST_TEACHER_KEY", "s3cret-teacher-key");
     let reply = if up {
-        let chat = endpoint(&url).await;
+        let chat = endpoint_with_key(&url, Some("MIRA_TEST_TEACHER_KEY")).await;
         Some(chat.json::<Reply>("Score the text.", "hello world", &schema(), 16, |r| (1..=5).contains(&r.score)).await)
     } else {
         None
@@ -128,4 +153,18 @@ async fn a_real_openai_compatible_server_answers_under_the_schema() {
     server.wait().unwrap();
     let reply = reply.expect("the server did not come up within 60 s").expect("a valid reply");
     assert!((1..=5).contains(&reply.score));
+    assert_eq!((without, wrong), (Some(401), Some(401)), "requests without the key are refused");
+}
+
+#[cfg(feature = "llm")]
+#[test]
+fn serve_refuses_to_listen_beyond_loopback_without_a_key() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scorer-runner"))
+        .args(["serve", "--model", &common::tiny_model("qwen3-tiny"), "--listen", "0.0.0.0:0"])
+        .env_remove("MIRA_SERVE_API_KEY")
+        .env("HF_HOME", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("without an API key"), "{stderr}");
 }
