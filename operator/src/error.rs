@@ -418,6 +418,7 @@ mod tests {
             scorer_runner::Error::Student { uri: "u".into(), message: "x".into() },
             scorer_runner::Error::Tokenizer { uri: "u".into(), message: "x".into() },
             scorer_runner::Error::Model("x".into()),
+            scorer_runner::Error::Endpoint { url: "u".into(), message: "x".into() },
             scorer_runner::Error::UnitsFailed { failed: 1, total: 2, first: "x".into() },
         ];
         let errors = every_error();

@@ -57,6 +57,12 @@ pub enum Error {
     #[error("model: {0}")]
     Model(String),
 
+    /// A model endpoint refused the request (its HTTP status) or could not be reached, after
+    /// the retries a busy server gets: no reply at all, which fails the unit (a reply that does
+    /// not fit the schema is a `Model` error, counted per record).
+    #[error("endpoint {url}: {message}")]
+    Endpoint { url: String, message: String },
+
     #[error("{failed} of {total} units failed; first: {first}")]
     UnitsFailed { failed: usize, total: usize, first: String },
 
@@ -112,7 +118,7 @@ impl Error {
             | Error::Arrow { .. }
             | Error::Plan(_)
             | Error::Json { .. } => Exit::BadInput,
-            Error::Storage { .. } | Error::Io { .. } => Exit::Unreachable,
+            Error::Storage { .. } | Error::Io { .. } | Error::Endpoint { .. } => Exit::Unreachable,
             Error::Student { .. } | Error::Tokenizer { .. } | Error::Model(_) | Error::UnitsFailed { .. } => {
                 Exit::Failed
             }
@@ -130,6 +136,7 @@ impl Error {
             Error::Student { .. } => "StudentError",
             Error::Tokenizer { .. } => "TokenizerError",
             Error::Model(_) => "ModelError",
+            Error::Endpoint { .. } => "EndpointError",
             Error::UnitsFailed { .. } => "UnitsFailed",
             Error::Join(_) => "InternalError",
         }

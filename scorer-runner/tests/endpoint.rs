@@ -100,7 +100,52 @@ async fn client_errors_are_not_retried() {
     let chat = endpoint(&url).await;
     let err = chat.json::<Reply>("s", "u", &schema(), 16, |_| true).await.unwrap_err();
     assert!(err.to_string().contains("400") && err.to_string().contains("bad schema"), "{err}");
+    assert_eq!(err.category(), "EndpointError");
     assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+/// A teacher that refuses every request (a wrong key) fails the label step with its HTTP status,
+/// which becomes the stage's condition message; its records are not counted as replies that did
+/// not fit the schema.
+#[tokio::test]
+async fn a_teacher_refusing_every_request_fails_the_label_step_with_its_http_status() {
+    use mira_testkit::synth::{self, Kind, SynthSource};
+    use scorer_runner::plan::{Dimension, Format, LabelGroup, LabelPlan, Source, TeacherPass, TextSpec};
+
+    let (url, _) = scripted(vec![(401, "{\"error\": \"invalid api key\"}".into())]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    let web = SynthSource {
+        name: "web".into(),
+        kind: Kind::Prose,
+        format: Format::Jsonl,
+        shards: 1,
+        records_per_shard: 8,
+        malformed_every: None,
+    };
+    synth::write_source(&corpus, &web, 1).unwrap();
+    let ctx = common::context(&Default::default(), "w", tmp.path());
+    let source = Source {
+        name: "web".into(),
+        uri: corpus.join("web").display().to_string(),
+        format: None,
+        text: TextSpec::default(),
+        shard_fraction: None,
+    };
+    let dimension =
+        Dimension { id: "care".into(), name: "Care".into(), description: "care".into(), guide: String::new() };
+    let teacher = ModelSpec::Endpoint { url, model: "m".into(), api_key_env: None, max_concurrency: Some(2) };
+    let plan = LabelPlan {
+        storage: Default::default(),
+        output: tmp.path().join("label").display().to_string(),
+        groups: vec![LabelGroup { name: "all".into(), sources: vec![source], dimensions: vec![dimension] }],
+        pass: TeacherPass::new(teacher),
+        records_per_group: 4,
+        records_per_unit: 2,
+    };
+    let err = scorer_runner::steps::label::run(&ctx, &plan).await.unwrap_err();
+    assert!(err.to_string().contains("HTTP 401") && err.to_string().contains("invalid api key"), "{err}");
+    assert!(["EndpointError", "UnitsFailed"].contains(&err.category()), "{}", err.category());
 }
 
 #[cfg(feature = "llm")]

@@ -90,13 +90,14 @@ impl Client {
                 Ok(response) => {
                     let status = response.status();
                     let text = response.text().await.unwrap_or_default();
-                    return Err(Error::Model(format!("{}: HTTP {status}: {}", self.url, super::clip(&text, 300))));
+                    let message = format!("HTTP {status}: {}", super::clip(&text, 300));
+                    return Err(Error::Endpoint { url: self.url.clone(), message });
                 }
                 Err(e) if e.is_timeout() || e.is_connect() => {
                     last = e.to_string();
                     backoff
                 }
-                Err(e) => return Err(Error::Model(format!("{}: {e}", self.url))),
+                Err(e) => return Err(Error::Endpoint { url: self.url.clone(), message: e.to_string() }),
             };
             if attempt < MAX_ATTEMPTS {
                 tracing::warn!(url = %self.url, attempt, error = %last, "retrying");
@@ -104,6 +105,9 @@ impl Client {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        Err(Error::Model(format!("{}: gave up after {MAX_ATTEMPTS} attempts: {last}", self.url)))
+        Err(Error::Endpoint {
+            url: self.url.clone(),
+            message: format!("gave up after {MAX_ATTEMPTS} attempts: {last}"),
+        })
     }
 }
