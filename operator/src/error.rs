@@ -192,6 +192,10 @@ pub enum Error {
     #[error("{0}")]
     NoReliableDimension(String),
 
+    /// Some sources of a FilterRun gave no usable record, or skipped most of theirs.
+    #[error("{0}")]
+    NoUsableRecords(String),
+
     // ---- the command line ----
     /// An argument names nothing that exists, or is not of the expected form.
     #[error("{0}")]
@@ -320,6 +324,7 @@ impl Error {
             Error::Manifest { .. } => "ManifestError",
             Error::InvalidArgument(_) => "InvalidArgument",
             Error::NoReliableDimension(_) => "NoReliableDimension",
+            Error::NoUsableRecords(_) => "NoUsableRecords",
             Error::State { .. } | Error::StateFormat { .. } | Error::StateInUse { .. } | Error::Write { .. } => {
                 "StateError"
             }
@@ -379,6 +384,7 @@ mod tests {
             Error::Interrupted("SIGTERM"),
             Error::InvalidArgument("deploy/x: expected <kind>/<name>".into()),
             Error::NoReliableDimension("every dimension of prose/web is masked".into()),
+            Error::NoUsableRecords("prose/web: scored 0 records".into()),
         ];
         errors
     }

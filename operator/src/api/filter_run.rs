@@ -74,6 +74,12 @@ pub struct FilterRunSpec {
     /// `drawnTokens` counts them).
     #[serde(default)]
     pub on_no_reliable_dimension: NoReliableDimension,
+    /// Let the FilterRun end Ready although a source gave no usable record, or skipped more
+    /// records than it scored (its `Usable` condition says `False` either way). Off, the default:
+    /// it ends `Ready=False`, reason `NoUsableRecords`, and `mira run` exits non-zero, so that a
+    /// `text.field` or Parquet column that matches nothing never passes for a selection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unusable_sources: bool,
     /// The score, threshold and select Jobs.
     #[serde(default)]
     pub job: JobTemplate,

@@ -134,6 +134,7 @@ fn filter_run() -> FilterRun {
             trim: None,
             output: "s3://bucket/kept".into(),
             on_no_reliable_dimension: NoReliableDimension::default(),
+            allow_unusable_sources: false,
             job: JobTemplate::default(),
         },
     );

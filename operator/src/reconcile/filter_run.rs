@@ -167,25 +167,13 @@ impl Pipeline for FilterRun {
     /// no usable record, or skipped more records than it scored: most often a `text.field` or a
     /// Parquet column that matches nothing, which would otherwise end Ready with nothing kept.
     fn findings(status: &FilterRunStatus) -> Vec<Desired> {
-        let scored: Vec<(&str, &SourceScored)> =
-            status.groups.iter().flat_map(|g| g.sources.iter().map(move |s| (g.name.as_str(), s))).collect();
-        if scored.is_empty() {
+        if status.groups.iter().all(|g| g.sources.is_empty()) {
             return Vec::new();
         }
-        let unusable: Vec<String> = scored
-            .iter()
-            .filter(|(_, s)| s.records == 0 || s.skipped_records() > s.records)
-            .map(|(group, s)| format!("{group}/{}: {}", s.name, skip_summary(s)))
-            .collect();
-        if unusable.is_empty() {
-            return vec![Desired::new("Usable", true, "Usable", "every source scored more records than it skipped")];
+        match unusable(status) {
+            None => vec![Desired::new("Usable", true, "Usable", "every source scored more records than it skipped")],
+            Some(message) => vec![Desired::new("Usable", false, "NoUsableRecords", message)],
         }
-        let message = format!(
-            "sources that gave no usable record or skipped most of them (check text.field, text.messagesField and the \
-             format): {}",
-            unusable.join("; ")
-        );
-        vec![Desired::new("Usable", false, "NoUsableRecords", message)]
     }
 
     fn highlights(status: &FilterRunStatus) -> Vec<String> {
@@ -291,8 +279,32 @@ impl Pipeline for FilterRun {
             let share = if t.total_tokens > 0 { 100.0 * t.kept_tokens as f64 / t.total_tokens as f64 } else { 0.0 };
             format!("{share:.1}% of {} tokens", si(t.total_tokens as f64))
         });
-        Ok(())
+        match unusable(status) {
+            Some(message) if !self.spec.allow_unusable_sources => Err(Error::NoUsableRecords(format!(
+                "{message}; fix the sources, or set spec.allowUnusableSources: true to keep the selection of the rest"
+            ))),
+            _ => Ok(()),
+        }
     }
+}
+
+/// The sources that gave no usable record or skipped more than they scored, said for a user, if
+/// any.
+fn unusable(status: &FilterRunStatus) -> Option<String> {
+    let unusable: Vec<String> = status
+        .groups
+        .iter()
+        .flat_map(|g| g.sources.iter().map(move |s| (g.name.as_str(), s)))
+        .filter(|(_, s)| s.records == 0 || s.skipped_records() > s.records)
+        .map(|(group, s)| format!("{group}/{}: {}", s.name, skip_summary(s)))
+        .collect();
+    (!unusable.is_empty()).then(|| {
+        format!(
+            "sources that gave no usable record or skipped most of them (check text.field, text.messagesField and the \
+             format): {}",
+            unusable.join("; ")
+        )
+    })
 }
 
 /// `scored 351 records, skipped 9 (invalid_json 3, missing_text 6)`.

@@ -178,6 +178,7 @@ fn filter_run(policy: CutPolicy) -> FilterRun {
             trim: None,
             output: "s3://bucket/kept".into(),
             on_no_reliable_dimension: NoReliableDimension::Fail,
+            allow_unusable_sources: false,
             job: JobTemplate::default(),
         },
     );
@@ -994,6 +995,32 @@ fn a_finished_filter_run_reports_kept_tokens_per_group_and_in_total() {
     );
     assert!(highlights[0].ends_with("; 110 of those tokens by a draw among tied scores"), "{}", highlights[0]);
     assert!(status.groups.iter().all(|g| g.drawn_tokens == Some(110)), "ranked 400, drawn 110 in each group");
+}
+
+#[test]
+fn a_source_with_no_usable_record_fails_the_filter_run_unless_allowed() {
+    let lineage = full_lineage();
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    run_to_completion(&mut world, &mut fr, &lineage);
+    // The prose group's one source read nothing usable (a text field that matches nothing).
+    let score = record(&fr, "score/prose");
+    let mut result: ScoreResult = serde_json::from_value(result_of(&score)).unwrap();
+    let mut web = result.groups[0].clone();
+    (web.source, web.records, web.skipped) = (Some("web".into()), 0, plan::SkipCounts::default());
+    web.skipped.add_reason("missing_text", "s3://corpus/web/0.jsonl", 0);
+    result.sources = vec![web];
+    world.results.insert(score.output.clone(), Arc::new(StepResult::Score(result)));
+    world.pass(&mut fr, &lineage);
+    let ready = condition(&fr, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoUsableRecords"));
+    assert!(ready.message.contains("prose/web: scored 0 records") && ready.message.contains("allowUnusableSources"));
+    assert_eq!(condition(&fr, "Usable").status, "False");
+
+    fr.spec.allow_unusable_sources = true;
+    fr.metadata.generation = Some(2);
+    run_to_completion(&mut world, &mut fr, &lineage);
+    assert_eq!(condition(&fr, "Ready").status, "True", "allowed: Ready, and still Usable=False");
+    assert_eq!(condition(&fr, "Usable").status, "False");
 }
 
 #[test]
