@@ -226,16 +226,20 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
         )
         .await
         .expect("select");
-        let cut = &manifest.thresholds.cuts[0].cut;
-        assert_eq!(manifest.total.kept_tokens, cut.kept_tokens);
-        assert!(cut.kept_tokens.abs_diff(cut.target_tokens) <= cut.error_bound_tokens);
-        // A random-weight embedding student ties every record: the draw still cuts to within a
-        // record of the target. (The random judge answers no record in the schema: none scored.)
-        let total = &manifest.total;
-        if total.total_records > 0 {
-            let longest = total.total_tokens - (total.total_records - 1);
-            assert!(cut.error_bound_tokens <= longest && cut.kept_tokens < cut.total_tokens, "{cut:?}");
-            assert!(cut.tie.as_ref().is_some_and(|t| t.tokens > 0), "{cut:?}");
+        // One global cut, and one of its own for each source the mask left no dimension (the
+        // random students' agreement decides which): together they keep what select kept.
+        let cuts = &manifest.thresholds.cuts;
+        assert_eq!(manifest.total.kept_tokens, cuts.iter().map(|c| c.cut.kept_tokens).sum::<u64>(), "{cuts:?}");
+        for cut in cuts.iter().map(|c| &c.cut) {
+            assert!(cut.kept_tokens.abs_diff(cut.target_tokens) <= cut.error_bound_tokens, "{cut:?}");
+            // A random-weight embedding student ties every record: the draw still cuts to within
+            // a record of the target. (The random judge answers no record in the schema: none
+            // scored.)
+            if cut.total_records > 0 {
+                let longest = cut.total_tokens - (cut.total_records - 1);
+                assert!(cut.error_bound_tokens <= longest && cut.kept_tokens < cut.total_tokens, "{cut:?}");
+                assert!(cut.tie.as_ref().is_some_and(|t| t.tokens > 0), "{cut:?}");
+            }
         }
     }
 }
