@@ -58,8 +58,9 @@ step "README's first command"
 hack/demo.sh "$state/demo" | tee "$state/demo.log"
 # What the README promises of it: a report per FilterRun, the curated chain scoring by its
 # signal dimension, and every FilterRun keeping half of its tokens (the cuts are exact to a record).
-for fr in half curated; do
-  grep -q "^report: .*/reports/default/$fr.html$" "$state/demo.log" || die "the demo names no report of $fr"
+for out in selected curated; do
+  grep -q "^report: .*/out/$out/report.html$" "$state/demo.log" || die "the demo names no report in out/$out"
+  [[ -s "$state/demo/out/$out/report.html" ]] || die "the demo wrote no report in out/$out"
 done
 grep -q "group prose: scores by signal; masked noise" "$state/demo.log" || die "the curated chain does not score by signal"
 awk '/^  total: kept [0-9]+ of [0-9]+ tokens/ { n++; share = $3 / $5; if (share < 0.45 || share > 0.55) bad++ }

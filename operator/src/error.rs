@@ -50,6 +50,14 @@ pub enum Error {
     #[error("reading step results")]
     ReadResult(#[source] scorer_runner::Error),
 
+    /// Writing a FilterRun's run report failed.
+    #[error("writing the run report {uri}")]
+    WriteReport {
+        uri: String,
+        #[source]
+        source: scorer_runner::Error,
+    },
+
     // ---- Kubernetes API calls ----
     #[error("connecting to the API server")]
     Connect(#[source] kube::Error),
@@ -272,6 +280,7 @@ impl Error {
         }
         match self {
             Error::ReadResult(_)
+            | Error::WriteReport { .. }
             | Error::State { .. }
             | Error::StateInUse { .. }
             | Error::Write { .. }
@@ -308,7 +317,7 @@ impl Error {
             Error::InvalidObject(_) => "InvalidObject",
             Error::WritePlan { .. } => "InternalError",
             Error::InvalidResult { .. } | Error::UnexpectedResult { .. } => "InvalidResult",
-            Error::ReadResult(_) => "StorageError",
+            Error::ReadResult(_) | Error::WriteReport { .. } => "StorageError",
             Error::Connect(_)
             | Error::GetObject { .. }
             | Error::ListJobs(_)
@@ -358,6 +367,7 @@ mod tests {
             Error::InvalidResult { uri: "u".into(), source: json() },
             Error::UnexpectedResult { uri: "u".into(), found: Step::Score },
             Error::ReadResult(scorer_runner::Error::NotFound("u".into())),
+            Error::WriteReport { uri: "u".into(), source: scorer_runner::Error::NotFound("u".into()) },
             Error::Connect(kube()),
             Error::GetObject { object: "RubricSet n/r".into(), source: kube() },
             Error::ListJobs(kube()),

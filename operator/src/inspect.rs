@@ -75,7 +75,7 @@ pub async fn status(target: &str, namespace: Option<String>) -> Result<()> {
 /// the stage results they point to, read with this machine's storage credentials (the standard
 /// AWS chain: environment, profile, ...). Written to `out`, by default `<name>-report.html`
 /// here; returns its path.
-pub async fn report(target: &str, namespace: Option<String>, out: Option<PathBuf>) -> Result<PathBuf> {
+pub async fn report(target: &str, namespace: Option<String>, out: Option<PathBuf>) -> Result<String> {
     let name = filter_run_name(target)?;
     let client = Client::try_default().await.map_err(Error::Connect)?;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
@@ -85,8 +85,9 @@ pub async fn report(target: &str, namespace: Option<String>, out: Option<PathBuf
     let lineage = cluster::fetch_lineage(&client, &namespace, filter_run.upstream_ref()).await?;
     let storage = lineage.source_group.as_ref().map(|sg| sg.spec.storage.config()).unwrap_or_default();
     let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}-report.html")));
-    report::Run::gather(filter_run, lineage, &storage).await?.write(&path)?;
-    Ok(path)
+    let uri = path.display().to_string();
+    report::Run::gather(filter_run, lineage, &storage).await?.put(&storage, &uri).await?;
+    Ok(uri)
 }
 
 async fn list<K: Pipeline>(client: &Client, namespace: &str) -> Result<Vec<K>> {

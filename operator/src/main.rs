@@ -64,8 +64,8 @@ enum Command {
         /// The namespace on the cluster (default: the kubeconfig context's).
         #[arg(short = 'n', long, conflicts_with = "manifests")]
         namespace: Option<String>,
-        /// The HTML file (default: `<state>/reports/<namespace>/<name>.html` for a local run,
-        /// `<name>-report.html` for a cluster's).
+        /// The HTML file (default: for a local run, its `status.report` next to the selected
+        /// records, where `mira run` writes it; for a cluster's, `<name>-report.html` here).
         #[arg(short = 'o', long)]
         out: Option<PathBuf>,
     },
@@ -152,7 +152,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 }
                 None => mira_operator::inspect::report(&target, namespace, out).await?,
             };
-            println!("{}", path.display());
+            println!("{path}");
         }
         Command::Run { manifests, state, parallel } => {
             let ready = local::run(local::Options { manifests, state, parallel }).await?;

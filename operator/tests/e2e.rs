@@ -184,6 +184,13 @@ async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest(
     let total = status.total.as_ref().expect("a total once every group is selected");
     assert_eq!(total.total_records, 360);
 
+    // The run report, written next to the kept records before the status that links it.
+    let report = status.report.as_deref().expect("a Ready FilterRun links its run report");
+    assert!(report.starts_with(&fx.uri("kept")) && report.ends_with("/report.html"), "{report}");
+    let html = fx.storage.get(report).await.unwrap_or_else(|e| panic!("no report at {report}: {e}"));
+    let html = String::from_utf8_lossy(&html);
+    assert!(html.contains("id=\"scores-prose\"") && html.contains("id=\"kept\"") && html.contains("<svg"), "{html}");
+
     // Every stage reports its end in its own Event, related to its Job.
     let events = Api::<Event>::namespaced(fx.client.clone(), &fx.namespace).list(&Default::default()).await.unwrap();
     for stage in &status.pipeline.stages {

@@ -172,7 +172,7 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
     // The report: written when the FilterRun is Ready, and again on demand by `mira report`;
     // every figure laid out with its marks in a real browser.
     let report = stdout.lines().find_map(|l| l.strip_prefix("report: ")).map(PathBuf::from).expect("a report line");
-    assert_eq!(report, dir.path().join(".mira/reports/default/filter.html").canonicalize().unwrap());
+    assert_eq!(report, dir.path().join("kept/report.html").canonicalize().unwrap(), "next to the kept records");
     check_report_renders(&report, &["prose", "technical"]);
     let again = dir.path().join("again.html");
     let out = Command::new(env!("CARGO_BIN_EXE_mira"))

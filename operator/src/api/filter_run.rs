@@ -122,6 +122,11 @@ pub struct FilterRunStatus {
     /// tokens` (the `Kept` column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_share: Option<String>,
+    /// The run report, one HTML file (groups, dimensions, agreement and masks, score
+    /// distributions and cuts, kept tokens per source), written next to the selected records
+    /// once every group is selected, and again whenever the selection changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
 }
 
 /// One group's filtering.

@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{DistillationJob, FilterRun, RubricSet, SourceGroup, StagePhase, StorageSpec};
 use crate::error::Retry;
 use crate::reconcile::{self, Action, Input, JobState, KindStatus, Lineage, Pipeline, Policy, Upstream, UpstreamRef};
+use crate::report;
 use crate::results::Results;
 use crate::{Error, Result};
 use backoff::Backoff;
@@ -263,11 +264,12 @@ impl<K: Pipeline> Reconciler<'_, K> {
             self.object.namespace().ok_or_else(|| Error::InvalidSpec("MIRA resources are namespaced".into()))?;
         let lineage = self.lineage(&namespace).await?;
         let jobs = self.jobs(&namespace).await?;
-        let (results, progress) = match self.object.storage(&lineage) {
-            Some(spec) => {
-                let config = self.storage(&namespace, spec).await?;
-                self.ctx.results.observe(self.object, &lineage, &jobs, &config).await?
-            }
+        let config = match self.object.storage(&lineage) {
+            Some(spec) => Some(self.storage(&namespace, spec).await?),
+            None => None,
+        };
+        let (results, progress) = match &config {
+            Some(config) => self.ctx.results.observe(self.object, &lineage, &jobs, config).await?,
             None => Default::default(),
         };
         let input = Input {
@@ -288,6 +290,13 @@ impl<K: Pipeline> Reconciler<'_, K> {
             .stages
             .iter()
             .any(|r| matches!(r.phase, StagePhase::Pending | StagePhase::Running));
+        // Before the status that records the new revision: a report that failed to be written
+        // is written again on the next pass.
+        if let Some(config) = &config {
+            if let Some(uri) = report::write_if_filter_run(self.object, &output.status, &lineage, config).await? {
+                tracing::info!(kind = %K::kind(&()), name = %self.object.name_any(), %uri, "wrote the run report");
+            }
+        }
         if self.object.status() != Some(&output.status) {
             self.write_status(&namespace, &output.status).await?;
         }

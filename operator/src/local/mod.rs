@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use scorer_runner::progress::{self, Snapshot};
 
-use crate::api::{FilterRun, StagePhase};
+use crate::api::StagePhase;
 use crate::describe;
 use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Pipeline, Policy};
 use crate::report;
@@ -108,18 +108,18 @@ pub async fn run(options: Options) -> Result<bool> {
         describe_all(&resources.filter_runs),
     ];
     for filter_run in &resources.filter_runs {
-        if filter_run.status.as_ref().is_some_and(|s| s.pipeline.ready_at(filter_run.metadata.generation)) {
-            let path = report::local_path(&state_dir, filter_run);
-            write_report(&resources, filter_run, &path).await?;
-            println!("report: {}", path.display());
+        let status = filter_run.status.as_ref().filter(|s| s.pipeline.ready_at(filter_run.metadata.generation));
+        if let Some(report) = status.and_then(|s| s.report.as_deref()) {
+            println!("report: {report}");
         }
     }
     Ok(ready.iter().all(|r| *r))
 }
 
 /// `mira report -f <manifests>`: the report of the FilterRun `name` as a local run (perhaps
-/// still going) left it, written to `out` (by default where `mira run` writes it); its path.
-pub async fn report(manifests: &Path, state: Option<PathBuf>, name: &str, out: Option<PathBuf>) -> Result<PathBuf> {
+/// still going) left it, written to `out`: by default where the run writes it
+/// (`status.report`), or `<name>-report.html` here before the FilterRun has selected.
+pub async fn report(manifests: &Path, state: Option<PathBuf>, name: &str, out: Option<PathBuf>) -> Result<String> {
     let manifests = std::path::absolute(manifests)
         .map_err(|e| Error::Manifest { path: manifests.to_path_buf(), message: e.to_string() })?;
     let mut resources = manifests::load(&manifests)?;
@@ -130,15 +130,16 @@ pub async fn report(manifests: &Path, state: Option<PathBuf>, name: &str, out: O
         .iter()
         .find(|f| f.name_any() == name)
         .ok_or_else(|| Error::InvalidArgument(format!("no FilterRun {name:?} in {}", manifests.display())))?;
-    let path = out.unwrap_or_else(|| report::local_path(&state_dir, filter_run));
-    write_report(&resources, filter_run, &path).await?;
-    Ok(path)
-}
-
-async fn write_report(resources: &Resources, filter_run: &FilterRun, path: &Path) -> Result<()> {
+    let uri = match out {
+        Some(path) => path.display().to_string(),
+        None => {
+            filter_run.status.as_ref().and_then(|s| s.report.clone()).unwrap_or_else(|| format!("{name}-report.html"))
+        }
+    };
     let lineage = resources.lineage(&filter_run.namespace().unwrap_or_default(), filter_run.upstream_ref());
     let storage = lineage.source_group.as_ref().map(|sg| sg.spec.storage.config()).unwrap_or_default();
-    report::Run::gather(filter_run.clone(), lineage, &storage).await?.write(path)
+    report::Run::gather(filter_run.clone(), lineage, &storage).await?.put(&storage, &uri).await?;
+    Ok(uri)
 }
 
 /// SIGINT and SIGTERM, which stop the run and its stage processes with it: without a handler
@@ -231,6 +232,12 @@ impl Local {
             },
             &Time(Timestamp::now()),
         );
+        if let Some(storage) = object.storage(&lineage) {
+            let config = storage.config();
+            if let Some(uri) = report::write_if_filter_run(&*object, &output.status, &lineage, &config).await? {
+                self.console.line(&format!("- {} {}: wrote the run report {uri}", K::kind(&()), object.name_any()));
+            }
+        }
         let mut changed = !output.actions.is_empty();
         for action in output.actions {
             self.apply(&*object, action)?;

@@ -275,6 +275,7 @@ impl Pipeline for FilterRun {
         }
         status.groups = groups;
         status.total = total.filter(|_| !status.groups.is_empty());
+        status.report = status.total.as_ref().map(|_| join(&self.spec.output, REPORT_FILE));
         status.kept_share = status.total.as_ref().map(|t| {
             let share = if t.total_tokens > 0 { 100.0 * t.kept_tokens as f64 / t.total_tokens as f64 } else { 0.0 };
             format!("{share:.1}% of {} tokens", si(t.total_tokens as f64))
@@ -287,6 +288,9 @@ impl Pipeline for FilterRun {
         }
     }
 }
+
+/// The run report's name under the FilterRun's output.
+const REPORT_FILE: &str = "report.html";
 
 /// The sources that gave no usable record or skipped more than they scored, said for a user, if
 /// any.

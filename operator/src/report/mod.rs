@@ -7,13 +7,15 @@
 //! The figures come from the four resources' statuses and from the stage results they point
 //! to (score histograms, select manifests, discovery proposals), read in full from storage: the
 //! statuses hold summaries only. The same [`Run`] is gathered from a local run's state
-//! directory or from a cluster, and `mira run` writes the report when a FilterRun is Ready.
+//! directory or from a cluster. Both adapters write it to the FilterRun's `status.report` (next
+//! to the selected records) when the FilterRun turns Ready at a new revision
+//! ([`write_when_new`]); `mira report` writes it on demand.
 
 mod charts;
 mod page;
 
+use std::any::Any;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use kube::ResourceExt;
 use scorer_runner::plan::{Manifest, ScoreResult, Step, StorageConfig};
@@ -21,8 +23,8 @@ use scorer_runner::steps::discover::Proposal;
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::{join, Storage};
 
-use crate::api::{DistillationJob, FilterRun, RubricSet, SourceGroup, StagePhase};
-use crate::reconcile::Lineage;
+use crate::api::{DistillationJob, FilterRun, FilterRunStatus, RubricSet, SourceGroup, StagePhase};
+use crate::reconcile::{Lineage, Pipeline};
 use crate::{Error, Result};
 
 /// Everything a report shows.
@@ -84,22 +86,49 @@ impl Run {
         page::render(self)
     }
 
-    /// Writes the report to `path` (its directory created), whole or not at all.
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
-        let file = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::write(dir, e))?;
-        std::fs::write(file.path(), self.html()).map_err(|e| Error::write(path, e))?;
-        file.persist(path).map_err(|e| Error::write(path, e.error))?;
-        Ok(())
+    /// Writes the report to `uri` (an `s3://` URI or a path), whole or not at all.
+    pub async fn put(&self, storage: &StorageConfig, uri: &str) -> Result<()> {
+        Storage::new(storage.clone())
+            .put(uri, self.html().into())
+            .await
+            .map_err(|source| Error::WriteReport { uri: uri.to_string(), source })
     }
 }
 
-/// Where `mira run` writes the report of a FilterRun: `reports/<namespace>/<name>.html` in its
-/// state directory.
-pub fn local_path(state: &Path, filter_run: &FilterRun) -> PathBuf {
-    state
-        .join("reports")
-        .join(filter_run.namespace().unwrap_or_default())
-        .join(format!("{}.html", filter_run.name_any()))
+/// Writes the report of `filter_run` to its `status.report` when `status` (its status after this
+/// pass) is Ready at a revision the resource's current status does not have yet: once per
+/// selection, whichever adapter runs it. Returns where it wrote, if it did.
+pub async fn write_when_new(
+    filter_run: &FilterRun,
+    status: &FilterRunStatus,
+    lineage: &Lineage,
+    storage: &StorageConfig,
+) -> Result<Option<String>> {
+    let (Some(uri), Some(revision)) = (&status.report, &status.pipeline.revision) else { return Ok(None) };
+    if filter_run.status.as_ref().and_then(|s| s.pipeline.revision.as_ref()) == Some(revision) {
+        return Ok(None);
+    }
+    let mut updated = filter_run.clone();
+    updated.status = Some(status.clone());
+    Run::gather(updated, lineage.clone(), storage).await?.put(storage, uri).await?;
+    Ok(Some(uri.clone()))
+}
+
+/// [`write_when_new`] when `object` is a FilterRun (for the adapters, which handle every kind
+/// alike); nothing for the other kinds.
+pub async fn write_if_filter_run<K: Pipeline>(
+    object: &K,
+    status: &K::Status,
+    lineage: &Lineage,
+    storage: &StorageConfig,
+) -> Result<Option<String>>
+where
+    K::Status: 'static,
+{
+    let filter_run = (object as &dyn Any).downcast_ref::<FilterRun>();
+    let status = (status as &dyn Any).downcast_ref::<FilterRunStatus>();
+    match (filter_run, status) {
+        (Some(filter_run), Some(status)) => write_when_new(filter_run, status, lineage, storage).await,
+        _ => Ok(None),
+    }
 }
