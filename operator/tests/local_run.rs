@@ -375,6 +375,11 @@ fn manifests_are_checked_as_the_api_server_would() {
         ),
         (filter_run("retention: 0.5, policy: global, groupRetention: {g: 0.3}"), "groupRetention"),
         (filter_run("retention: 1.5"), "retention must be in (0, 1]"),
+        (filter_run("retention: 0.5").replace("name: f", "name: ../f"), "metadata.name \"../f\" must be a DNS"),
+        (
+            filter_run("retention: 0.5").replace("name: f", "name: f, namespace: ../ns"),
+            "metadata.namespace \"../ns\" must be a DNS label",
+        ),
     ] {
         std::fs::write(dir.path().join("m.yaml"), &manifest).unwrap();
         let (code, stdout, stderr) = mira_in(dir.path(), &["-f", "m.yaml"]);

@@ -147,11 +147,35 @@ fn object<K: DeserializeOwned + Serialize + CustomResourceExt + Resource>(
     value: serde_yaml::Value,
 ) -> Result<K, String> {
     let mut object: K = super::validate::object(value)?;
-    if object.meta().name.as_deref().unwrap_or_default().is_empty() {
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    if name.is_empty() {
         return Err("metadata.name is required".into());
     }
-    object.meta_mut().namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.into());
+    // As the API server checks them; anything else (`../x`) would also make state and output
+    // paths that leave their roots.
+    if name.len() > 253 || !name.split('.').all(|part| dns_part(part, usize::MAX)) {
+        return Err(format!(
+            "metadata.name {name:?} must be a DNS subdomain: lowercase letters, digits, '-' and '.', starting and \
+             ending with a letter or digit"
+        ));
+    }
+    let namespace = object.meta_mut().namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.into());
+    if !dns_part(namespace, 63) {
+        return Err(format!(
+            "metadata.namespace {namespace:?} must be a DNS label: lowercase letters, digits and '-', at most 63"
+        ));
+    }
     Ok(object)
+}
+
+/// One RFC 1123 label of at most `max` characters: lowercase letters, digits and '-', starting
+/// and ending with a letter or digit.
+fn dns_part(part: &str, max: usize) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    part.len() <= max
+        && edge(part.chars().next())
+        && edge(part.chars().last())
+        && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn add<K: Resource>(objects: &mut Vec<K>, object: K) -> Result<(), String> {
