@@ -13,6 +13,10 @@ pub struct Histogram {
     pub records: Vec<u64>,
 }
 
+/// Histograms of different ranges or bin counts, which cannot be added up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DifferentShapes;
+
 /// Serialized form: only non-empty bins, as `[bin, tokens, records]`.
 #[derive(Serialize, Deserialize)]
 struct SparseHistogram {
@@ -130,6 +134,21 @@ impl Histogram {
             self.tokens[b] += other.tokens[b];
             self.records[b] += other.records[b];
         }
+    }
+
+    /// The sum of `histograms`: `Ok(None)` for none, `Err` naming nothing but the fact when
+    /// their shapes (range or bins) differ, which only students on different scales give.
+    pub fn sum<'a>(histograms: impl IntoIterator<Item = &'a Histogram>) -> Result<Option<Histogram>, DifferentShapes> {
+        let mut histograms = histograms.into_iter();
+        let Some(first) = histograms.next() else { return Ok(None) };
+        let mut sum = first.clone();
+        for h in histograms {
+            if !sum.same_shape(h) {
+                return Err(DifferentShapes);
+            }
+            sum.merge(h);
+        }
+        Ok(Some(sum))
     }
 
     pub fn total_tokens(&self) -> u64 {

@@ -77,14 +77,19 @@ impl LengthSample {
         spearman(&tokens, &scores)
     }
 
-    /// The share of tokens `cut` keeps in each tenth of the sample, shortest records first.
-    pub fn kept_by_decile(&self, histogram: &Histogram, cut: &Cut) -> Vec<LengthDecile> {
+    /// The sample by length (shortest first, ties by key) cut into tenths, empty ones left out
+    /// (a sample of fewer than ten records).
+    pub fn deciles(&self) -> Vec<Vec<(u64, u64, f32)>> {
         let mut by_length = self.points.clone();
         by_length.sort_unstable_by_key(|&(key, tokens, _)| (tokens, key));
         let n = by_length.len();
-        (0..10)
-            .map(|d| &by_length[d * n / 10..(d + 1) * n / 10])
-            .filter(|decile| !decile.is_empty())
+        (0..10).map(|d| by_length[d * n / 10..(d + 1) * n / 10].to_vec()).filter(|decile| !decile.is_empty()).collect()
+    }
+
+    /// The share of tokens `cut` keeps in each tenth of the sample, shortest records first.
+    pub fn kept_by_decile(&self, histogram: &Histogram, cut: &Cut) -> Vec<LengthDecile> {
+        self.deciles()
+            .into_iter()
             .map(|decile| {
                 let total: u64 = decile.iter().map(|&(_, t, _)| t).sum();
                 let kept: u64 = decile

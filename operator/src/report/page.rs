@@ -225,15 +225,19 @@ fn groups(run: &Run) -> Vec<Group> {
                 validation_records: student.map(|s| s.validation_records),
                 scores: (!of_group.is_empty()).then(|| {
                     let merged = |unranked: bool| {
-                        merge(of_group.iter().filter(|s| s.unranked == unranked).map(|s| &s.histogram))
+                        Histogram::sum(of_group.iter().filter(|s| s.unranked == unranked).map(|s| &s.histogram))
                     };
                     let lines: Vec<(String, f64)> = cuts
                         .iter()
                         .filter(|c| !unranked.iter().any(|u| c.scope == format!("{}/{u}", g.name)))
                         .map(|c| (c.scope.clone(), c.cut.threshold))
                         .collect();
-                    match merged(false).or_else(|| merged(true).map(|h| Histogram::new(h.min, h.max, h.tokens.len()))) {
-                        Some(ranked) => charts::score_histogram(&ranked, merged(true).as_ref(), &lines),
+                    let different = |_| "the group's students score on different scales".to_string();
+                    let (ranked, unranked) = (merged(false).map_err(different)?, merged(true).map_err(different)?);
+                    // With no ranked source, an empty histogram of the same shape under the rest.
+                    let empty = || unranked.as_ref().map(|h| Histogram::new(h.min, h.max, h.tokens.len()));
+                    match ranked.or_else(empty) {
+                        Some(ranked) => charts::score_histogram(&ranked, unranked.as_ref(), &lines),
                         None => Err("no scored records".into()),
                     }
                 }),
@@ -255,16 +259,6 @@ fn groups(run: &Run) -> Vec<Group> {
             }
         })
         .collect()
-}
-
-fn merge<'a>(mut histograms: impl Iterator<Item = &'a Histogram>) -> Option<Histogram> {
-    let mut merged = histograms.next()?.clone();
-    for h in histograms {
-        if merged.same_shape(h) {
-            merged.merge(h);
-        }
-    }
-    Some(merged)
 }
 
 fn agreement_cell(a: Option<&Agreement>) -> Cell {
@@ -294,17 +288,16 @@ fn length_chart(sources: &[&&ScoreTotals]) -> Chart {
         .iter()
         .filter_map(|s| {
             scale = (scale.0.min(s.histogram.min), scale.1.max(s.histogram.max));
-            let mut points: Vec<(u64, f32)> =
-                s.length.points().iter().filter(|p| p.2.is_finite()).map(|p| (p.1, p.2)).collect();
-            if points.is_empty() {
+            // The sampler keeps only records with an aggregate, so every point has one.
+            let deciles: Vec<(f64, f64)> = s
+                .length
+                .deciles()
+                .iter()
+                .map(|d| (d[d.len() / 2].1 as f64, d.iter().map(|p| p.2 as f64).sum::<f64>() / d.len() as f64))
+                .collect();
+            if deciles.is_empty() {
                 return None;
             }
-            points.sort_by_key(|p| p.0);
-            let per = points.len().div_ceil(10);
-            let deciles = points
-                .chunks(per)
-                .map(|c| (c[c.len() / 2].0 as f64, c.iter().map(|p| p.1 as f64).sum::<f64>() / c.len() as f64))
-                .collect();
             let name = s.source.clone().unwrap_or_default();
             Some((if s.unranked { format!("{name} (unranked)") } else { name }, deciles))
         })

@@ -89,14 +89,9 @@ impl Scope {
     /// shards of a whole group, or of every group, are listed by one prefix when nothing of it
     /// is cut elsewhere.
     fn over(name: String, retention: f64, sources: &[&ScoreTotals], whole: String, all: bool) -> Result<Option<Self>> {
-        let Some((first, rest)) = sources.split_first() else { return Ok(None) };
-        let mut histogram = first.histogram.clone();
-        for s in rest {
-            if !histogram.same_shape(&s.histogram) {
-                return Err(Error::plan(format!("a cut over {name} needs every group's students on the same scale")));
-            }
-            histogram.merge(&s.histogram);
-        }
+        let sum = Histogram::sum(sources.iter().map(|s| &s.histogram))
+            .map_err(|_| Error::plan(format!("a cut over {name} needs every group's students on the same scale")))?;
+        let Some(histogram) = sum else { return Ok(None) };
         let shards = if all { vec![whole] } else { sources.iter().map(|s| source_shards(s)).collect() };
         Ok(Some(Scope { name, retention, histogram, shards }))
     }
