@@ -83,10 +83,8 @@ pub async fn report(target: &str, namespace: Option<String>, out: Option<PathBuf
         .await?
         .ok_or_else(|| Error::InvalidArgument(format!("FilterRun {namespace}/{name} does not exist")))?;
     let lineage = cluster::fetch_lineage(&client, &namespace, filter_run.upstream_ref()).await?;
-    let storage = lineage.source_group.as_ref().map(|sg| sg.spec.storage.config()).unwrap_or_default();
-    let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}-report.html")));
-    let uri = path.display().to_string();
-    report::Run::gather(filter_run, lineage, &storage).await?.put(&storage, &uri).await?;
+    let uri = out.unwrap_or_else(|| PathBuf::from(format!("{name}-report.html"))).display().to_string();
+    report::write(filter_run, lineage, &uri).await?;
     Ok(uri)
 }
 

@@ -46,12 +46,7 @@ pub struct Options {
 
 /// Runs every resource as far as it goes; true when all ended Ready.
 pub async fn run(options: Options) -> Result<bool> {
-    // Against the working directory, once: a bare file name has an empty parent, which would
-    // otherwise become the base of the state directory and of the manifests' relative paths.
-    let manifests = std::path::absolute(&options.manifests)
-        .map_err(|e| Error::Manifest { path: options.manifests.clone(), message: e.to_string() })?;
-    let mut resources = manifests::load(&manifests)?;
-    let state_dir = options.state.clone().unwrap_or_else(|| default_state_dir(&manifests));
+    let (mut resources, state_dir) = load(&options.manifests, options.state.clone())?;
     let state = State::open(&state_dir)?;
     adopt(&state, &mut resources)?;
     println!("state: {}", state_dir.display());
@@ -120,10 +115,7 @@ pub async fn run(options: Options) -> Result<bool> {
 /// still going) left it, written to `out`: by default where the run writes it
 /// (`status.report`), or `<name>-report.html` here before the FilterRun has selected.
 pub async fn report(manifests: &Path, state: Option<PathBuf>, name: &str, out: Option<PathBuf>) -> Result<String> {
-    let manifests = std::path::absolute(manifests)
-        .map_err(|e| Error::Manifest { path: manifests.to_path_buf(), message: e.to_string() })?;
-    let mut resources = manifests::load(&manifests)?;
-    let state_dir = state.unwrap_or_else(|| default_state_dir(&manifests));
+    let (mut resources, state_dir) = load(manifests, state)?;
     adopt(&State::read_only(&state_dir)?, &mut resources)?;
     let filter_run = resources
         .filter_runs
@@ -137,9 +129,20 @@ pub async fn report(manifests: &Path, state: Option<PathBuf>, name: &str, out: O
         }
     };
     let lineage = resources.lineage(&filter_run.namespace().unwrap_or_default(), filter_run.upstream_ref());
-    let storage = lineage.source_group.as_ref().map(|sg| sg.spec.storage.config()).unwrap_or_default();
-    report::Run::gather(filter_run.clone(), lineage, &storage).await?.put(&storage, &uri).await?;
+    report::write(filter_run.clone(), lineage, &uri).await?;
     Ok(uri)
+}
+
+/// The resources of `manifests` and the state directory (`.mira/` beside them by default).
+/// The manifests' path is made absolute against the working directory, once: a bare file name
+/// has an empty parent, which would otherwise become the base of the state directory and of
+/// the manifests' relative paths.
+fn load(manifests: &Path, state: Option<PathBuf>) -> Result<(Resources, PathBuf)> {
+    let manifests = std::path::absolute(manifests)
+        .map_err(|e| Error::Manifest { path: manifests.to_path_buf(), message: e.to_string() })?;
+    let resources = manifests::load(&manifests)?;
+    let state_dir = state.unwrap_or_else(|| default_state_dir(&manifests));
+    Ok((resources, state_dir))
 }
 
 /// SIGINT and SIGTERM, which stop the run and its stage processes with it: without a handler
@@ -216,8 +219,9 @@ impl Local {
         let mut jobs: BTreeMap<String, JobState> =
             self.finished.iter().map(|(job, o)| (job.clone(), o.clone().into())).collect();
         jobs.extend(self.runner.active());
-        let (results, progress) = match object.storage(&lineage) {
-            Some(storage) => self.results.observe(object, &lineage, &jobs, &storage.config()).await?,
+        let config = object.storage(&lineage).map(|s| s.config());
+        let (results, progress) = match &config {
+            Some(config) => self.results.observe(object, &lineage, &jobs, config).await?,
             None => Default::default(),
         };
         let output = reconcile(
@@ -232,9 +236,8 @@ impl Local {
             },
             &Time(Timestamp::now()),
         );
-        if let Some(storage) = object.storage(&lineage) {
-            let config = storage.config();
-            if let Some(uri) = report::write_if_filter_run(&*object, &output.status, &lineage, &config).await? {
+        if let Some(config) = &config {
+            if let Some(uri) = report::write_if_filter_run(&*object, &output.status, &lineage, config).await? {
                 self.console.line(&format!("- {} {}: wrote the run report {uri}", K::kind(&()), object.name_any()));
             }
         }

@@ -95,6 +95,13 @@ impl Run {
     }
 }
 
+/// `mira report`: writes the report of `filter_run` to `uri`, reading with the storage settings
+/// its SourceGroup names and this machine's credentials.
+pub async fn write(filter_run: FilterRun, lineage: Lineage, uri: &str) -> Result<()> {
+    let storage = filter_run.storage(&lineage).map(|s| s.config()).unwrap_or_default();
+    Run::gather(filter_run, lineage, &storage).await?.put(&storage, uri).await
+}
+
 /// Writes the report of `filter_run` to its `status.report` when `status` (its status after this
 /// pass) is Ready at a revision the resource's current status does not have yet: once per
 /// selection, whichever adapter runs it. Returns where it wrote, if it did.
