@@ -57,14 +57,17 @@ cargo test --workspace --no-fail-fast -- --test-threads=2
 step "README's first command"
 hack/demo.sh "$state/demo" | tee "$state/demo.log"
 # What the README promises of it: a report per FilterRun, the curated chain scoring by its
-# signal dimension, and every FilterRun keeping half of its tokens (the cuts are exact to a record).
-for out in selected curated; do
+# signal dimension, every FilterRun keeping half of its tokens (the cuts are exact to a record),
+# and the curated selection set beside the random baseline's in its report.
+for out in selected curated random; do
   grep -q "^report: .*/out/$out/report.html$" "$state/demo.log" || die "the demo names no report in out/$out"
   [[ -s "$state/demo/out/$out/report.html" ]] || die "the demo wrote no report in out/$out"
 done
 grep -q "group prose: scores by signal; masked noise" "$state/demo.log" || die "the curated chain does not score by signal"
 awk '/^  total: kept [0-9]+ of [0-9]+ tokens/ { n++; share = $3 / $5; if (share < 0.45 || share > 0.55) bad++ }
-  END { exit !(n == 2 && bad == 0) }' "$state/demo.log" || die "a demo FilterRun does not keep half of its tokens"
+  END { exit !(n == 3 && bad == 0) }' "$state/demo.log" || die "a demo FilterRun does not keep half of its tokens"
+grep -q "Beside the other selections of this corpus" "$state/demo/out/curated/report.html" ||
+  die "the curated report does not compare its selection with the random baseline's"
 
 step "Helm chart (lint, render, server-side dry run, CRDs in sync)"
 hack/chart-check.sh

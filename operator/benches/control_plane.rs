@@ -273,6 +273,7 @@ async fn fake_select(plan: SelectPlan) -> serde_json::Value {
         thresholds,
         masked: BTreeMap::new(),
         shards: Vec::new(),
+        samples: BTreeMap::new(),
     };
     for source in &group.sources {
         for shard in 0..SHARDS_PER_SOURCE {
@@ -282,6 +283,7 @@ async fn fake_select(plan: SelectPlan) -> serde_json::Value {
                 shard: join(&source.uri, &format!("part-{shard:05}.jsonl.zst")),
                 output: Some(join(&plan.output, &format!("{}/part-{shard:05}.jsonl.zst", source.name))),
                 kept: kept(RECORDS_PER_SHARD),
+                sample: Vec::new(),
             };
             manifest.total.add(&shard.kept);
             manifest.groups.entry(group.name.clone()).or_default().add(&shard.kept);

@@ -396,6 +396,63 @@ async fn invalid_manifests_are_rejected_by_kubectl_apply_with_the_schema_message
 }
 
 #[tokio::test]
+async fn baselines_select_from_a_source_group_alone_and_the_report_sets_them_side_by_side() {
+    let fx = Fixture::started("baselines").await;
+    fx.upload_corpus(&THREE_SOURCES, 2, 60).await;
+    let sources = THREE_SOURCES.map(|(name, ..)| (name, fx.uri(&format!("corpus/{name}/"))));
+    let sources: Vec<(&str, &str)> = sources.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let corpus = source_group(&fx, "corpus", &sources, &[("prose", &["web"]), ("technical", &["code", "math"])]);
+    // No RubricSet, no DistillationJob, no teacher: a random draw cut per source, and DSIR
+    // towards the web source's records.
+    let random = format!(
+        "apiVersion: mira.dev/v1alpha1\nkind: FilterRun\nmetadata: {{name: random}}\nspec:\n  sourceGroupRef: corpus\n  \
+         method: random\n  policy: source\n  retention: 0.5\n  output: \"{}\"\n  job: {{backoffLimit: 0}}\n",
+        fx.uri("kept-random")
+    );
+    let dsir = format!(
+        "apiVersion: mira.dev/v1alpha1\nkind: FilterRun\nmetadata: {{name: dsir}}\nspec:\n  sourceGroupRef: corpus\n  \
+         method: dsir\n  dsir: {{target: \"{}\", sample: 200}}\n  retention: 0.5\n  output: \"{}\"\n  \
+         job: {{backoffLimit: 0}}\n",
+        fx.uri("corpus/web/"),
+        fx.uri("kept-dsir")
+    );
+    fx.apply(&[corpus, random, dsir].join("---\n"));
+    let random = fx.wait_ready::<FilterRun>("random", CHAIN).await;
+    let dsir = fx.wait_ready::<FilterRun>("dsir", CHAIN).await;
+    assert_conditions_true(&random, &["Ready", "Scored", "Thresholded", "Selected"]);
+    assert_conditions_true(&dsir, &["Ready", "Scored", "Thresholded", "Selected"]);
+    for group in &random.status.as_ref().unwrap().groups {
+        let manifest = fx.storage.get(&join(group.output.as_deref().unwrap(), "manifest.json")).await.unwrap();
+        let manifest: Manifest = serde_json::from_slice(&manifest).unwrap();
+        for (source, kept) in &manifest.sources {
+            let share = kept.kept_tokens as f64 / kept.total_tokens as f64;
+            assert!((share - 0.5).abs() < 0.05, "{source} keeps half its tokens at random: {kept:?}");
+        }
+        assert!(!manifest.samples[&group.name].is_empty(), "the comparison sample");
+    }
+    let dsir_total = dsir.status.as_ref().unwrap().total.clone().unwrap();
+    let share = dsir_total.kept_tokens as f64 / dsir_total.total_tokens as f64;
+    assert!((share - 0.5).abs() < 0.05, "DSIR keeps its budget: {dsir_total:?}");
+    // The DSIR weights were fitted once per group, next to its scores.
+    let score = dsir.status.as_ref().unwrap().pipeline.stages.iter().find(|s| s.name == "score/technical").unwrap();
+    assert!(fx.storage.get_opt(&join(&score.output, "dsir/technical.json")).await.unwrap().is_some());
+
+    // `mira report` on the cluster compares the selections of one corpus.
+    let out = tempfile::tempdir().unwrap();
+    let html = out.path().join("random.html");
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_mira"))
+        .args(["report", "fr/random", "-n", &fx.namespace, "-o"])
+        .arg(&html)
+        .env("KUBECONFIG", common::kubeconfig())
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let html = std::fs::read_to_string(&html).unwrap();
+    assert!(html.contains("Method <b>random</b>") && html.contains("Beside the other selections"), "{html}");
+    assert!(html.contains("dsir (dsir, group, 0.5)"), "the DSIR selection is the peer: {html}");
+}
+
+#[tokio::test]
 async fn deleting_a_resource_garbage_collects_its_jobs_and_config_maps() {
     let fx = Fixture::started("gc").await;
     fx.upload_corpus(&THREE_SOURCES[..1], 1, 30).await;

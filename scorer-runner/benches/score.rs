@@ -269,7 +269,7 @@ async fn score(dir: &Path) -> (u64, f64) {
         groups: vec![ScoreGroup {
             name: "all".into(),
             sources: vec![source(dir)],
-            student: dir.join("distill/students/all.student").to_string_lossy().into(),
+            ranker: RankerSpec::Student(dir.join("distill/students/all.student").to_string_lossy().into()),
         }],
         tokens: TokenCounter::Whitespace,
         trim: 0.1,

@@ -13,6 +13,7 @@ pub mod models;
 pub mod plan;
 pub mod progress;
 pub mod prompts;
+pub mod rankers;
 pub mod records;
 pub mod ridge;
 pub mod sparse;

@@ -671,8 +671,44 @@ pub struct DistillResult {
 pub struct ScoreGroup {
     pub name: String,
     pub sources: Vec<Source>,
+    /// What ranks the group's records.
+    pub ranker: RankerSpec,
+}
+
+/// What ranks a group's records in `score`: its student (the MIRA method), or one of the
+/// baseline selectors MIRA is compared with. See [`crate::rankers`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum RankerSpec {
     /// The student artefact written by `distill`.
-    pub student: String,
+    Student(String),
+    /// A seeded hash of each record's id: a uniform draw, which keeps each source's share of
+    /// the tokens in expectation (exactly, cut per source).
+    Random,
+    /// Importance resampling toward a target sample (DSIR).
+    Dsir(DsirSpec),
+}
+
+/// DSIR (Xie et al. 2023): importance weights of hashed word unigrams and bigrams between a
+/// target sample and the group's raw records, and a Gumbel top-k draw on their logarithm.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DsirSpec {
+    /// The records the selection should resemble (for example a high-quality reference set).
+    pub target: Source,
+    /// Records sampled from the target, and from each source of the group, to estimate the
+    /// two n-gram distributions.
+    #[serde(default = "defaults::dsir_sample")]
+    pub sample: usize,
+    /// log2 of the number of hashed n-gram buckets (the paper uses 10,000; 14 gives 16,384).
+    #[serde(default = "defaults::dsir_dim_log2")]
+    pub dim_log2: u32,
+}
+
+impl DsirSpec {
+    pub fn new(target: Source) -> Self {
+        DsirSpec { target, sample: defaults::dsir_sample(), dim_log2: defaults::dsir_dim_log2() }
+    }
 }
 
 /// How tokens are counted for budgets.
@@ -893,6 +929,20 @@ pub struct SelectedShard {
     pub output: Option<String>,
     #[serde(flatten)]
     pub kept: Kept,
+    /// The shard's part of its group's comparison sample (see [`Manifest::samples`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sample: Vec<SampledRecord>,
+}
+
+/// A record of a comparison sample, and what the selection made of it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SampledRecord {
+    /// Its tie-draw key, a hash of its id: the same in every selection of the corpus.
+    pub key: u64,
+    pub aggregate: f32,
+    pub tokens: u64,
+    pub kept: bool,
 }
 
 /// The selection's manifest, written as `manifest.json` under the output root.
@@ -906,11 +956,25 @@ pub struct Manifest {
     pub thresholds: ThresholdResult,
     pub masked: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub shards: Vec<SelectedShard>,
+    /// Per group, the scored records with the smallest keys (a hash of the id): a uniform
+    /// sample, and the same records in every selection of the corpus, whatever its method. Two
+    /// selections compare on it (kept-set overlap, score correlation) without reading either's
+    /// records again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub samples: BTreeMap<String, Vec<SampledRecord>>,
 }
 
 /// The defaults of the plans' optional settings: what a plan file that leaves a field out gets,
 /// and what the plans' constructors start from.
 pub(crate) mod defaults {
+    pub fn dsir_sample() -> usize {
+        20_000
+    }
+
+    pub fn dsir_dim_log2() -> u32 {
+        14
+    }
+
     pub fn sample_per_source() -> usize {
         2000
     }
@@ -1193,7 +1257,10 @@ impl StepResult {
                     totals.length = LengthSample::default();
                 }
             }
-            StepResult::Select(manifest) => manifest.shards = Vec::new(),
+            StepResult::Select(manifest) => {
+                manifest.shards = Vec::new();
+                manifest.samples = BTreeMap::new();
+            }
             StepResult::Cluster(_)
             | StepResult::Discover(_)
             | StepResult::Label(_)
@@ -1250,7 +1317,8 @@ mod tests {
             vec![Dimension { id: "d".into(), name: String::new(), description: String::new(), guide: String::new() }];
         let label_group = LabelGroup { name: "g".into(), sources: vec![source.clone()], dimensions: dims.clone() };
         let distill_group = DistillGroup { name: "g".into(), sources: vec!["web".into()], dimensions: dims };
-        let score_group = ScoreGroup { name: "g".into(), sources: vec![source.clone()], student: "s".into() };
+        let score_group =
+            ScoreGroup { name: "g".into(), sources: vec![source.clone()], ranker: RankerSpec::Student("s".into()) };
         let cases: Vec<(StepPlan, serde_json::Value)> = vec![
             (ClusterPlan::new(vec![source.clone()]).into(), json!({"output": "", "sources": [source]})),
             (
@@ -1345,7 +1413,9 @@ mod tests {
             shard: "a".into(),
             output: None,
             kept: kept.clone(),
+            sample: Vec::new(),
         };
+        let sampled = SampledRecord { key: 7, aggregate: 3.5, tokens: 10, kept: true };
         let mut manifest = StepResult::from(Manifest {
             total: kept.clone(),
             groups: BTreeMap::from([("code".to_string(), kept.clone())]),
@@ -1353,10 +1423,11 @@ mod tests {
             thresholds: ThresholdResult { policy: CutPolicy::Group, cuts: Vec::new(), lengths: Vec::new() },
             masked: BTreeMap::new(),
             shards: vec![shard],
+            samples: BTreeMap::from([("code".to_string(), vec![sampled])]),
         });
         manifest.slim();
         let StepResult::Select(slim) = &manifest else { unreachable!() };
-        assert!(slim.shards.is_empty());
+        assert!(slim.shards.is_empty() && slim.samples.is_empty());
         assert_eq!(slim.groups["code"], kept);
 
         let mut cluster = StepResult::from(ClusterResult {

@@ -132,7 +132,11 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
             .groups
             .iter()
             .zip(&distill.students)
-            .map(|(g, s)| ScoreGroup { name: g.name.clone(), sources: group_sources(g), student: s.student.clone() })
+            .map(|(g, s)| ScoreGroup {
+                name: g.name.clone(),
+                sources: group_sources(g),
+                ranker: RankerSpec::Student(s.student.clone()),
+            })
             .collect(),
         tokens: TokenCounter::Whitespace,
         trim: 0.0,

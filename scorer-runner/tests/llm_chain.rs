@@ -181,7 +181,7 @@ async fn the_chain_runs_on_tiny_models_with_discovered_rubrics() {
                 groups: vec![ScoreGroup {
                     name: "all".into(),
                     sources: sources.clone(),
-                    student: report.student.clone(),
+                    ranker: RankerSpec::Student(report.student.clone()),
                 }],
                 tokens: TokenCounter::Tokenizer { uri: join(&tiny_model("qwen3-tiny"), "tokenizer.json") },
                 trim: 0.0,

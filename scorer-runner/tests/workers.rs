@@ -66,7 +66,7 @@ async fn scoring_setup(config: &StorageConfig, base: &str, tmp: &Path, shards: u
                 text: TextSpec::default(),
                 shard_fraction: None,
             }],
-            student: distill.students[0].student.clone(),
+            ranker: RankerSpec::Student(distill.students[0].student.clone()),
         }],
         tokens: TokenCounter::Whitespace,
         trim: 0.1,

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut, SourceLength};
 
-/// Filters the corpus with a DistillationJob's students. Each group is scored by its own Job;
+/// Filters the corpus with a DistillationJob's students (method `mira`), or with a baseline
+/// selector over a SourceGroup's corpus (`random`, `dsir`), under the same policies, budgets and
+/// outputs, so that selections compare record by record. Each group is scored by its own Job;
 /// with the `group` and `source` policies a group is cut and selected as soon as it is scored,
 /// with `global` the single cut waits for every group.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +26,7 @@ use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut, SourceLengt
     derive = "PartialEq",
     doc = "Scores, thresholds and selects a corpus with a DistillationJob's students.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
     printcolumn(name = "Retention", type_ = "number", json_path = ".spec.retention"),
     printcolumn(name = "Kept", type_ = "string", json_path = ".status.keptShare"),
     printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
@@ -33,12 +36,34 @@ use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut, SourceLengt
 )]
 #[x_kube(validation = Rule::new("self.policy == 'group' || !has(self.groupRetention) || size(self.groupRetention) == 0")
     .message("groupRetention needs policy group"))]
+#[x_kube(validation = Rule::new("(has(self.method) && self.method != 'mira') ? (has(self.sourceGroupRef) && !has(self.distillationJobRef)) : (has(self.distillationJobRef) && !has(self.sourceGroupRef))")
+    .message("method mira (the default) takes distillationJobRef; the baseline methods take sourceGroupRef"))]
+#[x_kube(validation = Rule::new("(has(self.method) && self.method == 'dsir') == has(self.dsir)")
+    .message("dsir (the target sample) goes with method dsir, and only with it"))]
 #[serde(rename_all = "camelCase")]
 pub struct FilterRunSpec {
-    /// The DistillationJob (same namespace) whose students score the records. Immutable.
+    /// The DistillationJob (same namespace) whose students score the records: method `mira`
+    /// only. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("distillationJobRef is immutable"))]
-    pub distillation_job_ref: String,
+    pub distillation_job_ref: Option<String>,
+    /// The SourceGroup (same namespace) whose corpus a baseline method selects from: every
+    /// method but `mira`, which reaches it through its DistillationJob. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("sourceGroupRef is immutable"))]
+    pub source_group_ref: Option<String>,
+    /// How records are ranked before the cut: `mira` (the default) by the DistillationJob's
+    /// students; or a baseline that the MIRA paper compares the method with, to run beside it on
+    /// the same corpus and budget: `random` (a seeded draw by record id, which keeps each
+    /// source's token share; exactly so with policy `source`) or `dsir` (importance resampling
+    /// toward a target sample, `spec.dsir`).
+    #[serde(default)]
+    pub method: Method,
+    /// The target of method `dsir`: records the selection should resemble.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsir: Option<DsirTarget>,
     /// Fraction of tokens kept, in (0, 1].
     #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("retention must be in (0, 1]"))]
@@ -83,6 +108,51 @@ pub struct FilterRunSpec {
     /// The score, threshold and select Jobs.
     #[serde(default)]
     pub job: JobTemplate,
+}
+
+/// How a FilterRun ranks records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Method {
+    /// The DistillationJob's students, on the anchored dimensions they reproduce reliably.
+    #[default]
+    Mira,
+    /// A seeded uniform draw by record id.
+    Random,
+    /// DSIR: hashed n-gram importance weights toward `spec.dsir.target`, Gumbel top-k.
+    Dsir,
+}
+
+impl Method {
+    /// As written in a spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Mira => "mira",
+            Method::Random => "random",
+            Method::Dsir => "dsir",
+        }
+    }
+}
+
+/// The target sample of method `dsir`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DsirTarget {
+    /// Shards of the records to resemble (a file or a prefix; `s3://` or a path), read with the
+    /// SourceGroup's storage settings.
+    #[schemars(length(min = 1, max = 1024))]
+    pub target: String,
+    /// The target's format; by default each shard's extension decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<super::Format>,
+    /// Where the target records' text is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<super::TextSpec>,
+    /// Records sampled from the target, and from each source of a group, to estimate the two
+    /// n-gram distributions. Default 20,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub sample: Option<u32>,
 }
 
 /// What a FilterRun does with sources that no dimension ranks.

@@ -126,7 +126,10 @@ fn filter_run() -> FilterRun {
     let mut fr = FilterRun::new(
         "filter",
         FilterRunSpec {
-            distillation_job_ref: "students".into(),
+            distillation_job_ref: Some("students".into()),
+            source_group_ref: None,
+            method: Method::Mira,
+            dsir: None,
             retention: 0.5,
             policy: CutPolicy::Group,
             group_retention: BTreeMap::new(),
@@ -188,12 +191,29 @@ fn group_retention_needs_the_group_policy() {
 }
 
 #[test]
+fn a_method_takes_its_own_upstream_and_settings() {
+    let mut fr = filter_run();
+    fr.spec.method = Method::Random;
+    let errors = validate_cel(&fr).unwrap_err();
+    assert!(format!("{errors:?}").contains("the baseline methods take sourceGroupRef"), "{errors:?}");
+    fr.spec.distillation_job_ref = None;
+    fr.spec.source_group_ref = Some("corpus".into());
+    validate_cel(&fr).unwrap();
+    fr.spec.method = Method::Dsir;
+    assert!(format!("{:?}", validate_cel(&fr).unwrap_err()).contains("dsir (the target sample)"));
+    fr.spec.dsir = Some(DsirTarget { target: "s3://corpus/reference/".into(), format: None, text: None, sample: None });
+    validate_cel(&fr).unwrap();
+    fr.spec.method = Method::Mira;
+    assert!(validate_cel(&fr).is_err(), "mira takes no sourceGroupRef, nor dsir");
+}
+
+#[test]
 fn references_are_immutable() {
     let old = filter_run();
     let mut new = filter_run();
     new.spec.retention = 0.3;
     validate_cel_update(&new, &old).unwrap();
-    new.spec.distillation_job_ref = "other".into();
+    new.spec.distillation_job_ref = Some("other".into());
     let errors = validate_cel_update(&new, &old).unwrap_err();
     assert!(format!("{errors:?}").contains("distillationJobRef is immutable"), "{errors:?}");
 }

@@ -146,11 +146,13 @@ impl Context {
 
 async fn run_controllers(ctx: Arc<Context>) {
     let source_groups = controller::<SourceGroup>(&ctx);
-    let rubric_sets = watching::<RubricSet, SourceGroup>(controller(&ctx), &ctx, |rs| &rs.spec.source_group_ref);
+    let rubric_sets = watching::<RubricSet, SourceGroup>(controller(&ctx), &ctx, |rs| Some(&rs.spec.source_group_ref));
     let distillation_jobs =
-        watching::<DistillationJob, RubricSet>(controller(&ctx), &ctx, |dj| &dj.spec.rubric_set_ref);
+        watching::<DistillationJob, RubricSet>(controller(&ctx), &ctx, |dj| Some(&dj.spec.rubric_set_ref));
+    // A FilterRun names a DistillationJob (method mira) or, for a baseline, a SourceGroup.
     let filter_runs =
-        watching::<FilterRun, DistillationJob>(controller(&ctx), &ctx, |fr| &fr.spec.distillation_job_ref);
+        watching::<FilterRun, DistillationJob>(controller(&ctx), &ctx, |fr| fr.spec.distillation_job_ref.as_ref());
+    let filter_runs = watching::<FilterRun, SourceGroup>(filter_runs, &ctx, |fr| fr.spec.source_group_ref.as_ref());
     futures::join!(
         drive(source_groups, ctx.clone()),
         drive(rubric_sets, ctx.clone()),
@@ -173,7 +175,7 @@ fn controller<K: Pipeline>(ctx: &Context) -> Controller<DeserializeGuard<K>> {
 fn watching<K, U>(
     controller: Controller<DeserializeGuard<K>>,
     ctx: &Context,
-    reference: fn(&K) -> &String,
+    reference: fn(&K) -> Option<&String>,
 ) -> Controller<DeserializeGuard<K>>
 where
     K: Pipeline,
@@ -191,7 +193,7 @@ where
         store
             .state()
             .into_iter()
-            .filter(|guard| matches!(&guard.0, Ok(o) if *reference(o) == name && o.namespace() == namespace))
+            .filter(|guard| matches!(&guard.0, Ok(o) if reference(o) == Some(&name) && o.namespace() == namespace))
             .map(|guard| ObjectRef::from_obj(&*guard))
             .collect::<Vec<_>>()
     })
@@ -293,7 +295,9 @@ impl<K: Pipeline> Reconciler<'_, K> {
         // Before the status that records the new revision: a report that failed to be written
         // is written again on the next pass.
         if let Some(config) = &config {
-            if let Some(uri) = report::write_if_filter_run(self.object, &output.status, &lineage, config).await? {
+            // Compared with no other selection here (that would list the namespace's FilterRuns
+            // on every pass): `mira report` on demand compares.
+            if let Some(uri) = report::write_if_filter_run(self.object, &output.status, &lineage, &[], config).await? {
                 tracing::info!(kind = %K::kind(&()), name = %self.object.name_any(), %uri, "wrote the run report");
             }
         }

@@ -9,7 +9,7 @@ use serde::Deserialize as _;
 use serde::Serialize;
 
 use crate::api::{DistillationJob, FilterRun, LocalModel, RubricSet, SourceGroup};
-use crate::reconcile::{Lineage, Upstream, UpstreamRef};
+use crate::reconcile::{Lineage, Pipeline, Upstream, UpstreamRef};
 use crate::{Error, Result};
 
 /// Namespace of manifests that name none, as `kubectl` would use.
@@ -35,6 +35,14 @@ impl Resources {
             }
         }
         lineage
+    }
+
+    /// Every FilterRun with its lineage: the selections a run report compares its own with.
+    pub fn filter_runs_with_lineage(&self) -> Vec<(FilterRun, Lineage)> {
+        self.filter_runs
+            .iter()
+            .map(|f| (f.clone(), self.lineage(&f.namespace().unwrap_or_default(), f.upstream_ref())))
+            .collect()
     }
 
     fn find(&self, namespace: &str, reference: &UpstreamRef) -> Option<Upstream> {

@@ -18,9 +18,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use scorer_runner::progress::{self, Snapshot};
 
-use crate::api::StagePhase;
+use crate::api::{FilterRun, StagePhase};
 use crate::describe;
-use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Pipeline, Policy};
+use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Lineage, Pipeline, Policy};
 use crate::report;
 use crate::results::Results;
 use crate::{Error, Result};
@@ -102,11 +102,23 @@ pub async fn run(options: Options) -> Result<bool> {
         describe_all(&resources.distillation_jobs),
         describe_all(&resources.filter_runs),
     ];
-    for filter_run in &resources.filter_runs {
-        let status = filter_run.status.as_ref().filter(|s| s.pipeline.ready_at(filter_run.metadata.generation));
-        if let Some(report) = status.and_then(|s| s.report.as_deref()) {
-            println!("report: {report}");
+    let selections = resources.filter_runs_with_lineage();
+    let ready_report = |f: &FilterRun| {
+        let status = f.status.as_ref().filter(|s| s.pipeline.ready_at(f.metadata.generation));
+        status.and_then(|s| s.report.clone())
+    };
+    let corpus = |lineage: &Lineage| lineage.source_group.as_ref().map(|sg| sg.name_any());
+    for (filter_run, lineage) in &selections {
+        let Some(report) = ready_report(filter_run) else { continue };
+        // A selection that finished before another of its corpus was written without it: its
+        // report is written again, beside every selection of the corpus made by now.
+        let peers = selections.iter().filter(|(p, l)| {
+            p.name_any() != filter_run.name_any() && corpus(l) == corpus(lineage) && ready_report(p).is_some()
+        });
+        if peers.count() > 0 {
+            report::write(filter_run.clone(), lineage.clone(), &selections, &report).await?;
         }
+        println!("report: {report}");
     }
     Ok(ready.iter().all(|r| *r))
 }
@@ -129,7 +141,7 @@ pub async fn report(manifests: &Path, state: Option<PathBuf>, name: &str, out: O
         }
     };
     let lineage = resources.lineage(&filter_run.namespace().unwrap_or_default(), filter_run.upstream_ref());
-    report::write(filter_run.clone(), lineage, &uri).await?;
+    report::write(filter_run.clone(), lineage, &resources.filter_runs_with_lineage(), &uri).await?;
     Ok(uri)
 }
 
@@ -237,7 +249,8 @@ impl Local {
             &Time(Timestamp::now()),
         );
         if let Some(config) = &config {
-            if let Some(uri) = report::write_if_filter_run(&*object, &output.status, &lineage, config).await? {
+            let peers = resources.filter_runs_with_lineage();
+            if let Some(uri) = report::write_if_filter_run(&*object, &output.status, &lineage, &peers, config).await? {
                 self.console.line(&format!("- {} {}: wrote the run report {uri}", K::kind(&()), object.name_any()));
             }
         }

@@ -1,12 +1,13 @@
 //! FilterRun: per group `score`, then `threshold` and `select`. With the `group` and `source`
 //! policies each group is cut and selected as soon as it is scored; `global` cuts once, after
-//! every group is scored.
+//! every group is scored. Method `mira` scores with a DistillationJob's students; a baseline
+//! method with a ranker of its own over its SourceGroup's corpus, through the same stages.
 
 use kube::ResourceExt;
 use scorer_runner::plan::skip_reasons;
 use scorer_runner::plan::{
-    GroupSources, Manifest, ScoreGroup, ScorePlan, ScoreResult, SelectPlan, ThresholdPlan, ThresholdResult,
-    TokenCounter,
+    DsirSpec, GroupSources, Manifest, RankerSpec, ScoreGroup, ScorePlan, ScoreResult, SelectPlan, Source,
+    ThresholdPlan, ThresholdResult, TokenCounter,
 };
 use scorer_runner::progress::si;
 use scorer_runner::storage::join;
@@ -16,8 +17,8 @@ use super::convert::{self, upstream};
 use super::distillation_job::{unranked_sources, JUDGE_KEY_ENV};
 use super::{stage_name, Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
-    CutPolicy, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept, NoReliableDimension,
-    PipelineStatus, SourceGroup, SourceScored, Step,
+    CutPolicy, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept, Method,
+    NoReliableDimension, PipelineStatus, SourceGroup, SourceScored, Step,
 };
 use crate::{Error, Result};
 
@@ -31,8 +32,34 @@ impl KindStatus for FilterRunStatus {
 }
 
 impl FilterRun {
-    /// The groups to filter, in the SourceGroup's order; each needs a student.
-    fn groups(&self, sg: &SourceGroup, dj: &DistillationJob) -> Result<Vec<String>> {
+    /// The resource the FilterRun names above it: its DistillationJob (method `mira`) or its
+    /// SourceGroup (the baselines). The schema's rules say the same; this holds where they do
+    /// not run (`mira run`, servers before 1.25).
+    fn upstream(&self) -> Result<UpstreamRef> {
+        let spec = &self.spec;
+        match (spec.method, &spec.distillation_job_ref, &spec.source_group_ref) {
+            (Method::Mira, Some(dj), None) => Ok(UpstreamRef::DistillationJob(dj.clone())),
+            (Method::Mira, ..) => Err(Error::InvalidSpec(
+                "method mira (the default) takes distillationJobRef, and no sourceGroupRef".into(),
+            )),
+            (method, None, Some(sg)) => match (method, &spec.dsir) {
+                (Method::Dsir, None) => Err(Error::InvalidSpec("method dsir needs dsir.target".into())),
+                (Method::Random, Some(_)) => Err(Error::InvalidSpec("dsir goes with method dsir only".into())),
+                _ if spec.trim.is_some() => Err(Error::InvalidSpec(format!(
+                    "trim averages a student's dimensions: method {} has none",
+                    method.as_str()
+                ))),
+                _ => Ok(UpstreamRef::SourceGroup(sg.clone())),
+            },
+            (method, ..) => Err(Error::InvalidSpec(format!(
+                "method {} takes sourceGroupRef, and no distillationJobRef",
+                method.as_str()
+            ))),
+        }
+    }
+
+    /// The groups to filter, in the SourceGroup's order; with method `mira` each needs a student.
+    fn groups(&self, sg: &SourceGroup, dj: Option<&DistillationJob>) -> Result<Vec<String>> {
         let groups = convert::group_names(sg);
         if let Some(unknown) = self.spec.group_retention.keys().find(|g| !groups.contains(g)) {
             return Err(Error::InvalidSpec(format!(
@@ -40,10 +67,42 @@ impl FilterRun {
                 sg.name_any()
             )));
         }
-        for group in &groups {
-            student(dj, group)?;
+        if let Some(dj) = dj {
+            for group in &groups {
+                student(dj, group)?;
+            }
         }
         Ok(groups)
+    }
+
+    /// The DistillationJob, which method `mira` needs and the baselines do not have.
+    fn distillation_job<'a>(&self, lineage: &'a Lineage) -> Result<Option<&'a DistillationJob>> {
+        match self.spec.method {
+            Method::Mira => upstream(&lineage.distillation_job, "DistillationJob").map(Some),
+            Method::Random | Method::Dsir => Ok(None),
+        }
+    }
+
+    /// What ranks `group`'s records.
+    fn ranker(&self, dj: Option<&DistillationJob>, group: &str) -> Result<RankerSpec> {
+        match (self.spec.method, dj, &self.spec.dsir) {
+            (Method::Mira, Some(dj), _) => Ok(RankerSpec::Student(student(dj, group)?.into())),
+            (Method::Random, ..) => Ok(RankerSpec::Random),
+            (Method::Dsir, _, Some(dsir)) => {
+                let mut spec = DsirSpec::new(Source {
+                    name: "target".into(),
+                    uri: dsir.target.clone(),
+                    format: dsir.format,
+                    text: dsir.text.clone().unwrap_or_default(),
+                    shard_fraction: None,
+                });
+                if let Some(sample) = dsir.sample {
+                    spec.sample = sample as usize;
+                }
+                Ok(RankerSpec::Dsir(spec))
+            }
+            _ => Err(Error::InvalidSpec(format!("method {} is missing its settings", self.spec.method.as_str()))),
+        }
     }
 
     /// The threshold stage a group's selection uses.
@@ -70,7 +129,8 @@ impl Pipeline for FilterRun {
     const STEPS: &'static [Step] = &[Step::Score, Step::Threshold, Step::Select];
 
     fn upstream_ref(&self) -> Option<UpstreamRef> {
-        Some(UpstreamRef::DistillationJob(self.spec.distillation_job_ref.clone()))
+        // An incoherent spec names nothing above it; `stages` says why.
+        self.upstream().ok()
     }
 
     fn job_template(&self) -> &JobTemplate {
@@ -78,10 +138,11 @@ impl Pipeline for FilterRun {
     }
 
     fn stages(&self, lineage: &Lineage) -> Result<Vec<StageDef>> {
+        self.upstream()?;
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
-        let dj = upstream(&lineage.distillation_job, "DistillationJob")?;
+        let dj = self.distillation_job(lineage)?;
         let groups = self.groups(sg, dj)?;
-        if self.spec.on_no_reliable_dimension == NoReliableDimension::Fail {
+        if let Some(dj) = dj.filter(|_| self.spec.on_no_reliable_dimension == NoReliableDimension::Fail) {
             let unranked = dj.status.as_ref().map(unranked_sources).unwrap_or_default();
             if !unranked.is_empty() {
                 return Err(Error::NoReliableDimension(format!(
@@ -111,20 +172,20 @@ impl Pipeline for FilterRun {
 
     fn plan(&self, lineage: &Lineage, stage: &StageDef, finished: &Finished<'_>) -> Result<Planned> {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
-        let dj = upstream(&lineage.distillation_job, "DistillationJob")?;
+        let dj = self.distillation_job(lineage)?;
         let mut secrets = convert::storage_secrets(&sg.spec.storage);
         let storage = sg.spec.storage.config();
         let base = convert::stage_base(&sg.spec.root, self, &stage.name);
         match (stage.step, stage.group.as_deref()) {
             (Step::Score, Some(group)) => {
                 // A judge student behind an endpoint needs its API key where it scores.
-                if let Some(judge) = &dj.spec.student.judge {
+                if let Some(judge) = dj.and_then(|dj| dj.spec.student.judge.as_ref()) {
                     secrets.extend(convert::model(judge, JUDGE_KEY_ENV)?.1);
                 }
                 let groups = vec![ScoreGroup {
                     name: group.into(),
                     sources: convert::group_sources(sg, group)?,
-                    student: student(dj, group)?.into(),
+                    ranker: self.ranker(dj, group)?,
                 }];
                 let mut plan = ScorePlan::new(groups);
                 plan.storage = storage;

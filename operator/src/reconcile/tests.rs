@@ -170,7 +170,10 @@ fn filter_run(policy: CutPolicy) -> FilterRun {
     let mut fr = FilterRun::new(
         "filter",
         FilterRunSpec {
-            distillation_job_ref: "students".into(),
+            distillation_job_ref: Some("students".into()),
+            source_group_ref: None,
+            method: Method::Mira,
+            dsir: None,
             retention: 0.5,
             policy,
             group_retention: BTreeMap::new(),
@@ -387,6 +390,7 @@ fn result_of(record: &StageRecord) -> Value {
             thresholds: ThresholdResult { policy: plan::CutPolicy::Group, cuts: Vec::new(), lengths: Vec::new() },
             masked: BTreeMap::new(),
             shards: Vec::new(),
+            samples: BTreeMap::new(),
         }),
         Step::Discover => serde_json::to_value(plan::DiscoverResult { groups: Vec::new() }),
     };
@@ -951,7 +955,7 @@ fn plans_chain_each_stage_to_the_outputs_it_reads() {
             .collect()
     };
     let score = &plans(world.pass(&mut fr, &lineage))[0];
-    assert_eq!(score["groups"][0]["student"], "s3://bucket/students/code.student");
+    assert_eq!(score["groups"][0]["ranker"]["student"], "s3://bucket/students/code.student");
     assert_eq!(score["groups"][0]["sources"].as_array().unwrap().len(), 2);
     world.succeed(&fr, "score/code");
     let threshold = &plans(world.pass(&mut fr, &lineage))[0];
@@ -961,6 +965,54 @@ fn plans_chain_each_stage_to_the_outputs_it_reads() {
     let select = &plans(world.pass(&mut fr, &lineage))[0];
     assert_eq!(select["threshold"], record(&fr, "threshold/code").output.as_str());
     assert!(select["output"].as_str().unwrap().starts_with("s3://bucket/kept/code/"));
+}
+
+#[test]
+fn a_baseline_selects_from_its_source_group_alone_through_the_same_stages() {
+    // No RubricSet, no DistillationJob: the baselines need neither.
+    let lineage = Lineage { source_group: Some(ready_source_group()), ..Default::default() };
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Source));
+    (fr.spec.distillation_job_ref, fr.spec.source_group_ref) = (None, Some("corpus".into()));
+    fr.spec.method = Method::Random;
+    assert_eq!(fr.upstream_ref(), Some(UpstreamRef::SourceGroup("corpus".into())));
+    let plans: Vec<Value> = world
+        .pass(&mut fr, &lineage)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::CreatePlanConfigMap { plan, .. } => serde_json::from_str(&plan).ok(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(plans.len(), 2, "a score stage per group");
+    assert!(plans.iter().all(|p| p["groups"][0]["ranker"] == "random"), "{plans:?}");
+    run_to_completion(&mut world, &mut fr, &lineage);
+    assert_eq!(condition(&fr, "Ready").status, "True");
+    assert_eq!(stages(&fr).len(), 6, "score, threshold and select per group");
+
+    // DSIR carries its target into the plan; incoherent specs say why.
+    let (mut world, mut dsir) = (World::default(), fr.clone());
+    dsir.status = None;
+    dsir.spec.method = Method::Dsir;
+    dsir.spec.dsir = Some(DsirTarget { target: "s3://ref/".into(), format: None, text: None, sample: Some(500) });
+    let score = world.pass(&mut dsir, &lineage).into_iter().find_map(|a| match a {
+        Action::CreatePlanConfigMap { plan, .. } => serde_json::from_str::<Value>(&plan).ok(),
+        _ => None,
+    });
+    let ranker = &score.unwrap()["groups"][0]["ranker"]["dsir"];
+    assert_eq!((ranker["target"]["uri"].as_str(), ranker["sample"].as_u64()), (Some("s3://ref/"), Some(500)));
+    for (change, message) in [
+        ((|f: &mut FilterRun| f.spec.dsir = None) as fn(&mut FilterRun), "method dsir needs dsir.target"),
+        (|f| f.spec.trim = Some(0.1), "trim averages a student's dimensions"),
+        (|f| f.spec.distillation_job_ref = Some("students".into()), "takes sourceGroupRef"),
+    ] {
+        let mut bad = dsir.clone();
+        bad.status = None;
+        change(&mut bad);
+        World::default().pass(&mut bad, &lineage);
+        let ready = condition(&bad, "Ready");
+        assert_eq!(ready.reason, "InvalidSpec", "{message}");
+        assert!(ready.message.contains(message), "{}", ready.message);
+    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! data team's review: the source groups, each group's anchored dimensions and the proposals
 //! behind them, where the students agree with the teacher and what was masked, each group's
 //! score distribution with its cut, what was kept per source, how scores follow length, and
-//! how much of the selection no score ranked.
+//! how much of the selection no score ranked; and, beside the other selections of the same
+//! corpus (a baseline's, say), how far they overlap ([`compare`]).
 //!
 //! The figures come from the four resources' statuses and from the stage results they point
 //! to (score histograms, select manifests, discovery proposals), read in full from storage: the
@@ -12,6 +13,7 @@
 //! ([`write_when_new`]); `mira report` writes it on demand.
 
 mod charts;
+mod compare;
 mod page;
 
 use std::any::Any;
@@ -23,7 +25,7 @@ use scorer_runner::steps::discover::Proposal;
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::{join, Storage};
 
-use crate::api::{DistillationJob, FilterRun, FilterRunStatus, RubricSet, SourceGroup, StagePhase};
+use crate::api::{CutPolicy, DistillationJob, FilterRun, FilterRunStatus, Method, RubricSet, SourceGroup, StagePhase};
 use crate::reconcile::{Lineage, Pipeline};
 use crate::{Error, Result};
 
@@ -31,54 +33,109 @@ use crate::{Error, Result};
 pub struct Run {
     pub filter_run: FilterRun,
     pub source_group: SourceGroup,
-    pub rubric_set: RubricSet,
-    pub distillation_job: DistillationJob,
+    /// Method `mira`'s; a baseline has neither.
+    pub rubric_set: Option<RubricSet>,
+    pub distillation_job: Option<DistillationJob>,
     /// Discovery's proposals per group, as written (each names the anchor it became).
     pub proposals: BTreeMap<String, Vec<Proposal>>,
     /// The score step's results, whole (histograms and length samples included).
     pub scores: Vec<ScoreResult>,
     /// The select step's manifests, one per group.
     pub manifests: Vec<Manifest>,
+    /// The other selections of the same corpus (FilterRuns under the same SourceGroup, in the
+    /// same namespace) that have selected some group.
+    pub peers: Vec<Peer>,
+}
+
+/// Another selection of the corpus.
+pub struct Peer {
+    pub name: String,
+    pub method: Method,
+    pub policy: CutPolicy,
+    pub retention: f64,
+    pub manifests: Vec<Manifest>,
+}
+
+/// The results of `filter_run`'s finished stages of `step`, read from storage.
+async fn results<T: serde::de::DeserializeOwned>(
+    storage: &Storage,
+    filter_run: &FilterRun,
+    step: Step,
+) -> Result<Vec<T>> {
+    let uris = filter_run
+        .status
+        .iter()
+        .flat_map(|s| &s.pipeline.stages)
+        .filter(|r| r.step == step && r.phase == StagePhase::Succeeded)
+        .map(|r| join(&r.output, RESULT));
+    let mut results = Vec::new();
+    for uri in uris {
+        results.push(storage.get_json::<T>(&uri).await.map_err(Error::ReadResult)?);
+    }
+    Ok(results)
 }
 
 impl Run {
-    /// Reads the stage results that the statuses of `filter_run` and its `lineage` point to.
-    /// Fails when a resource of the chain is missing; stages not finished yet are left out.
-    pub async fn gather(filter_run: FilterRun, lineage: Lineage, storage: &StorageConfig) -> Result<Run> {
+    /// Reads the stage results that the statuses of `filter_run` and its `lineage` point to, and
+    /// the select manifests of those `peers` that selected from the same SourceGroup. Fails when
+    /// a resource of the chain is missing; stages not finished yet are left out.
+    pub async fn gather(
+        filter_run: FilterRun,
+        lineage: Lineage,
+        peers: &[(FilterRun, Lineage)],
+        storage: &StorageConfig,
+    ) -> Result<Run> {
         let missing = |kind: &str| {
             Error::UpstreamIncomplete(format!("the report of FilterRun {} needs its {kind}", filter_run.name_any()))
         };
         let source_group = lineage.source_group.ok_or_else(|| missing("SourceGroup"))?;
-        let rubric_set = lineage.rubric_set.ok_or_else(|| missing("RubricSet"))?;
-        let distillation_job = lineage.distillation_job.ok_or_else(|| missing("DistillationJob"))?;
+        let (rubric_set, distillation_job) = match filter_run.spec.method {
+            Method::Mira => (
+                Some(lineage.rubric_set.ok_or_else(|| missing("RubricSet"))?),
+                Some(lineage.distillation_job.ok_or_else(|| missing("DistillationJob"))?),
+            ),
+            Method::Random | Method::Dsir => (None, None),
+        };
         let storage = Storage::new(storage.clone());
 
         let mut proposals = BTreeMap::new();
-        for group in rubric_set.status.iter().flat_map(|s| &s.groups) {
+        for group in rubric_set.iter().flat_map(|r| &r.status).flat_map(|s| &s.groups) {
             let Some(uri) = &group.proposals else { continue };
             let bytes = storage.get(uri).await.map_err(Error::ReadResult)?;
             // A line this version cannot read is left out of the report, not fatal to it.
             let lines = bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice(line).ok());
             proposals.insert(group.name.clone(), lines.collect());
         }
-        let finished = |step: Step| -> Vec<String> {
-            filter_run
-                .status
-                .iter()
-                .flat_map(|s| &s.pipeline.stages)
-                .filter(|r| r.step == step && r.phase == StagePhase::Succeeded)
-                .map(|r| join(&r.output, RESULT))
-                .collect()
-        };
-        let mut scores = Vec::new();
-        for uri in finished(Step::Score) {
-            scores.push(storage.get_json::<ScoreResult>(&uri).await.map_err(Error::ReadResult)?);
+        let scores = results::<ScoreResult>(&storage, &filter_run, Step::Score).await?;
+        let manifests = results::<Manifest>(&storage, &filter_run, Step::Select).await?;
+        let mut compared = Vec::new();
+        for (peer, peer_lineage) in peers {
+            let same_corpus =
+                peer_lineage.source_group.as_ref().is_some_and(|sg| sg.name_any() == source_group.name_any());
+            if peer.name_any() == filter_run.name_any() || peer.namespace() != filter_run.namespace() || !same_corpus {
+                continue;
+            }
+            let manifests = results::<Manifest>(&storage, peer, Step::Select).await?;
+            if !manifests.is_empty() {
+                compared.push(Peer {
+                    name: peer.name_any(),
+                    method: peer.spec.method,
+                    policy: peer.spec.policy,
+                    retention: peer.spec.retention,
+                    manifests,
+                });
+            }
         }
-        let mut manifests = Vec::new();
-        for uri in finished(Step::Select) {
-            manifests.push(storage.get_json::<Manifest>(&uri).await.map_err(Error::ReadResult)?);
-        }
-        Ok(Run { filter_run, source_group, rubric_set, distillation_job, proposals, scores, manifests })
+        Ok(Run {
+            filter_run,
+            source_group,
+            rubric_set,
+            distillation_job,
+            proposals,
+            scores,
+            manifests,
+            peers: compared,
+        })
     }
 
     /// The report as one HTML page.
@@ -95,11 +152,12 @@ impl Run {
     }
 }
 
-/// `mira report`: writes the report of `filter_run` to `uri`, reading with the storage settings
-/// its SourceGroup names and this machine's credentials.
-pub async fn write(filter_run: FilterRun, lineage: Lineage, uri: &str) -> Result<()> {
+/// `mira report`: writes the report of `filter_run` to `uri`, beside `peers` (other FilterRuns,
+/// with their lineage), reading with the storage settings its SourceGroup names and this
+/// machine's credentials.
+pub async fn write(filter_run: FilterRun, lineage: Lineage, peers: &[(FilterRun, Lineage)], uri: &str) -> Result<()> {
     let storage = filter_run.storage(&lineage).map(|s| s.config()).unwrap_or_default();
-    Run::gather(filter_run, lineage, &storage).await?.put(&storage, uri).await
+    Run::gather(filter_run, lineage, peers, &storage).await?.put(&storage, uri).await
 }
 
 /// Writes the report of `filter_run` to its `status.report` when `status` (its status after this
@@ -109,6 +167,7 @@ pub async fn write_when_new(
     filter_run: &FilterRun,
     status: &FilterRunStatus,
     lineage: &Lineage,
+    peers: &[(FilterRun, Lineage)],
     storage: &StorageConfig,
 ) -> Result<Option<String>> {
     let (Some(uri), Some(revision)) = (&status.report, &status.pipeline.revision) else { return Ok(None) };
@@ -117,7 +176,7 @@ pub async fn write_when_new(
     }
     let mut updated = filter_run.clone();
     updated.status = Some(status.clone());
-    Run::gather(updated, lineage.clone(), storage).await?.put(storage, uri).await?;
+    Run::gather(updated, lineage.clone(), peers, storage).await?.put(storage, uri).await?;
     Ok(Some(uri.clone()))
 }
 
@@ -127,6 +186,7 @@ pub async fn write_if_filter_run<K: Pipeline>(
     object: &K,
     status: &K::Status,
     lineage: &Lineage,
+    peers: &[(FilterRun, Lineage)],
     storage: &StorageConfig,
 ) -> Result<Option<String>>
 where
@@ -135,7 +195,7 @@ where
     let filter_run = (object as &dyn Any).downcast_ref::<FilterRun>();
     let status = (status as &dyn Any).downcast_ref::<FilterRunStatus>();
     match (filter_run, status) {
-        (Some(filter_run), Some(status)) => write_when_new(filter_run, status, lineage, storage).await,
+        (Some(filter_run), Some(status)) => write_when_new(filter_run, status, lineage, peers, storage).await,
         _ => Ok(None),
     }
 }

@@ -7,9 +7,12 @@ use kube::ResourceExt;
 use minijinja::{context, Environment};
 use scorer_runner::histogram::Histogram;
 use scorer_runner::plan::{Agreement, ScoreTotals};
+
+use crate::api::CutPolicy;
 use serde::Serialize;
 
 use super::charts::{self, Chart};
+use super::compare::overlap;
 use super::Run;
 
 const TEMPLATE: &str = include_str!("report.html");
@@ -26,6 +29,7 @@ pub fn render(run: &Run) -> String {
             similarity => similarity(run),
             groups => groups(run),
             kept => kept(run),
+            comparison => comparison(run),
         })
     });
     page.unwrap_or_else(|e| {
@@ -39,6 +43,7 @@ fn jiff_now() -> String {
 
 #[derive(Serialize)]
 struct Summary {
+    method: &'static str,
     policy: String,
     retention: f64,
     kept: Option<String>,
@@ -50,6 +55,7 @@ fn summary(run: &Run) -> Summary {
     let status = run.filter_run.status.as_ref();
     let total = status.and_then(|s| s.total.as_ref());
     Summary {
+        method: spec.method.as_str(),
         policy: format!("{:?}", spec.policy).to_lowercase(),
         retention: spec.retention,
         kept: total.map(|t| {
@@ -154,15 +160,15 @@ struct Group {
 
 fn groups(run: &Run) -> Vec<Group> {
     let Some(sg) = run.source_group.status.as_ref() else { return Vec::new() };
-    let rubrics = run.rubric_set.status.as_ref().map(|s| s.groups.as_slice()).unwrap_or_default();
-    let students = run.distillation_job.status.as_ref().map(|s| s.students.as_slice()).unwrap_or_default();
+    let rubrics = run.rubric_set.iter().flat_map(|r| &r.status).flat_map(|s| &s.groups).collect::<Vec<_>>();
+    let students = run.distillation_job.iter().flat_map(|d| &d.status).flat_map(|s| &s.students).collect::<Vec<_>>();
     let filter = run.filter_run.status.as_ref().map(|s| s.groups.as_slice()).unwrap_or_default();
     let score_sources: Vec<&ScoreTotals> = run.scores.iter().flat_map(|s| &s.sources).collect();
     sg.groups
         .iter()
         .map(|g| {
-            let rubric = rubrics.iter().find(|r| r.name == g.name);
-            let student = students.iter().find(|s| s.group == g.name);
+            let rubric = rubrics.iter().find(|r| r.name == g.name).copied();
+            let student = students.iter().find(|s| s.group == g.name).copied();
             let filtered = filter.iter().find(|f| f.name == g.name);
             let agreement = student.map(|s| s.agreement.as_slice()).unwrap_or_default();
             let dimension_ids: Vec<String> = match rubric {
@@ -339,4 +345,73 @@ fn kept(run: &Run) -> Option<KeptView> {
         .collect();
     let chart = charts::kept_bars(&rows.iter().map(|r| (r.source.clone(), r.total, r.kept)).collect::<Vec<_>>());
     Some(KeptView { rows, chart })
+}
+
+#[derive(Serialize)]
+struct OverlapRow {
+    peer: String,
+    group: String,
+    records: usize,
+    jaccard: String,
+    spearman: String,
+}
+
+#[derive(Serialize)]
+struct Comparison {
+    /// `name (method, policy, retention)` of this run, then of each peer.
+    runs: Vec<String>,
+    /// Per `group/source`: the kept share of its tokens in each run.
+    shares: Vec<(String, Vec<String>)>,
+    overlaps: Vec<OverlapRow>,
+}
+
+/// This selection beside the other selections of its corpus: kept shares per source, and per
+/// group the overlap of the kept sets and the correlation of the scores on the records of both
+/// comparison samples.
+fn comparison(run: &Run) -> Option<Comparison> {
+    if run.peers.is_empty() {
+        return None;
+    }
+    let describe = |name: String, method: &str, policy: CutPolicy, retention: f64| {
+        format!("{name} ({method}, {}, {retention})", format!("{policy:?}").to_lowercase())
+    };
+    let spec = &run.filter_run.spec;
+    let mut runs = vec![describe(run.filter_run.name_any(), spec.method.as_str(), spec.policy, spec.retention)];
+    runs.extend(run.peers.iter().map(|p| describe(p.name.clone(), p.method.as_str(), p.policy, p.retention)));
+    let all: Vec<&[scorer_runner::plan::Manifest]> =
+        std::iter::once(&run.manifests[..]).chain(run.peers.iter().map(|p| &p.manifests[..])).collect();
+    let sources: BTreeSet<&String> = all.iter().flat_map(|m| m.iter()).flat_map(|m| m.sources.keys()).collect();
+    let shares = sources
+        .into_iter()
+        .map(|source| {
+            let cells = all
+                .iter()
+                .map(|manifests| {
+                    let kept = manifests.iter().find_map(|m| m.sources.get(source));
+                    kept.map_or("-".into(), |k| share(k.kept_tokens, k.total_tokens))
+                })
+                .collect();
+            (source.clone(), cells)
+        })
+        .collect();
+    let samples = |manifests: &[scorer_runner::plan::Manifest]| -> BTreeMap<String, Vec<_>> {
+        manifests.iter().flat_map(|m| m.samples.clone()).collect()
+    };
+    let ours = samples(&run.manifests);
+    let mut overlaps = Vec::new();
+    for peer in &run.peers {
+        let theirs = samples(&peer.manifests);
+        for (group, sample) in &ours {
+            let Some(other) = theirs.get(group) else { continue };
+            let o = overlap(sample, other);
+            overlaps.push(OverlapRow {
+                peer: peer.name.clone(),
+                group: group.clone(),
+                records: o.records,
+                jaccard: o.jaccard.map_or("-".into(), |j| format!("{j:.2}")),
+                spearman: o.spearman.map_or("-".into(), |r| format!("{r:.2}")),
+            });
+        }
+    }
+    Some(Comparison { runs, shares, overlaps })
 }

@@ -51,9 +51,9 @@ impl HashedFeaturizer {
     }
 
     /// Counts every n-gram of `text` into `scratch.counts`: word n-grams from the token hashes,
-    /// then character n-grams. Each n-gram's hash gives a feature index (its low bits) and a sign
-    /// (its top bit).
-    fn count_grams(&self, text: &str, scratch: &mut Scratch) {
+    /// then character n-grams. Each n-gram's hash gives a feature index (its low bits) and, when
+    /// `signed`, a sign (its top bit); unsigned, each count is the n-grams that hit the index.
+    fn count_grams(&self, text: &str, scratch: &mut Scratch, signed: bool) {
         let seed = self.spec.seed;
         let Scratch { tokens, spans, chars, gram, counts } = scratch;
         let n = self.spec.word_ngrams as usize;
@@ -67,7 +67,7 @@ impl HashedFeaturizer {
             chars.extend(text.chars().flat_map(char::to_lowercase));
             char_grams = (lo as usize..=hi as usize).map(|len| (chars.len() + 1).saturating_sub(len)).sum();
         }
-        counts.count(n * tokens.len() + char_grams, self.mask, |tally| {
+        counts.count(n * tokens.len() + char_grams, self.mask, signed, |tally| {
             // The common orders as constants, so their loops unroll.
             match n {
                 1 => word_grams(tokens, 1, tally),
@@ -162,9 +162,16 @@ impl HashedFeaturizer {
         norm2
     }
 
+    /// Calls `f` with each feature index `text`'s n-grams hit and how many hit it (unsigned,
+    /// unweighted): the bag of hashed n-grams that DSIR's importance weights are estimated over.
+    pub fn gram_counts(&self, text: &str, scratch: &mut GramScratch, mut f: impl FnMut(u32, u32)) {
+        self.count_grams(text, &mut scratch.0, false);
+        scratch.0.counts.drain(|i, count| f(i, count as u32));
+    }
+
     /// One text's vector, into `out`.
     fn featurize_into(&self, text: &str, scratch: &mut Scratch, out: &mut SparseVec) {
-        self.count_grams(text, scratch);
+        self.count_grams(text, scratch, true);
         out.indices.clear();
         out.values.clear();
         self.weights(&mut scratch.counts, None::<fn(u32)>, |i, v| {
@@ -188,6 +195,10 @@ fn word_grams(tokens: &[u64], n: usize, tally: &mut Tally<'_>) {
         }
     }
 }
+
+/// Buffers [`HashedFeaturizer::gram_counts`] reuses from one text to the next.
+#[derive(Default)]
+pub struct GramScratch(Scratch);
 
 /// Buffers reused from one text to the next.
 #[derive(Default)]
@@ -221,7 +232,7 @@ impl Featurizer for HashedFeaturizer {
     fn predict_each(&self, texts: &[&str], heads: &RidgeHeads, f: &mut dyn FnMut(&[f32])) -> Result<()> {
         let (mut scratch, mut sums, mut out) = (Scratch::default(), vec![0f32; heads.heads], vec![0f32; heads.heads]);
         for text in texts {
-            self.count_grams(text, &mut scratch);
+            self.count_grams(text, &mut scratch, true);
             sums.fill(0.0);
             let norm2 = self.head_sums(&mut scratch.counts, heads, &mut sums);
             let scale = if norm2 > 0.0 { norm2.sqrt().recip() } else { 0.0 };
@@ -258,7 +269,7 @@ impl Counts {
     /// Replaces the previous text's counts with those `fill` adds through a [`Tally`], at most
     /// `hits` of them. Feature indices are `hash & index_mask`.
     #[inline(always)]
-    fn count(&mut self, hits: usize, index_mask: u64, fill: impl FnOnce(&mut Tally<'_>)) {
+    fn count(&mut self, hits: usize, index_mask: u64, signed: bool, fill: impl FnOnce(&mut Tally<'_>)) {
         // Counts that were never drained (reading them empties the table as it goes).
         self.drain(|_, _| {});
         let capacity = (4 * hits).next_power_of_two().max(64);
@@ -266,7 +277,9 @@ impl Counts {
             self.slots = vec![(0, 0); capacity];
             self.order = vec![0; capacity + 1];
         }
-        let mut tally = Tally { table: &mut self.slots[..capacity], order: &mut self.order, index_mask, len: 0 };
+        let sign_mask = signed as u64;
+        let mut tally =
+            Tally { table: &mut self.slots[..capacity], order: &mut self.order, index_mask, sign_mask, len: 0 };
         fill(&mut tally);
         self.len = tally.len;
     }
@@ -304,11 +317,13 @@ struct Tally<'a> {
     table: &'a mut [(u32, i32)],
     order: &'a mut [u32],
     index_mask: u64,
+    /// 1 when a hash's top bit signs its count, 0 when every count is positive.
+    sign_mask: u64,
     len: usize,
 }
 
 impl Tally<'_> {
-    /// Counts a hash's feature index with its sign (the top bit).
+    /// Counts a hash's feature index with its sign (the top bit), if counts are signed.
     #[inline(always)]
     fn add(&mut self, hash: u64) {
         let key = (hash & self.index_mask) as u32 + 1;
@@ -327,7 +342,7 @@ impl Tally<'_> {
         // more place than that.
         unsafe {
             let entry = self.table.get_unchecked_mut(slot);
-            *entry = (key, entry.1 + 1 - 2 * (hash >> 63) as i32);
+            *entry = (key, entry.1 + 1 - 2 * ((hash >> 63) & self.sign_mask) as i32);
             *self.order.get_unchecked_mut(self.len) = slot as u32;
         }
         self.len += (found == 0) as usize;
@@ -735,7 +750,7 @@ mod tests {
             .map(|&(i, sign): &(u64, i32)| i | ((sign < 0) as u64) << 63 | 1 << 40)
             .collect();
         for round in 0..2 {
-            counts.count(hits.len(), (1 << 18) - 1, |tally| hits.iter().for_each(|&hit| tally.add(hit)));
+            counts.count(hits.len(), (1 << 18) - 1, true, |tally| hits.iter().for_each(|&hit| tally.add(hit)));
             let mut got = Vec::new();
             counts.drain(|i, count| got.push((i, count)));
             assert_eq!(got, [(3, 2), (67, -2), (5, 1), (131, 1)], "round {round}");

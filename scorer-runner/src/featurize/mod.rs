@@ -11,7 +11,7 @@ use crate::ridge::RidgeHeads;
 use crate::sparse::SparseVec;
 use crate::storage::Storage;
 
-pub use hashed::{idf_weights, HashedFeaturizer};
+pub use hashed::{idf_weights, GramScratch, HashedFeaturizer};
 
 /// Text to vectors. Batched, because model-backed featurizers are far faster on batches.
 pub trait Featurizer: Send + Sync {

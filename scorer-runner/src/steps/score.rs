@@ -1,6 +1,7 @@
-//! `score`: every record of every shard of every group through its group's student: per-dimension
-//! scores, the aggregate (trimmed mean over the dimensions unmasked for the record's source), and
-//! a token count, written as one score shard per input shard (Parquet, [`crate::formats::scores`]),
+//! `score`: every record of every shard of every group through its group's ranker
+//! ([`crate::rankers`]): a student's per-dimension scores and their aggregate (trimmed mean over
+//! the dimensions unmasked for the record's source), or a baseline's, and a token count,
+//! written as one score shard per input shard (Parquet, [`crate::formats::scores`]),
 //! with a token-weighted histogram of the aggregate per shard and a uniform sample of its records'
 //! lengths and scores ([`crate::length`]). One unit per input shard.
 
@@ -16,10 +17,9 @@ use crate::histogram::Histogram;
 use crate::length::{LengthSample, LengthSampler};
 use crate::plan::SkipCounts;
 use crate::plan::{ScorePlan, ScoreResult, ScoreTotals, ScoredShard, TokenCounter};
+use crate::rankers::{Ranked, Ranker};
 use crate::records::extract;
-use crate::stats::trimmed_mean;
 use crate::storage::join;
-use crate::student::{BatchScores, Student};
 use crate::units::Commit;
 
 /// Counts tokens for budgets.
@@ -62,9 +62,9 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
     if plan.histogram_bins == 0 {
         return Err(Error::plan("histogramBins must be positive"));
     }
-    let mut students = Vec::new();
+    let mut rankers = Vec::new();
     for group in &plan.groups {
-        students.push(Arc::new(Student::load(&ctx.storage, &ctx.scratch, &group.student).await?));
+        rankers.push(Arc::new(Ranker::load(ctx, group, plan.trim, &plan.output).await?));
     }
     let tokens = Arc::new(Tokens::load(ctx, &plan.tokens).await?);
     let (units, ids) =
@@ -76,7 +76,7 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
         .overlapping()
         .run_each(
             &ids,
-            |i| score_shard(ctx, plan, units[i].clone(), students[units[i].group].clone(), tokens.clone()),
+            |i| score_shard(ctx, plan, units[i].clone(), rankers[units[i].group].clone(), tokens.clone()),
             |_, commit: Commit<ScoredShard>| {
                 add(&mut groups, &commit.output, false);
                 add(&mut sources, &commit.output, true);
@@ -85,12 +85,12 @@ pub async fn run(ctx: &Context, plan: &ScorePlan) -> Result<ScoreResult> {
         .await?;
     for totals in sources.values_mut() {
         totals.length_correlation = totals.length.rank_correlation();
-        let student = plan.groups.iter().position(|g| g.name == totals.group).map(|g| &students[g]);
-        totals.unranked = student.is_some_and(|s| s.ranks_none(totals.source.as_deref().unwrap_or_default()));
+        let ranker = plan.groups.iter().position(|g| g.name == totals.group).map(|g| &rankers[g]);
+        totals.unranked = ranker.is_some_and(|r| r.ranks_none(totals.source.as_deref().unwrap_or_default()));
     }
     let mut masked = BTreeMap::new();
-    for (group, student) in plan.groups.iter().zip(&students) {
-        masked.insert(group.name.clone(), student.header.masked.clone());
+    for (group, ranker) in plan.groups.iter().zip(&rankers) {
+        masked.insert(group.name.clone(), ranker.masked());
     }
     let result =
         ScoreResult { groups: groups.into_values().collect(), sources: sources.into_values().collect(), masked };
@@ -130,7 +130,7 @@ async fn score_shard(
     ctx: &Context,
     plan: &ScorePlan,
     unit: ShardUnit,
-    student: Arc<Student>,
+    ranker: Arc<Ranker>,
     tokens: Arc<Tokens>,
 ) -> Result<ScoredShard> {
     let group = plan.groups[unit.group].name.clone();
@@ -138,25 +138,18 @@ async fn score_shard(
         join(&plan.output, &format!("scores/group={group}/source={}/{}.parquet", unit.source.name, unit.id));
     let (input, _guard) = ctx.open_shard(&unit.shard.uri, unit.shard.format).await?;
     let tmp = ctx.scratch_file()?;
-    let (path, trim, bins, read) = (tmp.to_path_buf(), plan.trim, plan.histogram_bins, plan.read.into());
+    let (path, bins, read) = (tmp.to_path_buf(), plan.histogram_bins, plan.read.into());
     let (source, shard, group_name) = (unit.source.clone(), unit.shard.clone(), group.clone());
     let progress = ctx.progress.clone();
     let (records, token_total, skipped, histogram, length) = ctx
         .compute(move || {
-            let scale = student.header.scale;
-            let mut histogram = Histogram::new(scale.min as f64, scale.max as f64, bins);
-            let dimensions: Vec<&str> = student.header.dimensions.iter().map(|d| d.id.as_str()).collect();
-            let mut writer = ScoreShardWriter::create(&path, &group_name, &source.name, &dimensions)?;
+            let (min, max) = ranker.range();
+            let mut histogram = Histogram::new(min, max, bins);
+            let mut writer = ScoreShardWriter::create(&path, &group_name, &source.name, &ranker.columns())?;
             let mut skipped = SkipCounts::default();
             let mut length = LengthSampler::default();
             let (mut records, mut token_total) = (0u64, 0u64);
-            let heads = student.header.dimensions.len();
-            let unmasked = student.unmasked(&source.name);
-            // A source no reliable dimension ranks gets one aggregate, the scale's midpoint, for
-            // every record: the threshold step cuts it on its own, by the seeded draw alone.
-            let unranked = student.ranks_none(&source.name).then_some((scale.min + scale.max) as f32 / 2.0);
-            let mut kept = Vec::with_capacity(heads);
-            let mut predictions = BatchScores::default();
+            let mut ranked = Ranked::default();
             for_each_batch(&shard.uri, input, shard.format, read, |batch| {
                 progress.read(&batch);
                 let mut good = Vec::with_capacity(batch.records.len());
@@ -166,20 +159,13 @@ async fn score_shard(
                         Err(reason) => skipped.add(reason, &shard.uri, raw.index),
                     }
                 }
-                let texts: Vec<&str> = good.iter().map(|(_, r)| &*r.text).collect();
-                student.score_batch(&texts, &mut predictions)?;
-                for ((index, record), predicted) in good.iter().zip(predictions.iter()) {
-                    let Some(scores) = predicted else {
+                let records_of_batch: Vec<_> = good.iter().map(|(_, r)| r).collect();
+                ranker.rank(&source.name, &records_of_batch, &mut ranked)?;
+                for ((index, record), rank) in good.iter().zip(ranked.iter()) {
+                    let Some((aggregate, scores)) = rank else {
                         skipped.add_reason("student_no_reply", &shard.uri, *index);
                         continue;
                     };
-                    kept.clear();
-                    match unmasked {
-                        Some(mask) => kept.extend(scores.iter().zip(mask).filter(|(_, &u)| u).map(|(s, _)| *s)),
-                        // No mask for the source: all dimensions count.
-                        None => kept.extend_from_slice(scores),
-                    }
-                    let aggregate = unranked.or_else(|| trimmed_mean(&mut kept, trim)).unwrap_or(f32::NAN);
                     let t = tokens.count(&record.text)?;
                     let draw = writer.push(*index, &record.id, t, aggregate, scores)?;
                     histogram.add(aggregate as f64, t);

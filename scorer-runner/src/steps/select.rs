@@ -2,20 +2,28 @@
 //! source's own format, and the manifest. One unit per input shard: it reads the shard and its
 //! score shard side by side (both in record order) and keeps a record when its aggregate falls in
 //! a bin at or above its scope's cut, or in the bin below it and the tie draw keeps it: exactly
-//! the records the threshold counted.
+//! the records the threshold counted. Each group's manifest also carries a comparison sample:
+//! its scored records of the smallest id hashes, with their aggregate and whether they were kept.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use super::{shard_units, Context, ShardUnit};
+use crate::bottom_k::BottomK;
 use crate::error::{Error, Result};
 use crate::formats::scores::ScoreKeys;
 use crate::formats::{for_each_batch, ReadOptions, ShardWriter};
 use crate::histogram::Cut;
-use crate::plan::{Kept, Manifest, ScoreResult, ScoredShard, SelectPlan, SelectedShard, ThresholdResult};
+use crate::plan::{
+    Kept, Manifest, SampledRecord, ScoreResult, ScoredShard, SelectPlan, SelectedShard, ThresholdResult,
+};
 use crate::storage::join;
 
 pub const MANIFEST: &str = "manifest.json";
+
+/// Records in a group's comparison sample: Jaccard overlaps and rank correlations on 4,096
+/// records are within a few hundredths of the whole corpus's.
+pub const COMPARISON_SAMPLE: usize = 4096;
 
 pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     let thresholds: ThresholdResult = ctx.storage.get_json(&join(&plan.threshold, super::RESULT)).await?;
@@ -57,14 +65,21 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
         thresholds,
         masked: scores.masked,
         shards: Vec::new(),
+        samples: BTreeMap::new(),
     };
+    let mut samples: BTreeMap<String, BottomK<SampledRecord>> = BTreeMap::new();
     for commit in commits {
-        let shard = commit.output;
+        let mut shard = commit.output;
+        let sample = samples.entry(shard.group.clone()).or_insert_with(|| BottomK::new(COMPARISON_SAMPLE));
+        for record in std::mem::take(&mut shard.sample) {
+            sample.offer(record.key, record);
+        }
         manifest.total.add(&shard.kept);
         manifest.groups.entry(shard.group.clone()).or_default().add(&shard.kept);
         manifest.sources.entry(format!("{}/{}", shard.group, shard.source)).or_default().add(&shard.kept);
         manifest.shards.push(shard);
     }
+    manifest.samples = samples.into_iter().map(|(group, sample)| (group, sample.into_sorted())).collect();
     ctx.storage.put_json(&join(&plan.output, MANIFEST), &manifest).await?;
     ctx.write_result(&plan.output, &manifest).await?;
     Ok(manifest)
@@ -88,12 +103,13 @@ async fn select_shard(
     let read = ReadOptions { parquet_as_json: false, ..plan.read.into() };
     let (path, histogram) = (tmp.to_path_buf(), scored.histogram.clone());
     let (shard, scores_uri, progress) = (unit.shard.clone(), scored.scores.clone(), ctx.progress.clone());
-    let kept = ctx
+    let (kept, sample) = ctx
         .compute(move || {
             let mut keys = ScoreKeys::open(&scores_uri, &scores_path)?;
             let mut next_key = || keys.next().transpose();
             let mut writer = ShardWriter::create(&path, shard.format)?;
             let mut kept = Kept::default();
+            let mut sample = BottomK::new(COMPARISON_SAMPLE);
             let mut pending = next_key()?;
             for_each_batch(&shard.uri, input, shard.format, read, |batch| {
                 progress.read(&batch);
@@ -106,17 +122,23 @@ async fn select_shard(
                     let Some(key) = pending.filter(|k| k.index == raw.index) else { continue };
                     kept.total_records += 1;
                     kept.total_tokens += key.tokens;
-                    if cut.keeps(histogram.bin(key.aggregate as f64), key.draw) {
-                        *slot = true;
+                    *slot = cut.keeps(histogram.bin(key.aggregate as f64), key.draw);
+                    if *slot {
                         kept.kept_records += 1;
                         kept.kept_tokens += key.tokens;
+                    }
+                    // A record no dimension scored (NaN) has no place in a correlation.
+                    if !key.aggregate.is_nan() && sample.would_keep(key.draw) {
+                        let record =
+                            SampledRecord { key: key.draw, aggregate: key.aggregate, tokens: key.tokens, kept: *slot };
+                        sample.offer(key.draw, record);
                     }
                 }
                 writer.write_kept(&batch, &keep)?;
                 Ok(ControlFlow::Continue(()))
             })?;
             writer.finish()?;
-            Ok(kept)
+            Ok((kept, sample.into_sorted()))
         })
         .await?;
     // A shard with nothing kept produces no file (an empty Parquet file would need a schema).
@@ -132,5 +154,6 @@ async fn select_shard(
         shard: unit.shard.uri.clone(),
         output,
         kept,
+        sample,
     })
 }
