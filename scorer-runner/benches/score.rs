@@ -10,7 +10,9 @@
 //!                                (default) or the labels' signal repeated as that many, on at
 //!                                most maxTrainRecords of them (default 3,000)
 //!   baseline <dir>               decompress + serde_json parse of every record
-//!   score <dir>                  the score step over every shard
+//!   score <dir> [ranker]         the score step over every shard, ranked by the student
+//!                                (default), `random` or `dsir` (toward the first shard's
+//!                                records, its weights fitted within the timed run)
 //!   student <dir>                the student alone (featurize + heads) on one thread, over the
 //!                                texts of the first shards held in memory: the step's hot loop
 //!   import <dir> <root>          a corpus of real text instead: every UTF-8 file under root
@@ -260,17 +262,26 @@ async fn baseline(dir: &Path) -> (u64, f64) {
     (counts.iter().sum(), started.elapsed().as_secs_f64())
 }
 
-async fn score(dir: &Path) -> (u64, f64) {
+/// What ranks the records in `score`: the trained student, or a baseline.
+fn ranker(dir: &Path, name: &str) -> RankerSpec {
+    match name {
+        "random" => RankerSpec::Random,
+        "dsir" => {
+            let mut target = source(dir);
+            target.uri = shards(dir)[0].to_string_lossy().into();
+            RankerSpec::Dsir(DsirSpec::new(target))
+        }
+        _ => RankerSpec::Student(dir.join("distill/students/all.student").to_string_lossy().into()),
+    }
+}
+
+async fn score(dir: &Path, ranker: RankerSpec) -> (u64, f64) {
     let ctx = context(dir);
     let output = dir.join(format!("score-{}", std::process::id()));
     let plan = ScorePlan {
         storage: Default::default(),
         output: output.to_string_lossy().into(),
-        groups: vec![ScoreGroup {
-            name: "all".into(),
-            sources: vec![source(dir)],
-            ranker: RankerSpec::Student(dir.join("distill/students/all.student").to_string_lossy().into()),
-        }],
+        groups: vec![ScoreGroup { name: "all".into(), sources: vec![source(dir)], ranker }],
         tokens: TokenCounter::Whitespace,
         trim: 0.1,
         histogram_bins: 10_000,
@@ -348,7 +359,11 @@ async fn main() {
             println!("student: records={records} ns_per_record={:.0} records_per_s={:.0} (one thread)", secs * 1e9 / records as f64, records as f64 / secs);
         }
         "baseline" | "score" => {
-            let (records, secs) = if phase == "baseline" { baseline(&dir).await } else { score(&dir).await };
+            let (records, secs) = if phase == "baseline" {
+                baseline(&dir).await
+            } else {
+                score(&dir, ranker(&dir, args.get(2).map(String::as_str).unwrap_or("student"))).await
+            };
             let (compressed, raw) = corpus_bytes(&dir);
             println!(
                 "{phase}: records={records} seconds={secs:.2} records_per_s={:.0} raw_mb_per_s={:.1} zst_mb_per_s={:.1} peak_rss_mib={:.1}",
@@ -358,6 +373,6 @@ async fn main() {
                 peak_rss_mib()
             );
         }
-        _ => eprintln!("usage: score (generate <dir> <MB> [labels] | train <dir> [dimensions] [maxTrainRecords] | baseline <dir> | score <dir> | student <dir> | import <dir> <root>)"),
+        _ => eprintln!("usage: score (generate <dir> <MB> [labels] | train <dir> [dimensions] [maxTrainRecords] | baseline <dir> | score <dir> [student|random|dsir] | student <dir> | import <dir> <root>)"),
     }
 }

@@ -428,9 +428,10 @@ async fn a_full_disk_loses_nothing_and_the_rerun_matches_an_undisturbed_run() {
 }
 
 /// File size caps for the full-disk test: no score shard fits under the first; under the second,
-/// some sources' kept records fit and others' do not.
+/// some sources' kept records (and the commits, which carry the shard's comparison sample) fit
+/// and others' do not.
 const FULL_SCORE: u64 = 1024;
-const FULL_SELECT: u64 = 8 * 1024;
+const FULL_SELECT: u64 = 12 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_source_fails_its_unit_with_a_clear_error() {

@@ -44,15 +44,16 @@ pub async fn sample_source(ctx: &Context, source: &Source, n: usize, read: ReadL
     let mut picked: Vec<&Shard> = shards.iter().collect();
     picked.sort_by_key(|s| (xxh3_64_with_seed(s.uri.as_bytes(), seed), s.uri.clone()));
     picked.truncate(MAX_SAMPLED_SHARDS);
-    let parts: Vec<Result<BottomK<Drawn>>> = futures::stream::iter(picked)
+    // Each shard's part is merged as it arrives: memory holds the parts in flight and the
+    // sample, not every shard's part (up to `n` records each) at once.
+    let mut parts = futures::stream::iter(picked)
         .map(|shard| sample_shard(ctx, source, shard.clone(), n, read, seed))
-        .buffer_unordered(ctx.worker.parallelism)
-        .collect()
-        .await;
+        .buffer_unordered(ctx.worker.parallelism);
     let mut sample = BottomK::new(n);
-    for part in parts {
+    while let Some(part) = parts.next().await {
         sample.merge(part?);
     }
+    drop(parts);
     let mut records = Vec::with_capacity(n);
     let mut skipped = SkipCounts::default();
     for drawn in sample.into_sorted() {

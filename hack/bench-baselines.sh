@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# hack/bench-baselines.sh [MEGABYTES]  (default 640: about 100 MB of JSONL.zst)
+#
+# Records/s of the `score` step with each ranker over the same shards in the same binary: the
+# hashed student (MIRA), the random baseline and DSIR (its weights fitted from 20,000 records of
+# the target and of the source inside the timed run), with the decompress-and-parse floor beside
+# them. Five interleaved rounds; prints every run and, per ranker, the median over the rounds of
+# its rate over the student's in the same round: compare ratios, not absolute times. The corpus
+# is bench-score.sh's generator's, cached by size.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+size="${1:-640}"
+use_cargo_target
+dir="$MIRA_CACHE/bench/score-${size}mb"
+cd "$HACK_DIR/.."
+cargo build --release -p scorer-runner --no-default-features --bench score --quiet
+bench="$(newest_bin "$CARGO_TARGET_DIR/release/deps" score)"
+if [[ ! -f "$dir/raw-bytes" ]]; then
+  rm -rf "$dir" && mkdir -p "$dir"
+  "$bench" generate "$dir" "$size"
+fi
+"$bench" train "$dir"
+echo "corpus: $(du -sh "$dir/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$dir/raw-bytes") / 1000000 )) MB of JSON; $(nproc) cores"
+rate() { grep -o 'records_per_s=[0-9]*' <<<"$1" | cut -d= -f2; }
+declare -A ratios=()
+for round in 1 2 3 4 5; do
+  floor=$("$bench" baseline "$dir") && echo "round $round floor: $floor"
+  student=$("$bench" score "$dir" student) && echo "round $round student: $student"
+  for ranker in random dsir; do
+    run=$("$bench" score "$dir" "$ranker") && echo "round $round $ranker: $run"
+    ratios[$ranker]+="$(awk -v r="$(rate "$run")" -v s="$(rate "$student")" 'BEGIN { printf "%.2f", r / s }') "
+  done
+  ratios[floor]+="$(awk -v f="$(rate "$floor")" -v s="$(rate "$student")" 'BEGIN { printf "%.2f", f / s }') "
+done
+for name in random dsir floor; do
+  # shellcheck disable=SC2086
+  echo "$name/student per round: ${ratios[$name]}; median $(printf '%s\n' ${ratios[$name]} | sort -n | sed -n 3p)"
+done
