@@ -69,6 +69,15 @@ spec:
   distillationJobRef: students
   retention: {retention}
   output: kept
+---
+apiVersion: mira.dev/v1alpha1
+kind: FilterRun
+metadata: {{name: baseline}}
+spec:
+  sourceGroupRef: corpus
+  method: random
+  retention: 0.5
+  output: kept-random
 "#
     )
 }
@@ -120,20 +129,14 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
 
     let (ok, stdout) = mira_run(dir.path(), &runner);
     assert!(ok, "the first run succeeds");
-    assert_eq!(
-        started(&stdout),
-        [
-            "cluster",
-            "distill",
-            "score/prose",
-            "score/technical",
-            "select/prose",
-            "select/technical",
-            "threshold/prose",
-            "threshold/technical"
-        ]
-    );
+    // Each FilterRun (the chain's and the random baseline's) scores, cuts and selects per group.
+    let per_group = ["score", "select", "threshold"].map(|s| [format!("{s}/prose"), format!("{s}/technical")]);
+    let mut expected: Vec<String> = per_group.iter().flatten().flat_map(|s| [s.clone(), s.clone()]).collect();
+    expected.extend(["cluster".to_string(), "distill".to_string()]);
+    expected.sort();
+    assert_eq!(started(&stdout), expected);
     assert!(stdout.contains("FilterRun default/filter: Ready"), "{stdout}");
+    assert!(stdout.contains("FilterRun default/baseline: Ready"), "{stdout}");
     assert!(stdout.contains("Reliable=True Reliable: every source keeps"), "the signal dimension is kept: {stdout}");
     assert!(stdout.contains("Usable=True Usable: every source scored"), "{stdout}");
     assert!(dir.path().join("kept/prose").is_dir(), "kept records are written per group");
@@ -171,9 +174,13 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
 
     // The report: written when the FilterRun is Ready, and again on demand by `mira report`;
     // every figure laid out with its marks in a real browser.
-    let report = stdout.lines().find_map(|l| l.strip_prefix("report: ")).map(PathBuf::from).expect("a report line");
-    assert_eq!(report, dir.path().join("kept/report.html").canonicalize().unwrap(), "next to the kept records");
-    check_report_renders(&report, &["prose", "technical"]);
+    let reports: Vec<PathBuf> = stdout.lines().filter_map(|l| l.strip_prefix("report: ")).map(PathBuf::from).collect();
+    let report = dir.path().join("kept/report.html").canonicalize().unwrap();
+    let baseline = dir.path().join("kept-random/report.html").canonicalize().unwrap();
+    assert_eq!(reports, [report.clone(), baseline.clone()], "next to each FilterRun's kept records");
+    // Each selection's report sets it beside the other: whichever finished first is written again.
+    check_report_renders(&report, &["prose", "technical"], true);
+    check_report_renders(&baseline, &["prose", "technical"], false);
     let again = dir.path().join("again.html");
     let out = Command::new(env!("CARGO_BIN_EXE_mira"))
         .args(["report", "fr/filter", "-f"])
@@ -200,7 +207,7 @@ fn a_chain_runs_to_the_kept_records_and_a_rerun_redoes_only_what_changed() {
 /// chromium`) and checks that every figure the report must have was laid out at a visible size
 /// with marks in it (SVG shapes, table cells), as the browser measured them; keeps a screenshot
 /// as a test artefact under the target directory's `tmp/`.
-fn check_report_renders(report: &Path, groups: &[&str]) {
+fn check_report_renders(report: &Path, groups: &[&str], rubric: bool) {
     let chromium =
         std::env::var("MIRA_CHROMIUM").expect("MIRA_CHROMIUM: run `eval \"$(hack/install-tools.sh env chromium)\"`");
     let dir = tempfile::tempdir().unwrap();
@@ -237,9 +244,16 @@ fn check_report_renders(report: &Path, groups: &[&str]) {
     let layout =
         dom.split_once("<pre id=\"layout\">").and_then(|(_, rest)| rest.split_once("</pre>")).expect("the probe ran").0;
     let layout: serde_json::Value = serde_json::from_str(&layout.replace("&amp;", "&")).unwrap();
-    let mut figures = vec!["similarity".to_string(), "kept".to_string()];
+    let mut figures = vec!["similarity".to_string(), "kept".to_string(), "comparison".to_string()];
     for g in groups {
-        figures.extend(["dimensions", "agreement", "scores", "length", "unranked"].map(|f| format!("{f}-{g}")));
+        figures.extend(["scores", "length", "unranked"].map(|f| format!("{f}-{g}")));
+        if rubric {
+            figures.extend(["dimensions", "agreement"].map(|f| format!("{f}-{g}")));
+        }
+    }
+    if !rubric {
+        let dimensions = layout.as_object().unwrap().keys().filter(|id| id.starts_with("dimensions-")).count();
+        assert_eq!(dimensions, 0, "a baseline's report has no rubric: {layout}");
     }
     for id in &figures {
         let f = &layout[id.as_str()];
@@ -251,7 +265,7 @@ fn check_report_renders(report: &Path, groups: &[&str]) {
     }
     let artefacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report");
     std::fs::create_dir_all(&artefacts).unwrap();
-    let png = artefacts.join("local-run-report.png");
+    let png = artefacts.join(format!("local-run-{}.png", if rubric { "report" } else { "baseline-report" }));
     headless(&[&format!("--screenshot={}", png.display()), "--window-size=1200,5000"], report);
     assert!(std::fs::metadata(&png).unwrap().len() > 10_000, "the screenshot has content");
 }

@@ -24,7 +24,7 @@ use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut, SourceLengt
     shortname = "fr",
     category = "mira",
     derive = "PartialEq",
-    doc = "Scores, thresholds and selects a corpus with a DistillationJob's students.",
+    doc = "Scores, thresholds and selects a corpus with a DistillationJob's students, or with a baseline selector.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
     printcolumn(name = "Retention", type_ = "number", json_path = ".spec.retention"),
@@ -40,6 +40,8 @@ use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut, SourceLengt
     .message("method mira (the default) takes distillationJobRef; the baseline methods take sourceGroupRef"))]
 #[x_kube(validation = Rule::new("(has(self.method) && self.method == 'dsir') == has(self.dsir)")
     .message("dsir (the target sample) goes with method dsir, and only with it"))]
+#[x_kube(validation = Rule::new("has(self.distillationJobRef) == has(oldSelf.distillationJobRef) && has(self.sourceGroupRef) == has(oldSelf.sourceGroupRef)")
+    .message("a FilterRun's upstream (distillationJobRef or sourceGroupRef) is immutable"))]
 #[serde(rename_all = "camelCase")]
 pub struct FilterRunSpec {
     /// The DistillationJob (same namespace) whose students score the records: method `mira`

@@ -216,6 +216,13 @@ fn references_are_immutable() {
     new.spec.distillation_job_ref = Some("other".into());
     let errors = validate_cel_update(&new, &old).unwrap_err();
     assert!(format!("{errors:?}").contains("distillationJobRef is immutable"), "{errors:?}");
+    // Nor can a run switch from one upstream to the other: a rule on each field alone holds only
+    // where both the old and the new object have it.
+    let mut new = filter_run();
+    (new.spec.distillation_job_ref, new.spec.source_group_ref) = (None, Some("corpus".into()));
+    new.spec.method = Method::Random;
+    let errors = validate_cel_update(&new, &old).unwrap_err();
+    assert!(format!("{errors:?}").contains("upstream (distillationJobRef or sourceGroupRef) is immutable"));
 }
 
 #[test]

@@ -50,7 +50,7 @@ pub fn score_histogram(ranked: &Histogram, unranked: Option<&Histogram>, cuts: &
         };
         chart
             .draw_series(below.iter().enumerate().filter(|(_, &t)| t > 0).map(|(i, &t)| bar(i, 0, t, RANKED)))?
-            .label("ranked by the student's score")
+            .label("ranked by their score")
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], RANKED.filled()));
         if above.iter().any(|&t| t > 0) {
             chart

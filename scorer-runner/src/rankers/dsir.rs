@@ -8,8 +8,13 @@
 //!
 //! The raw distribution is the group's: a uniform sample of each of its sources, mixed in
 //! proportion to the sources' bytes. The fitted weights are written under the score stage's
-//! output (`dsir/<group>.json`) before any record is ranked, so every worker and every resume
-//! ranks with the same weights.
+//! output (`dsir/<group>.json`) before any record is ranked and read back by every later worker
+//! and resume; workers that start together may each fit them, which is harmless because the fit
+//! is deterministic (the same samples, the same bytes).
+//!
+//! Each group is fitted against its own raw records: under the `global` policy the keys of
+//! different groups are each centred on their group's raw sample, so one cut compares how far
+//! each record stands above its own group's mix.
 
 use serde::{Deserialize, Serialize};
 
@@ -128,9 +133,15 @@ impl Weights {
             counts
         };
         let p = distribution(target);
-        let total_bytes: f64 = raw.iter().map(|(bytes, _)| bytes).sum();
         let mut q = vec![0f64; dim];
-        for (bytes, texts) in raw {
+        // A source whose sample is empty (nothing usable) adds nothing, rather than a uniform
+        // distribution weighted by its bytes.
+        let raw: Vec<&(f64, Vec<&str>)> = raw.iter().filter(|(_, texts)| !texts.is_empty()).collect();
+        if raw.is_empty() {
+            return Err(Error::plan("DSIR: the group's sources gave no usable record to estimate their distribution"));
+        }
+        let total_bytes: f64 = raw.iter().map(|(bytes, _)| bytes).sum();
+        for (bytes, texts) in raw.iter().copied() {
             let share = if total_bytes > 0.0 { bytes / total_bytes } else { 1.0 / raw.len() as f64 };
             for (q, d) in q.iter_mut().zip(distribution(texts)) {
                 *q += share * d;
@@ -142,9 +153,6 @@ impl Weights {
             .flat_map(|(_, texts)| texts)
             .map(|text| log_weight(featurizer, &log_ratio, text, &mut scratch))
             .collect();
-        if logs.is_empty() {
-            return Err(Error::plan("DSIR: the group's sources gave no usable record to estimate their distribution"));
-        }
         let n = logs.len() as f64;
         let mean = logs.iter().sum::<f64>() / n;
         let variance = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n;

@@ -44,6 +44,14 @@ impl Ranker {
         })
     }
 
+    /// How many score columns every record gets.
+    fn width(&self) -> usize {
+        match self {
+            Ranker::Student { student, .. } => student.header.dimensions.len(),
+            Ranker::Random | Ranker::Dsir(_) => 1,
+        }
+    }
+
     /// The score columns every record gets, besides its aggregate.
     pub fn columns(&self) -> Vec<&str> {
         match self {
@@ -77,7 +85,7 @@ impl Ranker {
 
     /// Ranks a batch of `source`'s records into `out` (emptied first).
     pub fn rank(&self, source: &str, records: &[&TextRecord<'_>], out: &mut Ranked) -> Result<()> {
-        out.clear(self.columns().len());
+        out.clear(self.width());
         match self {
             Ranker::Student { student, trim } => {
                 let texts: Vec<&str> = records.iter().map(|r| &*r.text).collect();

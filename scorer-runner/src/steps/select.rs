@@ -25,6 +25,27 @@ pub const MANIFEST: &str = "manifest.json";
 /// records are within a few hundredths of the whole corpus's.
 pub const COMPARISON_SAMPLE: usize = 4096;
 
+/// The salt of the sample key.
+const SAMPLE_SALT: u64 = 0x0063_6f6d_7061_7265;
+
+/// A record's place in the comparison sample (the smallest keys are sampled): a hash of its
+/// tie-draw key, not that key itself, because the tie draw keeps the smallest draw keys of the
+/// bin at a cut, and a sample of those would find that bin all kept.
+pub fn sample_key(draw: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(&draw.to_le_bytes(), SAMPLE_SALT)
+}
+
+/// The largest sample key a shard of a group of `records` scored records offers: about four
+/// times the sample's records pass over the group's shards, so each shard's commit carries a few
+/// records rather than a whole sample, whatever the shard count.
+fn sample_limit(records: u64) -> u64 {
+    let wanted = 4 * COMPARISON_SAMPLE as u64;
+    if records <= wanted {
+        return u64::MAX;
+    }
+    (wanted as f64 / records as f64 * u64::MAX as f64) as u64
+}
+
 pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     let thresholds: ThresholdResult = ctx.storage.get_json(&join(&plan.threshold, super::RESULT)).await?;
     let scores: ScoreResult = ctx.storage.get_json(&join(&plan.score, super::RESULT)).await?;
@@ -37,6 +58,7 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
         .run(&ids, |i| {
             let (unit, thresholds, score_units) = (units[i].clone(), &thresholds, &score_units);
             let group = plan.groups[unit.group].name.as_str();
+            let limit = sample_limit(scores.groups.iter().find(|t| t.group == group).map_or(0, |t| t.records));
             async move {
                 let scored: ScoredShard = score_units
                     .commit_of(&unit.id)
@@ -54,7 +76,7 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
                 let cut = thresholds
                     .cut_for(group, &unit.source.name)
                     .ok_or_else(|| Error::plan(format!("no cut for group {group:?} source {:?}", unit.source.name)))?;
-                select_shard(ctx, plan, &unit, &scored, cut.cut.clone()).await
+                select_shard(ctx, plan, &unit, &scored, cut.cut.clone(), limit).await
             }
         })
         .await?;
@@ -72,7 +94,7 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
         let mut shard = commit.output;
         let sample = samples.entry(shard.group.clone()).or_insert_with(|| BottomK::new(COMPARISON_SAMPLE));
         for record in std::mem::take(&mut shard.sample) {
-            sample.offer(record.key, record);
+            sample.offer(sample_key(record.key), record);
         }
         manifest.total.add(&shard.kept);
         manifest.groups.entry(shard.group.clone()).or_default().add(&shard.kept);
@@ -91,6 +113,7 @@ async fn select_shard(
     unit: &ShardUnit,
     scored: &ScoredShard,
     cut: Cut,
+    sample_limit: u64,
 ) -> Result<SelectedShard> {
     let group = &plan.groups[unit.group].name;
     let relative = unit.shard.uri.strip_prefix(unit.source.uri.trim_end_matches('/')).unwrap_or(&unit.shard.uri);
@@ -128,10 +151,11 @@ async fn select_shard(
                         kept.kept_tokens += key.tokens;
                     }
                     // A record no dimension scored (NaN) has no place in a correlation.
-                    if !key.aggregate.is_nan() && sample.would_keep(key.draw) {
+                    let at = sample_key(key.draw);
+                    if !key.aggregate.is_nan() && at <= sample_limit && sample.would_keep(at) {
                         let record =
                             SampledRecord { key: key.draw, aggregate: key.aggregate, tokens: key.tokens, kept: *slot };
-                        sample.offer(key.draw, record);
+                        sample.offer(at, record);
                     }
                 }
                 writer.write_kept(&batch, &keep)?;
