@@ -194,6 +194,10 @@ pub struct FilterRunStatus {
     /// tokens` (the `Kept` column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_share: Option<String>,
+    /// What the token budgets count: the `tokenizer.json` named in `spec.tokens`, or
+    /// `whitespace words` (the `Tokens` condition says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_counter: Option<String>,
     /// The run report, one HTML file (groups, dimensions, agreement and masks, score
     /// distributions and cuts, kept tokens per source), written next to the selected records
     /// once every group is selected, and again whenever the selection changes.

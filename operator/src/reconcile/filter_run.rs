@@ -227,14 +227,31 @@ impl Pipeline for FilterRun {
     /// `Usable`, once sources are scored: `False` (reason `NoUsableRecords`) when a source gave
     /// no usable record, or skipped more records than it scored: most often a `text.field` or a
     /// Parquet column that matches nothing, which would otherwise end Ready with nothing kept.
+    ///
+    /// `Tokens`, once sources are scored: `False` (reason `WhitespaceWords`) when the budgets
+    /// count whitespace-separated words because no tokenizer is named, which misjudges code and
+    /// unspaced scripts against a model's tokens; `True` (reason `Tokenizer`) naming it.
     fn findings(status: &FilterRunStatus) -> Vec<Desired> {
         if status.groups.iter().all(|g| g.sources.is_empty()) {
             return Vec::new();
         }
-        match unusable(status) {
-            None => vec![Desired::new("Usable", true, "Usable", "every source scored more records than it skipped")],
-            Some(message) => vec![Desired::new("Usable", false, "NoUsableRecords", message)],
-        }
+        let usable = match unusable(status) {
+            None => Desired::new("Usable", true, "Usable", "every source scored more records than it skipped"),
+            Some(message) => Desired::new("Usable", false, "NoUsableRecords", message),
+        };
+        let tokens = match status.token_counter.as_deref() {
+            Some(uri) if uri != WHITESPACE_WORDS => {
+                Desired::new("Tokens", true, "Tokenizer", format!("budgets count the tokens of {uri}"))
+            }
+            _ => Desired::new(
+                "Tokens",
+                false,
+                "WhitespaceWords",
+                "budgets count whitespace-separated words, not a model's tokens: name spec.tokens.tokenizer (the \
+                 tokenizer.json of the model to be trained) for budgets in its tokens",
+            ),
+        };
+        vec![usable, tokens]
     }
 
     fn highlights(status: &FilterRunStatus) -> Vec<String> {
@@ -335,6 +352,7 @@ impl Pipeline for FilterRun {
             groups.push(group);
         }
         status.groups = groups;
+        status.token_counter = Some(self.spec.tokens.tokenizer.clone().unwrap_or_else(|| WHITESPACE_WORDS.into()));
         status.total = total.filter(|_| !status.groups.is_empty());
         status.report = status.total.as_ref().map(|_| join(&self.spec.output, REPORT_FILE));
         status.kept_share = status.total.as_ref().map(|t| {
@@ -349,6 +367,9 @@ impl Pipeline for FilterRun {
         }
     }
 }
+
+/// `status.tokenCounter` when no tokenizer is named.
+const WHITESPACE_WORDS: &str = "whitespace words";
 
 /// The run report's name under the FilterRun's output.
 const REPORT_FILE: &str = "report.html";

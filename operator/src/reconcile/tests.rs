@@ -1245,8 +1245,10 @@ fn a_source_that_gives_no_usable_record_makes_the_filter_run_unusable() {
     assert!(FilterRun::findings(&status).is_empty(), "no finding before sources are scored");
     status.groups =
         vec![group(vec![source("web", 0, &[("missing_text", 120)]), source("code", 100, &[("invalid_json", 2)])])];
-    let [finding] = <[_; 1]>::try_from(FilterRun::findings(&status)).unwrap();
+    let [finding, tokens] = <[_; 2]>::try_from(FilterRun::findings(&status)).unwrap();
     assert_eq!((finding.type_, finding.status, finding.reason.as_str()), ("Usable", false, "NoUsableRecords"));
+    // No tokenizer named: the budgets count words, and a condition says so.
+    assert_eq!((tokens.type_, tokens.status, tokens.reason.as_str()), ("Tokens", false, "WhitespaceWords"));
     assert!(
         finding.message.contains("prose/web: scored 0 records, skipped 120 (missing_text 120)"),
         "{}",
@@ -1258,6 +1260,10 @@ fn a_source_that_gives_no_usable_record_makes_the_filter_run_unusable() {
         .any(|l| l == "source code: scored 100 records, skipped 2 (invalid_json 2)"));
     status.groups[0].sources[0] = source("web", 60, &[("missing_text", 60)]);
     assert!(FilterRun::findings(&status)[0].status, "skipping no more than it scores is usable");
+    status.token_counter = Some("s3://models/qwen3/tokenizer.json".into());
+    let tokens = &FilterRun::findings(&status)[1];
+    assert_eq!((tokens.status, tokens.reason.as_str()), (true, "Tokenizer"));
+    assert!(tokens.message.ends_with("s3://models/qwen3/tokenizer.json"), "{}", tokens.message);
 }
 
 #[test]
