@@ -14,24 +14,19 @@ size="${1:-640}"
 use_cargo_target
 dir="$MIRA_CACHE/bench/score-${size}mb"
 cd "$HACK_DIR/.."
-cargo build --release -p scorer-runner --no-default-features --bench score --quiet
-bench="$(newest_bin "$CARGO_TARGET_DIR/release/deps" score)"
-if [[ ! -f "$dir/raw-bytes" ]]; then
-  rm -rf "$dir" && mkdir -p "$dir"
-  "$bench" generate "$dir" "$size"
-fi
+bench="$(score_bench)"
+cached_corpus "$bench" "$dir" generate "$size"
 "$bench" train "$dir"
-echo "corpus: $(du -sh "$dir/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$dir/raw-bytes") / 1000000 )) MB of JSON; $(nproc) cores"
-rate() { grep -o 'records_per_s=[0-9]*' <<<"$1" | cut -d= -f2; }
+echo "corpus: $(corpus_size "$dir"); $(nproc) cores"
 declare -A ratios=()
 for round in 1 2 3 4 5; do
   floor=$("$bench" baseline "$dir") && echo "round $round floor: $floor"
   student=$("$bench" score "$dir" student) && echo "round $round student: $student"
   for ranker in random dsir; do
     run=$("$bench" score "$dir" "$ranker") && echo "round $round $ranker: $run"
-    ratios[$ranker]+="$(awk -v r="$(rate "$run")" -v s="$(rate "$student")" 'BEGIN { printf "%.2f", r / s }') "
+    ratios[$ranker]+="$(awk -v r="$(records_rate "$run")" -v s="$(records_rate "$student")" 'BEGIN { printf "%.2f", r / s }') "
   done
-  ratios[floor]+="$(awk -v f="$(rate "$floor")" -v s="$(rate "$student")" 'BEGIN { printf "%.2f", f / s }') "
+  ratios[floor]+="$(awk -v f="$(records_rate "$floor")" -v s="$(records_rate "$student")" 'BEGIN { printf "%.2f", f / s }') "
 done
 for name in random dsir floor; do
   # shellcheck disable=SC2086

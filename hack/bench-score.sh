@@ -19,34 +19,14 @@ size="${1:-6400}"
 use_cargo_target
 dir="$MIRA_CACHE/bench/score-${size}mb"
 cd "$HACK_DIR/.."
-# The release profile, as deployed, without the `llm` feature: the hashed path needs no model, and
-# leaving mistral.rs out keeps the first release build to about 14 minutes on 2 cores (cached
-# after). Baseline and score run in the same binary, so their ratio is fair.
-cargo build --release -p scorer-runner --no-default-features --bench score --quiet
-bench="$(newest_bin "$CARGO_TARGET_DIR/release/deps" score)"
-# cached_corpus DIR PHASE [ARG...] : unless DIR holds a finished corpus (raw-bytes is written
-# last), make it afresh with the bench's PHASE (generate, import) into DIR.
-cached_corpus() {
-  local dir="$1" phase="$2"
-  shift 2
-  if [[ ! -f "$dir/raw-bytes" ]]; then
-    rm -rf "$dir" && mkdir -p "$dir"
-    "$bench" "$phase" "$dir" "$@"
-  fi
-}
-# corpus_size DIR : the corpus' size, compressed and as JSON.
-corpus_size() {
-  echo "$(du -sh "$1/corpus" | cut -f1) of JSONL.zst, $(( $(cat "$1/raw-bytes") / 1000000 )) MB of JSON"
-}
-cached_corpus "$dir" generate "$size"
+bench="$(score_bench)"
+cached_corpus "$bench" "$dir" generate "$size"
 # The student is trained afresh every run (seconds): one from an older build may use another
 # featurizer or artefact format.
 "$bench" train "$dir"
 echo "corpus: $(corpus_size "$dir"); $(nproc) cores"
 # Five interleaved rounds, each ratio taken within its round: on a shared machine one run can be
 # twice as slow as the next, so the median of the rounds' ratios is the figure to quote.
-# records_per_s of a phase's output line.
-rate() { grep -o 'records_per_s=[0-9]*' <<<"$1" | cut -d= -f2; }
 # rounds N [DIR]: N interleaved floor/score rounds over DIR (default: the generated corpus),
 # every run printed, then the rounds' ratios and their median.
 rounds() {
@@ -54,7 +34,7 @@ rounds() {
   for ((round = 1; round <= n; round++)); do
     floor=$("$bench" baseline "$dir") && echo "$floor"
     score=$("$bench" score "$dir") && echo "$score"
-    ratios+=("$(awk -v s="$(rate "$score")" -v f="$(rate "$floor")" 'BEGIN { printf "%.1f", 100 * s / f }')")
+    ratios+=("$(awk -v s="$(records_rate "$score")" -v f="$(records_rate "$floor")" 'BEGIN { printf "%.1f", 100 * s / f }')")
   done
   echo "score/floor per round (%): ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | sort -n | sed -n "$(((n + 1) / 2))p")"
 }
@@ -70,7 +50,7 @@ done
 rounds 3
 [[ -n "${MIRA_BENCH_TEXT:-}" ]] || exit 0
 text="$MIRA_CACHE/bench/text-$(printf '%s' "$MIRA_BENCH_TEXT" | sha256sum | cut -c1-12)"
-cached_corpus "$text" import "$MIRA_BENCH_TEXT"
+cached_corpus "$bench" "$text" import "$MIRA_BENCH_TEXT"
 echo "real text: $(corpus_size "$text")"
 for dims in 15 1; do
   "$bench" train "$dir" "$dims"

@@ -69,6 +69,34 @@ newest_bin() {
   echo "$bin"
 }
 
+# score_bench : build scorer-runner's `score` bench (see its header) and print its binary. The
+# release profile, as deployed, without the `llm` feature: the hashed path needs no model, and
+# leaving mistral.rs out keeps the first release build to about 14 minutes on 2 cores (cached
+# after). Every phase runs in this one binary, so the ratios between phases are fair.
+score_bench() {
+  cargo build --release -p scorer-runner --no-default-features --bench score --quiet
+  newest_bin "$CARGO_TARGET_DIR/release/deps" score
+}
+
+# cached_corpus BENCH DIR PHASE [ARG...] : unless DIR holds a finished corpus (raw-bytes is
+# written last), make it afresh with the score bench BENCH's PHASE (generate, import) into DIR.
+cached_corpus() {
+  local bench="$1" dir="$2" phase="$3"
+  shift 3
+  if [[ ! -f "$dir/raw-bytes" ]]; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    "$bench" "$phase" "$dir" "$@"
+  fi
+}
+
+# corpus_size DIR : a score bench corpus' size, compressed and as JSON.
+corpus_size() {
+  echo "$(du -sh "$1/corpus" | cut -f1) of JSONL.zst, $(($(cat "$1/raw-bytes") / 1000000)) MB of JSON"
+}
+
+# records_rate LINE : the records_per_s of a score bench phase's output line.
+records_rate() { grep -o 'records_per_s=[0-9]*' <<<"$1" | cut -d= -f2; }
+
 # use_tiny_models : generate the tiny random-weight models into $MIRA_CACHE/tiny-models (once:
 # hack/tiny-models.sh), and keep the hub cache that mistral.rs creates even for local models
 # (HF_HOME) under the cache too, unless set, out of the user's home.

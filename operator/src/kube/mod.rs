@@ -297,7 +297,9 @@ impl<K: Pipeline> Reconciler<'_, K> {
         if let Some(config) = &config {
             // Compared with no other selection here (that would list the namespace's FilterRuns
             // on every pass): `mira report` on demand compares.
-            if let Some(uri) = report::write_if_filter_run(self.object, &output.status, &lineage, &[], config).await? {
+            if let Some(uri) =
+                report::write_if_filter_run(self.object, &output.status, &lineage, Vec::new, config).await?
+            {
                 tracing::info!(kind = %K::kind(&()), name = %self.object.name_any(), %uri, "wrote the run report");
             }
         }

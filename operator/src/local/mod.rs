@@ -20,7 +20,7 @@ use scorer_runner::progress::{self, Snapshot};
 
 use crate::api::{FilterRun, StagePhase};
 use crate::describe;
-use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Lineage, Pipeline, Policy};
+use crate::reconcile::{reconcile, Action, Input, JobState, KindStatus, Pipeline, Policy};
 use crate::report;
 use crate::results::Results;
 use crate::{Error, Result};
@@ -107,15 +107,14 @@ pub async fn run(options: Options) -> Result<bool> {
         let status = f.status.as_ref().filter(|s| s.pipeline.ready_at(f.metadata.generation));
         status.and_then(|s| s.report.clone())
     };
-    let corpus = |lineage: &Lineage| lineage.source_group.as_ref().map(|sg| sg.name_any());
     for (filter_run, lineage) in &selections {
         let Some(report) = ready_report(filter_run) else { continue };
         // A selection that finished before another of its corpus was written without it: its
         // report is written again, beside every selection of the corpus made by now.
-        let peers = selections.iter().filter(|(p, l)| {
-            p.name_any() != filter_run.name_any() && corpus(l) == corpus(lineage) && ready_report(p).is_some()
-        });
-        if peers.count() > 0 {
+        let mut peers = selections
+            .iter()
+            .filter(|(p, l)| report::same_corpus((filter_run, lineage), (p, l)) && ready_report(p).is_some());
+        if peers.next().is_some() {
             report::write(filter_run.clone(), lineage.clone(), &selections, &report).await?;
         }
         println!("report: {report}");
@@ -249,8 +248,8 @@ impl Local {
             &Time(Timestamp::now()),
         );
         if let Some(config) = &config {
-            let peers = resources.filter_runs_with_lineage();
-            if let Some(uri) = report::write_if_filter_run(&*object, &output.status, &lineage, &peers, config).await? {
+            let peers = || resources.filter_runs_with_lineage();
+            if let Some(uri) = report::write_if_filter_run(&*object, &output.status, &lineage, peers, config).await? {
                 self.console.line(&format!("- {} {}: wrote the run report {uri}", K::kind(&()), object.name_any()));
             }
         }

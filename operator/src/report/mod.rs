@@ -56,6 +56,16 @@ pub struct Peer {
     pub manifests: Vec<Manifest>,
 }
 
+/// Whether `peer` is another selection of `filter_run`'s corpus: another FilterRun, in the same
+/// namespace, under the same SourceGroup. The report compares the two.
+pub fn same_corpus(filter_run: (&FilterRun, &Lineage), peer: (&FilterRun, &Lineage)) -> bool {
+    let corpus = |lineage: &Lineage| lineage.source_group.as_ref().map(|sg| sg.name_any());
+    peer.0.name_any() != filter_run.0.name_any()
+        && peer.0.namespace() == filter_run.0.namespace()
+        && corpus(peer.1).is_some()
+        && corpus(peer.1) == corpus(filter_run.1)
+}
+
 /// The results of `filter_run`'s finished stages of `step`, read from storage.
 async fn results<T: serde::de::DeserializeOwned>(
     storage: &Storage,
@@ -88,6 +98,8 @@ impl Run {
         let missing = |kind: &str| {
             Error::UpstreamIncomplete(format!("the report of FilterRun {} needs its {kind}", filter_run.name_any()))
         };
+        let corpus_peers: Vec<&FilterRun> =
+            peers.iter().filter(|(p, l)| same_corpus((&filter_run, &lineage), (p, l))).map(|(p, _)| p).collect();
         let source_group = lineage.source_group.ok_or_else(|| missing("SourceGroup"))?;
         let (rubric_set, distillation_job) = match filter_run.spec.method {
             Method::Mira => (
@@ -96,25 +108,9 @@ impl Run {
             ),
             Method::Random | Method::Dsir => (None, None),
         };
-        let storage = Storage::new(storage.clone());
-
-        let mut proposals = BTreeMap::new();
-        for group in rubric_set.iter().flat_map(|r| &r.status).flat_map(|s| &s.groups) {
-            let Some(uri) = &group.proposals else { continue };
-            let bytes = storage.get(uri).await.map_err(Error::ReadResult)?;
-            // A line this version cannot read is left out of the report, not fatal to it.
-            let lines = bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice(line).ok());
-            proposals.insert(group.name.clone(), lines.collect());
-        }
-        let scores = results::<ScoreResult>(&storage, &filter_run, Step::Score).await?;
-        let manifests = results::<Manifest>(&storage, &filter_run, Step::Select).await?;
         let mut compared = Vec::new();
-        for (peer, peer_lineage) in peers {
-            let same_corpus =
-                peer_lineage.source_group.as_ref().is_some_and(|sg| sg.name_any() == source_group.name_any());
-            if peer.name_any() == filter_run.name_any() || peer.namespace() != filter_run.namespace() || !same_corpus {
-                continue;
-            }
+        let storage = Storage::new(storage.clone());
+        for peer in corpus_peers {
             let manifests = results::<Manifest>(&storage, peer, Step::Select).await?;
             if !manifests.is_empty() {
                 compared.push(Peer {
@@ -126,6 +122,17 @@ impl Run {
                 });
             }
         }
+
+        let mut proposals = BTreeMap::new();
+        for group in rubric_set.iter().flat_map(|r| &r.status).flat_map(|s| &s.groups) {
+            let Some(uri) = &group.proposals else { continue };
+            let bytes = storage.get(uri).await.map_err(Error::ReadResult)?;
+            // A line this version cannot read is left out of the report, not fatal to it.
+            let lines = bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice(line).ok());
+            proposals.insert(group.name.clone(), lines.collect());
+        }
+        let scores = results::<ScoreResult>(&storage, &filter_run, Step::Score).await?;
+        let manifests = results::<Manifest>(&storage, &filter_run, Step::Select).await?;
         Ok(Run {
             filter_run,
             source_group,
@@ -162,12 +169,13 @@ pub async fn write(filter_run: FilterRun, lineage: Lineage, peers: &[(FilterRun,
 
 /// Writes the report of `filter_run` to its `status.report` when `status` (its status after this
 /// pass) is Ready at a revision the resource's current status does not have yet: once per
-/// selection, whichever adapter runs it. Returns where it wrote, if it did.
+/// selection, whichever adapter runs it, beside the selections `peers` lists (called only then).
+/// Returns where it wrote, if it did.
 pub async fn write_when_new(
     filter_run: &FilterRun,
     status: &FilterRunStatus,
     lineage: &Lineage,
-    peers: &[(FilterRun, Lineage)],
+    peers: impl FnOnce() -> Vec<(FilterRun, Lineage)>,
     storage: &StorageConfig,
 ) -> Result<Option<String>> {
     let (Some(uri), Some(revision)) = (&status.report, &status.pipeline.revision) else { return Ok(None) };
@@ -176,7 +184,7 @@ pub async fn write_when_new(
     }
     let mut updated = filter_run.clone();
     updated.status = Some(status.clone());
-    Run::gather(updated, lineage.clone(), peers, storage).await?.put(storage, uri).await?;
+    Run::gather(updated, lineage.clone(), &peers(), storage).await?.put(storage, uri).await?;
     Ok(Some(uri.clone()))
 }
 
@@ -186,7 +194,7 @@ pub async fn write_if_filter_run<K: Pipeline>(
     object: &K,
     status: &K::Status,
     lineage: &Lineage,
-    peers: &[(FilterRun, Lineage)],
+    peers: impl FnOnce() -> Vec<(FilterRun, Lineage)>,
     storage: &StorageConfig,
 ) -> Result<Option<String>>
 where

@@ -394,9 +394,6 @@ fn comparison(run: &Run) -> Option<Comparison> {
             (source.clone(), cells)
         })
         .collect();
-    let samples = |manifests: &[scorer_runner::plan::Manifest]| -> BTreeMap<String, Vec<_>> {
-        manifests.iter().flat_map(|m| m.samples.clone()).collect()
-    };
     let ours = samples(&run.manifests);
     let mut overlaps = Vec::new();
     for peer in &run.peers {
@@ -406,7 +403,7 @@ fn comparison(run: &Run) -> Option<Comparison> {
             let o = overlap(sample, other);
             overlaps.push(OverlapRow {
                 peer: peer.name.clone(),
-                group: group.clone(),
+                group: group.to_string(),
                 records: o.records,
                 jaccard: o.jaccard.map_or("-".into(), |j| format!("{j:.2}")),
                 spearman: o.spearman.map_or("-".into(), |r| format!("{r:.2}")),
@@ -414,4 +411,9 @@ fn comparison(run: &Run) -> Option<Comparison> {
         }
     }
     Some(Comparison { runs, shares, overlaps })
+}
+
+/// Each group's comparison sample, over a run's select manifests (one per group).
+fn samples(manifests: &[scorer_runner::plan::Manifest]) -> BTreeMap<&String, &Vec<scorer_runner::plan::SampledRecord>> {
+    manifests.iter().flat_map(|m| &m.samples).collect()
 }
