@@ -79,11 +79,11 @@ pub async fn run(options: Options) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::Connect)?;
     // A standby is ready too: it serves and waits for the Lease.
     health.ready.store(true, Ordering::Relaxed);
-    let leadership = match options.lease {
+    let mut leadership = match options.lease {
         Some(l) => Some(Leadership::new(client.clone(), &l.namespace, &l.name, &l.identity).await?),
         None => None,
     };
-    if let Some(leadership) = &leadership {
+    if let Some(leadership) = &mut leadership {
         leadership.acquire().await?;
     }
     health.metrics.set_leader(true);
