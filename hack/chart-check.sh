@@ -30,7 +30,7 @@ all_options=(
   --set scorerRunner.image.cuda=true --set scorerRunner.image.tag=dev --set image.tag=dev
   --set image.pullPolicy=Always --set 'imagePullSecrets[0]=regcred'
   --set storage.s3.endpoint=http://s3.example.test:8333 --set storage.s3.region=eu-west-1
-  --set storage.credentialsSecret=s3-keys --set rbac.readSecrets=true
+  --set storage.credentialsSecret=s3-keys --set rbac.readSecrets=true --set 'rbac.secretNames[0]=s3-keys'
   --set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.labels.release=prom
   --set crds.keep=false --set serviceAccount.name=mira --set logLevel=debug
   --set 'extraEnv[0].name=FOO' --set 'extraEnv[0].value=bar' --set 'extraArgs[0]=--help'
@@ -64,6 +64,9 @@ check "policy: the allowlists reach the operator's environment" bash -c \
    grep -A1 MIRA_ALLOWED_ENDPOINT_HOSTS | grep -q 'value: \"a.example.test,\\*.svc\"'"
 check "defaults: no access to Secrets" bash -c \
   "! helm template mira '$chart' -s templates/clusterrole.yaml | grep -q 'secrets'"
+check "rbac.secretNames: get on those Secrets only" bash -c \
+  "helm template mira '$chart' -s templates/clusterrole.yaml --set rbac.readSecrets=true --set 'rbac.secretNames={s3-keys,other}' |
+   grep -A3 'resources: \[\"secrets\"\]' | grep -q 'resourceNames: \[\"s3-keys\",\"other\"\]'"
 
 shopt -s nullglob
 crds=(crds/*.yaml)

@@ -452,6 +452,199 @@ async fn baselines_select_from_a_source_group_alone_and_the_report_sets_them_sid
     assert!(html.contains("dsir (dsir, group, 0.5)"), "the DSIR selection is the peer: {html}");
 }
 
+/// Kills a Running worker Pod of `resource`'s `stage` Job while it holds a claim on a unit not
+/// yet committed: SIGSTOP first, so that what it holds cannot change while it is read, then
+/// SIGKILL. Returns the Pod's name and the units it held, which other workers must redo.
+async fn kill_a_worker_mid_unit(fx: &Fixture, resource: &str, stage: &str) -> (String, Vec<String>) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(fx.client.clone(), &fx.namespace);
+    let selector =
+        kube::api::ListParams::default().labels(&format!("mira.dev/resource={resource},mira.dev/stage={stage}"));
+    // A Pod's status lags its process: one that has just exited is not signalled.
+    let signal = |signal: &str, pid: &str| {
+        let out = std::process::Command::new("kill").args([signal, pid]).output().unwrap();
+        out.status.success()
+    };
+    let deadline = Instant::now() + STEP;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(run) = fx.get::<FilterRun>(resource).await else { continue };
+        let stages = run.status.map(|s| s.pipeline.stages).unwrap_or_default();
+        let Some(record) = stages.into_iter().find(|r| r.name.starts_with(stage)) else { continue };
+        assert!(record.phase != StagePhase::Succeeded, "{stage} finished before a worker could be killed");
+        let Ok(pods) = pods.list(&selector).await else { continue };
+        for pod in pods.items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")) {
+            let container = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
+            let Some(pid) = container.and_then(|c| c.container_id.as_deref()?.strip_prefix("process://")) else {
+                continue;
+            };
+            if !signal("-STOP", pid) {
+                continue;
+            }
+            let held = uncommitted_claims(fx, &record.output, &pod.name_any()).await;
+            if held.is_empty() {
+                signal("-CONT", pid);
+                continue;
+            }
+            assert!(signal("-KILL", pid), "kill -KILL {pid}");
+            return (pod.name_any(), held);
+        }
+    }
+    panic!("no {stage} worker was seen holding a unit\n{}", fx.diagnostics());
+}
+
+/// The units under a stage's output root that `worker` has claimed and nobody has committed.
+async fn uncommitted_claims(fx: &Fixture, output: &str, worker: &str) -> Vec<String> {
+    let units = fx.storage.list(&join(output, "_units/")).await.unwrap_or_default();
+    let committed: BTreeSet<&str> = units.iter().filter_map(|o| o.uri.strip_suffix("/commit.json")).collect();
+    let mut held = Vec::new();
+    for claim in &units {
+        let (unit, file) = claim.uri.rsplit_once('/').unwrap();
+        if !file.starts_with("claim.") || committed.contains(unit) {
+            continue;
+        }
+        let Ok(Some(body)) = fx.storage.get_opt(&claim.uri).await else { continue };
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if body["worker"] == worker {
+            held.push(unit.rsplit('/').next().unwrap().to_string());
+        }
+    }
+    held
+}
+
+/// Each unit's committing worker, for a stage's output root.
+async fn committers(fx: &Fixture, output: &str) -> BTreeMap<String, String> {
+    let mut committers = BTreeMap::new();
+    for object in fx.storage.list(&join(output, "_units/")).await.unwrap() {
+        if let Some(unit) = object.uri.strip_suffix("/commit.json") {
+            let commit: serde_json::Value = fx.storage.get_json(&object.uri).await.unwrap();
+            committers.insert(unit.rsplit('/').next().unwrap().to_string(), commit["worker"].as_str().unwrap().into());
+        }
+    }
+    committers
+}
+
+#[tokio::test]
+async fn four_workers_share_score_and_select_and_a_killed_one_changes_no_kept_byte() {
+    let mut fx = Fixture::new("workers").await;
+    fx.start_kubelet(&["--max-running", "4"]);
+    fx.start_operator(OperatorOptions::default());
+    // Enough for several seconds of score and select on 2 cores, so that a kill lands mid-unit.
+    let shards = 48;
+    fx.upload_corpus(&THREE_SOURCES[..1], shards, 1000).await;
+    let chain = one_source_chain(&fx);
+    let single = chain[3].replace("name: filter}", "name: single}").replace(&fx.uri("kept"), &fx.uri("kept-single"));
+    let shared = chain[3].replace("job: {backoffLimit: 0}", "job: {backoffLimit: 4, workers: 4}");
+    fx.apply(&[&chain[..3], &[shared]].concat().join("---\n"));
+
+    // A worker of each data stage is killed while it holds a unit; the Job replaces it and the
+    // others take the unit over once its claim lapses.
+    let mut killed = Vec::new();
+    for stage in ["score", "select"] {
+        killed.push((stage, kill_a_worker_mid_unit(&fx, "filter", stage).await));
+    }
+    let shared = fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    fx.apply(&single);
+    let single = fx.wait_ready::<FilterRun>("single", CHAIN).await;
+
+    let stages = &shared.status.as_ref().unwrap().pipeline.stages;
+    for (stage, (pod, held)) in &killed {
+        let record = stages.iter().find(|r| r.name.starts_with(stage)).unwrap();
+        let committers = committers(&fx, &record.output).await;
+        assert_eq!(committers.len(), shards, "{stage}: every shard's unit is committed once: {committers:?}");
+        for unit in held {
+            assert_ne!(committers.get(unit), Some(pod), "{stage}: unit {unit} of the killed worker was redone");
+        }
+        let workers: BTreeSet<&String> = committers.values().collect();
+        assert!(workers.len() >= 3, "{stage}: the workers shared the units: {committers:?}");
+    }
+
+    // Byte for byte what one uninterrupted worker keeps.
+    let fx = &fx;
+    let manifest = |run: &FilterRun| {
+        let output = run.status.as_ref().unwrap().groups[0].output.clone().unwrap();
+        async move {
+            serde_json::from_slice::<Manifest>(&fx.storage.get(&join(&output, "manifest.json")).await.unwrap()).unwrap()
+        }
+    };
+    let (ours, theirs) = (manifest(&shared).await, manifest(&single).await);
+    assert_eq!(ours.groups, theirs.groups);
+    assert_eq!(ours.shards.len(), theirs.shards.len());
+    for (a, b) in ours.shards.iter().zip(&theirs.shards) {
+        assert_eq!((&a.source, &a.shard, &a.kept), (&b.source, &b.shard, &b.kept));
+        if let (Some(a), Some(b)) = (&a.output, &b.output) {
+            assert_eq!(fx.storage.get(a).await.unwrap(), fx.storage.get(b).await.unwrap(), "{a} and {b}");
+        }
+    }
+    assert!(ours.shards.iter().any(|s| s.output.is_some()));
+}
+
+#[tokio::test]
+async fn a_retention_change_reruns_threshold_and_select_on_the_score_shards_already_written() {
+    let fx = Fixture::started("retention").await;
+    fx.upload_corpus(&THREE_SOURCES[..1], 2, 60).await;
+    let chain = one_source_chain(&fx);
+    fx.apply(&chain.join("---\n"));
+    let before = fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    let kept = |run: &FilterRun| run.status.as_ref().and_then(|s| s.total.as_ref()).map(|t| t.kept_tokens).unwrap();
+    let score = |run: &FilterRun| {
+        let stages = &run.status.as_ref().unwrap().pipeline.stages;
+        stages.iter().find(|r| r.step == Step::Score).map(|r| (r.job.clone(), r.output.clone())).unwrap()
+    };
+
+    fx.apply(&chain[3].replace("retention: 0.5", "retention: 0.25"));
+    let after = fx.wait_ready::<FilterRun>("filter", STEP).await;
+    assert!(after.metadata.generation > before.metadata.generation);
+    assert!(kept(&after) < kept(&before), "kept {} tokens at 0.25, {} at 0.5", kept(&after), kept(&before));
+    assert_eq!(score(&after), score(&before), "score keeps its Job and its output");
+    let jobs = jobs_per_stage(&fx).await;
+    let expected = [("filter/score/prose", 1), ("filter/threshold/prose", 2), ("filter/select/prose", 2)];
+    for (stage, count) in expected {
+        assert_eq!(jobs.get(stage), Some(&count), "{stage}: {jobs:?}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_from_a_named_secret_serve_the_operator_and_the_workers() {
+    let mut fx = Fixture::new("secret").await;
+    // Neither the workers nor the operator have S3 keys of their own: only the Secret's.
+    fx.worker_env.retain(|name| !name.starts_with("AWS_") || *name == "AWS_REGION");
+    fx.start_kubelet(&[]);
+    fx.start_operator(OperatorOptions {
+        chart_values: vec!["rbac.readSecrets=true".into(), "rbac.secretNames={s3-keys}".into()],
+        without_s3_keys: true,
+        ..Default::default()
+    });
+    let keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].map(|k| std::env::var(k).expect("the test S3 keys"));
+    common::kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s3-keys",
+            "-n",
+            &fx.namespace,
+            &format!("--from-literal=AWS_ACCESS_KEY_ID={}", keys[0]),
+            &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", keys[1]),
+        ],
+        None,
+    );
+    fx.upload_corpus(&THREE_SOURCES[..1], 1, 40).await;
+    let chain =
+        one_source_chain(&fx).join("---\n").replace("pathStyle: true}", "pathStyle: true, credentialsSecret: s3-keys}");
+    fx.apply(&chain);
+    let filter = fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    assert_conditions_true(&filter, &["Ready", "Scored", "Thresholded", "Selected"]);
+
+    // The chart's RBAC lets the operator read that Secret and no other.
+    let account = format!("system:serviceaccount:{0}:{0}-mira-operator", fx.namespace);
+    let can = |secret: &str| {
+        let out = common::kubectl(&["auth", "can-i", "get", secret, "-n", &fx.namespace, "--as", &account], None);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!((can("secret/s3-keys").as_str(), can("secret/other").as_str()), ("yes", "no"));
+}
+
 #[tokio::test]
 async fn deleting_a_resource_garbage_collects_its_jobs_and_config_maps() {
     let fx = Fixture::started("gc").await;

@@ -204,6 +204,11 @@ pub struct OperatorOptions {
     pub progress_refresh: Option<f64>,
     /// More arguments of `mira operator` (its allowlists, say).
     pub args: Vec<String>,
+    /// `--set` values of the Helm chart whose RBAC the operator runs with (the first operator
+    /// of a fixture renders it).
+    pub chart_values: Vec<String>,
+    /// Start it without this environment's S3 keys.
+    pub without_s3_keys: bool,
 }
 
 /// The Helm binary: `MIRA_HELM` (hack/install-tools.sh env), else `helm` on PATH.
@@ -226,6 +231,9 @@ pub struct Fixture {
     pub kubelet: Option<Process>,
     /// A kubeconfig of the chart's ServiceAccount, once made.
     operator_kubeconfig: Option<PathBuf>,
+    /// The variables of this environment the kubelet passes to every Pod (default: the S3
+    /// endpoint, region and keys).
+    pub worker_env: Vec<&'static str>,
 }
 
 impl Fixture {
@@ -253,6 +261,7 @@ impl Fixture {
             operators: Vec::new(),
             kubelet: None,
             operator_kubeconfig: None,
+            worker_env: S3_ENV.to_vec(),
         }
     }
 
@@ -297,7 +306,7 @@ impl Fixture {
             // Short unit leases: a killed worker's units are taken over quickly.
             .args(["--env", "MIRA_LEASE_SECONDS=5", "--env", "MIRA_PARALLELISM=2", "--env", "RUST_LOG=info"])
             .args(extra);
-        for name in S3_ENV {
+        for name in &self.worker_env {
             command.args(["--pass-env", name]);
         }
         self.kubelet = Some(Process::spawn("process-kubelet", &mut command, self.dir.join("kubelet.log")));
@@ -310,7 +319,7 @@ impl Fixture {
 
     /// A kubeconfig for the ServiceAccount the Helm chart makes, bound to the chart's
     /// ClusterRole and leader-election Role, as the operator runs in a cluster.
-    fn chart_rbac_kubeconfig(&mut self) -> PathBuf {
+    fn chart_rbac_kubeconfig(&mut self, values: &[String]) -> PathBuf {
         if let Some(path) = &self.operator_kubeconfig {
             return path.clone();
         }
@@ -319,6 +328,7 @@ impl Fixture {
             .args(["template", self.release()])
             .arg(&chart)
             .args(["--namespace", &self.namespace, "--set", "leaderElection.leaseName=mira-operator"])
+            .args(values.iter().flat_map(|v| ["--set", v]))
             .args(["--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/clusterrole.yaml"])
             .args(["--show-only", "templates/leader-election-rbac.yaml"])
             .output()
@@ -341,7 +351,7 @@ impl Fixture {
 
     /// Starts `mira operator` watching this namespace only, by default with the chart's RBAC.
     pub fn start_operator(&mut self, options: OperatorOptions) {
-        let config = if options.admin { kubeconfig() } else { self.chart_rbac_kubeconfig() };
+        let config = if options.admin { kubeconfig() } else { self.chart_rbac_kubeconfig(&options.chart_values) };
         let log = self.dir.join(format!("operator-{}.log", self.operators.len() + 1));
         let mut command = Command::new(env!("CARGO_BIN_EXE_mira"));
         command
@@ -350,6 +360,9 @@ impl Fixture {
             .env("MIRA_RUNNER_IMAGE", RUNNER_IMAGE)
             .env("KUBECONFIG", config)
             .env("RUST_LOG", "info,mira_operator=debug");
+        if options.without_s3_keys {
+            command.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+        }
         if let Some(seconds) = options.progress_refresh {
             command.args(["--progress-refresh-seconds", &seconds.to_string()]);
         }
