@@ -580,6 +580,44 @@ async fn four_workers_share_score_and_select_and_a_killed_one_changes_no_kept_by
 }
 
 #[tokio::test]
+async fn an_s3_outage_during_score_delays_the_run_and_duplicates_nothing() {
+    let s3 = common::OwnS3::start();
+    let mut fx = Fixture::on("outage", s3.config()).await;
+    fx.start_kubelet(&[]);
+    fx.start_operator(OperatorOptions::default());
+    let shards = 48;
+    fx.upload_corpus(&THREE_SOURCES[..1], shards, 1000).await;
+    let chain = one_source_chain(&fx);
+    let filter = chain[3].replace("job: {backoffLimit: 0}", "job: {backoffLimit: 6, workers: 2}");
+    fx.apply(&[&chain[..3], &[filter]].concat().join("---\n"));
+
+    // Once score has committed a unit, the server goes away for a while, then comes back with its data.
+    let output = fx
+        .wait_for("score to commit a unit", CHAIN, || async {
+            let run = fx.get::<FilterRun>("filter").await?;
+            let record = run.status?.pipeline.stages.into_iter().find(|r| r.step == Step::Score)?;
+            assert!(record.phase != StagePhase::Succeeded, "score finished before the outage");
+            let units = fx.storage.list(&join(&record.output, "_units/")).await.ok()?;
+            units.iter().any(|o| o.uri.ends_with("/commit.json")).then_some(record.output)
+        })
+        .await;
+    s3.stop();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    s3.restart();
+
+    let filter = fx.wait_ready::<FilterRun>("filter", CHAIN).await;
+    assert_conditions_true(&filter, &["Ready", "Scored", "Thresholded", "Selected"]);
+    assert_eq!(committers(&fx, &output).await.len(), shards, "every score unit committed once");
+    let total = filter.status.as_ref().unwrap().total.clone().unwrap();
+    assert_eq!(total.total_records, shards as u64 * 1000, "every record counted once");
+    let output = filter.status.as_ref().unwrap().groups[0].output.clone().unwrap();
+    let manifest: Manifest =
+        serde_json::from_slice(&fx.storage.get(&join(&output, "manifest.json")).await.unwrap()).unwrap();
+    let kept: u64 = manifest.shards.iter().map(|s| s.kept.kept_records).sum();
+    assert_eq!((manifest.shards.len(), kept), (shards, total.kept_records), "each shard selected once");
+}
+
+#[tokio::test]
 async fn a_retention_change_reruns_threshold_and_select_on_the_score_shards_already_written() {
     let fx = Fixture::started("retention").await;
     fx.upload_corpus(&THREE_SOURCES[..1], 2, 60).await;

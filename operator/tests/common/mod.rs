@@ -61,6 +61,58 @@ pub fn s3_config() -> StorageConfig {
     StorageConfig { endpoint: Some(endpoint), path_style: Some(true), ..Default::default() }
 }
 
+/// An S3 server of one test's own (hack/s3-server.sh, the shared server's keys on another port),
+/// which the test may stop and start again with its data kept; stopped when dropped.
+pub struct OwnS3 {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnS3 {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("mira-e2e-s3-").tempdir().expect("a temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let own = OwnS3 { dir, port };
+        own.script("start");
+        own
+    }
+
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    pub fn restart(&self) {
+        self.script("start");
+    }
+
+    pub fn config(&self) -> StorageConfig {
+        StorageConfig {
+            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            path_style: Some(true),
+            ..Default::default()
+        }
+    }
+
+    fn script(&self, command: &str) {
+        let out = Command::new("bash")
+            .arg(repo().join("hack/s3-server.sh"))
+            .args([command, &self.dir.path().to_string_lossy()])
+            .env("MIRA_S3_PORT", self.port.to_string())
+            .output()
+            .expect("running hack/s3-server.sh");
+        assert!(out.status.success(), "hack/s3-server.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("hack/s3-server.sh"))
+            .args(["stop", &self.dir.path().to_string_lossy()])
+            .output();
+    }
+}
+
 /// A short suffix that differs between runs and tests, for namespaces and buckets.
 pub fn unique() -> String {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -239,8 +291,12 @@ pub struct Fixture {
 impl Fixture {
     /// A namespace and a bucket named after the test, with the CRDs installed.
     pub async fn new(name: &str) -> Self {
+        Self::on(name, s3_config()).await
+    }
+
+    /// The same on another S3 server (with the shared server's keys).
+    pub async fn on(name: &str, s3: StorageConfig) -> Self {
         kubeconfig();
-        let s3 = s3_config();
         install_crds();
         let suffix = unique();
         let namespace = format!("e2e-{name}-{suffix}");
