@@ -88,6 +88,14 @@ pub struct FilterRunSpec {
     #[schemars(range(min = 0.0, max = 0.5), extend("exclusiveMaximum" = true))]
     #[x_kube(validation = Rule::new("self >= 0.0 && self < 0.5").message("trim must be in [0, 0.5)"))]
     pub trim: Option<f64>,
+    /// Bins of the score histograms a cut is found in, over the scale (default 10,000). The cut
+    /// falls in a bin and the seeded draw settles that bin's records, which `threshold` reads a
+    /// second time: more bins leave fewer records in that bin (integer judge scores fill a bin
+    /// whatever its width) at the cost of larger score results (a group's and each source's
+    /// histogram, up to 12 bytes a bin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 100_000))]
+    pub histogram_bins: Option<u32>,
     /// URI under which the kept records are written, per group, in their source format.
     #[schemars(length(min = 1, max = 1024))]
     pub output: String,

@@ -135,6 +135,7 @@ fn filter_run() -> FilterRun {
             group_retention: BTreeMap::new(),
             tokens: TokensSpec::default(),
             trim: None,
+            histogram_bins: None,
             output: "s3://bucket/kept".into(),
             on_no_reliable_dimension: NoReliableDimension::default(),
             allow_unusable_sources: false,

@@ -195,6 +195,9 @@ impl Pipeline for FilterRun {
                 if let Some(trim) = self.spec.trim {
                     plan.trim = trim;
                 }
+                if let Some(bins) = self.spec.histogram_bins {
+                    plan.histogram_bins = bins as usize;
+                }
                 Ok(Planned::new(plan, base, secrets))
             }
             (Step::Threshold, group) => {

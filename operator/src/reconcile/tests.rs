@@ -179,6 +179,7 @@ fn filter_run(policy: CutPolicy) -> FilterRun {
             group_retention: BTreeMap::new(),
             tokens: TokensSpec::default(),
             trim: None,
+            histogram_bins: None,
             output: "s3://bucket/kept".into(),
             on_no_reliable_dimension: NoReliableDimension::Fail,
             allow_unusable_sources: false,
@@ -888,6 +889,17 @@ fn a_judge_student_reaches_the_distill_and_score_plans_with_its_api_key() {
     let (_, secrets): (plan::ScorePlan, _) = plan_and_secrets(&world.pass(&mut fr, &lineage));
     assert_eq!(secrets.len(), 2, "one score Job per group");
     assert!(secrets.iter().all(|s| s.contains(&"MIRA_JUDGE_API_KEY=judge/token".to_string())), "{secrets:?}");
+}
+
+#[test]
+fn trim_and_histogram_bins_reach_the_score_plans() {
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    let (plan, _): (plan::ScorePlan, _) = plan_and_secrets(&world.pass(&mut fr, &full_lineage()));
+    assert_eq!((plan.trim, plan.histogram_bins), (0.1, 10_000), "the defaults");
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    (fr.spec.trim, fr.spec.histogram_bins) = (Some(0.2), Some(500));
+    let (plan, _): (plan::ScorePlan, _) = plan_and_secrets(&world.pass(&mut fr, &full_lineage()));
+    assert_eq!((plan.trim, plan.histogram_bins), (0.2, 500));
 }
 
 #[test]
