@@ -175,14 +175,20 @@ pub enum NoReliableDimension {
     KeepAtRandom,
 }
 
-/// How tokens are counted.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// How tokens are counted: with `tokenizer`, with the teacher's (`fromTeacher`), or, when
+/// neither is set, as whitespace-separated words (the `Tokens` condition then says so).
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("!(has(self.tokenizer) && has(self.fromTeacher) && self.fromTeacher)").message("set tokenizer or fromTeacher, not both"))]
 #[serde(rename_all = "camelCase")]
 pub struct TokensSpec {
-    /// A `tokenizer.json` (Hugging Face tokenizers), `s3://` or a path; whitespace-separated words
-    /// when absent.
+    /// A `tokenizer.json` (Hugging Face tokenizers), `s3://` or a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
+    /// Count with the `tokenizer.json` of the RubricSet's teacher, a local model directory (a
+    /// teacher behind an endpoint or in GGUF files has none at hand: name `tokenizer` instead).
+    /// For when the model to be trained shares the teacher's tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_teacher: Option<bool>,
 }
 
 /// Scores, cuts and kept tokens per group.

@@ -183,6 +183,17 @@ fn retention_must_be_in_zero_to_one() {
 }
 
 #[test]
+fn tokens_come_from_a_tokenizer_or_the_teacher_not_both() {
+    let mut fr = filter_run();
+    fr.spec.tokens.from_teacher = Some(true);
+    validate_cel(&fr).unwrap();
+    fr.spec.tokens.tokenizer = Some("s3://models/tokenizer.json".into());
+    assert!(format!("{:?}", validate_cel(&fr).unwrap_err()).contains("set tokenizer or fromTeacher, not both"));
+    fr.spec.tokens.from_teacher = Some(false);
+    validate_cel(&fr).unwrap();
+}
+
+#[test]
 fn group_retention_needs_the_group_policy() {
     let mut fr = filter_run();
     fr.spec.group_retention.insert("code".into(), 0.8);

@@ -58,6 +58,34 @@ impl FilterRun {
         }
     }
 
+    /// The `tokenizer.json` budgets count with: the one named, or the teacher's; `None` for
+    /// whitespace words.
+    fn tokenizer(&self, lineage: &Lineage) -> Result<Option<String>> {
+        let tokens = &self.spec.tokens;
+        if tokens.from_teacher != Some(true) {
+            return Ok(tokens.tokenizer.clone());
+        }
+        let refuse = |why: &str| {
+            Err(Error::InvalidSpec(format!(
+                "tokens.fromTeacher: {why}; name tokens.tokenizer (a tokenizer.json) instead"
+            )))
+        };
+        if tokens.tokenizer.is_some() {
+            return refuse("tokens.tokenizer is set too");
+        }
+        if self.spec.method != Method::Mira {
+            return refuse(&format!("method {} has no teacher", self.spec.method.as_str()));
+        }
+        let rs = upstream(&lineage.rubric_set, "RubricSet")?;
+        match &rs.spec.teacher.local {
+            Some(local) if local.gguf_files.is_empty() => Ok(Some(join(&local.uri, "tokenizer.json"))),
+            Some(_) => {
+                refuse(&format!("the teacher of RubricSet {} is in GGUF files, with no tokenizer.json", rs.name_any()))
+            }
+            None => refuse(&format!("the teacher of RubricSet {} is behind an endpoint", rs.name_any())),
+        }
+    }
+
     /// The groups to filter, in the SourceGroup's order; with method `mira` each needs a student.
     fn groups(&self, sg: &SourceGroup, dj: Option<&DistillationJob>) -> Result<Vec<String>> {
         let groups = convert::group_names(sg);
@@ -189,8 +217,8 @@ impl Pipeline for FilterRun {
                 }];
                 let mut plan = ScorePlan::new(groups);
                 plan.storage = storage;
-                if let Some(uri) = &self.spec.tokens.tokenizer {
-                    plan.tokens = TokenCounter::Tokenizer { uri: uri.clone() };
+                if let Some(uri) = self.tokenizer(lineage)? {
+                    plan.tokens = TokenCounter::Tokenizer { uri };
                 }
                 if let Some(trim) = self.spec.trim {
                     plan.trim = trim;
@@ -251,7 +279,8 @@ impl Pipeline for FilterRun {
                 false,
                 "WhitespaceWords",
                 "budgets count whitespace-separated words, not a model's tokens: name spec.tokens.tokenizer (the \
-                 tokenizer.json of the model to be trained) for budgets in its tokens",
+                 tokenizer.json of the model to be trained), or set spec.tokens.fromTeacher when it shares the \
+                 teacher's, for budgets in its tokens",
             ),
         };
         vec![usable, tokens]
@@ -355,7 +384,7 @@ impl Pipeline for FilterRun {
             groups.push(group);
         }
         status.groups = groups;
-        status.token_counter = Some(self.spec.tokens.tokenizer.clone().unwrap_or_else(|| WHITESPACE_WORDS.into()));
+        status.token_counter = Some(self.tokenizer(lineage)?.unwrap_or_else(|| WHITESPACE_WORDS.into()));
         status.total = total.filter(|_| !status.groups.is_empty());
         status.report = status.total.as_ref().map(|_| join(&self.spec.output, REPORT_FILE));
         status.kept_share = status.total.as_ref().map(|t| {

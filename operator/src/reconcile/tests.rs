@@ -892,6 +892,35 @@ fn a_judge_student_reaches_the_distill_and_score_plans_with_its_api_key() {
 }
 
 #[test]
+fn budgets_count_with_the_teachers_tokenizer_when_asked_and_say_why_not_when_it_has_none() {
+    let teacher = |uri: &str, gguf: &[&str]| ModelSpec {
+        local: Some(LocalModel {
+            uri: uri.into(),
+            gguf_files: gguf.iter().map(|f| f.to_string()).collect(),
+            max_num_seqs: None,
+        }),
+        endpoint: None,
+    };
+    let mut lineage = full_lineage();
+    lineage.rubric_set.as_mut().unwrap().spec.teacher = teacher("s3://models/smollm2/", &[]);
+    let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
+    fr.spec.tokens.from_teacher = Some(true);
+    let (plan, _): (plan::ScorePlan, _) = plan_and_secrets(&world.pass(&mut fr, &lineage));
+    assert_eq!(plan.tokens, plan::TokenCounter::Tokenizer { uri: "s3://models/smollm2/tokenizer.json".into() });
+
+    let gguf = teacher("s3://models/q/", &["model-q4.gguf"]);
+    for (model, why) in [(gguf, "in GGUF files"), (self::teacher(), "behind an endpoint")] {
+        lineage.rubric_set.as_mut().unwrap().spec.teacher = model;
+        let mut refused = fr.clone();
+        refused.status = None;
+        World::default().pass(&mut refused, &lineage);
+        let ready = condition(&refused, "Ready");
+        assert_eq!(ready.reason, "InvalidSpec");
+        assert!(ready.message.contains(why) && ready.message.contains("name tokens.tokenizer"), "{}", ready.message);
+    }
+}
+
+#[test]
 fn trim_and_histogram_bins_reach_the_score_plans() {
     let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
     let (plan, _): (plan::ScorePlan, _) = plan_and_secrets(&world.pass(&mut fr, &full_lineage()));
