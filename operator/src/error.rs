@@ -89,8 +89,8 @@ pub enum Error {
         source: kube::Error,
     },
 
-    #[error("applying ConfigMap {name}")]
-    ApplyConfigMap {
+    #[error("creating ConfigMap {name}")]
+    CreateConfigMap {
         name: String,
         #[source]
         source: kube::Error,
@@ -103,9 +103,8 @@ pub enum Error {
         source: kube::Error,
     },
 
-    #[error("deleting {what} {name}")]
-    Delete {
-        what: &'static str,
+    #[error("deleting Job {name}")]
+    DeleteJob {
         name: String,
         #[source]
         source: kube::Error,
@@ -260,9 +259,9 @@ impl Error {
             | Error::GetObject { source, .. }
             | Error::ListPods { source, .. }
             | Error::ReadSecret { source, .. }
-            | Error::ApplyConfigMap { source, .. }
+            | Error::CreateConfigMap { source, .. }
             | Error::CreateJob { source, .. }
-            | Error::Delete { source, .. } => Some(source),
+            | Error::DeleteJob { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -323,9 +322,9 @@ impl Error {
             | Error::ListJobs(_)
             | Error::ListPods { .. }
             | Error::ReadSecret { .. }
-            | Error::ApplyConfigMap { .. }
+            | Error::CreateConfigMap { .. }
             | Error::CreateJob { .. }
-            | Error::Delete { .. }
+            | Error::DeleteJob { .. }
             | Error::ApplyStatus(_)
             | Error::Lease { .. } => "KubeError",
             Error::LeadershipLost(_) => "LeadershipLost",
@@ -373,9 +372,9 @@ mod tests {
             Error::ListJobs(kube()),
             Error::ListPods { job: "j".into(), source: kube() },
             Error::ReadSecret { secret: "n/s".into(), source: kube() },
-            Error::ApplyConfigMap { name: "c".into(), source: kube() },
+            Error::CreateConfigMap { name: "c".into(), source: kube() },
             Error::CreateJob { name: "j".into(), source: kube() },
-            Error::Delete { what: "Job", name: "j".into(), source: kube() },
+            Error::DeleteJob { name: "j".into(), source: kube() },
             Error::ApplyStatus(kube()),
             Error::Lease {
                 name: "l".into(),

@@ -1,6 +1,6 @@
 //! `mira operator`: the stage engine as one kube-runtime controller per kind. Each reconcile
 //! dereferences the upstream chain, observes the resource's Jobs and step results, runs the pure
-//! engine, then applies its actions (ConfigMaps by server-side apply, Jobs created once, Events)
+//! engine, then applies its actions (plan ConfigMaps and Jobs created once, Events)
 //! and the full status with the one field manager `mira-operator`.
 
 mod backoff;
@@ -380,10 +380,15 @@ impl<K: Pipeline> Reconciler<'_, K> {
                     children::labels(&resource, *step, group.as_deref()),
                     plan,
                 );
-                Api::<ConfigMap>::namespaced(client, namespace)
-                    .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&config_map))
-                    .await
-                    .map_err(|source| Error::ApplyConfigMap { name: name.clone(), source })?;
+                // Created once: its name is its Job's, which a digest of the plan makes unique,
+                // so one of that name holds this plan. The operator never patches nor deletes a
+                // ConfigMap (its RBAC has neither verb): they go with their resource.
+                let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+                match Api::<ConfigMap>::namespaced(client, namespace).create(&params, &config_map).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 409 => {}
+                    Err(source) => return Err(Error::CreateConfigMap { name: name.clone(), source }),
+                }
             }
             Action::CreateJob(request) => {
                 let job = children::job(&owner, namespace, &resource, request, self.ctx.runner_image.as_deref())?;
@@ -400,25 +405,11 @@ impl<K: Pipeline> Reconciler<'_, K> {
                 }
             }
             Action::DeleteJob { name } => {
-                let gone = |r: std::result::Result<_, kube::Error>, what: &'static str| match r {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-                    Err(source) => Err(Error::Delete { what, name: name.clone(), source }),
-                };
-                gone(
-                    Api::<Job>::namespaced(client.clone(), namespace)
-                        .delete(name, &DeleteParams::background())
-                        .await
-                        .map(|_| ()),
-                    "Job",
-                )?;
-                gone(
-                    Api::<ConfigMap>::namespaced(client, namespace)
-                        .delete(name, &DeleteParams::default())
-                        .await
-                        .map(|_| ()),
-                    "ConfigMap",
-                )?;
+                match Api::<Job>::namespaced(client, namespace).delete(name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(source) => return Err(Error::DeleteJob { name: name.clone(), source }),
+                }
             }
             Action::Event(event) => {
                 let event = Event {

@@ -65,7 +65,8 @@ pub enum Action {
     },
     /// Create a stage's Job, unless a Job of that name exists.
     CreateJob(Box<JobRequest>),
-    /// Delete a Job whose stage was replanned or dropped while it ran, and its plan.
+    /// Delete a Job whose stage was replanned or dropped while it ran (`mira run` drops its plan
+    /// too; a plan ConfigMap stays with its resource until the resource is deleted).
     DeleteJob {
         name: String,
     },
