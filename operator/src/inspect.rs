@@ -83,11 +83,7 @@ pub async fn report(target: &str, namespace: Option<String>, out: Option<PathBuf
         .await?
         .ok_or_else(|| Error::InvalidArgument(format!("FilterRun {namespace}/{name} does not exist")))?;
     let lineage = cluster::fetch_lineage(&client, &namespace, filter_run.upstream_ref()).await?;
-    let mut peers = Vec::new();
-    for peer in list::<FilterRun>(&client, &namespace).await? {
-        let peer_lineage = cluster::fetch_lineage(&client, &namespace, peer.upstream_ref()).await?;
-        peers.push((peer, peer_lineage));
-    }
+    let peers = cluster::filter_runs_with_lineage(&client, &namespace).await?;
     let uri = out.unwrap_or_else(|| PathBuf::from(format!("{name}-report.html"))).display().to_string();
     report::write(filter_run, lineage, &peers, &uri).await?;
     Ok(uri)

@@ -416,8 +416,11 @@ async fn baselines_select_from_a_source_group_alone_and_the_report_sets_them_sid
         fx.uri("corpus/web/"),
         fx.uri("kept-dsir")
     );
-    fx.apply(&[corpus, random, dsir].join("---\n"));
+    // DSIR after the random draw is Ready, so that the report the operator writes for DSIR has
+    // the random selection to set beside it.
+    fx.apply(&[corpus, random].join("---\n"));
     let random = fx.wait_ready::<FilterRun>("random", CHAIN).await;
+    fx.apply(&dsir);
     let dsir = fx.wait_ready::<FilterRun>("dsir", CHAIN).await;
     assert_conditions_true(&random, &["Ready", "Scored", "Thresholded", "Selected"]);
     assert_conditions_true(&dsir, &["Ready", "Scored", "Thresholded", "Selected"]);
@@ -436,6 +439,10 @@ async fn baselines_select_from_a_source_group_alone_and_the_report_sets_them_sid
     // The DSIR weights were fitted once per group, next to its scores.
     let score = dsir.status.as_ref().unwrap().pipeline.stages.iter().find(|s| s.name == "score/technical").unwrap();
     assert!(fx.storage.get_opt(&join(&score.output, "dsir/technical.json")).await.unwrap().is_some());
+
+    let written = dsir.status.as_ref().unwrap().report.clone().unwrap();
+    let written = String::from_utf8_lossy(&fx.storage.get(&written).await.unwrap()).into_owned();
+    assert!(written.contains("Beside the other selections") && written.contains("random (random, source, 0.5)"));
 
     // `mira report` on the cluster compares the selections of one corpus.
     let out = tempfile::tempdir().unwrap();

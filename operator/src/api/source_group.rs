@@ -147,10 +147,15 @@ pub struct SourceGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_GROUPS))]
     pub groups: Vec<GroupDef>,
-    /// Per source: its group, size, sample, and content similarity to every source.
+    /// Per source: its group, size, sample, and the source its content is closest to. The whole
+    /// source-by-source similarity matrix grows with the square of the sources: it is in the
+    /// cluster stage's result on storage (`similarity`) and in the run report, not here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub sources: Vec<SourceStatus>,
+    /// The cluster stage's result, which holds the sources' similarity matrix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<String>,
     /// Silhouette of the grouping (-1..1; higher is better separated; rounded to 3 decimals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silhouette: Option<f64>,
@@ -176,8 +181,18 @@ pub struct SourceStatus {
     pub sampled_records: u64,
     /// Sampled records skipped as malformed.
     pub skipped_records: u64,
-    /// Cosine similarity of its content vector to each source, in `status.sources` order
-    /// (rounded to 3 decimals).
-    #[schemars(length(max = super::MAX_SOURCES))]
-    pub similarity: Vec<f64>,
+    /// The other source whose content vector is closest to this one's; absent for a lone source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nearest: Option<NearestSource>,
+}
+
+/// A source's nearest neighbour by content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NearestSource {
+    /// Its name.
+    pub source: String,
+    /// Cosine similarity of the two content vectors (rounded to 3 decimals); a source whose
+    /// nearest neighbour is in another group sits between groups.
+    pub similarity: f64,
 }

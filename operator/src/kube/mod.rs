@@ -295,10 +295,15 @@ impl<K: Pipeline> Reconciler<'_, K> {
         // Before the status that records the new revision: a report that failed to be written
         // is written again on the next pass.
         if let Some(config) = &config {
-            // Compared with no other selection here (that would list the namespace's FilterRuns
-            // on every pass): `mira report` on demand compares.
-            if let Some(uri) =
-                report::write_if_filter_run(self.object, &output.status, &lineage, Vec::new, config).await?
+            // Beside the other selections of the namespace finished by now, listed only when the
+            // report is written (once per selection); `mira report` compares again on demand.
+            let peers = async {
+                filter_runs_with_lineage(&self.ctx.client, &namespace).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e.chain(), "listing the other FilterRuns for the report failed");
+                    Vec::new()
+                })
+            };
+            if let Some(uri) = report::write_if_filter_run(self.object, &output.status, &lineage, peers, config).await?
             {
                 tracing::info!(kind = %K::kind(&()), name = %self.object.name_any(), %uri, "wrote the run report");
             }
@@ -445,6 +450,23 @@ impl<K: Pipeline> Reconciler<'_, K> {
 }
 
 /// The upstream chain from `first`, fetched up to the first missing object.
+/// The FilterRuns of `namespace`, each with its upstream chain: the selections a run report sets
+/// beside its own. One whose chain cannot be read is left out.
+pub async fn filter_runs_with_lineage(client: &Client, namespace: &str) -> Result<Vec<(FilterRun, Lineage)>> {
+    let runs = Api::<FilterRun>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::GetObject { object: format!("FilterRuns in {namespace}"), source })?;
+    let mut peers = Vec::new();
+    for run in runs.items {
+        match fetch_lineage(client, namespace, run.upstream_ref()).await {
+            Ok(lineage) => peers.push((run, lineage)),
+            Err(e) => tracing::debug!(filter_run = %run.name_any(), error = %e, "left out: its chain cannot be read"),
+        }
+    }
+    Ok(peers)
+}
+
 pub async fn fetch_lineage(client: &Client, namespace: &str, first: Option<UpstreamRef>) -> Result<Lineage> {
     let mut lineage = Lineage::default();
     let mut next = first;

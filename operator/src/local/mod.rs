@@ -248,7 +248,7 @@ impl Local {
             &Time(Timestamp::now()),
         );
         if let Some(config) = &config {
-            let peers = || resources.filter_runs_with_lineage();
+            let peers = async { resources.filter_runs_with_lineage() };
             if let Some(uri) = report::write_if_filter_run(&*object, &output.status, &lineage, peers, config).await? {
                 self.console.line(&format!("- {} {}: wrote the run report {uri}", K::kind(&()), object.name_any()));
             }

@@ -1,10 +1,14 @@
 //! SourceGroup: one `cluster` stage.
 
 use scorer_runner::plan::{ClusterPlan, ClusterResult, GroupDef};
+use scorer_runner::steps::RESULT;
+use scorer_runner::storage::join;
 
 use super::convert;
 use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
-use crate::api::{JobTemplate, PipelineStatus, SourceGroup, SourceGroupStatus, SourceStatus, Step, StorageSpec};
+use crate::api::{
+    JobTemplate, NearestSource, PipelineStatus, SourceGroup, SourceGroupStatus, SourceStatus, Step, StorageSpec,
+};
 use crate::Result;
 
 impl KindStatus for SourceGroupStatus {
@@ -77,15 +81,23 @@ impl Pipeline for SourceGroup {
                 bytes: s.bytes,
                 sampled_records: s.sampled_records as u64,
                 skipped_records: s.skipped.counts.values().sum(),
-                similarity: result
-                    .similarity
-                    .get(i)
-                    .map(|row| row.iter().map(|x| (x * 1000.0).round() / 1000.0).collect())
-                    .unwrap_or_default(),
+                nearest: nearest(result, i),
             })
             .collect();
+        status.similarity = finished.output(Step::Cluster.as_str()).map(|output| join(output, RESULT));
         status.silhouette = Some((result.silhouette * 1000.0).round() / 1000.0);
         status.group_count = Some(status.groups.len() as u32);
         Ok(())
     }
+}
+
+/// The source most similar to source `i` of a cluster result, other than itself.
+fn nearest(result: &ClusterResult, i: usize) -> Option<NearestSource> {
+    let row = result.similarity.get(i)?;
+    let (j, similarity) =
+        row.iter().enumerate().filter(|&(j, x)| j != i && x.is_finite()).max_by(|a, b| a.1.total_cmp(b.1))?;
+    Some(NearestSource {
+        source: result.sources.get(j)?.name.clone(),
+        similarity: (similarity * 1000.0).round() / 1000.0,
+    })
 }

@@ -536,7 +536,11 @@ fn a_finished_stage_fills_status_and_makes_the_resource_ready() {
     assert_eq!(status.groups.len(), 2);
     assert_eq!(status.group_count, Some(2), "the Groups column");
     assert_eq!(status.sources[0].group.as_deref(), Some("code"));
-    assert_eq!(status.sources[0].similarity[1], 0.812);
+    let nearest =
+        status.sources.iter().map(|s| s.nearest.clone().map(|n| (n.source, n.similarity))).collect::<Vec<_>>();
+    let expected = [Some(("js".into(), 0.812)), Some(("py".into(), 0.812)), Some(("js".into(), 0.2))];
+    assert_eq!(nearest, expected, "each source's nearest other source");
+    assert_eq!(status.similarity, Some(format!("{}/_result.json", record(&sg, "cluster").output)), "the full matrix");
     assert!(status.pipeline.ready_at(Some(1)));
     assert!(status.pipeline.revision.is_some());
     assert_eq!(status.pipeline.stage.as_deref(), Some("Ready"));

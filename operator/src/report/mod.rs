@@ -18,21 +18,24 @@ mod page;
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use kube::ResourceExt;
-use scorer_runner::plan::{Manifest, ScoreResult, Step, StorageConfig};
+use scorer_runner::plan::{ClusterResult, Manifest, ScoreResult, Step, StorageConfig};
 use scorer_runner::steps::discover::Proposal;
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::{join, Storage};
 
 use crate::api::{CutPolicy, DistillationJob, FilterRun, FilterRunStatus, Method, RubricSet, SourceGroup, StagePhase};
-use crate::reconcile::{Lineage, Pipeline};
+use crate::reconcile::{KindStatus, Lineage, Pipeline};
 use crate::{Error, Result};
 
 /// Everything a report shows.
 pub struct Run {
     pub filter_run: FilterRun,
     pub source_group: SourceGroup,
+    /// The SourceGroup's cluster result, with the source-by-source similarity matrix.
+    pub cluster: Option<ClusterResult>,
     /// Method `mira`'s; a baseline has neither.
     pub rubric_set: Option<RubricSet>,
     pub distillation_job: Option<DistillationJob>,
@@ -67,15 +70,15 @@ pub fn same_corpus(filter_run: (&FilterRun, &Lineage), peer: (&FilterRun, &Linea
 }
 
 /// The results of `filter_run`'s finished stages of `step`, read from storage.
-async fn results<T: serde::de::DeserializeOwned>(
+async fn results<T: serde::de::DeserializeOwned, K: Pipeline>(
     storage: &Storage,
-    filter_run: &FilterRun,
+    resource: &K,
     step: Step,
 ) -> Result<Vec<T>> {
-    let uris = filter_run
-        .status
-        .iter()
-        .flat_map(|s| &s.pipeline.stages)
+    let uris = resource
+        .status()
+        .into_iter()
+        .flat_map(|s| &s.pipeline().stages)
         .filter(|r| r.step == step && r.phase == StagePhase::Succeeded)
         .map(|r| join(&r.output, RESULT));
     let mut results = Vec::new();
@@ -111,7 +114,7 @@ impl Run {
         let mut compared = Vec::new();
         let storage = Storage::new(storage.clone());
         for peer in corpus_peers {
-            let manifests = results::<Manifest>(&storage, peer, Step::Select).await?;
+            let manifests = results::<Manifest, _>(&storage, peer, Step::Select).await?;
             if !manifests.is_empty() {
                 compared.push(Peer {
                     name: peer.name_any(),
@@ -126,16 +129,20 @@ impl Run {
         let mut proposals = BTreeMap::new();
         for group in rubric_set.iter().flat_map(|r| &r.status).flat_map(|s| &s.groups) {
             let Some(uri) = &group.proposals else { continue };
-            let bytes = storage.get(uri).await.map_err(Error::ReadResult)?;
+            // Proposals are the report's context, not its figures: a file gone (cleaned up, or
+            // never written by an older runner) leaves the group's proposals out of the page.
+            let Some(bytes) = storage.get_opt(uri).await.map_err(Error::ReadResult)? else { continue };
             // A line this version cannot read is left out of the report, not fatal to it.
             let lines = bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice(line).ok());
             proposals.insert(group.name.clone(), lines.collect());
         }
-        let scores = results::<ScoreResult>(&storage, &filter_run, Step::Score).await?;
-        let manifests = results::<Manifest>(&storage, &filter_run, Step::Select).await?;
+        let cluster = results::<ClusterResult, _>(&storage, &source_group, Step::Cluster).await?.pop();
+        let scores = results::<ScoreResult, _>(&storage, &filter_run, Step::Score).await?;
+        let manifests = results::<Manifest, _>(&storage, &filter_run, Step::Select).await?;
         Ok(Run {
             filter_run,
             source_group,
+            cluster,
             rubric_set,
             distillation_job,
             proposals,
@@ -169,13 +176,13 @@ pub async fn write(filter_run: FilterRun, lineage: Lineage, peers: &[(FilterRun,
 
 /// Writes the report of `filter_run` to its `status.report` when `status` (its status after this
 /// pass) is Ready at a revision the resource's current status does not have yet: once per
-/// selection, whichever adapter runs it, beside the selections `peers` lists (called only then).
+/// selection, whichever adapter runs it, beside the selections `peers` lists (awaited only then).
 /// Returns where it wrote, if it did.
 pub async fn write_when_new(
     filter_run: &FilterRun,
     status: &FilterRunStatus,
     lineage: &Lineage,
-    peers: impl FnOnce() -> Vec<(FilterRun, Lineage)>,
+    peers: impl Future<Output = Vec<(FilterRun, Lineage)>>,
     storage: &StorageConfig,
 ) -> Result<Option<String>> {
     let (Some(uri), Some(revision)) = (&status.report, &status.pipeline.revision) else { return Ok(None) };
@@ -184,7 +191,7 @@ pub async fn write_when_new(
     }
     let mut updated = filter_run.clone();
     updated.status = Some(status.clone());
-    Run::gather(updated, lineage.clone(), &peers(), storage).await?.put(storage, uri).await?;
+    Run::gather(updated, lineage.clone(), &peers.await, storage).await?.put(storage, uri).await?;
     Ok(Some(uri.clone()))
 }
 
@@ -194,7 +201,7 @@ pub async fn write_if_filter_run<K: Pipeline>(
     object: &K,
     status: &K::Status,
     lineage: &Lineage,
-    peers: impl FnOnce() -> Vec<(FilterRun, Lineage)>,
+    peers: impl Future<Output = Vec<(FilterRun, Lineage)>>,
     storage: &StorageConfig,
 ) -> Result<Option<String>>
 where

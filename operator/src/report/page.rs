@@ -97,24 +97,29 @@ struct Similarity {
     silhouette: Option<f64>,
 }
 
-/// The source-by-source similarity, sources ordered by group, so groups show as blocks.
+/// The source-by-source similarity of the cluster result, sources ordered by group, so groups
+/// show as blocks.
 fn similarity(run: &Run) -> Option<Similarity> {
-    let status = run.source_group.status.as_ref()?;
-    let mut order: Vec<usize> = (0..status.sources.len()).collect();
-    order.sort_by_key(|&i| (status.sources[i].group.clone().unwrap_or_default(), status.sources[i].name.clone()));
-    let group = |i: usize| status.sources[i].group.clone().unwrap_or_else(|| "-".into());
+    let cluster = run.cluster.as_ref()?;
+    let sources = &cluster.sources;
+    let group = |i: usize| {
+        let name = &sources[i].name;
+        cluster.groups.iter().find(|g| g.sources.contains(name)).map_or_else(|| "-".into(), |g| g.name.clone())
+    };
+    let mut order: Vec<usize> = (0..sources.len()).collect();
+    order.sort_by_key(|&i| (group(i), sources[i].name.clone()));
     let rows = order
         .iter()
         .map(|&i| {
             order
                 .iter()
                 .map(|&j| {
-                    let s = status.sources[i].similarity.get(j).copied().unwrap_or(f64::NAN);
+                    let s = cluster.similarity.get(i).and_then(|row| row.get(j)).copied().unwrap_or(f64::NAN);
                     let same = group(i) == group(j);
                     Cell {
                         text: format!("{s:.2}"),
                         color: shade(s, if same { (46, 117, 182) } else { (120, 120, 120) }),
-                        title: format!("{} ~ {}: {s:.3}", status.sources[i].name, status.sources[j].name),
+                        title: format!("{} ~ {}: {s:.3}", sources[i].name, sources[j].name),
                         class: if same { "same" } else { "" },
                     }
                 })
@@ -122,9 +127,9 @@ fn similarity(run: &Run) -> Option<Similarity> {
         })
         .collect();
     Some(Similarity {
-        sources: order.iter().map(|&i| (status.sources[i].name.clone(), group(i))).collect(),
+        sources: order.iter().map(|&i| (sources[i].name.clone(), group(i))).collect(),
         rows,
-        silhouette: status.silhouette,
+        silhouette: Some(cluster.silhouette),
     })
 }
 
