@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Agreement, JobTemplate, LocalModel, ModelSpec, PipelineStatus};
+use super::{JobTemplate, LocalModel, ModelSpec, PipelineStatus};
 
 /// Distils a RubricSet's teacher into one student per group. Labels are made by the teacher, or
 /// imported when a team labelled records elsewhere (for example with a batch API).
@@ -212,6 +212,15 @@ pub struct DistillationJobStatus {
     /// every student: `20% (6 of 30)` (the `Masked` column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked_share: Option<String>,
+    /// `group/source` of the sources whose every dimension is masked: no score ranks them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_SOURCES))]
+    pub unranked: Vec<String>,
+    /// The distill stage's result, which holds the students' agreement with the teacher per
+    /// (source, dimension) on the held-out records (MAE, Spearman, why masked). That table
+    /// grows with sources times dimensions, so it is there and in the run report, not here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<String>,
 }
 
 /// A count per group.
@@ -236,14 +245,17 @@ pub struct StudentStatus {
     pub train_records: u64,
     /// Held-out records its agreement was measured on.
     pub validation_records: u64,
+    /// The dimension ids it scores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_DIMENSIONS))]
+    pub dimensions: Vec<String>,
+    /// The sources its agreement was measured on.
+    #[serde(default)]
+    pub sources: u32,
     /// Masked dimensions per source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub masked: Vec<MaskedSource>,
-    /// Teacher-student agreement per (source, dimension) on the held-out records.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 4096))]
-    pub agreement: Vec<Agreement>,
 }
 
 /// The dimensions masked for one source.

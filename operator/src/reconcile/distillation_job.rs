@@ -1,7 +1,13 @@
 //! DistillationJob: `label` (unless labels are imported), then `distill`.
 
+use std::collections::BTreeSet;
+
 use kube::ResourceExt;
-use scorer_runner::plan::{Dimension, DistillGroup, DistillPlan, DistillResult, LabelGroup, LabelPlan, LabelResult};
+use scorer_runner::plan::{
+    Dimension, DistillGroup, DistillPlan, DistillResult, LabelGroup, LabelPlan, LabelResult, StudentReport,
+};
+use scorer_runner::steps::RESULT;
+use scorer_runner::storage::join;
 
 use super::conditions::Desired;
 use super::convert::{self, upstream};
@@ -156,19 +162,28 @@ impl Pipeline for DistillationJob {
                 student: s.student.clone(),
                 train_records: s.train_records as u64,
                 validation_records: s.validation_records as u64,
+                dimensions: s
+                    .agreement
+                    .iter()
+                    .map(|a| a.dimension.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                sources: s.agreement.iter().map(|a| &a.source).collect::<BTreeSet<_>>().len() as u32,
                 masked: s
                     .masked
                     .iter()
                     .map(|(source, dimensions)| MaskedSource { source: source.clone(), dimensions: dimensions.clone() })
                     .collect(),
-                agreement: s.agreement.clone(),
             })
             .collect();
         status.student_count = Some(status.students.len() as u32);
-        let pairs = status.students.iter().flat_map(|s| &s.agreement);
+        let pairs = distilled.students.iter().flat_map(|s| &s.agreement);
         let (masked, all) = pairs.fold((0, 0), |(m, a), p| (m + p.masked as usize, a + 1));
         status.masked_share =
             (all > 0).then(|| format!("{:.0}% ({masked} of {all})", 100.0 * masked as f64 / all as f64));
+        status.unranked = unranked_sources(&distilled.students);
+        status.agreement = finished.output(Step::Distill.as_str()).map(|output| join(output, RESULT));
         Ok(())
     }
 
@@ -179,7 +194,7 @@ impl Pipeline for DistillationJob {
         if status.students.is_empty() {
             return Vec::new();
         }
-        let unranked = unranked_sources(status);
+        let unranked = &status.unranked;
         if unranked.is_empty() {
             return vec![Desired::new(
                 "Reliable",
@@ -190,7 +205,8 @@ impl Pipeline for DistillationJob {
         }
         let message = format!(
             "every dimension is masked for {} (the student's held-out agreement with the teacher is below the mask's \
-             thresholds: see status.students[].agreement): their records score alike, and a FilterRun keeps them by a \
+             thresholds: see the agreement table at status.agreement, or the run report): their records score alike, \
+             and a FilterRun keeps them by a \
              random draw, not by quality",
             unranked.join(", ")
         );
@@ -208,18 +224,18 @@ impl Pipeline for DistillationJob {
             .students
             .iter()
             .map(|s| {
-                let mut dimensions: Vec<&str> = s.agreement.iter().map(|a| a.dimension.as_str()).collect();
-                dimensions.sort_unstable();
-                dimensions.dedup();
                 let masked_for = |d: &str| -> Vec<&str> {
-                    s.agreement.iter().filter(|a| a.dimension == d && a.masked).map(|a| a.source.as_str()).collect()
+                    s.masked.iter().filter(|m| m.dimensions.iter().any(|x| x == d)).map(|m| m.source.as_str()).collect()
                 };
-                let used: Vec<&str> = dimensions
+                // A dimension is used unless every source masks it.
+                let used: Vec<&str> = s
+                    .dimensions
                     .iter()
-                    .copied()
-                    .filter(|d| s.agreement.iter().any(|a| a.dimension == *d && !a.masked))
+                    .map(String::as_str)
+                    .filter(|d| masked_for(d).len() < s.sources as usize)
                     .collect();
-                let masked: Vec<String> = dimensions
+                let masked: Vec<String> = s
+                    .dimensions
                     .iter()
                     .filter_map(|d| {
                         let sources = masked_for(d);
@@ -235,12 +251,11 @@ impl Pipeline for DistillationJob {
 }
 
 /// `group/source` of every source whose dimensions are all masked: no score ranks its records.
-pub(super) fn unranked_sources(status: &DistillationJobStatus) -> Vec<String> {
-    status
-        .students
+fn unranked_sources(students: &[StudentReport]) -> Vec<String> {
+    students
         .iter()
         .flat_map(|s| {
-            let sources: std::collections::BTreeSet<&str> = s.agreement.iter().map(|a| a.source.as_str()).collect();
+            let sources: BTreeSet<&str> = s.agreement.iter().map(|a| a.source.as_str()).collect();
             sources
                 .into_iter()
                 .filter(|&source| s.agreement.iter().filter(|a| a.source == source).all(|a| a.masked))

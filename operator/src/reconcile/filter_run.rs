@@ -14,7 +14,7 @@ use scorer_runner::storage::join;
 
 use super::conditions::Desired;
 use super::convert::{self, upstream};
-use super::distillation_job::{unranked_sources, JUDGE_KEY_ENV};
+use super::distillation_job::JUDGE_KEY_ENV;
 use super::{stage_name, Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
     CutPolicy, DistillationJob, FilterGroupStatus, FilterRun, FilterRunStatus, JobTemplate, Kept, Method,
@@ -171,7 +171,7 @@ impl Pipeline for FilterRun {
         let dj = self.distillation_job(lineage)?;
         let groups = self.groups(sg, dj)?;
         if let Some(dj) = dj.filter(|_| self.spec.on_no_reliable_dimension == NoReliableDimension::Fail) {
-            let unranked = dj.status.as_ref().map(unranked_sources).unwrap_or_default();
+            let unranked = dj.status.as_ref().map(|s| s.unranked.clone()).unwrap_or_default();
             if !unranked.is_empty() {
                 return Err(Error::NoReliableDimension(format!(
                     "DistillationJob {} masked every dimension of {}, so their records would be kept at random, not \

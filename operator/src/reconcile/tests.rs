@@ -155,8 +155,9 @@ fn ready_distillation_job() -> DistillationJob {
         student: format!("s3://bucket/students/{group}.student"),
         train_records: 100,
         validation_records: 20,
+        dimensions: vec!["signal".into(), "noise".into()],
+        sources: 1,
         masked: Vec::new(),
-        agreement: Vec::new(),
     };
     dj.status = Some(DistillationJobStatus {
         pipeline: ready(1, "dj-rev", Some("rs-rev")),
@@ -254,9 +255,15 @@ impl World {
 
     /// The stage's Job succeeds and its result appears.
     fn succeed<K: Pipeline>(&mut self, resource: &K, stage: &str) {
+        let result = result_of(&record(resource, stage));
+        self.succeed_with(resource, stage, result);
+    }
+
+    /// The stage's Job succeeded with `result`.
+    fn succeed_with<K: Pipeline>(&mut self, resource: &K, stage: &str, result: Value) {
         let record = record(resource, stage);
         self.jobs.insert(record.job.clone().expect("stage has a job"), JobState::Succeeded);
-        let mut result = StepResult::parse(record.step, &serde_json::to_vec(&result_of(&record)).unwrap()).unwrap();
+        let mut result = StepResult::parse(record.step, &serde_json::to_vec(&result).unwrap()).unwrap();
         result.slim();
         self.results.insert(record.output.clone(), Arc::new(result));
     }
@@ -1244,25 +1251,61 @@ fn the_grouping_featurizer_reaches_the_cluster_plan() {
 
 #[test]
 fn a_source_with_every_dimension_masked_makes_the_distillation_job_unreliable() {
-    let mut status = DistillationJobStatus::default();
-    assert!(DistillationJob::findings(&status).is_empty(), "no finding before students exist");
-    status.students = vec![StudentStatus {
-        group: "prose".into(),
-        student: "s".into(),
-        train_records: 70,
-        validation_records: 30,
-        masked: Vec::new(),
-        agreement: vec![
+    let (mut world, mut dj) = (World::default(), distillation_job());
+    dj.spec.labels.import_uri = Some("s3://bucket/labels/".into());
+    let lineage = full_lineage();
+    world.pass(&mut dj, &lineage);
+    assert!(DistillationJob::findings(dj.status.as_ref().unwrap()).is_empty(), "no finding before students exist");
+    let distilled = |books_signal_masked: bool| {
+        let agreement = vec![
             agreement("web", "signal", false),
             agreement("web", "noise", true),
-            agreement("books", "signal", true),
+            agreement("books", "signal", books_signal_masked),
             agreement("books", "noise", true),
-        ],
-    }];
+        ];
+        let masked = agreement.iter().filter(|a| a.masked).fold(BTreeMap::new(), |mut m, a| {
+            m.entry(a.source.clone()).or_insert_with(Vec::new).push(a.dimension.clone());
+            m
+        });
+        serde_json::to_value(DistillResult {
+            students: vec![StudentReport {
+                group: "prose".into(),
+                student: "s".into(),
+                train_records: 70,
+                validation_records: 30,
+                lambdas: BTreeMap::new(),
+                agreement,
+                masked,
+            }],
+            sft: None,
+            skipped_labels: Default::default(),
+        })
+        .unwrap()
+    };
+    world.succeed_with(&dj, "distill", distilled(true));
+    world.pass(&mut dj, &lineage);
+    let status = dj.status.clone().unwrap();
+    assert_eq!(status.unranked, ["prose/books"]);
+    assert_eq!(status.masked_share.as_deref(), Some("75% (3 of 4)"));
+    assert_eq!(status.agreement, Some(format!("{}/_result.json", record(&dj, "distill").output)), "the full table");
     let [finding] = <[_; 1]>::try_from(DistillationJob::findings(&status)).unwrap();
     assert_eq!((finding.type_, finding.status, finding.reason.as_str()), ("Reliable", false, "NoReliableDimension"));
     assert!(finding.message.contains("prose/books") && !finding.message.contains("prose/web"), "{}", finding.message);
-    status.students[0].agreement[2].masked = false;
+    assert_eq!(
+        DistillationJob::highlights(&status),
+        ["group prose: scores by signal; masked noise (books, web), signal (books)"]
+    );
+
+    let (mut world, mut dj) = (World::default(), {
+        let mut d = distillation_job();
+        d.spec.labels.import_uri = Some("s3://bucket/labels/".into());
+        d
+    });
+    world.pass(&mut dj, &lineage);
+    world.succeed_with(&dj, "distill", distilled(false));
+    world.pass(&mut dj, &lineage);
+    let status = dj.status.clone().unwrap();
+    assert!(status.unranked.is_empty());
     assert!(DistillationJob::findings(&status)[0].status, "one reliable dimension per source suffices");
 }
 
@@ -1314,8 +1357,7 @@ fn a_source_that_gives_no_usable_record_makes_the_filter_run_unusable() {
 #[test]
 fn a_filter_run_stops_before_scoring_sources_no_dimension_ranks_unless_told_to_keep_them_at_random() {
     let mut lineage = full_lineage();
-    let students = &mut lineage.distillation_job.as_mut().unwrap().status.as_mut().unwrap().students;
-    students[1].agreement = vec![agreement("web", "signal", true), agreement("web", "noise", true)];
+    lineage.distillation_job.as_mut().unwrap().status.as_mut().unwrap().unranked = vec!["prose/web".into()];
     let (mut world, mut fr) = (World::default(), filter_run(CutPolicy::Group));
     let actions = world.pass(&mut fr, &lineage);
     assert!(created(&actions).is_empty(), "nothing is scored: {actions:?}");

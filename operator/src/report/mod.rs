@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use kube::ResourceExt;
-use scorer_runner::plan::{ClusterResult, Manifest, ScoreResult, Step, StorageConfig};
+use scorer_runner::plan::{ClusterResult, DistillResult, Manifest, ScoreResult, Step, StorageConfig};
 use scorer_runner::steps::discover::Proposal;
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::{join, Storage};
@@ -36,6 +36,8 @@ pub struct Run {
     pub source_group: SourceGroup,
     /// The SourceGroup's cluster result, with the source-by-source similarity matrix.
     pub cluster: Option<ClusterResult>,
+    /// The DistillationJob's distill result, with the students' agreement tables.
+    pub distilled: Option<DistillResult>,
     /// Method `mira`'s; a baseline has neither.
     pub rubric_set: Option<RubricSet>,
     pub distillation_job: Option<DistillationJob>,
@@ -137,12 +139,17 @@ impl Run {
             proposals.insert(group.name.clone(), lines.collect());
         }
         let cluster = results::<ClusterResult, _>(&storage, &source_group, Step::Cluster).await?.pop();
+        let distilled = match &distillation_job {
+            Some(dj) => results::<DistillResult, _>(&storage, dj, Step::Distill).await?.pop(),
+            None => None,
+        };
         let scores = results::<ScoreResult, _>(&storage, &filter_run, Step::Score).await?;
         let manifests = results::<Manifest, _>(&storage, &filter_run, Step::Select).await?;
         Ok(Run {
             filter_run,
             source_group,
             cluster,
+            distilled,
             rubric_set,
             distillation_job,
             proposals,

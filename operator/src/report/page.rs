@@ -175,7 +175,8 @@ fn groups(run: &Run) -> Vec<Group> {
             let rubric = rubrics.iter().find(|r| r.name == g.name).copied();
             let student = students.iter().find(|s| s.group == g.name).copied();
             let filtered = filter.iter().find(|f| f.name == g.name);
-            let agreement = student.map(|s| s.agreement.as_slice()).unwrap_or_default();
+            let distilled = run.distilled.iter().flat_map(|d| &d.students).find(|s| s.group == g.name);
+            let agreement = distilled.map(|s| s.agreement.as_slice()).unwrap_or_default();
             let dimension_ids: Vec<String> = match rubric {
                 Some(r) => r.dimensions.iter().map(|d| d.dimension.id.clone()).collect(),
                 None => agreement.iter().map(|a| a.dimension.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
