@@ -97,7 +97,7 @@ async fn fake_cluster(plan: ClusterPlan, shards: usize) -> serde_json::Value {
                 skipped: Default::default(),
             })
             .collect(),
-        // Full-precision similarities: the longest status rows a SourceGroup can get.
+        // Full-precision similarities: the largest cluster result the report reads.
         similarity: (0..n)
             .map(|i| (0..n).map(|j| 1.0 / (1.0 + (i as f64 - j as f64).abs() * 0.7311)).collect())
             .collect(),

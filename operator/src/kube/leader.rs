@@ -21,9 +21,15 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 const RENEW_GRACE: Duration = Duration::from_secs(10);
 /// Between attempts after a failed call to the API server.
 const RETRY_PERIOD: Duration = Duration::from_secs(1);
+/// The longest a call on the Lease may take: a renewal that hangs fails instead, in time for the
+/// leader to stop before the Lease it can no longer renew expires.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Leadership {
+    /// For the watch on the Lease, which idles for as long as the Lease stays held.
     client: Client,
+    /// For the lock manager's calls, with [`CALL_TIMEOUT`].
+    timed: Client,
     namespace: String,
     name: String,
     identity: String,
@@ -33,8 +39,21 @@ pub struct Leadership {
 impl Leadership {
     /// The Lease `name` in `namespace` (created when absent), held as `identity`.
     pub async fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Result<Self> {
-        let manager = manager(&client, namespace, name, identity).await?;
-        Ok(Leadership { client, namespace: namespace.into(), name: name.into(), identity: identity.into(), manager })
+        let mut config = kube::Config::infer().await.map_err(|e| Error::Connect(kube::Error::InferConfig(e)))?;
+        config.connect_timeout = Some(CALL_TIMEOUT);
+        config.read_timeout = Some(CALL_TIMEOUT);
+        config.write_timeout = Some(CALL_TIMEOUT);
+        config.reset_reader_on_write = true;
+        let timed = Client::try_from(config).map_err(Error::Connect)?;
+        let manager = manager(&timed, namespace, name, identity).await?;
+        Ok(Leadership {
+            client,
+            timed,
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: identity.into(),
+            manager,
+        })
     }
 
     /// Waits until this replica leads. Failed calls are retried: a standby outlives an API
@@ -49,7 +68,10 @@ impl Leadership {
             let outcome = tokio::select! {
                 outcome = self.manager.changed() => outcome,
                 () = freed(Api::namespaced(self.client.clone(), &self.namespace), &self.name) => {
-                    self.manager = manager(&self.client, &self.namespace, &self.name, &self.identity).await?;
+                    match manager(&self.timed, &self.namespace, &self.name, &self.identity).await {
+                        Ok(fresh) => self.manager = fresh,
+                        Err(e) => tracing::warn!(lease = %self.name, error = %e.chain(), "looking at the freed Lease failed"),
+                    }
                     continue;
                 }
             };
@@ -68,17 +90,30 @@ impl Leadership {
     }
 
     /// Keeps the Lease renewed. Returns when this replica no longer leads: another took the Lease
-    /// over, or renewing has failed for as long as the Lease had left when the renewal was due
-    /// (after which another may lead, so this one must stop rather than risk two leaders).
+    /// over, or renewals keep failing, after which another may lead, so this one must stop rather
+    /// than risk two leaders.
+    ///
+    /// The lock manager renews inside `changed()`, which returns only on a change or an error, so
+    /// a success is seen as time without an error: failures are one run when each came within a
+    /// retry and a call of the one before. A renewal is due `RENEW_GRACE` before expiry and each
+    /// failure takes at most `CALL_TIMEOUT`; stopping once a run has lasted
+    /// `RENEW_GRACE - 2 * (CALL_TIMEOUT + RETRY_PERIOD)` leaves the last retry's time before the
+    /// Lease expires.
     pub async fn hold(&self) -> Error {
-        let mut failing_since: Option<tokio::time::Instant> = None;
+        let budget = RENEW_GRACE.saturating_sub(2 * (CALL_TIMEOUT + RETRY_PERIOD));
+        let mut run: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
         loop {
             match self.manager.changed().await {
-                Ok(true) => failing_since = None,
+                Ok(true) => run = None,
                 Ok(false) => return Error::LeadershipLost(self.name.clone()),
                 Err(source) => {
-                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() + RETRY_PERIOD >= RENEW_GRACE {
+                    let now = tokio::time::Instant::now();
+                    let first = match run {
+                        Some((first, last)) if now.duration_since(last) <= RETRY_PERIOD + CALL_TIMEOUT => first,
+                        _ => now,
+                    };
+                    run = Some((first, now));
+                    if now.duration_since(first) >= budget {
                         return Error::Lease { name: self.name.clone(), source };
                     }
                     tracing::warn!(lease = %self.name, error = %source, "renewing the leader Lease failed; retrying");
@@ -103,7 +138,9 @@ async fn manager(client: &Client, namespace: &str, name: &str, identity: &str) -
         .with_identity(identity)
         .with_duration(LEASE_DURATION.as_secs())
         .with_grace(RENEW_GRACE.as_secs())
-        .with_field_manager(MANAGER)
+        // One field manager per replica: server-side apply then refuses the second of two
+        // standbys racing for a freed Lease, instead of letting both believe they hold it.
+        .with_field_manager(format!("{MANAGER}-{identity}"))
         .build()
         .await
         .map_err(|source| Error::Lease { name: name.into(), source })

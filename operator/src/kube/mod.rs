@@ -449,7 +449,6 @@ impl<K: Pipeline> Reconciler<'_, K> {
     }
 }
 
-/// The upstream chain from `first`, fetched up to the first missing object.
 /// The FilterRuns of `namespace`, each with its upstream chain: the selections a run report sets
 /// beside its own. One whose chain cannot be read is left out.
 pub async fn filter_runs_with_lineage(client: &Client, namespace: &str) -> Result<Vec<(FilterRun, Lineage)>> {
@@ -467,6 +466,7 @@ pub async fn filter_runs_with_lineage(client: &Client, namespace: &str) -> Resul
     Ok(peers)
 }
 
+/// The upstream chain from `first`, fetched up to the first missing object.
 pub async fn fetch_lineage(client: &Client, namespace: &str, first: Option<UpstreamRef>) -> Result<Lineage> {
     let mut lineage = Lineage::default();
     let mut next = first;

@@ -201,6 +201,7 @@ pub fn reconcile<K: Pipeline>(input: &Input<K>, now: &Time) -> Output<K::Status>
     let previous = input.resource.status().cloned().unwrap_or_default();
     let mut tracker = Tracker {
         resource: input.resource.name_any(),
+        uid: input.resource.uid().unwrap_or_default(),
         generation: generation.unwrap_or(0),
         previous: previous.pipeline(),
         jobs: input.jobs,
@@ -302,6 +303,9 @@ struct Tracked {
 
 struct Tracker<'a> {
     resource: String,
+    /// The resource's uid (empty for `mira run`'s manifests): Jobs and plans of a resource
+    /// deleted and applied again under its name are not taken for the new one's.
+    uid: String,
     generation: i64,
     previous: &'a PipelineStatus,
     jobs: &'a BTreeMap<String, JobState>,
@@ -349,7 +353,8 @@ impl Tracker<'_> {
             // The result is written: the step is done, whatever a worker of an earlier Job left.
             progress.finished = true;
         }
-        let job_name = || names::job_name(&self.resource, def.step, def.group.as_deref(), self.generation, &a.digest);
+        let job_name =
+            || names::job_name(&self.resource, &self.uid, def.step, def.group.as_deref(), self.generation, &a.digest);
         if record.job.is_none() {
             // The operator stopped between creating this stage's Job and recording it: the Job of
             // the stage's deterministic name is its own.

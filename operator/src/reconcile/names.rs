@@ -18,12 +18,26 @@ pub fn digest(parts: &[&str]) -> String {
 }
 
 /// The Job of one stage: `<resource>-<step>[-<group>]-g<generation>-<digest>`, at most 63
-/// characters. The digest covers the resource, the stage and its plan, so the name stays unique
-/// when the readable prefix is shortened, and a stage replanned at the same generation (its
-/// upstream changed) gets a new Job rather than colliding with the finished one.
-pub fn job_name(resource: &str, step: Step, group: Option<&str>, generation: i64, plan_digest: &str) -> String {
+/// characters. The digest covers the resource (its name and uid), the stage and its plan, so the
+/// name stays unique when the readable prefix is shortened, a stage replanned at the same
+/// generation (its upstream changed) gets a new Job rather than colliding with the finished one,
+/// and a resource deleted and applied again does not find its predecessor's Job and plan
+/// ConfigMap (still being garbage-collected) under its own names.
+pub fn job_name(
+    resource: &str,
+    uid: &str,
+    step: Step,
+    group: Option<&str>,
+    generation: i64,
+    plan_digest: &str,
+) -> String {
     let stage = super::stage_name(step, group);
-    let hash = &digest(&[resource, &stage, plan_digest])[..8];
+    let hash = if uid.is_empty() {
+        digest(&[resource, &stage, plan_digest])
+    } else {
+        digest(&[resource, uid, &stage, plan_digest])
+    };
+    let hash = &hash[..8];
     let suffix = format!("-g{generation}-{hash}");
     let mut prefix = dns_label(&format!("{resource}-{}", stage.replace('/', "-")));
     prefix.truncate(MAX_NAME.saturating_sub(suffix.len()));
@@ -49,28 +63,29 @@ mod tests {
 
     #[test]
     fn job_names_are_deterministic_and_distinct_per_stage_and_plan() {
-        let a = job_name("corpus", Step::Score, Some("code"), 2, "p1");
-        assert_eq!(a, job_name("corpus", Step::Score, Some("code"), 2, "p1"));
+        let a = job_name("corpus", "", Step::Score, Some("code"), 2, "p1");
+        assert_eq!(a, job_name("corpus", "", Step::Score, Some("code"), 2, "p1"));
         assert!(a.starts_with("corpus-score-code-g2-"), "{a}");
-        assert_ne!(a, job_name("corpus", Step::Score, Some("math"), 2, "p1"));
-        assert_ne!(a, job_name("corpus", Step::Score, Some("code"), 2, "p2"));
-        assert_ne!(a, job_name("corpus", Step::Score, Some("code"), 3, "p1"));
+        assert_ne!(a, job_name("corpus", "", Step::Score, Some("math"), 2, "p1"));
+        assert_ne!(a, job_name("corpus", "", Step::Score, Some("code"), 2, "p2"));
+        assert_ne!(a, job_name("corpus", "", Step::Score, Some("code"), 3, "p1"));
+        assert_ne!(a, job_name("corpus", "uid-2", Step::Score, Some("code"), 2, "p1"), "another life of the name");
     }
 
     #[test]
     fn long_job_names_are_shortened_to_a_valid_label() {
         let resource = "a".repeat(63);
         let group = "b".repeat(63);
-        let name = job_name(&resource, Step::Threshold, Some(&group), 12345, "p");
+        let name = job_name(&resource, "", Step::Threshold, Some(&group), 12345, "p");
         assert!(name.len() <= MAX_NAME, "{} chars", name.len());
         assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         assert!(!name.starts_with('-') && !name.ends_with('-'));
-        assert_ne!(name, job_name(&resource, Step::Threshold, Some(&format!("{group}x")), 12345, "p"));
+        assert_ne!(name, job_name(&resource, "", Step::Threshold, Some(&format!("{group}x")), 12345, "p"));
     }
 
     #[test]
     fn resource_names_with_dots_become_valid_job_names() {
-        assert!(job_name("web.v2", Step::Cluster, None, 1, "p").starts_with("web-v2-cluster-g1-"));
+        assert!(job_name("web.v2", "", Step::Cluster, None, 1, "p").starts_with("web-v2-cluster-g1-"));
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn same_corpus(filter_run: (&FilterRun, &Lineage), peer: (&FilterRun, &Linea
         && corpus(peer.1) == corpus(filter_run.1)
 }
 
-/// The results of `filter_run`'s finished stages of `step`, read from storage.
+/// The results of `resource`'s finished stages of `step`, read from storage.
 async fn results<T: serde::de::DeserializeOwned, K: Pipeline>(
     storage: &Storage,
     resource: &K,
@@ -116,7 +116,14 @@ impl Run {
         let mut compared = Vec::new();
         let storage = Storage::new(storage.clone());
         for peer in corpus_peers {
-            let manifests = results::<Manifest, _>(&storage, peer, Step::Select).await?;
+            // Another selection is context: one whose manifests cannot be read is left out.
+            let manifests = match results::<Manifest, _>(&storage, peer, Step::Select).await {
+                Ok(manifests) => manifests,
+                Err(e) => {
+                    tracing::warn!(peer = %peer.name_any(), error = %e.chain(), "left out of the comparison");
+                    Vec::new()
+                }
+            };
             if !manifests.is_empty() {
                 compared.push(Peer {
                     name: peer.name_any(),
@@ -138,9 +145,22 @@ impl Run {
             let lines = bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice(line).ok());
             proposals.insert(group.name.clone(), lines.collect());
         }
-        let cluster = results::<ClusterResult, _>(&storage, &source_group, Step::Cluster).await?.pop();
+        // The upstream tables (similarity, agreement) are context too: an unreadable one leaves
+        // its charts out rather than holding the selection back.
+        let context = |what: &str, e: Error| {
+            tracing::warn!(error = %e.chain(), "the report goes without the {what}");
+        };
+        let cluster = results::<ClusterResult, _>(&storage, &source_group, Step::Cluster)
+            .await
+            .map_err(|e| context("source similarity", e))
+            .ok()
+            .and_then(|mut r| r.pop());
         let distilled = match &distillation_job {
-            Some(dj) => results::<DistillResult, _>(&storage, dj, Step::Distill).await?.pop(),
+            Some(dj) => results::<DistillResult, _>(&storage, dj, Step::Distill)
+                .await
+                .map_err(|e| context("students' agreement", e))
+                .ok()
+                .and_then(|mut r| r.pop()),
             None => None,
         };
         let scores = results::<ScoreResult, _>(&storage, &filter_run, Step::Score).await?;
