@@ -12,12 +12,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 size="${1:-640}"
 use_cargo_target
-dir="$MIRA_CACHE/bench/score-${size}mb"
 cd "$HACK_DIR/.."
-bench="$(score_bench)"
-cached_corpus "$bench" "$dir" generate "$size"
-"$bench" train "$dir"
-echo "corpus: $(corpus_size "$dir"); $(nproc) cores"
+generated_score_corpus "$size"
 declare -A ratios=()
 for round in 1 2 3 4 5; do
   floor=$("$bench" baseline "$dir") && echo "round $round floor: $floor"

@@ -17,14 +17,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 size="${1:-6400}"
 use_cargo_target
-dir="$MIRA_CACHE/bench/score-${size}mb"
 cd "$HACK_DIR/.."
-bench="$(score_bench)"
-cached_corpus "$bench" "$dir" generate "$size"
-# The student is trained afresh every run (seconds): one from an older build may use another
-# featurizer or artefact format.
-"$bench" train "$dir"
-echo "corpus: $(corpus_size "$dir"); $(nproc) cores"
+generated_score_corpus "$size"
 # Five interleaved rounds, each ratio taken within its round: on a shared machine one run can be
 # twice as slow as the next, so the median of the rounds' ratios is the figure to quote.
 # rounds N [DIR]: N interleaved floor/score rounds over DIR (default: the generated corpus),

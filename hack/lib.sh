@@ -78,6 +78,18 @@ score_bench() {
   newest_bin "$CARGO_TARGET_DIR/release/deps" score
 }
 
+# generated_score_corpus MEGABYTES : build the score bench (sets `bench`), generate its corpus of
+# that size once (cached under $MIRA_CACHE, sets `dir`), train a student on it afresh (seconds:
+# one from an older build may use another featurizer or artefact format) and print its size.
+# Run from the repository root, with use_cargo_target.
+generated_score_corpus() {
+  bench="$(score_bench)"
+  dir="$MIRA_CACHE/bench/score-${1}mb"
+  cached_corpus "$bench" "$dir" generate "$1"
+  "$bench" train "$dir"
+  echo "corpus: $(corpus_size "$dir"); $(nproc) cores"
+}
+
 # cached_corpus BENCH DIR PHASE [ARG...] : unless DIR holds a finished corpus (raw-bytes is
 # written last), make it afresh with the score bench BENCH's PHASE (generate, import) into DIR.
 cached_corpus() {

@@ -346,6 +346,13 @@ pub struct ClusterResult {
     pub silhouette: f64,
 }
 
+impl ClusterResult {
+    /// The group a source belongs to, if any lists it.
+    pub fn group_of(&self, source: &str) -> Option<&GroupDef> {
+        self.groups.iter().find(|g| g.sources.iter().any(|s| s == source))
+    }
+}
+
 // ---- models (teacher, students) ----
 
 /// A model a step runs: in-process through mistral.rs, or behind an OpenAI-compatible endpoint.

@@ -111,10 +111,10 @@ pub async fn run(options: Options) -> Result<bool> {
         let Some(report) = ready_report(filter_run) else { continue };
         // A selection that finished before another of its corpus was written without it: its
         // report is written again, beside every selection of the corpus made by now.
-        let mut peers = selections
+        let compared = selections
             .iter()
-            .filter(|(p, l)| report::same_corpus((filter_run, lineage), (p, l)) && ready_report(p).is_some());
-        if peers.next().is_some() {
+            .any(|(p, l)| report::same_corpus((filter_run, lineage), (p, l)) && ready_report(p).is_some());
+        if compared {
             report::write(filter_run.clone(), lineage.clone(), &selections, &report).await?;
         }
         println!("report: {report}");

@@ -67,8 +67,6 @@ impl Pipeline for SourceGroup {
 
     fn summarize(&self, _: &Lineage, finished: &Finished<'_>, status: &mut SourceGroupStatus) -> Result<()> {
         let Some(result) = finished.result::<ClusterResult>(Step::Cluster.as_str())? else { return Ok(()) };
-        let group_of =
-            |source: &str| result.groups.iter().find(|g| g.sources.iter().any(|s| s == source)).map(|g| g.name.clone());
         status.groups = result.groups.clone();
         status.sources = result
             .sources
@@ -76,7 +74,7 @@ impl Pipeline for SourceGroup {
             .enumerate()
             .map(|(i, s)| SourceStatus {
                 name: s.name.clone(),
-                group: group_of(&s.name),
+                group: result.group_of(&s.name).map(|g| g.name.clone()),
                 shards: s.shards as u64,
                 bytes: s.bytes,
                 sampled_records: s.sampled_records as u64,

@@ -102,12 +102,12 @@ struct Similarity {
 fn similarity(run: &Run) -> Option<Similarity> {
     let cluster = run.cluster.as_ref()?;
     let sources = &cluster.sources;
-    let group = |i: usize| {
-        let name = &sources[i].name;
-        cluster.groups.iter().find(|g| g.sources.contains(name)).map_or_else(|| "-".into(), |g| g.name.clone())
-    };
+    // Each source's group, looked up once: every cell of the matrix compares two of them.
+    let groups: Vec<&str> =
+        sources.iter().map(|s| cluster.group_of(&s.name).map_or("-", |g| g.name.as_str())).collect();
+    let group = |i: usize| groups[i];
     let mut order: Vec<usize> = (0..sources.len()).collect();
-    order.sort_by_key(|&i| (group(i), sources[i].name.clone()));
+    order.sort_by_key(|&i| (group(i), sources[i].name.as_str()));
     let rows = order
         .iter()
         .map(|&i| {
@@ -127,7 +127,7 @@ fn similarity(run: &Run) -> Option<Similarity> {
         })
         .collect();
     Some(Similarity {
-        sources: order.iter().map(|&i| (sources[i].name.clone(), group(i))).collect(),
+        sources: order.iter().map(|&i| (sources[i].name.clone(), group(i).to_string())).collect(),
         rows,
         silhouette: Some(cluster.silhouette),
     })

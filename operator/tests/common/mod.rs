@@ -94,22 +94,22 @@ impl OwnS3 {
     }
 
     fn script(&self, command: &str) {
-        let out = Command::new("bash")
+        let out = self.run(command).expect("running hack/s3-server.sh");
+        assert!(out.status.success(), "hack/s3-server.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn run(&self, command: &str) -> std::io::Result<std::process::Output> {
+        Command::new("bash")
             .arg(repo().join("hack/s3-server.sh"))
             .args([command, &self.dir.path().to_string_lossy()])
             .env("MIRA_S3_PORT", self.port.to_string())
             .output()
-            .expect("running hack/s3-server.sh");
-        assert!(out.status.success(), "hack/s3-server.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
 impl Drop for OwnS3 {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("hack/s3-server.sh"))
-            .args(["stop", &self.dir.path().to_string_lossy()])
-            .output();
+        let _ = self.run("stop");
     }
 }
 
