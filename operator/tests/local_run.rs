@@ -455,7 +455,12 @@ fn one_run_per_state_directory_and_a_stopped_run_stops_its_stages_and_resumes() 
     assert!(String::from_utf8_lossy(&second.stderr).contains("is in use by another `mira run`"), "{second:?}");
 
     let state = dir.path().join(".mira").display().to_string();
-    assert!(!processes_mentioning(&state).is_empty(), "a stage process runs");
+    // A stage may just have finished, with the next one not yet started: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while processes_mentioning(&state).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "a stage process runs");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
     let stopped = first.wait_with_output().unwrap();
     assert_eq!(stopped.status.code(), Some(1));
