@@ -50,6 +50,14 @@ pub enum Error {
     #[error("reading step results")]
     ReadResult(#[source] scorer_runner::Error),
 
+    /// Writing a stage's plan to storage, where its Job reads it, failed.
+    #[error("writing the plan {uri}")]
+    StorePlan {
+        uri: String,
+        #[source]
+        source: scorer_runner::Error,
+    },
+
     /// Writing a FilterRun's run report failed.
     #[error("writing the run report {uri}")]
     WriteReport {
@@ -280,6 +288,7 @@ impl Error {
         match self {
             Error::ReadResult(_)
             | Error::WriteReport { .. }
+            | Error::StorePlan { .. }
             | Error::State { .. }
             | Error::StateInUse { .. }
             | Error::Write { .. }
@@ -316,7 +325,7 @@ impl Error {
             Error::InvalidObject(_) => "InvalidObject",
             Error::WritePlan { .. } => "InternalError",
             Error::InvalidResult { .. } | Error::UnexpectedResult { .. } => "InvalidResult",
-            Error::ReadResult(_) | Error::WriteReport { .. } => "StorageError",
+            Error::ReadResult(_) | Error::WriteReport { .. } | Error::StorePlan { .. } => "StorageError",
             Error::Connect(_)
             | Error::GetObject { .. }
             | Error::ListJobs(_)
@@ -367,6 +376,7 @@ mod tests {
             Error::UnexpectedResult { uri: "u".into(), found: Step::Score },
             Error::ReadResult(scorer_runner::Error::NotFound("u".into())),
             Error::WriteReport { uri: "u".into(), source: scorer_runner::Error::NotFound("u".into()) },
+            Error::StorePlan { uri: "u".into(), source: scorer_runner::Error::NotFound("u".into()) },
             Error::Connect(kube()),
             Error::GetObject { object: "RubricSet n/r".into(), source: kube() },
             Error::ListJobs(kube()),

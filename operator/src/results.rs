@@ -141,7 +141,8 @@ impl Results {
             .await
     }
 
-    fn storage(&self, config: &StorageConfig) -> Arc<Storage> {
+    /// The storage client for a configuration, made once.
+    pub fn storage(&self, config: &StorageConfig) -> Arc<Storage> {
         let key = serde_json::to_string(config).unwrap_or_default();
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         stores.entry(key).or_insert_with(|| Arc::new(Storage::new(config.clone()))).clone()

@@ -164,6 +164,23 @@ async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest(
     assert!(sg_status.sources.iter().all(|s| s.shards == 2), "{:?}", sg_status.sources);
     assert_eq!(dj.status.as_ref().unwrap().students.len(), 2, "a student per group");
 
+    // Rubrics and plans go by reference: the RubricSet's status keeps counts and the rubrics'
+    // digest (here of its pinned groups), which the label and distill workers checked; every
+    // plan ConfigMap holds a plan's URI and SHA-256, not the plan.
+    let rs_status = rs.status.as_ref().unwrap();
+    assert!(rs_status.groups.iter().all(|g| g.pinned && g.dimensions == 2), "{:?}", rs_status.groups);
+    let pinned = rs.rubrics(&sg.group_names(), None);
+    assert_eq!(rs_status.digest.as_deref(), Some(scorer_runner::plan::rubrics_digest(&pinned).as_str()));
+    let config_maps = fx.config_maps("app.kubernetes.io/managed-by=mira-operator").await;
+    assert!(config_maps.len() >= 8, "a plan per stage: {}", config_maps.len());
+    for config_map in &config_maps {
+        let data = config_map.data.as_ref().and_then(|d| d.values().next()).expect("a plan ConfigMap holds one key");
+        let pointer: scorer_runner::plan::PlanRef = serde_json::from_str(data).expect("a plan reference");
+        let plan = fx.storage.get(&pointer.plan_uri).await.unwrap();
+        assert_eq!(scorer_runner::plan::sha256_hex(&plan), pointer.sha256, "{}", pointer.plan_uri);
+        assert!(data.len() < 1024, "{} bytes in ConfigMap {:?}", data.len(), config_map.metadata.name);
+    }
+
     let status = filter.status.as_ref().unwrap();
     assert_eq!(status.groups.len(), 2);
     for group in &status.groups {

@@ -205,6 +205,7 @@ async fn train(dir: &Path, dimensions: usize, max_train: usize) {
                 .map(|id| Dimension { id, name: String::new(), description: String::new(), guide: String::new() })
                 .collect(),
         }],
+        rubrics: None,
         labels: labels.to_string_lossy().into(),
         featurizer: Default::default(),
         scale: Scale::default(),

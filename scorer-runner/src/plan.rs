@@ -14,11 +14,13 @@ use crate::histogram::{Cut, Histogram};
 use crate::length::{LengthDecile, LengthSample};
 
 /// Most sources a SourceGroup may list (a status keeps a similarity row per source).
-pub const MAX_SOURCES: u32 = 128;
+pub const MAX_SOURCES: u32 = 512;
 /// Most capability groups, and so most per-group entries in any status list.
 pub const MAX_GROUPS: u32 = 64;
 /// Most rubric dimensions per group.
 pub const MAX_DIMENSIONS: u32 = 64;
+/// Longest field path a `text` spec may give.
+pub const MAX_FIELD: usize = 128;
 
 /// A data-plane step: what a stage's Job runs (`scorer-runner <step>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::Subcommand)]
@@ -128,13 +130,16 @@ impl Format {
 pub struct TextSpec {
     /// Field holding the text; a dotted path reaches into nested objects. Default `text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_FIELD)))]
     pub field: Option<String>,
     /// Field holding a chat or agent-trace `messages` array, rendered to text whole (never
     /// truncated). Takes precedence over `field`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_FIELD)))]
     pub messages_field: Option<String>,
     /// Field holding the record id (string or number); default: a hash of the text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(max = MAX_FIELD)))]
     pub id_field: Option<String>,
 }
 
@@ -502,6 +507,31 @@ pub struct DiscoverResult {
     pub groups: Vec<GroupRubric>,
 }
 
+/// The rubrics a label or distill plan names by reference: the discovered groups' anchors are
+/// read from the discover stage's result, the pinned groups' dimensions come inline (they are the
+/// RubricSet's own spec). The rubrics' text grows with groups times dimensions, so no object in
+/// etcd holds it: the RubricSet's status keeps counts, the result's URI and this digest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RubricsRef {
+    /// The `discover` stage's result, which holds the discovered groups' anchors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered: Option<String>,
+    /// The groups whose dimensions are pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<GroupRubric>,
+    /// [`rubrics_digest`] of every group's rubric as the operator summarised it: rubrics that
+    /// differ when the step reads them are refused.
+    pub sha256: String,
+}
+
+/// The SHA-256 of a set of group rubrics, whatever their order.
+pub fn rubrics_digest(groups: &[GroupRubric]) -> String {
+    let mut sorted: Vec<&GroupRubric> = groups.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sha256_hex(&serde_json::to_vec(&sorted).expect("rubrics serialize to JSON"))
+}
+
 // ---- label ----
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -509,6 +539,8 @@ pub struct DiscoverResult {
 pub struct LabelGroup {
     pub name: String,
     pub sources: Vec<Source>,
+    /// Inline, or filled in from the plan's `rubrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dimensions: Vec<Dimension>,
 }
 
@@ -519,6 +551,9 @@ pub struct LabelPlan {
     pub storage: StorageConfig,
     pub output: String,
     pub groups: Vec<LabelGroup>,
+    /// The groups' dimensions by reference (what the operator writes), instead of inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rubrics: Option<RubricsRef>,
     #[serde(flatten)]
     pub pass: TeacherPass,
     #[serde(default = "defaults::label_records_per_group")]
@@ -564,6 +599,8 @@ pub struct Dimension {
 pub struct DistillGroup {
     pub name: String,
     pub sources: Vec<String>,
+    /// Inline, or filled in from the plan's `rubrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dimensions: Vec<Dimension>,
 }
 
@@ -592,6 +629,9 @@ pub struct DistillPlan {
     pub storage: StorageConfig,
     pub output: String,
     pub groups: Vec<DistillGroup>,
+    /// The groups' dimensions by reference (what the operator writes), instead of inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rubrics: Option<RubricsRef>,
     /// Label file or prefix (JSONL, optionally compressed; see [`crate::steps::distill`]).
     pub labels: String,
     #[serde(default)]
@@ -1080,6 +1120,7 @@ impl LabelPlan {
             storage: StorageConfig::default(),
             output: String::new(),
             groups,
+            rubrics: None,
             pass: TeacherPass::new(teacher),
             records_per_group: defaults::label_records_per_group(),
             records_per_unit: defaults::label_records_per_unit(),
@@ -1093,6 +1134,7 @@ impl DistillPlan {
             storage: StorageConfig::default(),
             output: String::new(),
             groups,
+            rubrics: None,
             labels,
             featurizer: FeaturizerSpec::default(),
             scale: Scale::default(),
@@ -1146,6 +1188,30 @@ impl SelectPlan {
             read: ReadLimits::default(),
         }
     }
+}
+
+// ---- plans by reference ----
+
+/// What a stage's plan ConfigMap holds on a cluster: where the plan is on storage and its
+/// SHA-256. A plan grows with the sources, groups and rubrics it names; passed by reference, the
+/// ConfigMap (an object in etcd) stays a few hundred bytes at any scale, and the plan sits beside
+/// the outputs it addresses (`<output root>/_plan.json`, content-addressed like them).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanRef {
+    /// The plan object.
+    pub plan_uri: String,
+    /// Its SHA-256 (hex): a plan changed since the operator wrote it is refused.
+    pub sha256: String,
+    /// How to reach it (no keys: the worker's environment has its credentials).
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// The SHA-256 of some bytes, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 // ---- any step's plan and result ----

@@ -108,6 +108,7 @@ async fn run_chain(ctx: &Context, sources: &[Source], labels: &str, out: &str, r
                 .iter()
                 .map(|g| DistillGroup { name: g.name.clone(), sources: g.sources.clone(), dimensions: dims.clone() })
                 .collect(),
+            rubrics: None,
             labels: labels.into(),
             featurizer: Default::default(),
             scale: Scale::default(),

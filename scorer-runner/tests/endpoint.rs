@@ -139,6 +139,7 @@ async fn a_teacher_refusing_every_request_fails_the_label_step_with_its_http_sta
         storage: Default::default(),
         output: tmp.path().join("label").display().to_string(),
         groups: vec![LabelGroup { name: "all".into(), sources: vec![source], dimensions: vec![dimension] }],
+        rubrics: None,
         pass: TeacherPass::new(teacher),
         records_per_group: 4,
         records_per_unit: 2,

@@ -39,6 +39,7 @@ async fn scoring_setup(config: &StorageConfig, base: &str, tmp: &Path, shards: u
             storage: Default::default(),
             output: join(base, "distill"),
             groups: vec![DistillGroup { name: "all".into(), sources: vec!["web".into()], dimensions: dims }],
+            rubrics: None,
             labels: join(base, "corpus/labels.jsonl"),
             featurizer: Default::default(),
             scale: Scale::default(),

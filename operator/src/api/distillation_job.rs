@@ -86,7 +86,7 @@ pub struct LabelsSpec {
     pub teacher: Option<ModelSpec>,
     /// Label file or prefix (JSONL, optionally compressed) made elsewhere: no label Job runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = super::MAX_URI))]
     pub import_uri: Option<String>,
 }
 
@@ -245,26 +245,19 @@ pub struct StudentStatus {
     pub train_records: u64,
     /// Held-out records its agreement was measured on.
     pub validation_records: u64,
-    /// The dimension ids it scores.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = super::MAX_DIMENSIONS))]
-    pub dimensions: Vec<String>,
+    /// The dimensions it scores.
+    #[serde(default)]
+    pub dimensions: u32,
     /// The sources its agreement was measured on.
     #[serde(default)]
     pub sources: u32,
-    /// Masked dimensions per source.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = super::MAX_SOURCES))]
-    pub masked: Vec<MaskedSource>,
-}
-
-/// The dimensions masked for one source.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MaskedSource {
-    /// The source.
-    pub source: String,
-    /// Its masked dimension ids.
-    #[schemars(length(max = super::MAX_DIMENSIONS))]
-    pub dimensions: Vec<String>,
+    /// The (source, dimension) pairs masked for disagreeing with the teacher; which ones is in
+    /// the agreement table (`status.agreement`) and the run report.
+    #[serde(default)]
+    pub masked: u32,
+    /// What its scores use, in brief: `scores by signal; masked noise (web, agent)`, cut at
+    /// 512 bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 512))]
+    pub summary: String,
 }

@@ -97,7 +97,7 @@ pub struct FilterRunSpec {
     #[schemars(range(min = 10, max = 100_000))]
     pub histogram_bins: Option<u32>,
     /// URI under which the kept records are written, per group, in their source format.
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = super::MAX_URI))]
     pub output: String,
     /// What happens when the DistillationJob masked every dimension of some source (its
     /// `Reliable` condition is `False`, reason `NoReliableDimension`), so that the source's
@@ -150,7 +150,7 @@ impl Method {
 pub struct DsirTarget {
     /// Shards of the records to resemble (a file or a prefix; `s3://` or a path), read with the
     /// SourceGroup's storage settings.
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = super::MAX_URI))]
     pub target: String,
     /// The target's format; by default each shard's extension decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,15 +237,21 @@ pub struct FilterGroupStatus {
     /// Records skipped as malformed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped_records: Option<u64>,
-    /// The cuts that apply to the group (one; one per source with policy `source`).
+    /// The cuts that apply to the group: the global or group cut; with policy `source`, those
+    /// of the sources listed in `sources` or `lengths` (every cut is in the threshold result and
+    /// the run report).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub cuts: Vec<ScopedCut>,
-    /// Per source: records scored, and records skipped by reason.
+    /// Records scored and records skipped by reason, for the sources of the run (16 at most)
+    /// that skipped the largest share of their records, those with no usable record first.
+    /// Every source's counts are in the score result and the run report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub sources: Vec<SourceScored>,
-    /// Per source: whether its scores and its cut follow record length.
+    /// Whether scores and the cut follow record length, for the sources of the run (16 at most)
+    /// whose scores follow it most. Every source's are in the threshold result and the run
+    /// report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub lengths: Vec<SourceLength>,

@@ -30,7 +30,7 @@ pub use scorer_runner::plan::Format;
 pub use scorer_runner::plan::TextSpec;
 pub use scorer_runner::plan::{
     Agreement, AnchoredDimension, CutPolicy, Dimension, GroupDef, GroupRubric, Kept, Scale, ScopedCut, SourceLength,
-    Step, MAX_DIMENSIONS, MAX_GROUPS, MAX_SOURCES,
+    Step, MAX_DIMENSIONS, MAX_FIELD, MAX_GROUPS, MAX_SOURCES,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -38,6 +38,9 @@ use kube::CustomResourceExt;
 
 /// The API group of every MIRA resource.
 pub const GROUP: &str = "mira.dev";
+/// Longest URI (a root, a source, an import, an output, a tokenizer) a spec may give: statuses
+/// repeat the roots in every stage's output, so this bounds them (see the `bounds` test).
+pub const MAX_URI: usize = 512;
 
 /// Names that end up in Job names, labels and object paths are DNS labels. The schema's `pattern`
 /// holds on every server; the CEL rule adds a readable message where CEL runs (1.25 and later).
@@ -91,5 +94,7 @@ pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default())
 }
 
+#[cfg(test)]
+mod bounds;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Dimension, GroupRubric, JobTemplate, ModelSpec, PipelineStatus, Scale};
+use super::{Dimension, JobTemplate, ModelSpec, PipelineStatus, Scale};
 
 /// Rubrics for a SourceGroup's groups. A teacher judges sampled records of each group in free
 /// form; the proposals are clustered and the proposal nearest each cluster centre becomes an
@@ -105,14 +105,36 @@ pub struct PinnedGroup {
 pub struct RubricSetStatus {
     #[serde(flatten)]
     pub pipeline: PipelineStatus,
-    /// Each group's anchored dimensions.
+    /// Each group's rubric, in brief.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_GROUPS))]
-    pub groups: Vec<GroupRubric>,
+    pub groups: Vec<RubricSummary>,
+    /// The discover stage's result: every discovered group's anchored dimensions, with their
+    /// descriptions, scoring guides and support, and the teacher's proposals behind them. (Their
+    /// text grows with groups times dimensions, so it is there and in the run report, not here.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered: Option<String>,
+    /// SHA-256 of every group's rubric (pinned and discovered): the label and distill steps
+    /// refuse rubrics that differ from those summarised here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// Groups with a rubric (the `Groups` column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_count: Option<u32>,
     /// Anchored dimensions over all groups (the `Dimensions` column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimension_count: Option<u32>,
+}
+
+/// One group's rubric, in brief.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RubricSummary {
+    /// The group.
+    pub name: String,
+    /// Whether its dimensions are pinned in the spec rather than discovered.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Its dimensions.
+    pub dimensions: u32,
 }

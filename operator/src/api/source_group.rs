@@ -33,7 +33,7 @@ pub struct SourceGroupSpec {
     #[serde(default)]
     pub storage: StorageSpec,
     /// URI under which every stage of the chain writes: `s3://bucket/prefix` or a local path.
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = super::MAX_URI))]
     pub root: String,
     /// The corpus' sources.
     #[schemars(length(min = 1, max = super::MAX_SOURCES))]
@@ -76,7 +76,7 @@ pub struct SourceSpec {
     #[x_kube(validation = Rule::new(super::DNS_LABEL_RULE).message(super::DNS_LABEL_MESSAGE))]
     pub name: String,
     /// A shard file, or a prefix (directory) holding shards: `s3://bucket/prefix/` or a path.
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = super::MAX_URI))]
     pub uri: String,
     /// Shard format; by default each shard's extension decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]

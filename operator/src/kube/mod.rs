@@ -27,7 +27,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use scorer_runner::plan::StorageConfig;
+use scorer_runner::plan::{sha256_hex, PlanRef, StorageConfig};
+use scorer_runner::steps::PLAN;
+use scorer_runner::storage::join;
 use serde::de::DeserializeOwned;
 
 use crate::api::{DistillationJob, FilterRun, RubricSet, SourceGroup, StagePhase, StorageSpec};
@@ -284,7 +286,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
         };
         let output = reconcile::reconcile(&input, &Time(Timestamp::now()));
         for action in &output.actions {
-            self.apply(&namespace, action).await?;
+            self.apply(&namespace, action, config.as_ref()).await?;
         }
         let active = output
             .status
@@ -369,7 +371,7 @@ impl<K: Pipeline> Reconciler<'_, K> {
         Ok(config)
     }
 
-    async fn apply(&self, namespace: &str, action: &Action) -> Result<()> {
+    async fn apply(&self, namespace: &str, action: &Action, config: Option<&StorageConfig>) -> Result<()> {
         let client = self.ctx.client.clone();
         let resource = self.object.name_any();
         let owner = self
@@ -377,13 +379,28 @@ impl<K: Pipeline> Reconciler<'_, K> {
             .controller_owner_ref(&())
             .ok_or_else(|| Error::InvalidSpec("the object has no uid yet".into()))?;
         match action {
-            Action::CreatePlanConfigMap { name, step, group, plan } => {
+            Action::CreatePlanConfigMap { name, step, group, plan, output } => {
+                // The plan goes to storage, beside the outputs it addresses; the ConfigMap names
+                // it and its SHA-256, so that its size does not grow with the run's.
+                let config = config.ok_or_else(|| Error::UpstreamIncomplete("no storage for the plan".into()))?;
+                let uri = join(output, PLAN);
+                self.ctx
+                    .results
+                    .storage(config)
+                    .put(&uri, plan.clone().into_bytes().into())
+                    .await
+                    .map_err(|source| Error::StorePlan { uri: uri.clone(), source })?;
+                let pointer = PlanRef {
+                    plan_uri: uri,
+                    sha256: sha256_hex(plan.as_bytes()),
+                    storage: StorageConfig { access_key_id: None, secret_access_key: None, ..config.clone() },
+                };
                 let config_map = children::plan_config_map(
                     &owner,
                     namespace,
                     name,
                     children::labels(&resource, *step, group.as_deref()),
-                    plan,
+                    &serde_json::to_string(&pointer).expect("a plan reference serializes"),
                 );
                 // Created once: its name is its Job's, which a digest of the plan makes unique,
                 // so one of that name holds this plan. The operator never patches nor deletes a

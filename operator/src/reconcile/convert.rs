@@ -58,11 +58,6 @@ pub fn group_sources(sg: &SourceGroup, group: &str) -> Result<Vec<Source>> {
         .collect()
 }
 
-/// The names of a SourceGroup's groups, in status order.
-pub fn group_names(sg: &SourceGroup) -> Vec<String> {
-    sg.status.iter().flat_map(|s| s.groups.iter().map(|g| g.name.clone())).collect()
-}
-
 /// A model the worker loads itself, for a plan.
 pub fn local_model(local: &LocalModel) -> plan::ModelSpec {
     plan::ModelSpec::Local {

@@ -2,20 +2,18 @@
 
 use std::collections::BTreeSet;
 
-use kube::ResourceExt;
 use scorer_runner::plan::{
-    Dimension, DistillGroup, DistillPlan, DistillResult, LabelGroup, LabelPlan, LabelResult, StudentReport,
+    DistillGroup, DistillPlan, DistillResult, LabelGroup, LabelPlan, LabelResult, StudentReport,
 };
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::join;
 
-use super::conditions::Desired;
+use super::conditions::{truncate, Desired};
 use super::convert::{self, upstream};
 use super::rubric_set::TEACHER_KEY_ENV;
 use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
-    DistillationJob, DistillationJobStatus, GroupCount, GroupRubric, JobTemplate, MaskedSource, PipelineStatus,
-    RubricSet, Step, StudentStatus,
+    DistillationJob, DistillationJobStatus, GroupCount, JobTemplate, PipelineStatus, Step, StudentStatus,
 };
 use crate::{Error, Result};
 
@@ -26,18 +24,6 @@ impl KindStatus for DistillationJobStatus {
     fn pipeline_mut(&mut self) -> &mut PipelineStatus {
         &mut self.pipeline
     }
-}
-
-/// The RubricSet's groups and their dimensions.
-fn rubrics(rs: &RubricSet) -> Result<&[GroupRubric]> {
-    match rs.status.as_ref().map(|s| s.groups.as_slice()) {
-        Some(groups) if !groups.is_empty() => Ok(groups),
-        _ => Err(Error::UpstreamIncomplete(format!("RubricSet {} has no rubrics", rs.name_any()))),
-    }
-}
-
-fn dimensions(group: &GroupRubric) -> Vec<Dimension> {
-    group.dimensions.iter().map(|d| d.dimension.clone()).collect()
 }
 
 /// The environment variable an endpoint judge student's API key reaches the distill and score
@@ -71,7 +57,8 @@ impl Pipeline for DistillationJob {
         let mut secrets = convert::storage_secrets(&sg.spec.storage);
         let storage = sg.spec.storage.config();
         let base = convert::stage_base(&sg.spec.root, self, &stage.name);
-        let groups = rubrics(rs)?;
+        let rubrics = rs.rubrics_ref()?;
+        let groups = rs.status.as_ref().map(|s| s.groups.as_slice()).unwrap_or_default();
         if stage.step == Step::Label {
             let groups = groups
                 .iter()
@@ -79,7 +66,7 @@ impl Pipeline for DistillationJob {
                     Ok(LabelGroup {
                         name: g.name.clone(),
                         sources: convert::group_sources(sg, &g.name)?,
-                        dimensions: dimensions(g),
+                        dimensions: Vec::new(),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -87,6 +74,7 @@ impl Pipeline for DistillationJob {
                 convert::model(self.spec.labels.teacher.as_ref().unwrap_or(&rs.spec.teacher), TEACHER_KEY_ENV)?;
             secrets.extend(secret);
             let mut plan = LabelPlan::new(groups, teacher);
+            plan.rubrics = Some(rubrics);
             plan.storage = storage;
             plan.pass.scale = rs.scale();
             plan.pass.max_record_tokens = rs.max_record_tokens(plan.pass.max_record_tokens);
@@ -104,11 +92,12 @@ impl Pipeline for DistillationJob {
                 Ok(DistillGroup {
                     name: g.name.clone(),
                     sources: convert::group_sources(sg, &g.name)?.into_iter().map(|s| s.name).collect(),
-                    dimensions: dimensions(g),
+                    dimensions: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let mut plan = DistillPlan::new(groups, labels);
+        plan.rubrics = Some(rubrics);
         plan.storage = storage;
         plan.scale = rs.scale();
         plan.max_record_tokens = rs.max_record_tokens(plan.max_record_tokens);
@@ -162,19 +151,10 @@ impl Pipeline for DistillationJob {
                 student: s.student.clone(),
                 train_records: s.train_records as u64,
                 validation_records: s.validation_records as u64,
-                dimensions: s
-                    .agreement
-                    .iter()
-                    .map(|a| a.dimension.clone())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
+                dimensions: dimension_ids(s).len() as u32,
                 sources: s.agreement.iter().map(|a| &a.source).collect::<BTreeSet<_>>().len() as u32,
-                masked: s
-                    .masked
-                    .iter()
-                    .map(|(source, dimensions)| MaskedSource { source: source.clone(), dimensions: dimensions.clone() })
-                    .collect(),
+                masked: s.agreement.iter().filter(|a| a.masked).count() as u32,
+                summary: truncate(&summary(s), MAX_SUMMARY),
             })
             .collect();
         status.student_count = Some(status.students.len() as u32);
@@ -218,35 +198,9 @@ impl Pipeline for DistillationJob {
     }
 
     /// Per group, the dimensions its scores use and those masked, with the sources they are
-    /// masked for: `group prose: scores by signal; masked noise (web, agent)`.
+    /// masked for.
     fn highlights(status: &DistillationJobStatus) -> Vec<String> {
-        status
-            .students
-            .iter()
-            .map(|s| {
-                let masked_for = |d: &str| -> Vec<&str> {
-                    s.masked.iter().filter(|m| m.dimensions.iter().any(|x| x == d)).map(|m| m.source.as_str()).collect()
-                };
-                // A dimension is used unless every source masks it.
-                let used: Vec<&str> = s
-                    .dimensions
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|d| masked_for(d).len() < s.sources as usize)
-                    .collect();
-                let masked: Vec<String> = s
-                    .dimensions
-                    .iter()
-                    .filter_map(|d| {
-                        let sources = masked_for(d);
-                        (!sources.is_empty()).then(|| format!("{d} ({})", sources.join(", ")))
-                    })
-                    .collect();
-                let used = if used.is_empty() { "no dimension".to_string() } else { used.join(", ") };
-                let masked = if masked.is_empty() { String::new() } else { format!("; masked {}", masked.join(", ")) };
-                format!("group {}: scores by {used}{masked}", s.group)
-            })
-            .collect()
+        status.students.iter().map(|s| format!("group {}: {}", s.group, s.summary)).collect()
     }
 }
 
@@ -273,4 +227,35 @@ impl DistillationJob {
         }
         Ok(finished.result::<LabelResult>(Step::Label.as_str())?.map(|r| r.labels.clone()))
     }
+}
+
+/// The longest student summary a status keeps.
+const MAX_SUMMARY: usize = 512;
+
+/// The dimensions a student's agreement covers, in order.
+fn dimension_ids(student: &StudentReport) -> BTreeSet<&str> {
+    student.agreement.iter().map(|a| a.dimension.as_str()).collect()
+}
+
+/// `scores by signal; masked noise (books, web)`: the dimensions a student's scores use (those
+/// some source keeps) and those masked, with the sources they are masked for.
+fn summary(student: &StudentReport) -> String {
+    let sources = student.agreement.iter().map(|a| &a.source).collect::<BTreeSet<_>>().len();
+    let masked_for = |d: &str| -> Vec<&str> {
+        let sources: BTreeSet<&str> =
+            student.agreement.iter().filter(|a| a.dimension == d && a.masked).map(|a| a.source.as_str()).collect();
+        sources.into_iter().collect()
+    };
+    let dimensions = dimension_ids(student);
+    let used: Vec<&str> = dimensions.iter().copied().filter(|d| masked_for(d).len() < sources).collect();
+    let masked: Vec<String> = dimensions
+        .iter()
+        .filter_map(|d| {
+            let sources = masked_for(d);
+            (!sources.is_empty()).then(|| format!("{d} ({})", sources.join(", ")))
+        })
+        .collect();
+    let used = if used.is_empty() { "no dimension".to_string() } else { used.join(", ") };
+    let masked = if masked.is_empty() { String::new() } else { format!("; masked {}", masked.join(", ")) };
+    format!("scores by {used}{masked}")
 }

@@ -56,12 +56,14 @@ pub struct Output<S> {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Store a stage's plan (a ConfigMap in a cluster, a file locally) under its Job's name.
+    /// Store a stage's plan under its Job's name: a file locally; in a cluster, an object under
+    /// the stage's `output` root, named by a ConfigMap.
     CreatePlanConfigMap {
         name: String,
         step: Step,
         group: Option<String>,
         plan: String,
+        output: String,
     },
     /// Create a stage's Job, unless a Job of that name exists.
     CreateJob(Box<JobRequest>),
@@ -405,6 +407,7 @@ impl Tracker<'_> {
                     step: def.step,
                     group: def.group.clone(),
                     plan: a.plan.clone(),
+                    output: a.output.clone(),
                 });
                 self.actions.push(Action::CreateJob(Box::new(JobRequest {
                     name: job.clone(),
@@ -434,7 +437,9 @@ impl Tracker<'_> {
         }
         record.phase = StagePhase::Failed;
         record.reason = Some(super::conditions::reason(&reason));
-        record.message = Some(message);
+        // A worker's last words can run to kilobytes, and a status holds up to 200 stages (the
+        // Ready condition repeats the first failure's message at up to 1 KiB).
+        record.message = Some(super::conditions::truncate(&message, MAX_STAGE_MESSAGE));
         record
     }
 
@@ -460,6 +465,9 @@ impl Tracker<'_> {
         self.actions.push(Action::Event(Event { warning, reason: reason.to_string(), note, action, job }));
     }
 }
+
+/// Longest message a stage record keeps.
+pub const MAX_STAGE_MESSAGE: usize = 512;
 
 /// The error category and message of a failed Job: from the last `error: <Category>: <message>`
 /// line of its log (what `scorer-runner` prints last), else the adapter's reason and the log's

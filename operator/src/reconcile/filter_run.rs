@@ -3,6 +3,8 @@
 //! every group is scored. Method `mira` scores with a DistillationJob's students; a baseline
 //! method with a ranker of its own over its SourceGroup's corpus, through the same stages.
 
+use std::collections::BTreeSet;
+
 use kube::ResourceExt;
 use scorer_runner::plan::skip_reasons;
 use scorer_runner::plan::{
@@ -88,7 +90,7 @@ impl FilterRun {
 
     /// The groups to filter, in the SourceGroup's order; with method `mira` each needs a student.
     fn groups(&self, sg: &SourceGroup, dj: Option<&DistillationJob>) -> Result<Vec<String>> {
-        let groups = convert::group_names(sg);
+        let groups = sg.group_names();
         if let Some(unknown) = self.spec.group_retention.keys().find(|g| !groups.contains(g)) {
             return Err(Error::InvalidSpec(format!(
                 "groupRetention names {unknown:?}, not a group of SourceGroup {}",
@@ -263,7 +265,7 @@ impl Pipeline for FilterRun {
     /// count whitespace-separated words because no tokenizer is named, which misjudges code and
     /// unspaced scripts against a model's tokens; `True` (reason `Tokenizer`) naming it.
     fn findings(status: &FilterRunStatus) -> Vec<Desired> {
-        if status.groups.iter().all(|g| g.sources.is_empty()) {
+        if status.groups.iter().all(|g| g.records.is_none()) {
             return Vec::new();
         }
         let usable = match unusable(status) {
@@ -321,7 +323,7 @@ impl Pipeline for FilterRun {
         let mut groups = Vec::new();
         // The sum over groups, once every group has selected.
         let mut total = Some(Kept::default());
-        for name in convert::group_names(sg) {
+        for name in sg.group_names() {
             let mut group = FilterGroupStatus {
                 name: name.clone(),
                 scored_shards: None,
@@ -383,6 +385,7 @@ impl Pipeline for FilterRun {
             group.output = finished.output(&select).map(str::to_string);
             groups.push(group);
         }
+        keep_listed_sources(&mut groups);
         status.groups = groups;
         status.token_counter = Some(self.tokenizer(lineage)?.unwrap_or_else(|| WHITESPACE_WORDS.into()));
         status.total = total.filter(|_| !status.groups.is_empty());
@@ -397,6 +400,49 @@ impl Pipeline for FilterRun {
             ))),
             _ => Ok(()),
         }
+    }
+}
+
+/// Sources a status lists figures for by each measure: per-source figures grow with the
+/// sources, and a status must stay bounded; every source's are in the score and threshold
+/// results and the run report.
+const LISTED_SOURCES: usize = 16;
+
+/// Keeps the per-source figures (scored and skipped, length, a per-source cut) of the sources
+/// that most need a look: the [`LISTED_SOURCES`] that skipped the largest share of their records
+/// (those with no usable record first), and the [`LISTED_SOURCES`] whose scores follow record
+/// length most.
+pub(super) fn keep_listed_sources(groups: &mut [FilterGroupStatus]) {
+    let key = |group: &str, source: &str| format!("{group}/{source}");
+    let mut skipping: Vec<(f64, String)> = groups
+        .iter()
+        .flat_map(|g| g.sources.iter().map(move |s| (g, s)))
+        .filter(|(_, s)| s.records == 0 || s.skipped_records() > 0)
+        .map(|(g, s)| {
+            (
+                s.skipped_records() as f64 / s.records.max(1) as f64 + (s.records == 0) as u8 as f64 * 1e9,
+                key(&g.name, &s.name),
+            )
+        })
+        .collect();
+    skipping.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut following: Vec<(f64, String)> = groups
+        .iter()
+        .flat_map(|g| &g.lengths)
+        .map(|l| (l.rank_correlation.map_or(0.0, f64::abs), key(&l.group, &l.source)))
+        .collect();
+    following.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let listed: BTreeSet<String> = skipping
+        .into_iter()
+        .take(LISTED_SOURCES)
+        .chain(following.into_iter().take(LISTED_SOURCES))
+        .map(|(_, key)| key)
+        .collect();
+    for group in groups {
+        let name = group.name.clone();
+        group.sources.retain(|s| listed.contains(&key(&name, &s.name)));
+        group.lengths.retain(|l| listed.contains(&key(&l.group, &l.source)));
+        group.cuts.retain(|c| c.scope == "global" || c.scope == name || listed.contains(&c.scope));
     }
 }
 

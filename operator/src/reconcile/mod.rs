@@ -31,7 +31,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use conditions::truncate;
-pub use engine::{reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output, StageProgress};
+pub use engine::{
+    reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output, StageProgress, MAX_STAGE_MESSAGE,
+};
 pub use lineage::{Lineage, Link, Upstream, UpstreamRef};
 pub use policy::Policy;
 

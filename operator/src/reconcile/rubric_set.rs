@@ -2,12 +2,15 @@
 //! group is pinned).
 
 use kube::ResourceExt;
-use scorer_runner::plan::{DiscoverPlan, DiscoverResult, GroupSources, Scale};
+use scorer_runner::plan::{rubrics_digest, DiscoverPlan, DiscoverResult, GroupSources, RubricsRef, Scale};
+use scorer_runner::steps::RESULT;
+use scorer_runner::storage::join;
 
 use super::convert::{self, upstream};
 use super::{Finished, KindStatus, Lineage, Pipeline, Planned, StageDef, UpstreamRef};
 use crate::api::{
-    AnchoredDimension, GroupRubric, JobTemplate, PipelineStatus, RubricSet, RubricSetStatus, SourceGroup, Step,
+    AnchoredDimension, GroupRubric, JobTemplate, PipelineStatus, RubricSet, RubricSetStatus, RubricSummary,
+    SourceGroup, Step,
 };
 use crate::{Error, Result};
 
@@ -27,7 +30,7 @@ impl KindStatus for RubricSetStatus {
 impl RubricSet {
     /// The SourceGroup's groups that need discovery; errors on pinned groups it lacks.
     fn unpinned(&self, sg: &SourceGroup) -> Result<Vec<String>> {
-        let groups = convert::group_names(sg);
+        let groups = sg.group_names();
         if let Some(unknown) = self.spec.pinned.iter().find(|p| !groups.contains(&p.group)) {
             return Err(Error::InvalidSpec(format!(
                 "pinned group {:?} is not a group of SourceGroup {} ({})",
@@ -37,6 +40,36 @@ impl RubricSet {
             )));
         }
         Ok(groups.into_iter().filter(|g| !self.spec.pinned.iter().any(|p| &p.group == g)).collect())
+    }
+
+    /// Every group's rubric, in `groups`' order: pinned in the spec, or in `discovered` (the
+    /// discover stage's result). Groups with neither are left out.
+    pub fn rubrics(&self, groups: &[String], discovered: Option<&DiscoverResult>) -> Vec<GroupRubric> {
+        groups
+            .iter()
+            .filter_map(|name| {
+                if let Some(pinned) = self.spec.pinned.iter().find(|p| &p.group == name) {
+                    let dimensions = pinned
+                        .dimensions
+                        .iter()
+                        .map(|d| AnchoredDimension { dimension: d.clone(), support: None })
+                        .collect();
+                    return Some(GroupRubric { name: name.clone(), pinned: true, dimensions, proposals: None });
+                }
+                discovered?.groups.iter().find(|g| &g.name == name).cloned()
+            })
+            .collect()
+    }
+
+    /// Where the label and distill steps read the rubrics from: the status's discover result
+    /// and digest, and the pinned groups of the spec.
+    pub fn rubrics_ref(&self) -> Result<RubricsRef> {
+        let status = self.status.as_ref().filter(|s| !s.groups.is_empty());
+        let (Some(status), Some(digest)) = (status, status.and_then(|s| s.digest.clone())) else {
+            return Err(Error::UpstreamIncomplete(format!("RubricSet {} has no rubrics", self.name_any())));
+        };
+        let pinned = status.groups.iter().filter(|g| g.pinned).map(|g| g.name.clone()).collect::<Vec<_>>();
+        Ok(RubricsRef { discovered: status.discovered.clone(), pinned: self.rubrics(&pinned, None), sha256: digest })
     }
 
     /// The rubric scale, for every step that scores.
@@ -103,23 +136,15 @@ impl Pipeline for RubricSet {
     fn summarize(&self, lineage: &Lineage, finished: &Finished<'_>, status: &mut RubricSetStatus) -> Result<()> {
         let sg = upstream(&lineage.source_group, "SourceGroup")?;
         let discovered = finished.result::<DiscoverResult>(Step::Discover.as_str())?;
-        status.groups = convert::group_names(sg)
-            .into_iter()
-            .filter_map(|name| {
-                if let Some(pinned) = self.spec.pinned.iter().find(|p| p.group == name) {
-                    let dimensions = pinned
-                        .dimensions
-                        .iter()
-                        .map(|d| AnchoredDimension { dimension: d.clone(), support: None })
-                        .collect();
-                    return Some(GroupRubric { name, pinned: true, dimensions, proposals: None });
-                }
-                let group = discovered?.groups.iter().find(|g| g.name == name)?;
-                Some(group.clone())
-            })
+        let rubrics = self.rubrics(&sg.group_names(), discovered);
+        status.groups = rubrics
+            .iter()
+            .map(|g| RubricSummary { name: g.name.clone(), pinned: g.pinned, dimensions: g.dimensions.len() as u32 })
             .collect();
+        status.discovered = finished.output(Step::Discover.as_str()).map(|output| join(output, RESULT));
+        status.digest = Some(rubrics_digest(&rubrics));
         status.group_count = Some(status.groups.len() as u32);
-        status.dimension_count = Some(status.groups.iter().map(|g| g.dimensions.len() as u32).sum());
+        status.dimension_count = Some(status.groups.iter().map(|g| g.dimensions).sum());
         Ok(())
     }
 

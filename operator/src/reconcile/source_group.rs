@@ -20,6 +20,13 @@ impl KindStatus for SourceGroupStatus {
     }
 }
 
+impl SourceGroup {
+    /// The names of its groups, in status order.
+    pub fn group_names(&self) -> Vec<String> {
+        self.status.iter().flat_map(|s| s.groups.iter().map(|g| g.name.clone())).collect()
+    }
+}
+
 impl Pipeline for SourceGroup {
     const STEPS: &'static [Step] = &[Step::Cluster];
 

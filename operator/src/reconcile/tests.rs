@@ -9,8 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use scorer_runner::histogram::{Cut, Histogram, TieDraw};
 use scorer_runner::plan::{
-    self, ClusterResult, DistillResult, GroupDef, LabelResult, Manifest, ScopedCut, ScoreResult, ScoreTotals,
-    SourceSample, StepPlan, StepResult, StudentReport, ThresholdResult,
+    self, rubrics_digest, ClusterResult, DistillResult, GroupDef, LabelResult, Manifest, ScopedCut, ScoreResult,
+    ScoreTotals, SourceSample, StepPlan, StepResult, StudentReport, ThresholdResult,
 };
 use scorer_runner::progress::Snapshot;
 use serde_json::Value;
@@ -134,9 +134,12 @@ fn ready_rubric_set() -> RubricSet {
         dimensions: vec![AnchoredDimension { dimension: dimension("clarity"), support: Some(4) }],
         proposals: None,
     };
+    let summary = |name: &str| RubricSummary { name: name.into(), pinned: false, dimensions: 1 };
     rs.status = Some(RubricSetStatus {
         pipeline: ready(1, "rs-rev", Some("sg-rev")),
-        groups: vec![rubric("code"), rubric("prose")],
+        groups: vec![summary("code"), summary("prose")],
+        discovered: Some("s3://bucket/mira/default/rubricsets/rubrics/discover/0123/_result.json".into()),
+        digest: Some(rubrics_digest(&[rubric("code"), rubric("prose")])),
         ..Default::default()
     });
     rs
@@ -155,9 +158,10 @@ fn ready_distillation_job() -> DistillationJob {
         student: format!("s3://bucket/students/{group}.student"),
         train_records: 100,
         validation_records: 20,
-        dimensions: vec!["signal".into(), "noise".into()],
+        dimensions: 2,
         sources: 1,
-        masked: Vec::new(),
+        masked: 0,
+        summary: "scores by signal, noise".into(),
     };
     dj.status = Some(DistillationJobStatus {
         pipeline: ready(1, "dj-rev", Some("rs-rev")),
@@ -1189,13 +1193,22 @@ fn every_steps_plan_reaches_the_runner_as_the_operator_built_it() {
                 assert_eq!(parsed.step(), step);
                 let again: Value = serde_json::to_value(&parsed).unwrap();
                 assert_eq!(again, serde_json::from_str::<Value>(&plan).unwrap(), "{step:?} plan changed on its way");
-                // The anchors' guides reach the teacher's labels and the student with the rubric.
-                let dims: Vec<&Dimension> = match &parsed {
-                    StepPlan::Label(p) => p.groups.iter().flat_map(|g| &g.dimensions).collect(),
-                    StepPlan::Distill(p) => p.groups.iter().flat_map(|g| &g.dimensions).collect(),
-                    _ => Vec::new(),
+                // The rubrics (anchors with their guides) go by reference to the discover result,
+                // with the digest the RubricSet's status recorded; no dimension is inline.
+                let (rubrics, inline) = match &parsed {
+                    StepPlan::Label(p) => (p.rubrics.as_ref(), p.groups.iter().map(|g| g.dimensions.len()).sum()),
+                    StepPlan::Distill(p) => (p.rubrics.as_ref(), p.groups.iter().map(|g| g.dimensions.len()).sum()),
+                    _ => (None, 0),
                 };
-                assert!(dims.iter().all(|d| d.guide == format!("1: no {id}; 5: {id}", id = d.id)), "{dims:?}");
+                if matches!(step, Step::Label | Step::Distill) {
+                    let status = ready_rubric_set().status.unwrap();
+                    let rubrics = rubrics.expect("rubrics by reference");
+                    assert_eq!(
+                        (&rubrics.discovered, Some(&rubrics.sha256)),
+                        (&status.discovered, status.digest.as_ref())
+                    );
+                    assert_eq!(inline, 0usize, "{step:?}");
+                }
                 // The teacher's cut reaches discovery, the labels and a judge student.
                 let max_record_tokens = match &parsed {
                     StepPlan::Discover(p) => Some(p.pass.max_record_tokens),
@@ -1319,7 +1332,7 @@ fn a_source_that_gives_no_usable_record_makes_the_filter_run_unusable() {
     let group = |sources: Vec<SourceScored>| FilterGroupStatus {
         name: "prose".into(),
         scored_shards: None,
-        records: None,
+        records: Some(sources.iter().map(|s| s.records).sum()),
         tokens: None,
         skipped_records: None,
         cuts: Vec::new(),
@@ -1368,4 +1381,63 @@ fn a_filter_run_stops_before_scoring_sources_no_dimension_ranks_unless_told_to_k
     fr.spec.on_no_reliable_dimension = NoReliableDimension::KeepAtRandom;
     fr.metadata.generation = Some(2);
     assert_eq!(created(&world.pass(&mut fr, &lineage)), ["score/code", "score/prose"]);
+}
+
+#[test]
+fn a_filter_run_lists_per_source_figures_for_the_sources_that_most_need_a_look_only() {
+    let group = |g: usize| FilterGroupStatus {
+        name: format!("g{g}"),
+        scored_shards: None,
+        records: Some(1000),
+        tokens: None,
+        skipped_records: None,
+        cuts: (0..50).map(|s| ScopedCut { scope: format!("g{g}/s{s}"), retention: 0.5, cut: a_cut() }).collect(),
+        sources: (0..50)
+            .map(|s| SourceScored {
+                name: format!("s{s}"),
+                // Source 7 of group 1 gave nothing; the others skip s records in 100.
+                records: if (g, s) == (1, 7) { 0 } else { 100 },
+                skipped: BTreeMap::from([("invalid_json".to_string(), s as u64)]),
+            })
+            .collect(),
+        lengths: (0..50)
+            .map(|s| plan::SourceLength {
+                group: format!("g{g}"),
+                source: format!("s{s}"),
+                sampled: 100,
+                rank_correlation: Some(if (g, s) == (0, 3) { -0.9 } else { 0.001 * s as f64 }),
+                deciles: Vec::new(),
+            })
+            .collect(),
+        kept: None,
+        drawn_tokens: None,
+        output: None,
+    };
+    let mut groups = vec![group(0), group(1)];
+    filter_run::keep_listed_sources(&mut groups);
+    let sources: Vec<String> =
+        groups.iter().flat_map(|g| g.sources.iter().map(move |s| format!("{}/{}", g.name, s.name))).collect();
+    let lengths: Vec<String> =
+        groups.iter().flat_map(|g| g.lengths.iter().map(|l| format!("{}/{}", l.group, l.source))).collect();
+    assert!(sources.len() <= 32 && lengths.len() <= 32, "{} sources, {} lengths", sources.len(), lengths.len());
+    assert!(sources.contains(&"g1/s7".to_string()), "the source with no usable record: {sources:?}");
+    assert!(sources.contains(&"g0/s49".to_string()), "the largest skip share: {sources:?}");
+    assert!(!sources.contains(&"g0/s1".to_string()), "a source that skipped 1 in 100 is not listed: {sources:?}");
+    assert!(lengths.contains(&"g0/s3".to_string()), "the strongest length correlation, negative: {lengths:?}");
+    let cuts: Vec<&str> = groups.iter().flat_map(|g| g.cuts.iter().map(|c| c.scope.as_str())).collect();
+    assert!(cuts.contains(&"g1/s7") && cuts.contains(&"g0/s3") && cuts.len() <= 64, "{cuts:?}");
+}
+
+fn a_cut() -> Cut {
+    Cut {
+        bin: 5,
+        threshold: 3.0,
+        total_tokens: 1000,
+        target_tokens: 500,
+        kept_tokens: 500,
+        kept_records: 5,
+        total_records: 10,
+        error_bound_tokens: 20,
+        tie: None,
+    }
 }

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use kube::ResourceExt;
-use scorer_runner::plan::{ClusterResult, DistillResult, Manifest, ScoreResult, Step, StorageConfig};
+use scorer_runner::plan::{
+    ClusterResult, DiscoverResult, DistillResult, GroupRubric, Manifest, ScoreResult, Step, StorageConfig,
+};
 use scorer_runner::steps::discover::Proposal;
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::{join, Storage};
@@ -40,6 +42,8 @@ pub struct Run {
     pub distilled: Option<DistillResult>,
     /// Method `mira`'s; a baseline has neither.
     pub rubric_set: Option<RubricSet>,
+    /// Every group's rubric: pinned, or as discovered (read from the discover result).
+    pub rubrics: Vec<GroupRubric>,
     pub distillation_job: Option<DistillationJob>,
     /// Discovery's proposals per group, as written (each names the anchor it became).
     pub proposals: BTreeMap<String, Vec<Proposal>>,
@@ -135,8 +139,25 @@ impl Run {
             }
         }
 
+        // The upstream tables (rubrics, similarity, agreement) are context: an unreadable one
+        // leaves its charts out rather than holding the selection back.
+        let context = |what: &str, e: Error| {
+            tracing::warn!(error = %e.chain(), "the report goes without the {what}");
+        };
+        let discovered = match rubric_set.as_ref().and_then(|r| r.status.as_ref()?.discovered.as_ref()) {
+            Some(uri) => storage
+                .get_json::<DiscoverResult>(uri)
+                .await
+                .map_err(|e| context("discovered rubrics", Error::ReadResult(e)))
+                .ok(),
+            None => None,
+        };
+        let rubrics = match &rubric_set {
+            Some(rs) => rs.rubrics(&source_group.group_names(), discovered.as_ref()),
+            None => Vec::new(),
+        };
         let mut proposals = BTreeMap::new();
-        for group in rubric_set.iter().flat_map(|r| &r.status).flat_map(|s| &s.groups) {
+        for group in &rubrics {
             let Some(uri) = &group.proposals else { continue };
             // Proposals are the report's context, not its figures: a file gone (cleaned up, or
             // never written by an older runner) leaves the group's proposals out of the page.
@@ -145,11 +166,6 @@ impl Run {
             let lines = bytes.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice(line).ok());
             proposals.insert(group.name.clone(), lines.collect());
         }
-        // The upstream tables (similarity, agreement) are context too: an unreadable one leaves
-        // its charts out rather than holding the selection back.
-        let context = |what: &str, e: Error| {
-            tracing::warn!(error = %e.chain(), "the report goes without the {what}");
-        };
         let cluster = results::<ClusterResult, _>(&storage, &source_group, Step::Cluster)
             .await
             .map_err(|e| context("source similarity", e))
@@ -171,6 +187,7 @@ impl Run {
             cluster,
             distilled,
             rubric_set,
+            rubrics,
             distillation_job,
             proposals,
             scores,

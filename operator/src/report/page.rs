@@ -165,14 +165,14 @@ struct Group {
 
 fn groups(run: &Run) -> Vec<Group> {
     let Some(sg) = run.source_group.status.as_ref() else { return Vec::new() };
-    let rubrics = run.rubric_set.iter().flat_map(|r| &r.status).flat_map(|s| &s.groups).collect::<Vec<_>>();
+    let rubrics = &run.rubrics;
     let students = run.distillation_job.iter().flat_map(|d| &d.status).flat_map(|s| &s.students).collect::<Vec<_>>();
     let filter = run.filter_run.status.as_ref().map(|s| s.groups.as_slice()).unwrap_or_default();
     let score_sources: Vec<&ScoreTotals> = run.scores.iter().flat_map(|s| &s.sources).collect();
     sg.groups
         .iter()
         .map(|g| {
-            let rubric = rubrics.iter().find(|r| r.name == g.name).copied();
+            let rubric = rubrics.iter().find(|r| r.name == g.name);
             let student = students.iter().find(|s| s.group == g.name).copied();
             let filtered = filter.iter().find(|f| f.name == g.name);
             let distilled = run.distilled.iter().flat_map(|d| &d.students).find(|s| s.group == g.name);

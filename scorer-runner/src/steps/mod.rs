@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod discover;
 pub mod distill;
 pub mod label;
+pub mod rubrics;
 pub mod sample;
 pub mod score;
 pub mod select;
@@ -21,13 +22,15 @@ use crate::error::{Error, Result};
 use crate::formats::ShardInput;
 use crate::plan::Format;
 use crate::plan::StorageConfig;
-use crate::plan::{Source, Step, StepPlan, StepResult};
+use crate::plan::{sha256_hex, PlanRef, Source, Step, StepPlan, StepResult};
 use crate::progress::{Progress, Reporter};
 use crate::storage::{join, Storage};
 use crate::units::{Units, WorkerConfig};
 
 /// The name of the result object under a step's output root.
 pub const RESULT: &str = "_result.json";
+/// The name of the plan object under a stage's output root, where a cluster's operator writes it.
+pub const PLAN: &str = "_plan.json";
 
 /// What every step gets besides its plan.
 #[derive(Clone)]
@@ -189,16 +192,33 @@ fn shard_subset(source_uri: &str, shards: Vec<Shard>, fraction: f64) -> Vec<Shar
 
 /// Reads the plan of `step` from a local file, an object URI, or inline JSON.
 pub async fn load_plan(step: Step, location: &str) -> Result<StepPlan> {
-    let bytes = if location.trim_start().starts_with('{') {
-        location.as_bytes().to_vec().into()
-    } else {
-        Storage::new(StorageConfig::default()).get(location).await?
-    };
+    let bytes = read_plan(location).await?;
     let plan = StepPlan::parse(step, &bytes).map_err(|e| Error::json(format!("plan {location}"), e))?;
     // A group's name keys its outputs: two of one name would write into one another.
     let mut seen = std::collections::HashSet::new();
     if let Some(twice) = group_names(&plan).into_iter().find(|name| !seen.insert(*name)) {
         return Err(Error::plan(format!("group {twice:?} is listed twice")));
+    }
+    Ok(plan)
+}
+
+/// A plan's bytes from a local file, an object URI or inline JSON; a [`PlanRef`] found there
+/// (what a plan ConfigMap holds on a cluster) is followed to the plan it names, whose SHA-256 must
+/// be the one it gives.
+pub async fn read_plan(location: &str) -> Result<bytes::Bytes> {
+    let bytes = if location.trim_start().starts_with('{') {
+        location.as_bytes().to_vec().into()
+    } else {
+        Storage::new(StorageConfig::default()).get(location).await?
+    };
+    let Ok(pointer) = serde_json::from_slice::<PlanRef>(&bytes) else { return Ok(bytes) };
+    let plan = Storage::new(pointer.storage).get(&pointer.plan_uri).await?;
+    let found = sha256_hex(&plan);
+    if found != pointer.sha256 {
+        return Err(Error::plan(format!(
+            "plan {} has SHA-256 {found}, not the {} its reference names: it changed after the operator wrote it",
+            pointer.plan_uri, pointer.sha256
+        )));
     }
     Ok(plan)
 }
@@ -235,8 +255,18 @@ async fn run_step(ctx: &Context, plan: &StepPlan) -> Result<StepResult> {
     Ok(match plan {
         StepPlan::Cluster(plan) => cluster::run(ctx, plan).await?.into(),
         StepPlan::Discover(plan) => discover::run(ctx, plan).await?.into(),
-        StepPlan::Label(plan) => label::run(ctx, plan).await?.into(),
-        StepPlan::Distill(plan) => distill::run(ctx, plan).await?.into(),
+        StepPlan::Label(plan) => {
+            let mut plan = plan.clone();
+            let groups = plan.groups.iter_mut().map(|g| (&g.name, &mut g.dimensions));
+            rubrics::fill(&ctx.storage, plan.rubrics.as_ref(), groups).await?;
+            label::run(ctx, &plan).await?.into()
+        }
+        StepPlan::Distill(plan) => {
+            let mut plan = plan.clone();
+            let groups = plan.groups.iter_mut().map(|g| (&g.name, &mut g.dimensions));
+            rubrics::fill(&ctx.storage, plan.rubrics.as_ref(), groups).await?;
+            distill::run(ctx, &plan).await?.into()
+        }
         StepPlan::Score(plan) => score::run(ctx, plan).await?.into(),
         StepPlan::Threshold(plan) => threshold::run(ctx, plan).await?.into(),
         StepPlan::Select(plan) => select::run(ctx, plan).await?.into(),
@@ -252,6 +282,24 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
 mod tests {
     use super::*;
     use crate::plan::TextSpec;
+
+    #[tokio::test]
+    async fn a_plan_reference_is_followed_and_a_plan_changed_since_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = r#"{"output":"o","sources":[]}"#;
+        let uri = dir.path().join(PLAN).display().to_string();
+        std::fs::write(&uri, plan).unwrap();
+        let pointer =
+            PlanRef { plan_uri: uri.clone(), sha256: sha256_hex(plan.as_bytes()), storage: Default::default() };
+        let location = serde_json::to_string(&pointer).unwrap();
+        assert_eq!(read_plan(&location).await.unwrap(), plan.as_bytes());
+        // A plan that is no reference is read as it is.
+        assert_eq!(read_plan(plan).await.unwrap(), plan.as_bytes());
+
+        std::fs::write(&uri, r#"{"output":"elsewhere","sources":[]}"#).unwrap();
+        let error = read_plan(&location).await.unwrap_err().to_string();
+        assert!(error.contains("changed after the operator wrote it"), "{error}");
+    }
 
     #[tokio::test]
     async fn a_pilot_reads_a_stable_fraction_of_the_shards_and_a_larger_one_a_superset() {
