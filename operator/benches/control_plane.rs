@@ -1,5 +1,6 @@
 //! The control plane at scale, against the real API server: a chain whose FilterRun covers
-//! 10,000 shards (100 sources of 100 shards) in 20 groups, with 15 rubric dimensions per group.
+//! 500,000 shards (500 sources of 1,000 shards) in 64 groups (the most a SourceGroup may have),
+//! with 15 rubric dimensions per group.
 //! Prints the size of every object the operator writes (each must stay under 256 KiB) and the
 //! time of one reconcile of the FilterRun, warm and after an operator restart.
 //!
@@ -32,9 +33,9 @@ use scorer_runner::plan::{
 use scorer_runner::steps::RESULT;
 use scorer_runner::storage::{join, Storage};
 
-const SOURCES: usize = 100;
-const GROUPS: usize = 20;
-const SHARDS_PER_SOURCE: usize = 100;
+const SOURCES: usize = 500;
+const GROUPS: usize = scorer_runner::plan::MAX_GROUPS as usize;
+const SHARDS_PER_SOURCE: usize = 1000;
 const DIMENSIONS: usize = 15;
 const RECORDS_PER_SHARD: u64 = 1000;
 const TOKENS_PER_RECORD: u64 = 500;
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
 async fn fake_step(args: &[String]) -> ExitCode {
     let step = args.first().map(String::as_str).unwrap_or_default();
     let plan_file = args.iter().skip_while(|a| *a != "--plan").nth(1).expect("--plan <file>");
-    let plan = std::fs::read(plan_file).expect("the plan file");
+    let plan = scorer_runner::steps::read_plan(plan_file).await.expect("the plan");
     let shards_per_source = SHARDS_PER_SOURCE;
     let result = match step {
         "cluster" => fake_cluster(serde_json::from_slice(&plan).unwrap(), shards_per_source).await,
@@ -471,7 +472,8 @@ async fn bench() -> ExitCode {
         first.1 / first.0 as f64 * 1e3
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let peak = peak_rss_mib(fx.operators.first().and_then(common::Process::pid));
+    // The restarted operator is the last started.
+    let peak = peak_rss_mib(fx.operators.last().and_then(common::Process::pid));
     println!("  restarted operator peak RSS: {:.0} MiB", peak.unwrap_or(f64::NAN));
     let created = fx.jobs("app.kubernetes.io/managed-by=mira-operator").await.len();
     if created != jobs {
