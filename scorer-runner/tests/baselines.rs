@@ -159,3 +159,35 @@ async fn dsir_draws_the_selection_towards_its_target() {
     let again = select(&ctx, &sources, RankerSpec::Dsir(dsir), CutPolicy::Group, &out).await;
     assert_eq!(again.samples, manifest.samples);
 }
+
+/// A shard rewritten in place after scoring, with its size and modification time unchanged (so
+/// its score units still match it), is refused by select rather than cut by other records' scores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_refuses_a_shard_rewritten_in_place_since_it_was_scored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sources, _) = generate(tmp.path());
+    let ctx = context(&Default::default(), "w", tmp.path());
+    let out = tmp.path().join("run").display().to_string();
+    let group = ScoreGroup { name: "all".into(), sources: sources.to_vec(), ranker: RankerSpec::Random };
+    let mut score = ScorePlan::new(vec![group]);
+    score.output = join(&out, "score");
+    steps::score::run(&ctx, &score).await.expect("score");
+    let mut threshold = ThresholdPlan::new(vec![score.output.clone()], 0.5);
+    threshold.output = join(&out, "threshold");
+    steps::threshold::run(&ctx, &threshold).await.expect("threshold");
+
+    // Swap the first two records of a JSONL shard: same bytes, same size, same mtime.
+    let shard = std::fs::read_dir(tmp.path().join("corpus/web")).unwrap().next().unwrap().unwrap().path();
+    let modified = std::fs::metadata(&shard).unwrap().modified().unwrap();
+    let bytes = std::fs::read(&shard).unwrap();
+    let mut lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+    lines.swap(0, 1);
+    std::fs::write(&shard, lines.concat()).unwrap();
+    std::fs::File::options().write(true).open(&shard).unwrap().set_modified(modified).unwrap();
+
+    let groups = vec![GroupSources { name: "all".into(), sources: sources.to_vec() }];
+    let mut select = SelectPlan::new(groups, score.output.clone(), threshold.output.clone());
+    select.output = join(&out, "select");
+    let error = steps::select::run(&ctx, &select).await.unwrap_err().to_string();
+    assert!(error.contains("record 0 is not the record its score row was computed for"), "{error}");
+}

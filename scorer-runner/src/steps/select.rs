@@ -12,18 +12,27 @@ use super::{shard_units, Context, ShardUnit};
 use crate::bottom_k::BottomK;
 use crate::error::{Error, Result};
 use crate::formats::scores::ScoreKeys;
-use crate::formats::{for_each_batch, ReadOptions, ShardWriter};
+use crate::formats::{for_each_batch, RawRecord, ReadOptions, ShardWriter};
 use crate::histogram::Cut;
 use crate::plan::{
-    Kept, Manifest, SampledRecord, ScoreResult, ScoredShard, SelectPlan, SelectedShard, ThresholdResult,
+    Kept, Manifest, SampledRecord, ScoreResult, ScoredShard, SelectPlan, SelectedShard, TextSpec, ThresholdResult,
 };
+use crate::records::extract;
 use crate::storage::join;
+use crate::tie_draw::draw_key;
 
 pub const MANIFEST: &str = "manifest.json";
 
 /// Records in a group's comparison sample: Jaccard overlaps and rank correlations on 4,096
 /// records are within a few hundredths of the whole corpus's.
 pub const COMPARISON_SAMPLE: usize = 4096;
+
+/// One record in this many (by index) has its id checked against its score row's: a shard
+/// rewritten in place with its size and version unchanged (which the score units bind to) is
+/// then refused, not selected by another record's scores. Only JSONL records are checked (select
+/// reads Parquet rows without their JSON form), and only some: parsing every record would double
+/// select's work.
+pub const ID_CHECK_EVERY: u64 = 64;
 
 /// The salt of the sample key.
 const SAMPLE_SALT: u64 = 0x0063_6f6d_7061_7265;
@@ -107,6 +116,23 @@ pub async fn run(ctx: &Context, plan: &SelectPlan) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// Refuses a record whose id is not the one its score row was computed for.
+fn check_id(shard: &str, raw: &RawRecord, text: &TextSpec, draw: u64) -> Result<()> {
+    let found = extract(raw, text).ok().map(|record| draw_key(&record.id));
+    if found == Some(draw) {
+        return Ok(());
+    }
+    Err(Error::Shard {
+        uri: shard.to_string(),
+        message: format!(
+            "record {} is not the record its score row was computed for (their ids differ): the shard was rewritten \
+             since it was scored, keeping its size and version. Delete the score stage's _result.json and its unit \
+             commits for this shard so that it is scored again",
+            raw.index
+        ),
+    })
+}
+
 async fn select_shard(
     ctx: &Context,
     plan: &SelectPlan,
@@ -126,6 +152,7 @@ async fn select_shard(
     let read = ReadOptions { parquet_as_json: false, ..plan.read.into() };
     let (path, histogram) = (tmp.to_path_buf(), scored.histogram.clone());
     let (shard, scores_uri, progress) = (unit.shard.clone(), scored.scores.clone(), ctx.progress.clone());
+    let text = unit.source.text.clone();
     let (kept, sample) = ctx
         .compute(move || {
             let mut keys = ScoreKeys::open(&scores_uri, &scores_path)?;
@@ -143,6 +170,9 @@ async fn select_shard(
                     }
                     // Records skipped while scoring have no score row and are not kept.
                     let Some(key) = pending.filter(|k| k.index == raw.index) else { continue };
+                    if raw.index % ID_CHECK_EVERY == 0 && !raw.bytes.is_empty() {
+                        check_id(&shard.uri, raw, &text, key.draw)?;
+                    }
                     kept.total_records += 1;
                     kept.total_tokens += key.tokens;
                     *slot = cut.keeps(histogram.bin(key.aggregate as f64), key.draw);
