@@ -251,7 +251,12 @@ async fn fake_threshold(plan: ThresholdPlan) -> serde_json::Value {
         let score: ScoreResult = storage.get_json(&join(scores, RESULT)).await.expect("the score result");
         for totals in &score.groups {
             let retention = plan.group_retention.get(&totals.group).copied().unwrap_or(plan.retention);
-            cuts.push(ScopedCut { scope: totals.group.clone(), retention, cut: totals.histogram.cut(retention) });
+            cuts.push(ScopedCut {
+                scope: totals.group.clone(),
+                retention,
+                skipped_tokens: 0,
+                cut: totals.histogram.cut(retention),
+            });
         }
     }
     write_result(&storage, &plan.output, ThresholdResult { policy: plan.policy, cuts, lengths: Vec::new() }).await

@@ -890,8 +890,18 @@ pub struct ScopedCut {
     pub scope: String,
     /// Target fraction of tokens.
     pub retention: f64,
+    /// Tokens of the records skipped at scoring (malformed, unreadable), estimated at their
+    /// source's mean tokens per scored record. They count in the target, which is `retention`
+    /// of scored plus skipped tokens, all taken from the scored records: a source that skips a
+    /// tenth of its records does not shrink its budget by a tenth.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_tokens: u64,
     #[serde(flatten)]
     pub cut: Cut,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

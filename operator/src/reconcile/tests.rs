@@ -391,6 +391,7 @@ fn result_of(record: &StageRecord) -> Value {
             cuts: vec![ScopedCut {
                 scope: if group.is_empty() { "global".into() } else { group },
                 retention: 0.5,
+                skipped_tokens: 0,
                 cut: cut(),
             }],
             lengths: Vec::new(),
@@ -1391,7 +1392,9 @@ fn a_filter_run_lists_per_source_figures_for_the_sources_that_most_need_a_look_o
         records: Some(1000),
         tokens: None,
         skipped_records: None,
-        cuts: (0..50).map(|s| ScopedCut { scope: format!("g{g}/s{s}"), retention: 0.5, cut: a_cut() }).collect(),
+        cuts: (0..50)
+            .map(|s| ScopedCut { scope: format!("g{g}/s{s}"), retention: 0.5, skipped_tokens: 0, cut: a_cut() })
+            .collect(),
         sources: (0..50)
             .map(|s| SourceScored {
                 name: format!("s{s}"),

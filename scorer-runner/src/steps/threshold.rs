@@ -41,11 +41,16 @@ pub async fn run(ctx: &Context, plan: &ThresholdPlan) -> Result<ThresholdResult>
     }
     let mut cuts = Vec::new();
     for scope in scopes(plan, &scores)? {
-        let mut cut = scope.histogram.cut(scope.retention);
+        let mut cut = scope.histogram.cut(scope.scored_retention());
         if let Some(straddle) = cut.straddle(&scope.histogram) {
             cut = draw(ctx, plan, &scope, &cut, straddle).await?;
         }
-        cuts.push(ScopedCut { scope: scope.name, retention: scope.retention, cut });
+        cuts.push(ScopedCut {
+            scope: scope.name,
+            retention: scope.retention,
+            skipped_tokens: scope.skipped_tokens,
+            cut,
+        });
     }
     let mut result = ThresholdResult { policy: plan.policy, cuts, lengths: Vec::new() };
     result.lengths = lengths(&result, &scores);
@@ -82,6 +87,18 @@ struct Scope {
     /// Where its score shards are, under each score root (Hive-style path prefixes, see
     /// [`crate::formats::scores`]).
     shards: Vec<String>,
+    /// Estimated tokens of its records skipped at scoring ([`skipped_tokens`]).
+    skipped_tokens: u64,
+}
+
+/// A source's records skipped at scoring, in tokens at its mean tokens per scored record (a
+/// skipped record's text may be unreadable, so its own tokens are unknown).
+fn skipped_tokens(totals: &ScoreTotals) -> u64 {
+    let skipped: u64 = totals.skipped.counts.values().sum();
+    match totals.records {
+        0 => 0,
+        records => (skipped as f64 * totals.tokens as f64 / records as f64).round() as u64,
+    }
 }
 
 impl Scope {
@@ -93,7 +110,18 @@ impl Scope {
             .map_err(|_| Error::plan(format!("a cut over {name} needs every group's students on the same scale")))?;
         let Some(histogram) = sum else { return Ok(None) };
         let shards = if all { vec![whole] } else { sources.iter().map(|s| source_shards(s)).collect() };
-        Ok(Some(Scope { name, retention, histogram, shards }))
+        let skipped_tokens = sources.iter().map(|s| skipped_tokens(s)).sum();
+        Ok(Some(Scope { name, retention, histogram, shards, skipped_tokens }))
+    }
+
+    /// The share of its scored tokens the cut keeps: `retention` of scored and skipped tokens
+    /// together (at most all the scored ones).
+    fn scored_retention(&self) -> f64 {
+        let scored = self.histogram.total_tokens();
+        if scored == 0 {
+            return self.retention;
+        }
+        (self.retention * (scored + self.skipped_tokens) as f64 / scored as f64).min(1.0)
     }
 
     /// A source cut on its own.
@@ -103,6 +131,7 @@ impl Scope {
             retention,
             histogram: totals.histogram.clone(),
             shards: vec![source_shards(totals)],
+            skipped_tokens: skipped_tokens(totals),
         }
     }
 }
@@ -336,9 +365,35 @@ mod tests {
     }
 
     #[test]
+    fn records_skipped_at_scoring_count_in_the_target_at_their_sources_mean_tokens() {
+        let mut scores = scores();
+        // code/repo: 20 records of 5 tokens scored; 5 more skipped, about 25 tokens.
+        let repo = scores.sources.iter_mut().find(|s| s.source.as_deref() == Some("repo")).unwrap();
+        repo.skipped.counts.insert("invalid_json".into(), 5);
+        let by_source = scopes(&plan(CutPolicy::Source), &scores).unwrap();
+        let repo = by_source.iter().find(|s| s.name == "code/repo").unwrap();
+        assert_eq!(repo.skipped_tokens, 25);
+        // Half of 125 tokens, all from the 100 scored: 62.5 %.
+        assert!((repo.scored_retention() - 0.625).abs() < 1e-12, "{}", repo.scored_retention());
+        let web = by_source.iter().find(|s| s.name == "prose/web").unwrap();
+        assert_eq!((web.skipped_tokens, web.scored_retention()), (0, 0.5), "nothing skipped, nothing moves");
+        let group = scopes(&plan(CutPolicy::Group), &scores).unwrap();
+        assert_eq!(group.iter().find(|s| s.name == "code").unwrap().skipped_tokens, 25, "a group sums its sources'");
+        // A source that skipped most of its records is kept whole, no more.
+        let repo = scores.sources.iter_mut().find(|s| s.source.as_deref() == Some("repo")).unwrap();
+        repo.skipped.counts.insert("invalid_json".into(), 60);
+        let by_source = scopes(&plan(CutPolicy::Source), &scores).unwrap();
+        assert_eq!(by_source.iter().find(|s| s.name == "code/repo").unwrap().scored_retention(), 1.0);
+    }
+
+    #[test]
     fn a_source_with_its_own_cut_takes_it_under_every_policy() {
-        let cut =
-            |scope: &str| ScopedCut { scope: scope.into(), retention: 0.5, cut: Histogram::new(1.0, 5.0, 4).cut(0.5) };
+        let cut = |scope: &str| ScopedCut {
+            scope: scope.into(),
+            retention: 0.5,
+            skipped_tokens: 0,
+            cut: Histogram::new(1.0, 5.0, 4).cut(0.5),
+        };
         let result = ThresholdResult {
             policy: CutPolicy::Group,
             cuts: vec![cut("prose"), cut("prose/forum")],
