@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hack/bench-control-plane.sh - the operator at scale against a real API server.
 #
-# A chain whose FilterRun covers 500,000 shards in 64 groups, 15 rubric dimensions per group, run
+# A chain whose FilterRun covers 500,000 shards in 100 groups, 15 rubric dimensions per group, run
 # by `mira operator` with the stage Jobs played by the process kubelet and a fake data plane (see
 # operator/benches/control_plane.rs). Prints the size of every object the operator writes
 # (budget 256 KiB each) and the time of one reconcile of the FilterRun, warm and after a restart.

@@ -1,5 +1,5 @@
 //! The control plane at scale, against the real API server: a chain whose FilterRun covers
-//! 500,000 shards (500 sources of 1,000 shards) in 64 groups (the most a SourceGroup may have),
+//! 500,000 shards (500 sources of 1,000 shards) in 100 groups (the most a SourceGroup may have),
 //! with 15 rubric dimensions per group.
 //! Prints the size of every object the operator writes (each must stay under 256 KiB) and the
 //! time of one reconcile of the FilterRun, warm and after an operator restart.

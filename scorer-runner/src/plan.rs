@@ -16,7 +16,7 @@ use crate::length::{LengthDecile, LengthSample};
 /// Most sources a SourceGroup may list (a status keeps a similarity row per source).
 pub const MAX_SOURCES: u32 = 512;
 /// Most capability groups, and so most per-group entries in any status list.
-pub const MAX_GROUPS: u32 = 64;
+pub const MAX_GROUPS: u32 = 100;
 /// Most rubric dimensions per group.
 pub const MAX_DIMENSIONS: u32 = 64;
 /// Longest field path a `text` spec may give.

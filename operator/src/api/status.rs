@@ -63,6 +63,9 @@ pub struct StageRecord {
     pub finished_at: Option<Time>,
 }
 
+/// Most stages a resource has: a FilterRun's score, threshold and select per group.
+pub const MAX_STAGES: u32 = 3 * super::MAX_GROUPS;
+
 /// The part of every MIRA status the stage engine owns; each kind's status flattens it in.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -86,7 +89,7 @@ pub struct PipelineStatus {
     pub progress: Option<String>,
     /// One record per stage of the current plan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200))]
+    #[schemars(length(max = MAX_STAGES))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub stages: Vec<StageRecord>,
     /// A digest that changes whenever this resource's outputs may have changed; set while Ready.
