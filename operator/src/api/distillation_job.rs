@@ -246,14 +246,16 @@ pub struct StudentStatus {
     /// Held-out records its agreement was measured on.
     pub validation_records: u64,
     /// The dimensions it scores.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::status::count")]
+    #[schemars(with = "u32")]
     pub dimensions: u32,
     /// The sources its agreement was measured on.
     #[serde(default)]
     pub sources: u32,
     /// The (source, dimension) pairs masked for disagreeing with the teacher; which ones is in
     /// the agreement table (`status.agreement`) and the run report.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::status::count")]
+    #[schemars(with = "u32")]
     pub masked: u32,
     /// What its scores use, in brief: `scores by signal; masked noise (web, agent)`, cut at
     /// 512 bytes.

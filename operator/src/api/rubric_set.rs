@@ -136,5 +136,7 @@ pub struct RubricSummary {
     #[serde(default)]
     pub pinned: bool,
     /// Its dimensions.
+    #[serde(deserialize_with = "super::status::count")]
+    #[schemars(with = "u32")]
     pub dimensions: u32,
 }

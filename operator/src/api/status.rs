@@ -113,3 +113,18 @@ impl PipelineStatus {
             && self.condition("Ready").is_some_and(|c| c.status == "True" && c.observed_generation == generation)
     }
 }
+
+/// Reads a count, or the list an earlier version kept in its place as its length: statuses
+/// written before an upgrade stay readable (the next status write replaces them).
+pub(crate) fn count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Count {
+        Number(u32),
+        List(Vec<serde::de::IgnoredAny>),
+    }
+    Ok(match Count::deserialize(deserializer)? {
+        Count::Number(n) => n,
+        Count::List(items) => items.len() as u32,
+    })
+}

@@ -374,3 +374,24 @@ fn the_crds_are_accepted_by_older_api_servers_and_yaml_1_1_parsers() {
         }
     }
 }
+
+/// Statuses an earlier version wrote, with lists where counts are now, stay readable.
+#[test]
+fn statuses_written_before_the_counts_read_as_counts() {
+    let rubrics: RubricSetStatus = serde_json::from_value(serde_json::json!({
+        "groups": [{"name": "code", "pinned": false, "dimensions": [{"id": "a"}, {"id": "b"}]}]
+    }))
+    .unwrap();
+    assert_eq!(rubrics.groups[0].dimensions, 2);
+    let students: DistillationJobStatus = serde_json::from_value(serde_json::json!({
+        "students": [{"group": "code", "student": "s", "trainRecords": 1, "validationRecords": 1,
+                      "dimensions": ["a", "b", "c"], "sources": 2, "masked": [{"source": "web", "dimensions": ["a"]}]}]
+    }))
+    .unwrap();
+    assert_eq!((students.students[0].dimensions, students.students[0].masked), (3, 1));
+    let now: DistillationJobStatus = serde_json::from_value(serde_json::json!({
+        "students": [{"group": "code", "student": "s", "trainRecords": 1, "validationRecords": 1, "dimensions": 3, "masked": 0}]
+    }))
+    .unwrap();
+    assert_eq!(now.students[0].dimensions, 3);
+}
