@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::histogram::{Cut, Histogram};
 use crate::length::{LengthDecile, LengthSample};
 
-/// Most sources a SourceGroup may list (a status keeps a similarity row per source).
+/// Most sources a SourceGroup may list (its status keeps a line per source).
 pub const MAX_SOURCES: u32 = 512;
 /// Most capability groups, and so most per-group entries in any status list.
 pub const MAX_GROUPS: u32 = 100;
@@ -902,6 +902,16 @@ pub struct ScopedCut {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+impl ScopedCut {
+    /// Whether the cut applies to records of `group`: the global cut, the group's, or one of
+    /// its sources'.
+    pub fn applies_to(&self, group: &str) -> bool {
+        self.scope == "global"
+            || self.scope == group
+            || self.scope.strip_prefix(group).is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

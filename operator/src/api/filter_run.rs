@@ -183,6 +183,7 @@ pub enum NoReliableDimension {
 pub struct TokensSpec {
     /// A `tokenizer.json` (Hugging Face tokenizers), `s3://` or a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = super::MAX_URI))]
     pub tokenizer: Option<String>,
     /// Count with the `tokenizer.json` of the RubricSet's teacher, a local model directory (a
     /// teacher behind an endpoint or in GGUF files has none at hand: name `tokenizer` instead).
@@ -243,14 +244,14 @@ pub struct FilterGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub cuts: Vec<ScopedCut>,
-    /// Records scored and records skipped by reason, for the sources of the run (16 at most)
-    /// that skipped the largest share of their records, those with no usable record first.
+    /// Records scored and records skipped by reason, for the sources of the run (32 at most)
+    /// that most need a look: the 16 that skipped the largest share of their records (those with
+    /// no usable record first) and the 16 whose scores follow length most.
     /// Every source's counts are in the score result and the run report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]
     pub sources: Vec<SourceScored>,
-    /// Whether scores and the cut follow record length, for the sources of the run (16 at most)
-    /// whose scores follow it most. Every source's are in the threshold result and the run
+    /// Whether scores and the cut follow record length, for the same sources as `sources`. Every source's are in the threshold result and the run
     /// report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = super::MAX_SOURCES))]

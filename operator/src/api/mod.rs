@@ -38,8 +38,9 @@ use kube::CustomResourceExt;
 
 /// The API group of every MIRA resource.
 pub const GROUP: &str = "mira.dev";
-/// Longest URI (a root, a source, an import, an output, a tokenizer) a spec may give: statuses
-/// repeat the roots in every stage's output, so this bounds them (see the `bounds` test).
+/// Longest URI a spec may give where a status repeats it (a root, a source, an import, an
+/// output, a tokenizer): every stage's output starts with the root, so this bounds the statuses
+/// (see the `bounds` test).
 pub const MAX_URI: usize = 512;
 
 /// Names that end up in Job names, labels and object paths are DNS labels. The schema's `pattern`

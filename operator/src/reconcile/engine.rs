@@ -437,8 +437,8 @@ impl Tracker<'_> {
         }
         record.phase = StagePhase::Failed;
         record.reason = Some(super::conditions::reason(&reason));
-        // A worker's last words can run to kilobytes, and a status holds up to 200 stages (the
-        // Ready condition repeats the first failure's message at up to 1 KiB).
+        // A worker's last words can run to kilobytes, and a status holds up to MAX_STAGES stages;
+        // the Ready condition repeats the first failure's message.
         record.message = Some(super::conditions::truncate(&message, MAX_STAGE_MESSAGE));
         record
     }
@@ -466,8 +466,9 @@ impl Tracker<'_> {
     }
 }
 
-/// Longest message a stage record keeps.
-pub const MAX_STAGE_MESSAGE: usize = 512;
+/// Longest message a stage record keeps: as long as a condition's, so that the instructions at
+/// the end of a long error reach the Ready condition too.
+pub const MAX_STAGE_MESSAGE: usize = 1024;
 
 /// The error category and message of a failed Job: from the last `error: <Category>: <message>`
 /// line of its log (what `scorer-runner` prints last), else the adapter's reason and the log's

@@ -356,12 +356,7 @@ impl Pipeline for FilterRun {
                     .collect();
             }
             if let Some(threshold) = finished.result::<ThresholdResult>(&self.threshold_of(&name))? {
-                group.cuts = threshold
-                    .cuts
-                    .iter()
-                    .filter(|c| c.scope == "global" || c.scope == name || c.scope.starts_with(&format!("{name}/")))
-                    .cloned()
-                    .collect();
+                group.cuts = threshold.cuts.iter().filter(|c| c.applies_to(&name)).cloned().collect();
                 group.lengths = threshold.lengths.iter().filter(|l| l.group == name).cloned().collect();
             }
             let select = stage_name(Step::Select, Some(&name));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 use minijinja::{context, Environment};
 use scorer_runner::histogram::Histogram;
-use scorer_runner::plan::{Agreement, ScoreTotals};
+use scorer_runner::plan::{Agreement, ScopedCut, ScoreTotals};
 
 use crate::api::CutPolicy;
 use serde::Serialize;
@@ -207,7 +207,15 @@ fn groups(run: &Run) -> Vec<Group> {
             let of_group: Vec<&&ScoreTotals> = score_sources.iter().filter(|s| s.group == g.name).collect();
             let unranked: Vec<String> =
                 of_group.iter().filter(|s| s.unranked).filter_map(|s| s.source.clone()).collect();
-            let cuts = filtered.map(|f| f.cuts.as_slice()).unwrap_or_default();
+            // Every cut of the group, from the threshold result its selection used: the status
+            // lists only the sources that most need a look.
+            let cuts: Vec<&ScopedCut> = run
+                .manifests
+                .iter()
+                .filter(|m| m.groups.contains_key(&g.name))
+                .flat_map(|m| &m.thresholds.cuts)
+                .filter(|c| c.applies_to(&g.name))
+                .collect();
             Group {
                 name: g.name.clone(),
                 sources: g.sources.clone(),
