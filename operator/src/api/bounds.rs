@@ -11,8 +11,7 @@ use super::*;
 /// metadata (managed fields) and an update's envelope.
 const OBJECT_LIMIT: usize = 1024 * 1024;
 /// What `truncate` leaves of a condition's message, and of a stage's.
-const MESSAGE: usize = 1024;
-const STAGE_MESSAGE: usize = crate::reconcile::MAX_STAGE_MESSAGE;
+const MESSAGE: usize = crate::reconcile::MAX_MESSAGE;
 
 fn text(prefix: &str, i: usize, len: usize) -> String {
     let head = format!("{prefix}{i}-");
@@ -45,7 +44,7 @@ fn pipeline(stages: usize) -> Value {
         json!({"name": format!("score/{}", text("g", i, 63)), "step": "score", "group": text("g", i, 63),
                "job": text("j", i, 63), "generation": i64::MAX,
                "output": format!("{}/{}/filterruns/{}/score/{}/0123456789abcdef", uri(0), text("ns", 0, 63), text("r", 0, 63), text("g", i, 63)),
-               "phase": "Failed", "reason": text("Reason", i, 60), "message": "m".repeat(STAGE_MESSAGE),
+               "phase": "Failed", "reason": text("Reason", i, 60), "message": "m".repeat(MESSAGE),
                "progress": {"unitsDone": u64::MAX, "unitsResumed": u64::MAX, "unitsTotal": u64::MAX, "records": u64::MAX,
                             "bytes": u64::MAX, "elapsedSeconds": 1.0e300, "workers": u32::MAX, "finished": true},
                "startedAt": "2026-12-04T16:00:00Z", "finishedAt": "2026-12-04T16:00:00Z"})

@@ -4,8 +4,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// Longest condition message kept; longer ones are cut at a character boundary.
-const MAX_MESSAGE: usize = 1024;
+/// Longest message a condition or a stage record keeps; longer ones are cut at a character
+/// boundary. Stage records keep as much so that the instructions at the end of a long error
+/// reach the Ready condition, which repeats the first failure's.
+pub const MAX_MESSAGE: usize = 1024;
 
 /// A condition as computed, before merging.
 #[derive(Clone, Debug, PartialEq)]

@@ -241,20 +241,18 @@ fn dimension_ids(student: &StudentReport) -> BTreeSet<&str> {
 /// some source keeps) and those masked, with the sources they are masked for.
 fn summary(student: &StudentReport) -> String {
     let sources = student.agreement.iter().map(|a| &a.source).collect::<BTreeSet<_>>().len();
-    let masked_for = |d: &str| -> Vec<&str> {
-        let sources: BTreeSet<&str> =
-            student.agreement.iter().filter(|a| a.dimension == d && a.masked).map(|a| a.source.as_str()).collect();
-        sources.into_iter().collect()
-    };
-    let dimensions = dimension_ids(student);
-    let used: Vec<&str> = dimensions.iter().copied().filter(|d| masked_for(d).len() < sources).collect();
-    let masked: Vec<String> = dimensions
-        .iter()
-        .filter_map(|d| {
-            let sources = masked_for(d);
-            (!sources.is_empty()).then(|| format!("{d} ({})", sources.join(", ")))
+    // Per dimension, the sources it is masked for.
+    let masked_for: Vec<(&str, Vec<&str>)> = dimension_ids(student)
+        .into_iter()
+        .map(|d| {
+            let masked: BTreeSet<&str> =
+                student.agreement.iter().filter(|a| a.dimension == d && a.masked).map(|a| a.source.as_str()).collect();
+            (d, masked.into_iter().collect())
         })
         .collect();
+    let used: Vec<&str> = masked_for.iter().filter(|(_, m)| m.len() < sources).map(|(d, _)| *d).collect();
+    let masked: Vec<String> =
+        masked_for.iter().filter(|(_, m)| !m.is_empty()).map(|(d, m)| format!("{d} ({})", m.join(", "))).collect();
     let used = if used.is_empty() { "no dimension".to_string() } else { used.join(", ") };
     let masked = if masked.is_empty() { String::new() } else { format!("; masked {}", masked.join(", ")) };
     format!("scores by {used}{masked}")

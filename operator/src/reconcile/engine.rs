@@ -439,7 +439,7 @@ impl Tracker<'_> {
         record.reason = Some(super::conditions::reason(&reason));
         // A worker's last words can run to kilobytes, and a status holds up to MAX_STAGES stages;
         // the Ready condition repeats the first failure's message.
-        record.message = Some(super::conditions::truncate(&message, MAX_STAGE_MESSAGE));
+        record.message = Some(super::conditions::truncate(&message, super::conditions::MAX_MESSAGE));
         record
     }
 
@@ -465,10 +465,6 @@ impl Tracker<'_> {
         self.actions.push(Action::Event(Event { warning, reason: reason.to_string(), note, action, job }));
     }
 }
-
-/// Longest message a stage record keeps: as long as a condition's, so that the instructions at
-/// the end of a long error reach the Ready condition too.
-pub const MAX_STAGE_MESSAGE: usize = 1024;
 
 /// The error category and message of a failed Job: from the last `error: <Category>: <message>`
 /// line of its log (what `scorer-runner` prints last), else the adapter's reason and the log's

@@ -342,7 +342,7 @@ impl Pipeline for FilterRun {
                     group.scored_shards = Some(totals.shards as u64);
                     group.records = Some(totals.records);
                     group.tokens = Some(totals.tokens);
-                    group.skipped_records = Some(totals.skipped.counts.values().sum());
+                    group.skipped_records = Some(totals.skipped.total());
                 }
                 group.sources = score
                     .sources
@@ -409,18 +409,14 @@ const LISTED_SOURCES: usize = 16;
 /// length most.
 pub(super) fn keep_listed_sources(groups: &mut [FilterGroupStatus]) {
     let key = |group: &str, source: &str| format!("{group}/{source}");
-    let mut skipping: Vec<(f64, String)> = groups
+    // (no usable record, skipped share, key): those with none first, then the largest shares.
+    let mut skipping: Vec<(bool, f64, String)> = groups
         .iter()
         .flat_map(|g| g.sources.iter().map(move |s| (g, s)))
         .filter(|(_, s)| s.records == 0 || s.skipped_records() > 0)
-        .map(|(g, s)| {
-            (
-                s.skipped_records() as f64 / s.records.max(1) as f64 + (s.records == 0) as u8 as f64 * 1e9,
-                key(&g.name, &s.name),
-            )
-        })
+        .map(|(g, s)| (s.records == 0, s.skipped_records() as f64 / s.records.max(1) as f64, key(&g.name, &s.name)))
         .collect();
-    skipping.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    skipping.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then_with(|| a.2.cmp(&b.2)));
     let mut following: Vec<(f64, String)> = groups
         .iter()
         .flat_map(|g| &g.lengths)
@@ -430,8 +426,8 @@ pub(super) fn keep_listed_sources(groups: &mut [FilterGroupStatus]) {
     let listed: BTreeSet<String> = skipping
         .into_iter()
         .take(LISTED_SOURCES)
-        .chain(following.into_iter().take(LISTED_SOURCES))
-        .map(|(_, key)| key)
+        .map(|(_, _, key)| key)
+        .chain(following.into_iter().take(LISTED_SOURCES).map(|(_, key)| key))
         .collect();
     for group in groups {
         let name = group.name.clone();

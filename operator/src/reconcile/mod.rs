@@ -30,10 +30,8 @@ use scorer_runner::plan::{StepPlan, StepResult};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use conditions::truncate;
-pub use engine::{
-    reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output, StageProgress, MAX_STAGE_MESSAGE,
-};
+pub use conditions::{truncate, MAX_MESSAGE};
+pub use engine::{reconcile, wanted_results, Action, Event, Input, JobRequest, JobState, Output, StageProgress};
 pub use lineage::{Lineage, Link, Upstream, UpstreamRef};
 pub use policy::Policy;
 

@@ -85,7 +85,7 @@ impl Pipeline for SourceGroup {
                 shards: s.shards as u64,
                 bytes: s.bytes,
                 sampled_records: s.sampled_records as u64,
-                skipped_records: s.skipped.counts.values().sum(),
+                skipped_records: s.skipped.total(),
                 nearest: nearest(result, i),
             })
             .collect();

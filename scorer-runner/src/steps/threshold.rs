@@ -94,10 +94,9 @@ struct Scope {
 /// A source's records skipped at scoring, in tokens at its mean tokens per scored record (a
 /// skipped record's text may be unreadable, so its own tokens are unknown).
 fn skipped_tokens(totals: &ScoreTotals) -> u64 {
-    let skipped: u64 = totals.skipped.counts.values().sum();
     match totals.records {
         0 => 0,
-        records => (skipped as f64 * totals.tokens as f64 / records as f64).round() as u64,
+        records => (totals.skipped.total() as f64 * totals.tokens as f64 / records as f64).round() as u64,
     }
 }
 
