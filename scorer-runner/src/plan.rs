@@ -734,6 +734,22 @@ pub enum RankerSpec {
     Random,
     /// Importance resampling toward a target sample (DSIR).
     Dsir(DsirSpec),
+    /// Perplexity filtering: each record's mean log-probability per token under a reference
+    /// language model.
+    Perplexity(PerplexitySpec),
+}
+
+/// Perplexity filtering (as in Wenzek et al. 2020, CCNet, and the perplexity baselines the MIRA
+/// paper compares with): records of lower perplexity under a reference model rank higher.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PerplexitySpec {
+    /// The reference language model, in-process (a local directory or GGUF files).
+    pub model: ModelSpec,
+    /// Tokens of each record scored, from its beginning: a mean per token needs no more than a
+    /// window, and a longer one costs a decoding step a token.
+    #[serde(default = "defaults::max_record_tokens")]
+    pub max_tokens: usize,
 }
 
 /// DSIR (Xie et al. 2023): importance weights of hashed word unigrams and bigrams between a
@@ -750,6 +766,12 @@ pub struct DsirSpec {
     /// log2 of the number of hashed n-gram buckets (the paper uses 10,000; 14 gives 16,384).
     #[serde(default = "defaults::dsir_dim_log2")]
     pub dim_log2: u32,
+}
+
+impl PerplexitySpec {
+    pub fn new(model: ModelSpec) -> Self {
+        PerplexitySpec { model, max_tokens: defaults::max_record_tokens() }
+    }
 }
 
 impl DsirSpec {

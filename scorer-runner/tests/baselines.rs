@@ -14,13 +14,13 @@ use scorer_runner::steps::{self, Context};
 use scorer_runner::storage::join;
 use scorer_runner::tie_draw::draw_key;
 
-fn corpus() -> Vec<SynthSource> {
+fn corpus(records_per_shard: usize) -> Vec<SynthSource> {
     let source = |name: &str, kind, format| SynthSource {
         name: name.into(),
         kind,
         format,
         shards: 2,
-        records_per_shard: 150,
+        records_per_shard,
         malformed_every: Some(50),
     };
     vec![
@@ -61,12 +61,18 @@ fn share(kept: &Kept) -> f64 {
 }
 
 fn generate(dir: &Path) -> (Vec<Source>, Vec<Generated>) {
+    generate_records(dir, 150)
+}
+
+fn generate_records(dir: &Path, records_per_shard: usize) -> (Vec<Source>, Vec<Generated>) {
     let mut generated = Vec::new();
-    for s in corpus() {
+    for s in corpus(records_per_shard) {
         generated.extend(synth::write_source(&dir.join("corpus"), &s, 11).unwrap());
     }
-    let sources =
-        corpus().iter().map(|s| source(&s.name, dir.join("corpus").join(&s.name).display().to_string())).collect();
+    let sources = corpus(records_per_shard)
+        .iter()
+        .map(|s| source(&s.name, dir.join("corpus").join(&s.name).display().to_string()))
+        .collect();
     (sources, generated)
 }
 
@@ -158,6 +164,35 @@ async fn dsir_draws_the_selection_towards_its_target() {
     assert!(Path::new(&weights).exists(), "{weights}");
     let again = select(&ctx, &sources, RankerSpec::Dsir(dsir), CutPolicy::Group, &out).await;
     assert_eq!(again.samples, manifest.samples);
+}
+
+/// Perplexity under the tiny random-weight model: the ranking means nothing, so the test checks
+/// what holds whatever the weights (the budget, the cut falling between the kept and the dropped
+/// records' mean log-probabilities, the same selection on a rerun); `models.rs` checks the
+/// log-probabilities themselves against one forward pass.
+#[cfg(feature = "llm")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perplexity_keeps_the_records_its_reference_model_finds_most_predictable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sources, _) = generate_records(tmp.path(), 12);
+    let ctx = context(&Default::default(), "w", tmp.path());
+    let model = ModelSpec::Local { uri: common::tiny_model("qwen3-tiny"), gguf_files: vec![], max_num_seqs: Some(4) };
+    let mut spec = PerplexitySpec::new(model);
+    spec.max_tokens = 64;
+    let out = |name: &str| tmp.path().join(name).display().to_string();
+    let manifest = select(&ctx, &sources, RankerSpec::Perplexity(spec.clone()), CutPolicy::Group, &out("a")).await;
+    assert!((share(&manifest.total) - 0.5).abs() < 0.05, "the budget: {:?}", manifest.total);
+    let sample = &manifest.samples["all"];
+    assert_eq!(sample.len(), 72, "every record scored");
+    let floor = scorer_runner::rankers::perplexity::FLOOR as f32;
+    assert!(sample.iter().all(|r| (floor..0.0).contains(&r.aggregate)), "mean log-probabilities: {sample:?}");
+    let lowest_kept = sample.iter().filter(|r| r.kept).map(|r| r.aggregate).fold(f32::INFINITY, f32::min);
+    let highest_dropped = sample.iter().filter(|r| !r.kept).map(|r| r.aggregate).fold(f32::NEG_INFINITY, f32::max);
+    // Within one histogram bin (20 nats over 10,000 bins) the seeded draw decides.
+    assert!(lowest_kept > highest_dropped - 0.002, "kept from {lowest_kept}, dropped up to {highest_dropped}");
+
+    let again = select(&ctx, &sources, RankerSpec::Perplexity(spec), CutPolicy::Group, &out("b")).await;
+    assert_eq!(again.samples, manifest.samples, "the same selection on a rerun");
 }
 
 /// A shard rewritten in place after scoring, with its size and modification time unchanged (so

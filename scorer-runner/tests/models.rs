@@ -157,6 +157,75 @@ async fn chat_answers_under_a_schema_deterministically() {
     }
 }
 
+/// The log-probability of each token after the first, read from the raw logits of one forward
+/// pass over the whole text (mistral.rs returns every position's): the direct computation, apart
+/// from the teacher-forced decoding that `Chat::log_likelihood` runs.
+async fn log_probs_in_one_pass(model: &mistralrs::Model, tokens: &[u32]) -> Vec<f64> {
+    use mistralrs::{NormalRequest, Request, Response, SamplingParams};
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let mut sampling = SamplingParams::deterministic();
+    sampling.max_len = Some(1);
+    let messages = mistralrs_core::RequestMessage::CompletionTokens(tokens.to_vec());
+    let mut request = NormalRequest::new_simple(messages, sampling, tx, 0, None, None);
+    request.return_raw_logits = true;
+    model.inner().get_sender(None).unwrap().send(Request::Normal(Box::new(request))).await.unwrap();
+    let Some(Response::Raw { logits_chunks, .. }) = rx.recv().await else { panic!("no raw logits") };
+    let rows: Vec<Vec<f32>> = logits_chunks[0].squeeze(0).unwrap().to_vec2().unwrap();
+    assert_eq!(rows.len(), tokens.len(), "a row of logits per position");
+    rows.iter()
+        .zip(&tokens[1..])
+        .map(|(row, &next)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = row.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln();
+            f64::from(row[next as usize] - max) - log_sum
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_log_likelihood_is_the_models_next_token_log_probabilities_summed() {
+    let env = Env::new();
+    let chat = Chat::load(&env.ctx.storage, &env.ctx.scratch, &local(&env.chat)).await.unwrap();
+    let text = "The water cycle moves water from the sea to the clouds, and rain brings it back.";
+    let likelihood = chat.log_likelihood(text, 2048).await.unwrap();
+
+    let direct = mistralrs::TextModelBuilder::new(env.chat.to_string_lossy())
+        .with_token_source(mistralrs::TokenSource::None)
+        .with_force_cpu()
+        .with_dtype(mistralrs::ModelDType::F32)
+        .build()
+        .await
+        .unwrap();
+    let tokens = direct.tokenize(either::Either::Right(text.to_string()), None, true, false, None).await.unwrap();
+    assert!(tokens.len() > 10, "{tokens:?}");
+    let log_probs = log_probs_in_one_pass(&direct, &tokens).await;
+    let sum: f64 = log_probs.iter().sum();
+    assert_eq!(likelihood.tokens, tokens.len() - 1, "every token after the first is scored");
+    let mean = likelihood.mean().unwrap();
+    assert!(mean < 0.0 && mean.is_finite(), "{likelihood:?}");
+    assert!((likelihood.sum - sum).abs() < 1e-3 * sum.abs(), "forced {} vs one pass {sum}", likelihood.sum);
+
+    // A window of the first tokens, the same on every call; a single token scores nothing.
+    let window = chat.log_likelihood(text, 6).await.unwrap();
+    assert_eq!(window.tokens, 5);
+    let first: f64 = log_probs[..5].iter().sum();
+    assert!((window.sum - first).abs() < 1e-3 * first.abs(), "{} vs {first}", window.sum);
+    assert_eq!(chat.log_likelihood(text, 6).await.unwrap(), window);
+    let one_token = &direct.tokenize(either::Either::Right("w".into()), None, true, false, None).await.unwrap();
+    assert_eq!(one_token.len(), 1, "{one_token:?}");
+    assert_eq!(chat.log_likelihood("w", 2048).await.unwrap().mean(), None);
+
+    // Texts sent together, which mistral.rs would batch, are scored as each is alone.
+    let texts = ["The dog ran in the park and barked at the birds.", "The cat sat on the mat all day long."];
+    let together = futures::future::join_all(texts.iter().map(|t| chat.log_likelihood(t, 2048))).await;
+    for (text, together) in texts.iter().zip(together) {
+        let tokens = direct.tokenize(either::Either::Right(text.to_string()), None, true, false, None).await.unwrap();
+        let one_pass: f64 = log_probs_in_one_pass(&direct, &tokens).await.iter().sum();
+        let together = together.unwrap().sum;
+        assert!((together - one_pass).abs() < 1e-4 * one_pass.abs(), "{text}: {together} vs one pass {one_pass}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedder_gives_deterministic_vectors_of_the_hidden_size() {
     let env = Env::new();

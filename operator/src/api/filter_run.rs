@@ -40,6 +40,8 @@ use super::{CutPolicy, JobTemplate, Kept, PipelineStatus, ScopedCut, SourceLengt
     .message("method mira (the default) takes distillationJobRef; the baseline methods take sourceGroupRef"))]
 #[x_kube(validation = Rule::new("(has(self.method) && self.method == 'dsir') == has(self.dsir)")
     .message("dsir (the target sample) goes with method dsir, and only with it"))]
+#[x_kube(validation = Rule::new("(has(self.method) && self.method == 'perplexity') == has(self.perplexity)")
+    .message("perplexity (the reference model) goes with method perplexity, and only with it"))]
 #[x_kube(validation = Rule::new("has(self.distillationJobRef) == has(oldSelf.distillationJobRef) && has(self.sourceGroupRef) == has(oldSelf.sourceGroupRef)")
     .message("a FilterRun's upstream (distillationJobRef or sourceGroupRef) is immutable"))]
 #[serde(rename_all = "camelCase")]
@@ -59,13 +61,17 @@ pub struct FilterRunSpec {
     /// How records are ranked before the cut: `mira` (the default) by the DistillationJob's
     /// students; or a baseline that the MIRA paper compares the method with, to run beside it on
     /// the same corpus and budget: `random` (a seeded draw by record id, which keeps each
-    /// source's token share; exactly so with policy `source`) or `dsir` (importance resampling
-    /// toward a target sample, `spec.dsir`).
+    /// source's token share; exactly so with policy `source`), `dsir` (importance resampling
+    /// toward a target sample, `spec.dsir`) or `perplexity` (the records a reference model,
+    /// `spec.perplexity`, finds most predictable).
     #[serde(default)]
     pub method: Method,
     /// The target of method `dsir`: records the selection should resemble.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dsir: Option<DsirTarget>,
+    /// The reference model of method `perplexity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<PerplexityModel>,
     /// Fraction of tokens kept, in (0, 1].
     #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("retention must be in (0, 1]"))]
@@ -131,6 +137,8 @@ pub enum Method {
     Random,
     /// DSIR: hashed n-gram importance weights toward `spec.dsir.target`, Gumbel top-k.
     Dsir,
+    /// Perplexity filtering: lowest perplexity under `spec.perplexity.model` first.
+    Perplexity,
 }
 
 impl Method {
@@ -140,6 +148,7 @@ impl Method {
             Method::Mira => "mira",
             Method::Random => "random",
             Method::Dsir => "dsir",
+            Method::Perplexity => "perplexity",
         }
     }
 }
@@ -163,6 +172,20 @@ pub struct DsirTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub sample: Option<u32>,
+}
+
+/// The reference model of method `perplexity`: a record ranks by its mean log-probability per
+/// token under it, so the cut keeps the records of lowest perplexity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PerplexityModel {
+    /// A language model the worker loads (an endpoint's chat API gives no log-probabilities of a
+    /// given text): for example one trained on a high-quality reference set, as CCNet's was.
+    pub model: super::LocalModel,
+    /// Tokens of each record scored, from its beginning, each a decoding step. Default 2,048.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 1_048_576))]
+    pub max_tokens: Option<u32>,
 }
 
 /// What a FilterRun does with sources that no dimension ranks.

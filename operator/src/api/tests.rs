@@ -130,6 +130,7 @@ fn filter_run() -> FilterRun {
             source_group_ref: None,
             method: Method::Mira,
             dsir: None,
+            perplexity: None,
             retention: 0.5,
             policy: CutPolicy::Group,
             group_retention: BTreeMap::new(),
@@ -215,8 +216,15 @@ fn a_method_takes_its_own_upstream_and_settings() {
     assert!(format!("{:?}", validate_cel(&fr).unwrap_err()).contains("dsir (the target sample)"));
     fr.spec.dsir = Some(DsirTarget { target: "s3://corpus/reference/".into(), format: None, text: None, sample: None });
     validate_cel(&fr).unwrap();
+    fr.spec.method = Method::Perplexity;
+    let errors = format!("{:?}", validate_cel(&fr).unwrap_err());
+    assert!(errors.contains("dsir (the target sample)") && errors.contains("perplexity (the reference model)"));
+    fr.spec.dsir = None;
+    let model = LocalModel { uri: "s3://models/ref/".into(), gguf_files: vec![], max_num_seqs: None };
+    fr.spec.perplexity = Some(PerplexityModel { model, max_tokens: Some(512) });
+    validate_cel(&fr).unwrap();
     fr.spec.method = Method::Mira;
-    assert!(validate_cel(&fr).is_err(), "mira takes no sourceGroupRef, nor dsir");
+    assert!(validate_cel(&fr).is_err(), "mira takes no sourceGroupRef, nor perplexity");
 }
 
 #[test]

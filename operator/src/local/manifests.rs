@@ -143,6 +143,8 @@ fn parse(text: &str, base: &Path, resources: &mut Resources) -> Result<(), Strin
                 let mut o: FilterRun = object(value).map_err(at)?;
                 resolve(base, &mut o.spec.output);
                 o.spec.tokens.tokenizer.iter_mut().for_each(|u| resolve(base, u));
+                o.spec.dsir.iter_mut().for_each(|d| resolve(base, &mut d.target));
+                resolve_model(base, o.spec.perplexity.as_mut().map(|p| &mut p.model));
                 add(&mut resources.filter_runs, o).map_err(at)?;
             }
             other => return Err(at(format!("unknown kind {other:?}"))),
@@ -271,6 +273,18 @@ apiVersion: mira.dev/v1alpha1\nkind: DistillationJob\nmetadata: {name: embedded}
         assert_eq!(uri(judged.student.judge.as_ref()).as_deref(), Some("/manifests/models/judge"));
         let embedding = embedded.student.featurizer.embedding.as_ref().map(|e| e.model.uri.as_str());
         assert_eq!(embedding, Some("/manifests/models/embed"));
+
+        let baselines = "apiVersion: mira.dev/v1alpha1\nkind: FilterRun\nmetadata: {name: dsir}\nspec:
+  sourceGroupRef: corpus\n  method: dsir\n  dsir: {target: data/reference/}\n  retention: 0.5\n  output: kept/dsir
+---
+apiVersion: mira.dev/v1alpha1\nkind: FilterRun\nmetadata: {name: ppl}\nspec:
+  sourceGroupRef: corpus\n  method: perplexity\n  perplexity: {model: {uri: models/reference}}
+  retention: 0.5\n  output: kept/ppl\n";
+        parse(baselines, Path::new("/manifests"), &mut resources).unwrap();
+        let [.., dsir, perplexity] = &resources.filter_runs[..] else { panic!("two FilterRuns") };
+        assert_eq!(dsir.spec.dsir.as_ref().map(|d| d.target.as_str()), Some("/manifests/data/reference/"));
+        let reference = perplexity.spec.perplexity.as_ref().map(|p| p.model.uri.as_str());
+        assert_eq!(reference, Some("/manifests/models/reference"));
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use kube::ResourceExt;
 use scorer_runner::plan::skip_reasons;
 use scorer_runner::plan::{
-    DsirSpec, GroupSources, Manifest, RankerSpec, ScoreGroup, ScorePlan, ScoreResult, SelectPlan, Source,
-    ThresholdPlan, ThresholdResult, TokenCounter,
+    DsirSpec, GroupSources, Manifest, PerplexitySpec, RankerSpec, ScoreGroup, ScorePlan, ScoreResult, SelectPlan,
+    Source, ThresholdPlan, ThresholdResult, TokenCounter,
 };
 use scorer_runner::progress::si;
 use scorer_runner::storage::join;
@@ -44,15 +44,25 @@ impl FilterRun {
             (Method::Mira, ..) => Err(Error::InvalidSpec(
                 "method mira (the default) takes distillationJobRef, and no sourceGroupRef".into(),
             )),
-            (method, None, Some(sg)) => match (method, &spec.dsir) {
-                (Method::Dsir, None) => Err(Error::InvalidSpec("method dsir needs dsir.target".into())),
-                (Method::Random, Some(_)) => Err(Error::InvalidSpec("dsir goes with method dsir only".into())),
-                _ if spec.trim.is_some() => Err(Error::InvalidSpec(format!(
-                    "trim averages a student's dimensions: method {} has none",
-                    method.as_str()
-                ))),
-                _ => Ok(UpstreamRef::SourceGroup(sg.clone())),
-            },
+            (method, None, Some(sg)) => {
+                if (method == Method::Dsir) != spec.dsir.is_some() {
+                    return Err(Error::InvalidSpec(
+                        "dsir (the target sample) goes with method dsir, and only with it".into(),
+                    ));
+                }
+                if (method == Method::Perplexity) != spec.perplexity.is_some() {
+                    return Err(Error::InvalidSpec(
+                        "perplexity (the reference model) goes with method perplexity, and only with it".into(),
+                    ));
+                }
+                if spec.trim.is_some() {
+                    return Err(Error::InvalidSpec(format!(
+                        "trim averages a student's dimensions: method {} has none",
+                        method.as_str()
+                    )));
+                }
+                Ok(UpstreamRef::SourceGroup(sg.clone()))
+            }
             (method, ..) => Err(Error::InvalidSpec(format!(
                 "method {} takes sourceGroupRef, and no distillationJobRef",
                 method.as_str()
@@ -109,16 +119,23 @@ impl FilterRun {
     fn distillation_job<'a>(&self, lineage: &'a Lineage) -> Result<Option<&'a DistillationJob>> {
         match self.spec.method {
             Method::Mira => upstream(&lineage.distillation_job, "DistillationJob").map(Some),
-            Method::Random | Method::Dsir => Ok(None),
+            Method::Random | Method::Dsir | Method::Perplexity => Ok(None),
         }
     }
 
     /// What ranks `group`'s records.
     fn ranker(&self, dj: Option<&DistillationJob>, group: &str) -> Result<RankerSpec> {
-        match (self.spec.method, dj, &self.spec.dsir) {
-            (Method::Mira, Some(dj), _) => Ok(RankerSpec::Student(student(dj, group)?.into())),
+        match (self.spec.method, dj, &self.spec.dsir, &self.spec.perplexity) {
+            (Method::Mira, Some(dj), ..) => Ok(RankerSpec::Student(student(dj, group)?.into())),
             (Method::Random, ..) => Ok(RankerSpec::Random),
-            (Method::Dsir, _, Some(dsir)) => {
+            (Method::Perplexity, _, _, Some(perplexity)) => {
+                let mut spec = PerplexitySpec::new(convert::local_model(&perplexity.model));
+                if let Some(max_tokens) = perplexity.max_tokens {
+                    spec.max_tokens = max_tokens as usize;
+                }
+                Ok(RankerSpec::Perplexity(spec))
+            }
+            (Method::Dsir, _, Some(dsir), _) => {
                 let mut spec = DsirSpec::new(Source {
                     name: "target".into(),
                     uri: dsir.target.clone(),

@@ -178,6 +178,7 @@ fn filter_run(policy: CutPolicy) -> FilterRun {
             distillation_job_ref: Some("students".into()),
             source_group_ref: None,
             method: Method::Mira,
+            perplexity: None,
             dsir: None,
             retention: 0.5,
             policy,
@@ -1057,10 +1058,34 @@ fn a_baseline_selects_from_its_source_group_alone_through_the_same_stages() {
     });
     let ranker = &score.unwrap()["groups"][0]["ranker"]["dsir"];
     assert_eq!((ranker["target"]["uri"].as_str(), ranker["sample"].as_u64()), (Some("s3://ref/"), Some(500)));
+
+    // Perplexity carries its reference model into the plan.
+    let (mut world, mut perplexity) = (World::default(), fr.clone());
+    perplexity.status = None;
+    perplexity.spec.method = Method::Perplexity;
+    let model = LocalModel { uri: "s3://models/ref/".into(), gguf_files: vec![], max_num_seqs: Some(4) };
+    perplexity.spec.perplexity = Some(PerplexityModel { model, max_tokens: Some(256) });
+    let score = world.pass(&mut perplexity, &lineage).into_iter().find_map(|a| match a {
+        Action::CreatePlanConfigMap { plan, .. } => serde_json::from_str::<Value>(&plan).ok(),
+        _ => None,
+    });
+    let ranker = &score.unwrap()["groups"][0]["ranker"]["perplexity"];
+    assert_eq!(ranker["model"]["uri"], "s3://models/ref/", "{ranker}");
+    assert_eq!((ranker["model"]["maxNumSeqs"].as_u64(), ranker["maxTokens"].as_u64()), (Some(4), Some(256)));
     for (change, message) in [
-        ((|f: &mut FilterRun| f.spec.dsir = None) as fn(&mut FilterRun), "method dsir needs dsir.target"),
+        (
+            (|f: &mut FilterRun| f.spec.dsir = None) as fn(&mut FilterRun),
+            "dsir (the target sample) goes with method dsir",
+        ),
         (|f| f.spec.trim = Some(0.1), "trim averages a student's dimensions"),
         (|f| f.spec.distillation_job_ref = Some("students".into()), "takes sourceGroupRef"),
+        (
+            |f| {
+                let model = LocalModel { uri: "s3://models/ref/".into(), gguf_files: vec![], max_num_seqs: None };
+                f.spec.perplexity = Some(PerplexityModel { model, max_tokens: None });
+            },
+            "perplexity (the reference model) goes with method perplexity",
+        ),
     ] {
         let mut bad = dsir.clone();
         bad.status = None;

@@ -115,7 +115,7 @@ impl Run {
                 Some(lineage.rubric_set.ok_or_else(|| missing("RubricSet"))?),
                 Some(lineage.distillation_job.ok_or_else(|| missing("DistillationJob"))?),
             ),
-            Method::Random | Method::Dsir => (None, None),
+            Method::Random | Method::Dsir | Method::Perplexity => (None, None),
         };
         let mut compared = Vec::new();
         let storage = Storage::new(storage.clone());

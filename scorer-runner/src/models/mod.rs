@@ -102,6 +102,37 @@ impl Chat {
     }
 }
 
+impl Chat {
+    /// `text`'s log-likelihood under the model, over its first `max_tokens` tokens: what
+    /// perplexity filtering ranks by. In-process models only: a chat completions endpoint returns
+    /// the log-probabilities of the tokens it generates, not of a text it is given.
+    pub async fn log_likelihood(&self, text: &str, max_tokens: usize) -> Result<LogLikelihood> {
+        match self {
+            Chat::Endpoint(_) => {
+                let _ = (text, max_tokens);
+                Err(Error::Model("a record's log-likelihood needs an in-process model, not an endpoint".into()))
+            }
+            #[cfg(feature = "llm")]
+            Chat::Local(l) => l.log_likelihood(text, max_tokens).await,
+        }
+    }
+}
+
+/// The summed log-probability (nats) of a text's scored tokens, and how many were scored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogLikelihood {
+    pub sum: f64,
+    pub tokens: usize,
+}
+
+impl LogLikelihood {
+    /// The mean log-probability per token: minus the log of the perplexity. `None` for a text
+    /// with no scored token (a single token).
+    pub fn mean(&self) -> Option<f64> {
+        (self.tokens > 0).then(|| self.sum / self.tokens as f64)
+    }
+}
+
 fn clip(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],

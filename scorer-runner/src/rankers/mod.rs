@@ -1,11 +1,13 @@
 //! What ranks a group's records in `score`: its student (the MIRA method), or a baseline
-//! selector that the MIRA paper compares the method with: a seeded random draw, or DSIR's
-//! importance weights toward a target sample ([`dsir`]). Every ranker gives each record an
+//! selector that the MIRA paper compares the method with: a seeded random draw, DSIR's
+//! importance weights toward a target sample ([`dsir`]), or a reference model's perplexity
+//! ([`perplexity`]). Every ranker gives each record an
 //! aggregate in a fixed range and its own score columns, so `threshold` (its policies and token
 //! budgets) and `select` treat every method alike, and two selections of one corpus compare
 //! record by record.
 
 pub mod dsir;
+pub mod perplexity;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,7 @@ use crate::steps::Context;
 use crate::student::{BatchScores, Student};
 
 pub use dsir::Dsir;
+pub use perplexity::Perplexity;
 
 /// The salt of the random baseline's draw: apart from the tie draw's hash of the id, so that the
 /// records a random selection keeps are not those a tie would.
@@ -30,6 +33,7 @@ pub enum Ranker {
     },
     Random,
     Dsir(Dsir),
+    Perplexity(Perplexity),
 }
 
 impl Ranker {
@@ -41,6 +45,7 @@ impl Ranker {
             }
             RankerSpec::Random => Ranker::Random,
             RankerSpec::Dsir(spec) => Ranker::Dsir(Dsir::load(ctx, spec, group, output).await?),
+            RankerSpec::Perplexity(spec) => Ranker::Perplexity(Perplexity::load(ctx, spec).await?),
         })
     }
 
@@ -49,6 +54,7 @@ impl Ranker {
         match self {
             Ranker::Student { student, .. } => student.header.dimensions.len(),
             Ranker::Random | Ranker::Dsir(_) => 1,
+            Ranker::Perplexity(_) => 2,
         }
     }
 
@@ -58,6 +64,7 @@ impl Ranker {
             Ranker::Student { student, .. } => student.header.dimensions.iter().map(|d| d.id.as_str()).collect(),
             Ranker::Random => vec!["random"],
             Ranker::Dsir(_) => vec!["log_importance"],
+            Ranker::Perplexity(_) => vec!["mean_log_prob", "perplexity"],
         }
     }
 
@@ -66,6 +73,7 @@ impl Ranker {
         match self {
             Ranker::Student { student, .. } => (student.header.scale.min as f64, student.header.scale.max as f64),
             Ranker::Random | Ranker::Dsir(_) => (0.0, 1.0),
+            Ranker::Perplexity(_) => (perplexity::FLOOR, 0.0),
         }
     }
 
@@ -79,7 +87,15 @@ impl Ranker {
     pub fn masked(&self) -> BTreeMap<String, Vec<String>> {
         match self {
             Ranker::Student { student, .. } => student.header.masked.clone(),
-            Ranker::Random | Ranker::Dsir(_) => BTreeMap::new(),
+            Ranker::Random | Ranker::Dsir(_) | Ranker::Perplexity(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Why a record the ranker gave no score is skipped, as the skip counts name it.
+    pub fn unscored_reason(&self) -> &'static str {
+        match self {
+            Ranker::Perplexity(_) => "no_perplexity",
+            Ranker::Student { .. } | Ranker::Random | Ranker::Dsir(_) => "student_no_reply",
         }
     }
 
@@ -121,6 +137,17 @@ impl Ranker {
                 for record in records {
                     let log_weight = dsir.log_weight(&record.text, &mut out.grams);
                     out.push(Some(dsir.key(log_weight, &record.id)), &[log_weight as f32]);
+                }
+            }
+            Ranker::Perplexity(perplexity) => {
+                for mean in perplexity.mean_log_probs(records)? {
+                    match mean {
+                        Some(mean) => {
+                            let aggregate = mean.clamp(perplexity::FLOOR, 0.0) as f32;
+                            out.push(Some(aggregate), &[mean as f32, (-mean).exp() as f32]);
+                        }
+                        None => out.push(None, &[]),
+                    }
                 }
             }
         }

@@ -163,7 +163,7 @@ async fn score_shard(
                 ranker.rank(&source.name, &records_of_batch, &mut ranked)?;
                 for ((index, record), rank) in good.iter().zip(ranked.iter()) {
                     let Some((aggregate, scores)) = rank else {
-                        skipped.add_reason("student_no_reply", &shard.uri, *index);
+                        skipped.add_reason(ranker.unscored_reason(), &shard.uri, *index);
                         continue;
                     };
                     let t = tokens.count(&record.text)?;
