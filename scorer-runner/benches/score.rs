@@ -11,8 +11,9 @@
 //!                                most maxTrainRecords of them (default 3,000)
 //!   baseline <dir>               decompress + serde_json parse of every record
 //!   score <dir> [ranker]         the score step over every shard, ranked by the student
-//!                                (default), `random` or `dsir` (toward the first shard's
-//!                                records, its weights fitted within the timed run)
+//!                                (default), `random`, `dsir` (toward the first shard's
+//!                                records, its weights fitted within the timed run) or, built
+//!                                with `llm`, `perplexity` (under $MIRA_TINY_MODELS' chat model)
 //!   student <dir>                the student alone (featurize + heads) on one thread, over the
 //!                                texts of the first shards held in memory: the step's hot loop
 //!   import <dir> <root>          a corpus of real text instead: every UTF-8 file under root
@@ -76,7 +77,7 @@ fn generate(dir: &Path, megabytes: u64, labels: usize) {
         kind: Kind::Prose,
         format: Format::JsonlZst,
         shards: shard_count,
-        records_per_shard: RECORDS_PER_SHARD,
+        records_per_shard: RECORDS_PER_SHARD.min(records),
         malformed_every: Some(1000),
     };
     let generated = synth::write_source(&dir.join("corpus"), &source, 11).unwrap();
@@ -267,6 +268,16 @@ async fn baseline(dir: &Path) -> (u64, f64) {
 fn ranker(dir: &Path, name: &str) -> RankerSpec {
     match name {
         "random" => RankerSpec::Random,
+        #[cfg(feature = "llm")]
+        "perplexity" => {
+            let models = std::env::var("MIRA_TINY_MODELS").expect("perplexity reads MIRA_TINY_MODELS");
+            let uri = Path::new(&models).join("qwen3-tiny").to_string_lossy().into_owned();
+            RankerSpec::Perplexity(PerplexitySpec::new(ModelSpec::Local {
+                uri,
+                gguf_files: vec![],
+                max_num_seqs: None,
+            }))
+        }
         "dsir" => {
             let mut target = source(dir);
             target.uri = shards(dir)[0].to_string_lossy().into();
@@ -374,6 +385,6 @@ async fn main() {
                 peak_rss_mib()
             );
         }
-        _ => eprintln!("usage: score (generate <dir> <MB> [labels] | train <dir> [dimensions] [maxTrainRecords] | baseline <dir> | score <dir> [student|random|dsir] | student <dir> | import <dir> <root>)"),
+        _ => eprintln!("usage: score (generate <dir> <MB> [labels] | train <dir> [dimensions] [maxTrainRecords] | baseline <dir> | score <dir> [student|random|dsir|perplexity] | student <dir> | import <dir> <root>)"),
     }
 }

@@ -747,7 +747,7 @@ pub struct PerplexitySpec {
     /// The reference language model, in-process (a local directory or GGUF files).
     pub model: ModelSpec,
     /// Tokens of each record scored, from its beginning: a mean per token needs no more than a
-    /// window, and a longer one costs a decoding step a token.
+    /// window, and the worker holds a record's logits, tokens x vocabulary floats.
     #[serde(default = "defaults::max_record_tokens")]
     pub max_tokens: usize,
 }

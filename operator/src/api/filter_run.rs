@@ -182,7 +182,9 @@ pub struct PerplexityModel {
     /// A language model the worker loads (an endpoint's chat API gives no log-probabilities of a
     /// given text): for example one trained on a high-quality reference set, as CCNet's was.
     pub model: super::LocalModel,
-    /// Tokens of each record scored, from its beginning, each a decoding step. Default 2,048.
+    /// Tokens of each record scored, from its beginning. A worker holds their logits over the
+    /// model's vocabulary for one record at a time, 4 bytes each (1.2 GB for 2,048 tokens of a
+    /// 150k vocabulary). Default 2,048.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 1_048_576))]
     pub max_tokens: Option<u32>,

@@ -1,14 +1,13 @@
 //! In-process models through mistral.rs: a text model (safetensors directory or GGUF files) as a
-//! JSON-constrained judge, and an embedding model (Qwen3-Embedding, EmbeddingGemma).
+//! JSON-constrained judge or as perplexity filtering's reference model, and an embedding model
+//! (Qwen3-Embedding, EmbeddingGemma).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use either::Either;
 use mistralrs::{
-    Constraint, CustomLogitsProcessor, DType, EmbeddingModelBuilder, EmbeddingRequest, GgufModelBuilder, Model,
-    ModelDType, NormalRequest, Request, RequestBuilder, Response, SamplingParams, Tensor, TextMessageRole,
-    TextModelBuilder, TokenSource,
+    Constraint, DType, EmbeddingModelBuilder, EmbeddingRequest, GgufModelBuilder, Model, ModelDType, NormalRequest,
+    Request, RequestBuilder, Response, SamplingParams, TextMessageRole, TextModelBuilder, TokenSource,
 };
 use mistralrs_core::RequestMessage;
 use serde_json::Value;
@@ -28,8 +27,8 @@ pub struct LocalChat {
     model: Model,
     max_num_seqs: usize,
     tokenizer: Option<tokenizers::Tokenizer>,
-    /// Held while a text is teacher-forced: see [`LocalChat::log_likelihood`].
-    forcing: tokio::sync::Mutex<()>,
+    /// Held while a text is scored: see [`LocalChat::log_likelihood`].
+    scoring: tokio::sync::Mutex<()>,
 }
 
 impl LocalChat {
@@ -53,7 +52,7 @@ impl LocalChat {
         }
         .map_err(|e| Error::Model(format!("loading {}: {e}", dir.display())))?;
         let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).ok();
-        Ok(LocalChat { model, max_num_seqs, tokenizer, forcing: tokio::sync::Mutex::new(()) })
+        Ok(LocalChat { model, max_num_seqs, tokenizer, scoring: tokio::sync::Mutex::new(()) })
     }
 
     pub fn tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
@@ -86,91 +85,59 @@ impl LocalChat {
     /// those before it (the first, or the beginning-of-sequence token where the tokenizer adds
     /// one, is the context and is not counted).
     ///
-    /// mistral.rs returns log-probabilities of the tokens it samples only, so the text is
-    /// teacher-forced: the first token is the prompt, and a logits processor reads each step's
-    /// distribution before it leaves the text's next token the only one to sample. One decoding
-    /// step per token, on the engine's own KV cache.
+    /// One forward pass: mistral.rs's raw-logits request returns the logits of every position of
+    /// the prompt (tokens x vocabulary floats, 0.6 GB for 1,024 tokens of a 150k vocabulary,
+    /// freed before the next record), where its sampler gives log-probabilities only of tokens
+    /// it generates. The tests check the result against teacher-forced decoding, token by token.
     ///
-    /// One text at a time: mistral.rs 0.8.1 decodes sequences of different lengths batched
+    /// One text at a time: mistral.rs 0.8.1 computes sequences of different lengths batched
     /// together inexactly on CPU (an 18-token text decoded beside a 16-token one came out 0.29
-    /// nats from its one-pass log-likelihood, alone it matched to 1e-6), which would make scores
-    /// depend on which records happened to share a batch. (Its raw-logits request returns every
-    /// position's logits in one pass, exact, but holds a tokens x vocabulary matrix per record:
-    /// 0.6 GB for 1,024 tokens of a 150k vocabulary.)
+    /// nats from its log-likelihood alone), which would make a score depend on its batch.
     pub async fn log_likelihood(&self, text: &str, max_tokens: usize) -> Result<LogLikelihood> {
-        let _alone = self.forcing.lock().await;
+        let _alone = self.scoring.lock().await;
         let mut tokens =
             self.model.tokenize(Either::Right(text.to_string()), None, true, false, None).await.map_err(model_error)?;
         tokens.truncate(max_tokens.max(2));
         if tokens.len() < 2 {
             return Ok(LogLikelihood { sum: 0.0, tokens: 0 });
         }
-        let forced = Arc::new(Forced::new(tokens.clone()));
         let mut sampling = SamplingParams::deterministic();
-        sampling.max_len = Some(tokens.len() - 1);
+        sampling.max_len = Some(1);
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let mut request = NormalRequest::new_simple(
-            RequestMessage::CompletionTokens(tokens[..1].to_vec()),
-            sampling,
-            tx,
-            0,
-            None,
-            None,
-        );
-        request.constraint = Constraint::None;
-        request.logits_processors = Some(vec![forced.clone()]);
+        let prompt = RequestMessage::CompletionTokens(tokens.clone());
+        let mut request = NormalRequest::new_simple(prompt, sampling, tx, 0, None, None);
+        request.return_raw_logits = true;
         let sender = self.model.inner().get_sender(None).map_err(model_error)?;
         sender.send(Request::Normal(Box::new(request))).await.map_err(model_error)?;
-        match rx.recv().await {
-            Some(Response::CompletionDone(_)) => Ok(forced.total()),
-            Some(Response::CompletionModelError(e, _)) => Err(model_error(e)),
-            Some(Response::InternalError(e) | Response::ValidationError(e)) => Err(model_error(e)),
-            Some(_) => Err(Error::Model("an unexpected reply to a completion request".into())),
-            None => Err(Error::Model("the model's engine closed the request".into())),
+        let logits = match rx.recv().await {
+            Some(Response::Raw { logits_chunks, .. }) => logits_chunks,
+            Some(Response::CompletionModelError(e, _)) => return Err(model_error(e)),
+            Some(Response::InternalError(e) | Response::ValidationError(e)) => return Err(model_error(e)),
+            Some(_) => return Err(Error::Model("an unexpected reply to a raw-logits request".into())),
+            None => return Err(Error::Model("the model's engine closed the request".into())),
+        };
+        let first = logits.first().ok_or_else(|| Error::Model("no logits came back".into()))?;
+        let values: Vec<f32> =
+            first.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(model_error)?;
+        let vocab = values.len() / tokens.len();
+        if vocab == 0 || vocab * tokens.len() != values.len() {
+            return Err(Error::Model(format!("{} logits for {} tokens", values.len(), tokens.len())));
         }
-    }
-}
-
-/// Reads each step's distribution at the forced text's next token, then leaves that token the
-/// only one with any probability.
-struct Forced {
-    tokens: Vec<u32>,
-    /// Per scored position (token 1 onwards), its log-probability once seen; a step the engine
-    /// ran twice writes the same slot.
-    log_probs: Mutex<Vec<Option<f64>>>,
-}
-
-impl Forced {
-    fn new(tokens: Vec<u32>) -> Self {
-        let scored = tokens.len() - 1;
-        Forced { tokens, log_probs: Mutex::new(vec![None; scored]) }
-    }
-
-    /// The positions seen: the engine stops early at an end-of-sequence token inside the text.
-    fn total(&self) -> LogLikelihood {
-        let log_probs = self.log_probs.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = log_probs.iter().flatten();
-        LogLikelihood { sum: seen.clone().sum(), tokens: seen.count() }
-    }
-}
-
-impl CustomLogitsProcessor for Forced {
-    fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
-        let at = context.len();
-        let Some(&next) = self.tokens.get(at) else { return Ok(logits.clone()) };
-        // Candle's own error for a token past the logits (a tokenizer that is not the model's).
-        logits.get(next as usize)?;
-        let values: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
-        let target = values[next as usize];
-        let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let log_sum: f64 = values.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln();
-        if let Some(slot) = self.log_probs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(at - 1) {
-            *slot = Some(f64::from(target - max) - log_sum);
+        let mut sum = 0.0;
+        for (row, &next) in values.chunks_exact(vocab).zip(&tokens[1..]) {
+            sum += log_softmax_at(row, next as usize)
+                .ok_or_else(|| Error::Model(format!("token {next} is outside the model's {vocab} logits")))?;
         }
-        let mut forced = vec![f32::NEG_INFINITY; values.len()];
-        forced[next as usize] = 0.0;
-        Tensor::from_vec(forced, values.len(), logits.device())?.to_dtype(logits.dtype())
+        Ok(LogLikelihood { sum, tokens: tokens.len() - 1 })
     }
+}
+
+/// `log softmax(row)[at]`, in f64; `None` past the row.
+fn log_softmax_at(row: &[f32], at: usize) -> Option<f64> {
+    let target = *row.get(at)?;
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = row.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>().ln();
+    Some(f64::from(target - max) - log_sum)
 }
 
 pub struct LocalEmbedder {
