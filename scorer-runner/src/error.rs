@@ -57,6 +57,12 @@ pub enum Error {
     #[error("model: {0}")]
     Model(String),
 
+    /// An in-process model's engine stopped answering (its thread died, its channel closed, an
+    /// internal error): every later request would fail alike, so the unit fails rather than
+    /// skipping each record (a `Model` error is one record's).
+    #[error("model engine: {0}")]
+    ModelEngine(String),
+
     /// A model endpoint refused the request (its HTTP status) or could not be reached, after
     /// the retries a busy server gets: no reply at all, which fails the unit (a reply that does
     /// not fit the schema is a `Model` error, counted per record).
@@ -119,9 +125,11 @@ impl Error {
             | Error::Plan(_)
             | Error::Json { .. } => Exit::BadInput,
             Error::Storage { .. } | Error::Io { .. } | Error::Endpoint { .. } => Exit::Unreachable,
-            Error::Student { .. } | Error::Tokenizer { .. } | Error::Model(_) | Error::UnitsFailed { .. } => {
-                Exit::Failed
-            }
+            Error::Student { .. }
+            | Error::Tokenizer { .. }
+            | Error::Model(_)
+            | Error::ModelEngine(_)
+            | Error::UnitsFailed { .. } => Exit::Failed,
             Error::Join(_) => Exit::Internal,
         }
     }
@@ -135,7 +143,7 @@ impl Error {
             Error::Plan(_) | Error::Json { .. } => "InvalidPlan",
             Error::Student { .. } => "StudentError",
             Error::Tokenizer { .. } => "TokenizerError",
-            Error::Model(_) => "ModelError",
+            Error::Model(_) | Error::ModelEngine(_) => "ModelError",
             Error::Endpoint { .. } => "EndpointError",
             Error::UnitsFailed { .. } => "UnitsFailed",
             Error::Join(_) => "InternalError",

@@ -93,11 +93,17 @@ impl LocalChat {
     /// One text at a time: mistral.rs 0.8.1 computes sequences of different lengths batched
     /// together inexactly on CPU (an 18-token text decoded beside a 16-token one came out 0.29
     /// nats from its log-likelihood alone), which would make a score depend on its batch.
+    /// A model that scores texts must not serve chat requests too: mistral.rs's engine refuses
+    /// (panics on) a batch mixing raw-logits and sampled sequences, so perplexity loads its own.
     pub async fn log_likelihood(&self, text: &str, max_tokens: usize) -> Result<LogLikelihood> {
+        let engine = |e: &dyn std::fmt::Display| Error::ModelEngine(e.to_string());
         let _alone = self.scoring.lock().await;
         let mut tokens =
             self.model.tokenize(Either::Right(text.to_string()), None, true, false, None).await.map_err(model_error)?;
-        tokens.truncate(max_tokens.max(2));
+        // Past the model's context mistral.rs refuses the prompt: a long record is scored on
+        // the window the model can read, not skipped.
+        let context = self.model.config().map_err(|e| engine(&e))?.max_seq_len.unwrap_or(usize::MAX);
+        tokens.truncate(max_tokens.min(context).max(2));
         if tokens.len() < 2 {
             return Ok(LogLikelihood { sum: 0.0, tokens: 0 });
         }
@@ -107,26 +113,36 @@ impl LocalChat {
         let prompt = RequestMessage::CompletionTokens(tokens.clone());
         let mut request = NormalRequest::new_simple(prompt, sampling, tx, 0, None, None);
         request.return_raw_logits = true;
-        let sender = self.model.inner().get_sender(None).map_err(model_error)?;
-        sender.send(Request::Normal(Box::new(request))).await.map_err(model_error)?;
+        let sender = self.model.inner().get_sender(None).map_err(|e| engine(&e))?;
+        sender.send(Request::Normal(Box::new(request))).await.map_err(|e| engine(&e))?;
         let logits = match rx.recv().await {
-            Some(Response::Raw { logits_chunks, .. }) => logits_chunks,
+            Some(Response::Raw { logits_chunks, tokens: sent }) if sent == tokens => logits_chunks,
+            Some(Response::Raw { .. }) => return Err(engine(&"the logits came back for other tokens than sent")),
+            // This record's own fault (too long, a token the model refuses): it is skipped.
             Some(Response::CompletionModelError(e, _)) => return Err(model_error(e)),
-            Some(Response::InternalError(e) | Response::ValidationError(e)) => return Err(model_error(e)),
-            Some(_) => return Err(Error::Model("an unexpected reply to a raw-logits request".into())),
-            None => return Err(Error::Model("the model's engine closed the request".into())),
+            Some(Response::ValidationError(e)) => return Err(model_error(e)),
+            Some(Response::InternalError(e)) => return Err(engine(&e)),
+            Some(_) => return Err(engine(&"an unexpected reply to a raw-logits request")),
+            None => return Err(engine(&"the engine closed the request")),
         };
-        let first = logits.first().ok_or_else(|| Error::Model("no logits came back".into()))?;
-        let values: Vec<f32> =
-            first.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(model_error)?;
-        let vocab = values.len() / tokens.len();
-        if vocab == 0 || vocab * tokens.len() != values.len() {
-            return Err(Error::Model(format!("{} logits for {} tokens", values.len(), tokens.len())));
+        let [first] = &logits[..] else { return Err(engine(&format!("{} logit tensors", logits.len()))) };
+        let rows = first.dims().iter().rev().skip(1).product::<usize>();
+        if rows != tokens.len() {
+            return Err(engine(&format!("logits of shape {:?} for {} tokens", first.dims(), tokens.len())));
         }
+        let values: Vec<f32> = first
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(|e| engine(&e))?;
+        let vocab = values.len() / rows;
         let mut sum = 0.0;
         for (row, &next) in values.chunks_exact(vocab).zip(&tokens[1..]) {
             sum += log_softmax_at(row, next as usize)
-                .ok_or_else(|| Error::Model(format!("token {next} is outside the model's {vocab} logits")))?;
+                .ok_or_else(|| model_error(format!("token {next} is outside the model's {vocab} logits")))?;
+        }
+        if !sum.is_finite() {
+            return Err(model_error(format!("a log-likelihood of {sum}")));
         }
         Ok(LogLikelihood { sum, tokens: tokens.len() - 1 })
     }

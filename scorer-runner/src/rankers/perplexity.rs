@@ -40,7 +40,8 @@ impl Perplexity {
     }
 
     /// Each record's mean log-probability per token, in order; `None` for a record of a single
-    /// token, or one the model failed on (a warning says why). Called off the async runtime, as
+    /// token, or one the model refused (a warning says why); an engine that stopped answering
+    /// fails the unit instead, not every record after it. Called off the async runtime, as
     /// every ranker is; the model scores one record at a time (see
     /// [`crate::models::local::LocalChat::log_likelihood`]).
     pub fn mean_log_probs(&self, records: &[&TextRecord<'_>]) -> Result<Vec<Option<f64>>> {
