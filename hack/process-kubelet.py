@@ -42,6 +42,13 @@ A Pod deleted (or marked for deletion) while its process runs gets its process g
 script (containerID process://...) is reported Failed (exit code 137): its process is lost. API errors are logged and retried on the next
 poll; the script runs until killed. SIGTERM/SIGINT: kill all children, then exit 0.
 
+With --serve-logs it also serves `kubectl logs` for its Pods, as a kubelet does: it registers a
+Node (--node-name) whose kubelet endpoint is an HTTPS server on a free loopback port, binds each
+Pod it starts to that Node (pods/binding, what a scheduler does), and answers the API server's
+GET /containerLogs/<namespace>/<pod>/<container> from the Pod's log file (tailLines honoured,
+follow not). The API server checks no kubelet serving certificate unless told a CA, so a
+self-signed one does. The Node is deleted at exit.
+
 Limits: one container per Pod (init and sidecar containers are ignored), restartPolicy is
 treated as Never (no in-place restarts), no probes, no resource limits, no real isolation: the
 processes run as this user on this machine. Only for tests.
@@ -51,16 +58,19 @@ import argparse
 import base64
 import collections
 import fnmatch
+import http.server
 import json
 import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 STDERR_LINES = 20
 MESSAGE_BYTES = 4096
@@ -152,9 +162,77 @@ class Kube:
         self._run(["patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", body],
                   "patching status of pod %s/%s" % (namespace, name))
 
+    def create_or_apply(self, verb, obj, what):
+        """`kubectl create` or `kubectl apply` of one object, written to a temp file."""
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(obj, f)
+            f.flush()
+            self._run([verb, "-f", f.name], what)
+
+    def patch_node_status(self, name, status):
+        self._run(["patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status})],
+                  "patching status of node %s" % name)
+
+    def delete_node(self, name):
+        self._run(["delete", "node", name, "--ignore-not-found", "--wait=false"], "deleting node %s" % name)
+
     def force_delete_pod(self, namespace, name):
         self._run(["delete", "pod", name, "-n", namespace, "--grace-period=0", "--force", "--wait=false",
                    "--ignore-not-found"], "deleting pod %s/%s" % (namespace, name))
+
+
+# ---------------------------------------------------------------- logs through the API server
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+
+
+class LogServer:
+    """The kubelet's containerLogs endpoint over HTTPS on a free loopback port, from the per-pod
+    log files (see the module's doc)."""
+
+    def __init__(self, log_dir, tmp_dir, log):
+        cert, key = os.path.join(tmp_dir, "kubelet.crt"), os.path.join(tmp_dir, "kubelet.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=process-kubelet", "-keyout", key, "-out", cert],
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                url = urllib.parse.urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                if len(parts) != 4 or parts[0] != "containerLogs" or not all(NAME_RE.match(p) for p in parts[1:3]):
+                    return self.answer(404, b"not a containerLogs path\n")
+                try:
+                    with open(os.path.join(log_dir, "%s_%s.log" % (parts[1], parts[2])), "rb") as f:
+                        body = f.read()
+                except FileNotFoundError:
+                    return self.answer(404, b"no log of this pod here\n")
+                tail = urllib.parse.parse_qs(url.query).get("tailLines")
+                if tail and tail[0].isdigit():
+                    lines = body.split(b"\n")
+                    lines = [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+                    body = b"".join(lines[len(lines) - int(tail[0]):]) if int(tail[0]) < len(lines) else body
+                self.answer(200, body)
+
+            def answer(self, code, body):
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt, *args):
+                log.debug("log server: " + fmt % args)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
 
 
 class ConfigError(Exception):
@@ -676,6 +754,29 @@ class Kubelet:
         self.done = set()       # uids reported terminal (never started again)
         self.config_wait = {}   # uid -> (next try, last message) for pods missing a ConfigMap/Secret
         self.stopping = False
+        self.logs = None        # the LogServer, with --serve-logs
+        if opts.serve_logs:
+            self.logs = LogServer(opts.log_dir, opts.work_dir, log)
+            self.register_node()
+
+    def register_node(self):
+        name = self.opts.node_name
+        self.kube.create_or_apply("apply", {"apiVersion": "v1", "kind": "Node", "metadata": {
+            "name": name, "labels": {"mira.dev/process-kubelet": "true"}}}, "registering node %s" % name)
+        t = now_rfc3339()
+        self.kube.patch_node_status(name, {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.logs.port}},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "process-kubelet serves its pods' logs", "lastHeartbeatTime": t,
+                            "lastTransitionTime": t}]})
+        self.log.info("node %s: serving logs on 127.0.0.1:%d" % (name, self.logs.port))
+
+    def bind(self, ns, name):
+        """Assigns the Pod to this kubelet's Node, so that the API server knows where its logs are."""
+        self.kube.create_or_apply("create", {
+            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self.opts.node_name}}, "binding pod %s/%s" % (ns, name))
 
     # -- one poll
 
@@ -732,6 +833,7 @@ class Kubelet:
         active = sum(1 for r in self.runs.values() if r.alive())
         pending = [p for uid, p in by_uid.items()
                    if uid not in self.runs and uid not in self.done
+                   and (p.get("spec") or {}).get("nodeName", self.opts.node_name) == self.opts.node_name
                    and (p.get("status") or {}).get("phase", "Pending") == "Pending"
                    and not p["metadata"].get("deletionTimestamp")]
         pending.sort(key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["namespace"], p["metadata"]["name"]))
@@ -771,6 +873,13 @@ class Kubelet:
             self.config_wait[uid] = (time.monotonic() + CONFIG_RETRY_SECONDS, str(e))
             return False
         self.config_wait.pop(uid, None)
+        if self.logs and not (pod.get("spec") or {}).get("nodeName"):
+            try:
+                self.bind(ns, name)
+            except ApiError as e:
+                self.log.error("pod %s/%s: %s" % (ns, name, e))
+                shutil.rmtree(poddir, ignore_errors=True)
+                return False
         self.runs[uid] = run
         try:
             run.start(launch, self.log)
@@ -877,6 +986,12 @@ class Kubelet:
                 time.sleep(max(0.0, self.opts.poll - (time.monotonic() - t0)))
         finally:
             self.shutdown()
+            if self.logs:
+                self.logs.close()
+                try:
+                    self.kube.delete_node(self.opts.node_name)
+                except ApiError as e:
+                    self.log.error(str(e))
         self.log.info("stopped")
 
 
@@ -899,7 +1014,10 @@ def parse_args(argv):
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""), help="default: $KUBECONFIG")
     p.add_argument("--kubectl", default="/usr/bin/kubectl")
     p.add_argument("--kill-grace", type=float, default=5.0, help="seconds between TERM and KILL (default 5)")
-    p.add_argument("--node-name", default="process-kubelet", help="what spec.nodeName reads as (fieldRef)")
+    p.add_argument("--node-name", default="process-kubelet",
+                   help="what spec.nodeName reads as (fieldRef); with --serve-logs, the Node registered")
+    p.add_argument("--serve-logs", action="store_true",
+                   help="register --node-name as a Node, bind the pods to it and serve their logs (kubectl logs)")
     p.add_argument("--verbose", "-v", action="store_true")
     opts = p.parse_args(argv)
     if opts.max_running < 1:

@@ -7,6 +7,7 @@ pub mod error;
 pub mod inspect;
 pub mod kube;
 pub mod local;
+pub mod logs;
 pub mod reconcile;
 pub mod report;
 pub mod results;

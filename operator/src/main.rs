@@ -48,6 +48,25 @@ enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// The logs of the pods of the Job that runs (or ran) one stage of a resource on the
+    /// cluster, oldest pod first, as `kubectl logs` reads them. Also `kubectl mira logs`.
+    Logs {
+        /// `<kind>/<name>`: `fr/half`, `dj/students`, ...
+        target: String,
+        /// The stage's step: `cluster`, `discover`, `label`, `distill`, `score`, `threshold` or
+        /// `select`.
+        #[arg(long)]
+        stage: String,
+        /// The stage's group, for a per-group stage (needed where the step has several).
+        #[arg(long)]
+        group: Option<String>,
+        /// The namespace (default: the kubeconfig context's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Only each pod's last lines.
+        #[arg(long)]
+        tail: Option<i64>,
+    },
     /// Write a FilterRun's report: one self-contained HTML file of what its chain found and
     /// kept (groups, dimensions, agreement and masks, score distributions and cuts, kept tokens
     /// per source), of a cluster's run, or of a local one with `-f`. `mira run` writes it for
@@ -146,6 +165,9 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             }
         }
         Command::Status { target, namespace } => mira_operator::inspect::status(&target, namespace).await?,
+        Command::Logs { target, stage, group, namespace, tail } => {
+            mira_operator::logs::logs(&target, &stage, group.as_deref(), namespace, tail).await?
+        }
         Command::Report { target, manifests, state, namespace, out } => {
             let path = match manifests {
                 Some(manifests) => {

@@ -138,7 +138,11 @@ async fn jobs_per_stage(fx: &Fixture) -> BTreeMap<String, usize> {
 #[tokio::test]
 async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest() {
     let started = Instant::now();
-    let fx = Fixture::started("chain").await;
+    let mut fx = Fixture::new("chain").await;
+    // A Node of its own whose kubelet endpoint serves the pods' logs (`kubectl mira logs` below).
+    let node = format!("process-kubelet-{}", fx.namespace);
+    fx.start_kubelet(&["--serve-logs", "--node-name", &node]);
+    fx.start_operator(OperatorOptions::default());
     fx.upload_corpus(&THREE_SOURCES, 2, 60).await;
     fx.apply(&three_source_chain(&fx, 0.5).join("---\n"));
 
@@ -261,6 +265,22 @@ async fn a_full_chain_reaches_ready_and_writes_the_kept_records_with_a_manifest(
     let missing = plugin(&["mira", "status", "fr/nothing", "-n", ns]);
     assert_eq!(missing.status.code(), Some(2), "a name that is not there is bad input");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("FilterRun"), "{missing:?}");
+
+    // `kubectl mira logs`: the logs of one stage's pods, through the API server (which asks the
+    // Node's kubelet endpoint for them), each under a header naming its pod, Job and stage.
+    let job = status.pipeline.stages.iter().find(|s| s.name == "score/prose").and_then(|s| s.job.clone()).unwrap();
+    let logs = plugin(&["mira", "logs", "fr/filter", "--stage", "score", "--group", "prose", "-n", ns]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.status.success(), "{text}{}", String::from_utf8_lossy(&logs.stderr));
+    let headers: Vec<&str> = text.lines().filter(|l| l.starts_with("==> pod ")).collect();
+    assert!(!headers.is_empty() && headers.iter().all(|h| h.ends_with(&format!("Job {job}, stage score/prose <=="))));
+    assert!(text.contains("progress: "), "the runner's own log:\n{text}");
+    let tail = plugin(&["mira", "logs", "fr/filter", "--stage", "score", "--group", "prose", "-n", ns, "--tail", "1"]);
+    let tail = String::from_utf8_lossy(&tail.stdout);
+    assert_eq!(tail.lines().count(), 2 * headers.len(), "a header and one line per pod:\n{tail}");
+    let ambiguous = plugin(&["mira", "logs", "fr/filter", "--stage", "score", "-n", ns]);
+    assert_eq!(ambiguous.status.code(), Some(2), "{ambiguous:?}");
+    assert!(String::from_utf8_lossy(&ambiguous.stderr).contains("2 stages of step score: name one with --group"));
     eprintln!("full chain Ready in {:.1?}: {:?}", started.elapsed(), jobs_per_stage(&fx).await);
 }
 

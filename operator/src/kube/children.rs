@@ -117,7 +117,7 @@ pub fn job(
         ..Default::default()
     }));
     let container = Container {
-        name: "scorer".into(),
+        name: super::RUNNER_CONTAINER.into(),
         image: Some(image.into()),
         args: Some(
             [request.step.as_str(), "--plan", &format!("{PLAN_DIR}/{PLAN_KEY}"), "--scratch", SCRATCH]

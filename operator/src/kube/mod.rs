@@ -45,6 +45,9 @@ use serve::Health;
 
 /// Reconcile this often when no stage runs (an upstream may have changed while a watch was down).
 const REQUEUE_IDLE: Duration = Duration::from_secs(600);
+
+/// The name of a stage Job's one container, which runs `scorer-runner`.
+pub const RUNNER_CONTAINER: &str = "scorer";
 /// Longest Event note.
 const MAX_NOTE: usize = 1024;
 
