@@ -16,7 +16,7 @@ use_cargo_target
 if [[ -x "$CARGO_TARGET_DIR/debug/mira" ]]; then
   phase 1 "building mira and scorer-runner (seconds when only MIRA changed)"
 else
-  phase 1 "building mira and scorer-runner; the first build compiles mistral.rs and the AWS SDK: about 25 minutes on 2 cores, once (cached in $CARGO_TARGET_DIR)"
+  phase 1 "building mira and scorer-runner; the first build compiles mistral.rs and the AWS SDK: about 20 minutes on 2 cores, once (cached in $CARGO_TARGET_DIR)"
 fi
 # The examples too: with them the build resolves features as the tests do, so the tests, the
 # tiny-model generator and these binaries share one build of every dependency.
