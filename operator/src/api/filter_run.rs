@@ -246,7 +246,7 @@ pub struct FilterRunStatus {
 }
 
 /// One group's filtering.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterGroupStatus {
     /// The group.
@@ -293,6 +293,10 @@ pub struct FilterGroupStatus {
     /// Where the group's kept records and `manifest.json` are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Sources of the group that gave no usable record or skipped more records than they
+    /// scored, whether `sources` lists them or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unusable_sources: Option<u32>,
 }
 
 /// What scoring made of one source's records.
@@ -311,5 +315,11 @@ pub struct SourceScored {
 impl SourceScored {
     pub fn skipped_records(&self) -> u64 {
         self.skipped.values().sum()
+    }
+
+    /// No usable record, or more skipped than scored: most often a `text.field` or a Parquet
+    /// column that matches nothing.
+    pub fn unusable(&self) -> bool {
+        self.records == 0 || self.skipped_records() > self.records
     }
 }

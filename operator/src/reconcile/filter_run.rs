@@ -341,19 +341,7 @@ impl Pipeline for FilterRun {
         // The sum over groups, once every group has selected.
         let mut total = Some(Kept::default());
         for name in sg.group_names() {
-            let mut group = FilterGroupStatus {
-                name: name.clone(),
-                scored_shards: None,
-                records: None,
-                tokens: None,
-                skipped_records: None,
-                cuts: Vec::new(),
-                sources: Vec::new(),
-                lengths: Vec::new(),
-                kept: None,
-                drawn_tokens: None,
-                output: None,
-            };
+            let mut group = FilterGroupStatus { name: name.clone(), ..Default::default() };
             if let Some(score) = finished.result::<ScoreResult>(&stage_name(Step::Score, Some(&name)))? {
                 if let Some(totals) = score.groups.iter().find(|t| t.group == name) {
                     group.scored_shards = Some(totals.shards as u64);
@@ -448,6 +436,7 @@ pub(super) fn keep_listed_sources(groups: &mut [FilterGroupStatus]) {
         .collect();
     for group in groups {
         let name = group.name.clone();
+        group.unusable_sources = Some(group.sources.iter().filter(|s| s.unusable()).count() as u32);
         group.sources.retain(|s| listed.contains(&key(&name, &s.name)));
         group.lengths.retain(|l| listed.contains(&key(&l.group, &l.source)));
         group.cuts.retain(|c| c.scope == "global" || c.scope == name || listed.contains(&c.scope));
@@ -462,18 +451,29 @@ const REPORT_FILE: &str = "report.html";
 
 /// The sources that gave no usable record or skipped more than they scored, said for a user, if
 /// any.
-fn unusable(status: &FilterRunStatus) -> Option<String> {
+pub(super) fn unusable(status: &FilterRunStatus) -> Option<String> {
     let unusable: Vec<String> = status
         .groups
         .iter()
         .flat_map(|g| g.sources.iter().map(move |s| (g.name.as_str(), s)))
-        .filter(|(_, s)| s.records == 0 || s.skipped_records() > s.records)
+        .filter(|(_, s)| s.unusable())
         .map(|(group, s)| format!("{group}/{}: {}", s.name, skip_summary(s)))
         .collect();
+    // The status lists a few sources only; the count is of all of them (a status written
+    // before the count has only the listed ones).
+    let all: usize = status
+        .groups
+        .iter()
+        .map(|g| g.unusable_sources.map_or_else(|| g.sources.iter().filter(|s| s.unusable()).count(), |n| n as usize))
+        .sum();
+    let more = match all.saturating_sub(unusable.len()) {
+        0 => String::new(),
+        n => format!("; and {n} more (every source's figures are in the score results and the run report)"),
+    };
     (!unusable.is_empty()).then(|| {
         format!(
             "sources that gave no usable record or skipped most of them (check text.field, text.messagesField and the \
-             format): {}",
+             format): {}{more}",
             unusable.join("; ")
         )
     })

@@ -1367,6 +1367,7 @@ fn a_source_that_gives_no_usable_record_makes_the_filter_run_unusable() {
         kept: None,
         drawn_tokens: None,
         output: None,
+        unusable_sources: None,
     };
     let mut status = FilterRunStatus::default();
     assert!(FilterRun::findings(&status).is_empty(), "no finding before sources are scored");
@@ -1440,6 +1441,7 @@ fn a_filter_run_lists_per_source_figures_for_the_sources_that_most_need_a_look_o
         kept: None,
         drawn_tokens: None,
         output: None,
+        unusable_sources: None,
     };
     let mut groups = vec![group(0), group(1)];
     filter_run::keep_listed_sources(&mut groups);
@@ -1454,6 +1456,28 @@ fn a_filter_run_lists_per_source_figures_for_the_sources_that_most_need_a_look_o
     assert!(lengths.contains(&"g0/s3".to_string()), "the strongest length correlation, negative: {lengths:?}");
     let cuts: Vec<&str> = groups.iter().flat_map(|g| g.cuts.iter().map(|c| c.scope.as_str())).collect();
     assert!(cuts.contains(&"g1/s7") && cuts.contains(&"g0/s3") && cuts.len() <= 64, "{cuts:?}");
+}
+
+#[test]
+fn unusable_sources_past_those_the_status_lists_are_counted_in_the_message() {
+    let group = FilterGroupStatus {
+        name: "g".into(),
+        records: Some(0),
+        sources: (0..20)
+            .map(|s| SourceScored { name: format!("s{s:02}"), records: 0, skipped: BTreeMap::new() })
+            .collect(),
+        ..Default::default()
+    };
+    let mut groups = vec![group];
+    filter_run::keep_listed_sources(&mut groups);
+    assert_eq!((groups[0].sources.len(), groups[0].unusable_sources), (16, Some(20)));
+    let status = FilterRunStatus { groups, ..Default::default() };
+    let message = filter_run::unusable(&status).unwrap();
+    assert!(
+        message.contains("g/s00: scored 0 records")
+            && message.ends_with("; and 4 more (every source's figures are in the score results and the run report)"),
+        "{message}"
+    );
 }
 
 fn a_cut() -> Cut {
