@@ -27,6 +27,8 @@ pub struct LocalChat {
     model: Model,
     max_num_seqs: usize,
     tokenizer: Option<tokenizers::Tokenizer>,
+    /// The longest sequence the model takes, where it says: past it mistral.rs refuses a prompt.
+    context: Option<usize>,
     /// Held while a text is scored: see [`LocalChat::log_likelihood`].
     scoring: tokio::sync::Mutex<()>,
 }
@@ -52,7 +54,9 @@ impl LocalChat {
         }
         .map_err(|e| Error::Model(format!("loading {}: {e}", dir.display())))?;
         let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).ok();
-        Ok(LocalChat { model, max_num_seqs, tokenizer, scoring: tokio::sync::Mutex::new(()) })
+        let context =
+            model.max_sequence_length().map_err(|e| Error::Model(format!("loading {}: {e}", dir.display())))?;
+        Ok(LocalChat { model, max_num_seqs, tokenizer, context, scoring: tokio::sync::Mutex::new(()) })
     }
 
     pub fn tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
@@ -102,8 +106,7 @@ impl LocalChat {
             self.model.tokenize(Either::Right(text.to_string()), None, true, false, None).await.map_err(model_error)?;
         // Past the model's context mistral.rs refuses the prompt: a long record is scored on
         // the window the model can read, not skipped.
-        let context = self.model.config().map_err(|e| engine(&e))?.max_seq_len.unwrap_or(usize::MAX);
-        tokens.truncate(max_tokens.min(context).max(2));
+        tokens.truncate(max_tokens.min(self.context.unwrap_or(usize::MAX)).max(2));
         if tokens.len() < 2 {
             return Ok(LogLikelihood { sum: 0.0, tokens: 0 });
         }

@@ -6,8 +6,6 @@
 //! The mean is over the record's first `max_tokens` tokens (the model's own tokenizer), each
 //! given those before it; [`crate::models::local`] says how mistral.rs is made to give it.
 
-use std::sync::Arc;
-
 use crate::error::{Error, Result};
 use crate::models::Chat;
 use crate::plan::{ModelSpec, PerplexitySpec};
@@ -19,7 +17,8 @@ use crate::steps::Context;
 pub const FLOOR: f64 = -20.0;
 
 pub struct Perplexity {
-    model: Arc<Chat>,
+    /// Boxed: a loaded model is large beside the other rankers.
+    model: Box<Chat>,
     max_tokens: usize,
     runtime: tokio::runtime::Handle,
 }
@@ -35,7 +34,7 @@ impl Perplexity {
         if spec.max_tokens < 2 {
             return Err(Error::plan("perplexity maxTokens must be at least 2"));
         }
-        let model = Arc::new(Chat::load(&ctx.storage, &ctx.scratch, &spec.model).await?);
+        let model = Box::new(Chat::load(&ctx.storage, &ctx.scratch, &spec.model).await?);
         Ok(Perplexity { model, max_tokens: spec.max_tokens, runtime: tokio::runtime::Handle::current() })
     }
 
