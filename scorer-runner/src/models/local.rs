@@ -7,7 +7,7 @@ use std::path::Path;
 use either::Either;
 use mistralrs::{
     Constraint, DType, EmbeddingModelBuilder, EmbeddingRequest, GgufModelBuilder, Model, ModelDType, NormalRequest,
-    Request, RequestBuilder, Response, SamplingParams, TextMessageRole, TextModelBuilder, TokenSource,
+    Request, RequestBuilder, Response, SamplingParams, StopTokens, TextMessageRole, TextModelBuilder, TokenSource,
 };
 use mistralrs_core::RequestMessage;
 use serde_json::Value;
@@ -23,12 +23,22 @@ fn model_error(e: impl std::fmt::Display) -> Error {
 /// automatic dtype picks F16 on CPU, which is emulated there (slower and less precise).
 const FORCE_CPU: bool = !cfg!(feature = "cuda");
 
+/// The tokens llguidance, mistral.rs' constraint engine, takes for the end of the text: once a
+/// reply completes its schema, the constraint allows only that token. mistral.rs stops a
+/// sequence on the chat template's end-of-turn token alone, so where the two differ (ChatML
+/// models whose generation config names only `<|im_end|>`, SmolLM2 among them) the model went
+/// on emitting the forced, invisible end-of-text token until the reply's token cap: a 105-token
+/// reply cost 400 decoding steps. These become stop tokens of every constrained request.
+const GRAMMAR_END_OF_TEXT: [&str; 5] = ["</s>", "<|endoftext|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>", "<eos>"];
+
 pub struct LocalChat {
     model: Model,
     max_num_seqs: usize,
     tokenizer: Option<tokenizers::Tokenizer>,
     /// The longest sequence the model takes, where it says: past it mistral.rs refuses a prompt.
     context: Option<usize>,
+    /// Its ids of [`GRAMMAR_END_OF_TEXT`].
+    end_of_text: Vec<u32>,
     /// Held while a text is scored: see [`LocalChat::log_likelihood`].
     scoring: tokio::sync::Mutex<()>,
 }
@@ -56,7 +66,19 @@ impl LocalChat {
         let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).ok();
         let context =
             model.max_sequence_length().map_err(|e| Error::Model(format!("loading {}: {e}", dir.display())))?;
-        Ok(LocalChat { model, max_num_seqs, tokenizer, context, scoring: tokio::sync::Mutex::new(()) })
+        let mut end_of_text = Vec::new();
+        for token in GRAMMAR_END_OF_TEXT {
+            // The model's own tokenizer (a GGUF model has no tokenizer.json): one id where the
+            // vocabulary has the token, several pieces of text where it does not.
+            let ids = model
+                .tokenize(Either::Right(token.to_string()), None, false, false, None)
+                .await
+                .map_err(model_error)?;
+            if let [id] = ids[..] {
+                end_of_text.push(id);
+            }
+        }
+        Ok(LocalChat { model, max_num_seqs, tokenizer, context, end_of_text, scoring: tokio::sync::Mutex::new(()) })
     }
 
     pub fn tokenizer(&self) -> Option<&tokenizers::Tokenizer> {
@@ -69,9 +91,11 @@ impl LocalChat {
 
     pub async fn complete(&self, system: &str, user: &str, schema: &Value, max_tokens: usize) -> Result<String> {
         // The deterministic sampler resets every sampling setting, so it comes first.
-        let request = RequestBuilder::new()
-            .set_deterministic_sampler()
-            .set_sampler_max_len(max_tokens)
+        let mut request = RequestBuilder::new().set_deterministic_sampler().set_sampler_max_len(max_tokens);
+        if !self.end_of_text.is_empty() {
+            request = request.set_sampler_stop_toks(StopTokens::Ids(self.end_of_text.clone()));
+        }
+        let request = request
             .set_constraint(Constraint::JsonSchema(schema.clone()))
             .add_message(TextMessageRole::System, system)
             .add_message(TextMessageRole::User, user);
