@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use scorer_runner::models::Chat;
 use scorer_runner::plan::ModelSpec;
@@ -48,18 +48,27 @@ async fn endpoint_with_key(url: &str, api_key_env: Option<&str>) -> Chat {
 /// A server that answers each connection with the next scripted (status, body); the last one
 /// repeats. Counts requests.
 async fn scripted(replies: Vec<(u16, String)>) -> (String, Arc<AtomicUsize>) {
+    let (url, count, _) = recording(replies).await;
+    (url, count)
+}
+
+/// [`scripted`], also keeping each request's JSON body, in the order they came.
+async fn recording(replies: Vec<(u16, String)>) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<serde_json::Value>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (seen, kept) = (count.clone(), bodies.clone());
     tokio::spawn(async move {
         loop {
             let (mut socket, _) = listener.accept().await.unwrap();
             let n = seen.fetch_add(1, Ordering::SeqCst);
             let (status, body) = replies[n.min(replies.len() - 1)].clone();
+            let kept = kept.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let _ = socket.read(&mut buf).await;
+                if let Some(request) = read_request_body(&mut socket).await {
+                    kept.lock().unwrap().push(request);
+                }
                 let response = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nretry-after: 0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -68,7 +77,27 @@ async fn scripted(replies: Vec<(u16, String)>) -> (String, Arc<AtomicUsize>) {
             });
         }
     });
-    (url, count)
+    (url, count, bodies)
+}
+
+/// The JSON body of one HTTP request: the headers, then as many bytes as `content-length` says.
+async fn read_request_body(socket: &mut tokio::net::TcpStream) -> Option<serde_json::Value> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length:"))?.trim().parse().ok()?;
+            if buf.len() >= end + 4 + length {
+                return serde_json::from_slice(&buf[end + 4..end + 4 + length]).ok();
+            }
+        }
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn completion(content: &str) -> String {
@@ -80,25 +109,39 @@ async fn throttling_and_server_errors_are_retried_then_the_reply_parses() {
     let (url, count) =
         scripted(vec![(429, "{}".into()), (503, "{}".into()), (200, completion("{\"score\": 4}"))]).await;
     let chat = endpoint(&url).await;
-    let reply: Reply = chat.json("s", "u", &schema(), 16, |_| true).await.unwrap();
+    let reply: Reply = chat.json("s", "u", &schema(), |_| true).await.unwrap();
     assert_eq!(reply, Reply { score: 4 });
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
 
+/// At temperature 0 the same prompt gets the same reply: each request after an unusable reply
+/// says what was wrong with it, so it is never the same request twice.
 #[tokio::test]
-async fn invalid_replies_are_asked_again_a_bounded_number_of_times() {
-    let (url, count) = scripted(vec![(200, completion("not json")), (200, completion("{\"score\": 9}"))]).await;
+async fn invalid_replies_are_asked_again_with_what_was_wrong_a_bounded_number_of_times() {
+    let (url, count, bodies) = recording(vec![
+        (200, completion("not json")),
+        (200, completion("{\"score\": 9}")),
+        (200, completion("{\"score\": 3")),
+    ])
+    .await;
     let chat = endpoint(&url).await;
-    let err = chat.json::<Reply>("s", "u", &schema(), 16, |r| (1..=5).contains(&r.score)).await.unwrap_err();
-    assert!(err.to_string().contains("out of bounds"), "{err}");
+    let err = chat.json::<Reply>("s", "u", &schema(), |r| (1..=5).contains(&r.score)).await.unwrap_err();
+    assert!(err.to_string().contains("cut off after"), "{err}");
     assert_eq!(count.load(Ordering::SeqCst), scorer_runner::models::ATTEMPTS);
+    let bodies = bodies.lock().unwrap();
+    let users: Vec<&str> = bodies.iter().map(|b| b["messages"][1]["content"].as_str().unwrap()).collect();
+    assert_eq!(users[0], "u");
+    assert!(users[1].starts_with("u\n\nYour last reply was not the JSON asked for"), "{}", users[1]);
+    assert!(users[2].starts_with("u\n\nYour last reply was a value out of bounds"), "{}", users[2]);
+    // The token cap is the longest reply the schema allows: `{"score":5}`.
+    assert!(bodies.iter().all(|b| b["max_tokens"] == 11), "{bodies:?}");
 }
 
 #[tokio::test]
 async fn client_errors_are_not_retried() {
     let (url, count) = scripted(vec![(400, "{\"error\": \"bad schema\"}".into())]).await;
     let chat = endpoint(&url).await;
-    let err = chat.json::<Reply>("s", "u", &schema(), 16, |_| true).await.unwrap_err();
+    let err = chat.json::<Reply>("s", "u", &schema(), |_| true).await.unwrap_err();
     assert!(err.to_string().contains("400") && err.to_string().contains("bad schema"), "{err}");
     assert_eq!(err.category(), "EndpointError");
     assert_eq!(count.load(Ordering::SeqCst), 1);
@@ -191,7 +234,7 @@ async fn a_real_openai_compatible_server_answers_under_the_schema_to_requests_be
     std::env::set_var("MIRA_TEST_TEACHER_KEY", "s3cret-teacher-key");
     let reply = if up {
         let chat = endpoint_with_key(&url, Some("MIRA_TEST_TEACHER_KEY")).await;
-        Some(chat.json::<Reply>("Score the text.", "hello world", &schema(), 16, |r| (1..=5).contains(&r.score)).await)
+        Some(chat.json::<Reply>("Score the text.", "hello world", &schema(), |r| (1..=5).contains(&r.score)).await)
     } else {
         None
     };

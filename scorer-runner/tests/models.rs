@@ -129,7 +129,7 @@ async fn chat_answers_under_a_schema_deterministically() {
     let mut replies = Vec::new();
     for _ in 0..2 {
         let start = Instant::now();
-        let verdict: Verdict = match chat.json(SYSTEM, user, &schema, 256, conforms).await {
+        let verdict: Verdict = match chat.json(SYSTEM, user, &schema, conforms).await {
             Ok(v) => v,
             Err(e) => panic!("constrained request: {e}"),
         };
@@ -145,7 +145,7 @@ async fn chat_answers_under_a_schema_deterministically() {
         let user = format!("Rate text number {i} from 1 to 5: {}", "the quick brown fox ".repeat(i + 1));
         let schema = &schema;
         let chat = &chat;
-        async move { chat.json::<Verdict>(SYSTEM, &user, schema, 256, conforms).await }
+        async move { chat.json::<Verdict>(SYSTEM, &user, schema, conforms).await }
     }))
     .await;
     eprintln!("6 concurrent constrained replies in {:?}", start.elapsed());

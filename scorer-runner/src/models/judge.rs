@@ -43,7 +43,7 @@ impl From<ScoreReply> for Scored {
     }
 }
 
-/// The reply schema, system prompt, token budget and record cut for a group's dimensions,
+/// The reply schema, system prompt and record cut for a group's dimensions,
 /// prepared once per group and reused for every record. The teacher (`label`) asks for a
 /// rationale with each score; a judge student (`score`, `distill`'s validation) and the SFT
 /// export for bare scores. Both cut a long record to the same number of tokens, head plus tail.
@@ -53,7 +53,6 @@ pub struct JudgeRequest {
     with_rationale: bool,
     schema: Value,
     system: String,
-    max_tokens: usize,
     max_record_tokens: usize,
 }
 
@@ -65,14 +64,12 @@ pub struct Judged {
 
 impl JudgeRequest {
     pub fn new(dimensions: Vec<Dimension>, scale: Scale, with_rationale: bool, max_record_tokens: usize) -> Self {
-        let max_tokens = if with_rationale { 64 + 96 * dimensions.len() } else { 16 + 8 * dimensions.len() };
         JudgeRequest {
             schema: scores_schema(&dimensions, scale, with_rationale),
             system: system_prompt(scale, with_rationale),
             dimensions,
             scale,
             with_rationale,
-            max_tokens,
             max_record_tokens,
         }
     }
@@ -120,7 +117,7 @@ impl JudgeRequest {
         let complete =
             |reply: &BTreeMap<String, Scored>| self.dimensions.iter().all(|d| reply.get(&d.id).is_some_and(fits));
         let (user, cut) = self.user(text, chat.tokenizer());
-        let scores = chat.json(&self.system, &user, &self.schema, self.max_tokens, complete).await?;
+        let scores = chat.json(&self.system, &user, &self.schema, complete).await?;
         Ok(Judged { scores, cut })
     }
 }

@@ -19,8 +19,11 @@ use crate::error::{Error, Result};
 use crate::plan::ModelSpec;
 use crate::storage::{Location, Storage};
 
-/// Replies that do not parse are asked again this many times in all, then the record is skipped.
+/// Replies that do not parse are asked for this many times in all, then the record is skipped.
 pub const ATTEMPTS: usize = 3;
+
+/// The reply token cap for a string or array whose schema sets no bound.
+const UNBOUNDED_TOKENS: usize = 512;
 
 /// A chat model that answers with JSON.
 // One per step, shared behind an Arc: the size of its larger variant costs nothing.
@@ -79,24 +82,31 @@ impl Chat {
         }
     }
 
-    /// One reply conforming to `schema`, parsed as `T` and checked by `valid`; a reply that fails
-    /// either is asked again, up to [`ATTEMPTS`] times, then reported as `Error::Model`.
+    /// One reply conforming to `schema`, parsed as `T` and checked by `valid`, with as many
+    /// tokens as the longest conforming reply needs ([`reply_tokens`]). A reply that fails either
+    /// check is asked for again, up to [`ATTEMPTS`] times, then reported as `Error::Model`. Each
+    /// request samples at temperature 0, where the same prompt gets the same reply: so the
+    /// prompt asked again ends with what was wrong with the last reply.
     pub async fn json<T: DeserializeOwned>(
         &self,
         system: &str,
         user: &str,
         schema: &Value,
-        max_tokens: usize,
         valid: impl Fn(&T) -> bool,
     ) -> Result<T> {
+        let max_tokens = reply_tokens(schema);
+        let mut prompt = user.to_string();
         let mut last = String::new();
         for _ in 0..ATTEMPTS {
-            let reply = self.reply(system, user, schema, max_tokens).await?;
-            match serde_json::from_str::<T>(&reply) {
+            let reply = self.reply(system, &prompt, schema, max_tokens).await?;
+            let problem = match serde_json::from_str::<T>(&reply) {
                 Ok(value) if valid(&value) => return Ok(value),
-                Ok(_) => last = format!("reply out of bounds: {}", clip(&reply, 200)),
-                Err(e) => last = format!("invalid reply ({e}): {}", clip(&reply, 200)),
-            }
+                Ok(_) => "a value out of bounds".to_string(),
+                Err(e) if e.is_eof() => format!("cut off after {max_tokens} tokens"),
+                Err(e) => format!("not the JSON asked for ({e})"),
+            };
+            last = format!("reply {problem}: {}", clip(&reply, 200));
+            prompt = format!("{user}\n\nYour last reply was {problem}. Reply again, as the schema says.");
         }
         Err(Error::Model(last))
     }
@@ -130,6 +140,37 @@ impl LogLikelihood {
     /// with no scored token (a single token).
     pub fn mean(&self) -> Option<f64> {
         (self.tokens > 0).then(|| self.sum / self.tokens as f64)
+    }
+}
+
+/// The most tokens a reply conforming to `schema` takes: one per character of its JSON, written
+/// without whitespace as the constraint has it, with every string and array at its longest
+/// (where the schema sets no bound, [`UNBOUNDED_TOKENS`]). A token is at least one character for
+/// plain text, so such a reply always fits; a reply of escapes or byte-level pieces of non-Latin
+/// characters may not, and is then asked for again. The schema, not a guess per call site, sizes
+/// the cap: a model that rambles inside a string is stopped by the constraint at the string's
+/// `maxLength`, and the reply is never cut short of closing its JSON.
+pub fn reply_tokens(schema: &Value) -> usize {
+    let int = |key: &str| schema.get(key).and_then(Value::as_u64).map(|n| n as usize);
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let fields = properties.map_or(0, |p| p.iter().map(|(k, v)| k.chars().count() + 3 + reply_tokens(v)).sum());
+            // Braces and commas.
+            2 + fields + properties.map_or(0, |p| p.len().saturating_sub(1))
+        }
+        Some("array") => {
+            let item = schema.get("items").map_or(UNBOUNDED_TOKENS, reply_tokens);
+            2 + int("maxItems").map_or(UNBOUNDED_TOKENS, |n| n * (item + 1))
+        }
+        Some("string") => 2 + int("maxLength").unwrap_or(UNBOUNDED_TOKENS),
+        Some("integer") => {
+            let digits = |key: &str| schema.get(key).and_then(Value::as_i64).map(|n| n.to_string().len());
+            digits("minimum").max(digits("maximum")).unwrap_or(20)
+        }
+        Some("boolean") => 5,
+        Some("null") => 4,
+        _ => 24,
     }
 }
 
@@ -197,5 +238,29 @@ pub async fn model_dir(storage: &Storage, scratch: &Path, uri: &str) -> Result<P
             }
             Ok(cache.join(bucket).join(key.trim_end_matches('/')))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The cap is the length of the longest conforming reply, written out.
+    #[test]
+    fn the_reply_cap_is_the_longest_reply_the_schema_allows() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "tags": {"type": "array", "maxItems": 2, "items": {"type": "string", "maxLength": 3}},
+                "score": {"type": "integer", "minimum": -10, "maximum": 5},
+                "ok": {"type": "boolean"}
+            }
+        });
+        let longest = r#"{"tags":["aaa","bbb"],"score":-10,"ok":false}"#;
+        // One comma too many is counted for an array (a separator per item): never too few.
+        assert_eq!(reply_tokens(&schema), longest.chars().count() + 1);
+        assert_eq!(reply_tokens(&json!({"type": "string"})), 2 + UNBOUNDED_TOKENS);
     }
 }

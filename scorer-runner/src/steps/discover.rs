@@ -130,7 +130,7 @@ async fn discover_group(
                 let (text, cut) = truncate::for_model(&record.text, teacher.tokenizer(), plan.pass.max_record_tokens);
                 let user = prompts::discover_user(&source, &text, plan.pass.scale);
                 let reply = teacher
-                    .json::<ProposalReply>(prompts::DISCOVER_SYSTEM, &user, schema, 1024, |r| !r.dimensions.is_empty())
+                    .json::<ProposalReply>(prompts::DISCOVER_SYSTEM, &user, schema, |r| !r.dimensions.is_empty())
                     .await;
                 (record.id, source, cut, reply)
             }
@@ -203,7 +203,6 @@ async fn discover_group(
                 prompts::GUIDE_SYSTEM,
                 &prompts::guide_user(&p.name, &p.description, plan.pass.scale),
                 &guide_schema(),
-                512,
                 |g| !g.guide.trim().is_empty(),
             )
             .await
