@@ -5,7 +5,8 @@
 # errors, with and without the `llm` feature. Then it installs the test tools once (cached under
 # $MIRA_CACHE, keyed by version), starts a real S3
 # server (SeaweedFS) and a real Kubernetes control plane (etcd, kube-apiserver,
-# kube-controller-manager) on loopback, generates the tiny models, builds everything, runs every
+# kube-controller-manager) on loopback, generates the tiny models, fetches SmolLM2-135M-Instruct
+# (hack/smollm2.sh), builds everything, runs every
 # cargo test (unit, data-plane integration on S3 and local disk, operator end to end), runs the
 # README's first command, and lints the Helm chart. Stops what it started, whatever happens; on a
 # failure it first keeps every server's and Job's log in a folder it names (lib.sh keep_logs).
@@ -44,6 +45,10 @@ step "tiny models"
 export MIRA_TINY_MODELS="$MIRA_CACHE/tiny-models"
 hack/tiny-models.sh "$MIRA_TINY_MODELS"
 export HF_HOME="$state/hf-home"
+
+step "a real instruct model (fetched and converted once)"
+MIRA_SMOLLM2="$(hack/smollm2.sh)"
+export MIRA_SMOLLM2
 
 step "process kubelet self-test"
 hack/process-kubelet-selftest.sh
