@@ -29,7 +29,8 @@ pub struct LocalModel {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub gguf_files: Vec<String>,
-    /// Sequences batched together.
+    /// Sequences batched together. Default: 32 for an embedder and for a chat model on a GPU;
+    /// 1 for a chat model on CPU, where a batch decodes no faster than its sequences one by one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_num_seqs: Option<u32>,

@@ -23,6 +23,12 @@ fn model_error(e: impl std::fmt::Display) -> Error {
 /// automatic dtype picks F16 on CPU, which is emulated there (slower and less precise).
 const FORCE_CPU: bool = !cfg!(feature = "cuda");
 
+/// A chat model's sequences in one batch, unless its spec says. On CPU a batch decodes no faster
+/// than its sequences one by one: four label requests for SmolLM2-135M took 87 s batched and 69 s
+/// in turn (the replies were the same), and the tiny model's labels were 3.3 times slower
+/// batched (`hack/bench-llm.sh`).
+pub const DEFAULT_CHAT_SEQS: usize = if FORCE_CPU { 1 } else { 32 };
+
 /// The tokens llguidance, mistral.rs' constraint engine, takes for the end of the text: once a
 /// reply completes its schema, the constraint allows only that token. mistral.rs stops a
 /// sequence on the chat template's end-of-turn token alone, so where the two differ (ChatML

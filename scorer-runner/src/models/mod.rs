@@ -45,7 +45,9 @@ impl Chat {
             #[cfg(feature = "llm")]
             ModelSpec::Local { uri, gguf_files, max_num_seqs } => {
                 let dir = model_dir(storage, scratch, uri).await?;
-                Ok(Chat::Local(local::LocalChat::load(&dir, gguf_files, max_num_seqs.unwrap_or(32)).await?))
+                Ok(Chat::Local(
+                    local::LocalChat::load(&dir, gguf_files, max_num_seqs.unwrap_or(local::DEFAULT_CHAT_SEQS)).await?,
+                ))
             }
             #[cfg(not(feature = "llm"))]
             ModelSpec::Local { .. } => {
