@@ -25,8 +25,8 @@ const FORCE_CPU: bool = !cfg!(feature = "cuda");
 
 /// A chat model's sequences in one batch, unless its spec says. On CPU a batch decodes no faster
 /// than its sequences one by one: four label requests for SmolLM2-135M took 87 s batched and 69 s
-/// in turn (the replies were the same), and the tiny model's labels were 3.3 times slower
-/// batched (`hack/bench-llm.sh`).
+/// in turn (the replies were the same), and the tiny model's labels were 1.9 to 3.3 times
+/// slower batched (`hack/bench-llm.sh`).
 pub const DEFAULT_CHAT_SEQS: usize = if FORCE_CPU { 1 } else { 32 };
 
 /// The tokens llguidance, mistral.rs' constraint engine, takes for the end of the text: once a
