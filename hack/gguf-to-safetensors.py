@@ -13,10 +13,6 @@ truncation and token budgets need. The weights are dequantised once, here.
 The GGUF writer permutes the rows of the query and key projections for its rotary layout; they
 are permuted back, as the Hugging Face loader does. The pre-tokenizer is the one llama.cpp calls
 `smollm` (digits split one by one, then byte-level BPE): others are refused rather than guessed.
-
-The generation config lists `<|endoftext|>` as an end of sequence beside the chat template's
-end of turn: a JSON-schema constraint ends a reply on it, and a server that stopped only at the
-end of turn would decode it over and over up to the token cap.
 """
 
 import json
@@ -70,6 +66,8 @@ def weights(reader, heads, kv_heads):
         w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(list(reversed([int(d) for d in t.shape])))
         w = np.ascontiguousarray(w, dtype=np.float32)
         parts = t.name.split(".")
+        if parts[-1] != "weight":
+            sys.exit(f"gguf-to-safetensors: {t.name} is not a weight this script converts")
         if parts[0] == "blk":
             layer, kind = parts[1], parts[2]
             if kind not in LAYER_NAMES:
@@ -157,14 +155,13 @@ def main():
         "clean_up_tokenization_spaces": False,
         "chat_template": field(reader, "tokenizer.chat_template"),
     }
-    end_of_text = [i for i, t in enumerate(tokens) if t == "<|endoftext|>" and i != eos]
     os.makedirs(out, exist_ok=True)
     save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     tok.save(os.path.join(out, "tokenizer.json"))
     for name, body in [
         ("config.json", config),
         ("tokenizer_config.json", tokenizer_config),
-        ("generation_config.json", {"bos_token_id": bos, "eos_token_id": [eos] + end_of_text, "pad_token_id": pad}),
+        ("generation_config.json", {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}),
     ]:
         with open(os.path.join(out, name), "w") as f:
             json.dump(body, f, indent=2)

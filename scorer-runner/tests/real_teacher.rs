@@ -182,7 +182,7 @@ async fn a_real_teacher_discovers_labels_and_distills_in_words() {
     let sft = String::from_utf8(sft.to_vec()).unwrap();
     assert_eq!(sft.lines().count(), report.train_records, "{sft}");
     for d in &dimensions {
-        let first_line = d.guide.lines().next().unwrap().trim();
+        let first_line = d.guide.trim().lines().next().unwrap().trim();
         let escaped = serde_json::to_string(first_line).unwrap();
         assert!(sft.contains(escaped.trim_matches('"')), "the guide of {} reaches the SFT prompts", d.id);
     }

@@ -97,6 +97,8 @@ impl LocalChat {
 
     pub async fn complete(&self, system: &str, user: &str, schema: &Value, max_tokens: usize) -> Result<String> {
         // The deterministic sampler resets every sampling setting, so it comes first.
+        // Past the model's context the reply could not be written anyway.
+        let max_tokens = max_tokens.min(self.context.unwrap_or(usize::MAX));
         let mut request = RequestBuilder::new().set_deterministic_sampler().set_sampler_max_len(max_tokens);
         if !self.end_of_text.is_empty() {
             request = request.set_sampler_stop_toks(StopTokens::Ids(self.end_of_text.clone()));

@@ -155,12 +155,14 @@ impl LogLikelihood {
 pub fn reply_tokens(schema: &Value) -> usize {
     let int = |key: &str| schema.get(key).and_then(Value::as_u64).map(|n| n as usize);
     match schema.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let properties = schema.get("properties").and_then(Value::as_object);
-            let fields = properties.map_or(0, |p| p.iter().map(|(k, v)| k.chars().count() + 3 + reply_tokens(v)).sum());
+        Some("object") => match schema.get("properties").and_then(Value::as_object) {
             // Braces and commas.
-            2 + fields + properties.map_or(0, |p| p.len().saturating_sub(1))
-        }
+            Some(p) => {
+                2 + p.iter().map(|(k, v)| k.chars().count() + 3 + reply_tokens(v)).sum::<usize>()
+                    + p.len().saturating_sub(1)
+            }
+            None => UNBOUNDED_TOKENS,
+        },
         Some("array") => {
             let item = schema.get("items").map_or(UNBOUNDED_TOKENS, reply_tokens);
             2 + int("maxItems").map_or(UNBOUNDED_TOKENS, |n| n * (item + 1))
@@ -168,11 +170,14 @@ pub fn reply_tokens(schema: &Value) -> usize {
         Some("string") => 2 + int("maxLength").unwrap_or(UNBOUNDED_TOKENS),
         Some("integer") => {
             let digits = |key: &str| schema.get(key).and_then(Value::as_i64).map(|n| n.to_string().len());
-            digits("minimum").max(digits("maximum")).unwrap_or(20)
+            // With a bound missing, the longest 64-bit integer.
+            digits("minimum").zip(digits("maximum")).map_or(20, |(lo, hi)| lo.max(hi))
         }
         Some("boolean") => 5,
         Some("null") => 4,
-        _ => 24,
+        Some("number") => 24,
+        // An enum, a union, a schema of several types: not sized here.
+        _ => UNBOUNDED_TOKENS,
     }
 }
 
@@ -264,5 +269,6 @@ mod tests {
         // One comma too many is counted for an array (a separator per item): never too few.
         assert_eq!(reply_tokens(&schema), longest.chars().count() + 1);
         assert_eq!(reply_tokens(&json!({"type": "string"})), 2 + UNBOUNDED_TOKENS);
+        assert_eq!(reply_tokens(&json!({"type": "integer", "minimum": 0})), 20, "one bound does not size it");
     }
 }
